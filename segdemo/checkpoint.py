@@ -1,0 +1,209 @@
+"""Checkpoints that cannot run code: safetensors weights plus JSON metadata in the same file.
+
+One `.safetensors` file holds the model weights (`model.*`), for resumable checkpoints also the
+optimiser state (`optim.*`) and torch RNG state, and in its header a JSON document with the run
+config, class names and colours, normalisation and metrics, so a checkpoint alone rebuilds its
+model. We never call torch.load / pickle: PyTorch's own docs say a pickled model file is a program.
+Writes go to a temp file, are fsynced, then renamed over the target, so a crash leaves either the
+old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from segdemo.config import RunConfig
+from segdemo.data.base import ClassSet
+from segdemo.model import build_model
+
+FORMAT = "segdemo-checkpoint"
+VERSION = 1
+MAX_FILE_BYTES = 1 << 30  # 1 GiB: far above any U-Net we build, far below a memory-exhaustion attack
+MAX_HEADER_BYTES = 4 << 20  # the JSON + tensor table; ours are a few KB
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable segdemo checkpoint; the message says why and what to do."""
+
+
+class CheckpointWriteError(OSError):
+    """Saving failed (disk full, permissions); the previous checkpoint at that path is untouched."""
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module  # in eval mode, on the CPU
+    config: RunConfig
+    classes: ClassSet
+    meta: dict[str, Any]  # the whole JSON document
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # optim.* and rng.* tensors, if any
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.meta.get("metrics", {})
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    config: RunConfig,
+    classes: ClassSet,
+    *,
+    metrics: dict[str, Any] | None = None,
+    training_state: dict[str, Any] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write atomically; training_state (JSON-able) and extra_tensors make a checkpoint resumable."""
+    tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    for k, v in (extra_tensors or {}).items():
+        tensors[k] = v.detach().to("cpu").contiguous()
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config.to_dict(),
+        "classes": classes.to_dict(),
+        "normalization": {"mean": list(config.data.mean), "std": list(config.data.std),
+                          "image_size": config.data.image_size},
+        "metrics": metrics or {},
+        "training_state": training_state,
+    }
+    data = st_save(tensors, metadata={"segdemo": json.dumps(meta)})
+    return atomic_write_bytes(Path(path), data)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """temp file in the same folder -> write -> fsync -> rename -> fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            e.errno, f"could not save {path.name} ({e.strerror or e}); the previous checkpoint is kept. "
+            "Free some disk space and resume the run"
+        ) from e
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata only, without touching the weights (cheap: reads the header)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = _check_header_length(path, head, os.fstat(f.fileno()).st_size)
+        header = f.read(n)
+    try:
+        table = json.loads(header)
+        meta = json.loads(table["__metadata__"]["segdemo"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path.name} is a safetensors file but not a segdemo checkpoint (no segdemo metadata)") from e
+    _check_meta(path, meta)
+    return meta
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Validate everything before building anything: format, config, names, shapes, dtypes, finiteness."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise CheckpointError(f"{path.name} is {size / 2**20:.0f} MB; segdemo checkpoints are far smaller (limit "
+                              f"{MAX_FILE_BYTES / 2**20:.0f} MB)")
+    meta = read_meta(path)
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise CheckpointError(f"{path.name} is damaged ({e}); use another checkpoint") from e
+    return _rebuild(path, meta, tensors)
+
+
+def _check_header_length(path: Path, head: bytes, size: int) -> int:
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path.name} looks like a PyTorch pickle (.pt/.pth). Pickles can run code when loaded, so "
+            "segdemo refuses them; use a .safetensors checkpoint saved by segdemo"
+        )
+    if len(head) < 8:
+        raise CheckpointError(f"{path.name} is too short to be a checkpoint")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER_BYTES or n > size - 8:
+        raise CheckpointError(f"{path.name} has a header of {n} bytes, which is oversized or past the end of the "
+                              "file; it is not a segdemo checkpoint")
+    return n
+
+
+def _check_meta(path: Path, meta: Any) -> None:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name} is not a segdemo checkpoint")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{path.name} is segdemo checkpoint version {meta.get('version')}; this segdemo "
+                              f"reads version {VERSION}")
+
+
+def _rebuild(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Checkpoint:
+    try:
+        config = RunConfig.from_dict(meta["config"])
+        config.validate()
+        classes = ClassSet.from_dict(meta["classes"])
+        expected_out = 1 if config.train.loss == "bce" else classes.num_classes
+        if config.model.num_classes != expected_out:
+            raise ValueError("model output channels do not match the class list")
+        config.model.pretrained = False  # the weights come from the file, never from the internet
+        model = build_model(config.model)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path.name} has a broken config ({e})") from e
+    expected = model.state_dict()
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path.name} does not match its own config: missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}")
+    for k, ref in expected.items():
+        t = weights[k]
+        if t.shape != ref.shape or t.dtype != ref.dtype:
+            raise CheckpointError(f"{path.name}: tensor {k} is {tuple(t.shape)} {t.dtype}, expected "
+                                  f"{tuple(ref.shape)} {ref.dtype}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path.name}: tensor {k} holds NaN or infinite values; the run diverged. "
+                                  "Use an earlier checkpoint or a lower learning rate")
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    extra = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    return Checkpoint(model=model, config=config, classes=classes, meta=meta, extra=extra)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder means its best checkpoint (else its last); a file is itself."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"{p} holds no best.safetensors or last.safetensors; is it a run folder?")
+    if not p.exists():
+        raise CheckpointError(f"no checkpoint or run folder at {p}")
+    return p

@@ -1,0 +1,247 @@
+"""`python -m segdemo train|evaluate|predict|check`: parse, build the config, print the engine's events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it otherwise checks the internet for updates
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user-level errors become one line; bugs keep their traceback
+        if not _is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(e: Exception) -> bool:
+    from segdemo.checkpoint import CheckpointError, CheckpointWriteError
+    from segdemo.data.base import DataError
+
+    return isinstance(e, UserError | DataError | CheckpointError | CheckpointWriteError | FileNotFoundError)
+
+
+# -- train ------------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from segdemo.config import gpu_preset, quick_cpu_preset
+    from segdemo.events import Done, EpochEnd, Failed, Progress, Started
+    from segdemo.trainer import Trainer
+
+    cfg = gpu_preset() if args.preset == "gpu" else quick_cpu_preset()
+    d, m, t = cfg.data, cfg.model, cfg.train
+    d.source = args.data
+    _set(d, image_size=args.image_size, seed=args.seed, classes_file=args.classes, pet_mode=args.pet_mode,
+         max_train_images=args.max_train_images, val_fraction=args.val_fraction)
+    d.augment = not args.no_augment
+    d.download = args.download
+    _set(m, width=args.width, depth=args.depth, encoder=args.encoder)
+    m.pretrained = args.pretrained
+    if args.upsample:
+        m.bilinear = args.upsample == "bilinear"
+    _set(t, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, seed=args.seed,
+         device=args.device, precision=args.precision, time_limit_s=args.time_limit, num_workers=args.workers)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    out = Path(args.out)
+    if not args.resume and (out / "last.safetensors").exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    tty = sys.stderr.isatty()
+
+    def show(ev) -> None:
+        if isinstance(ev, Started):
+            print(f"training on {ev.device}, {ev.precision}; {ev.n_train} train / {ev.n_val} val images; "
+                  f"{ev.parameters / 1e6:.2f}M parameters; classes: {', '.join(ev.class_names)}", flush=True)
+        elif isinstance(ev, Progress) and tty:
+            bar = "#" * int(20 * ev.batch / max(ev.n_batches, 1))
+            print(f"\r  epoch {ev.epoch} [{bar:<20}] {ev.batch}/{ev.n_batches} loss {ev.loss:.3f} "
+                  f"{ev.images_per_s:.0f} img/s", end="", file=sys.stderr, flush=True)
+        elif isinstance(ev, EpochEnd):
+            if tty:
+                print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
+            print(f"epoch {ev.epoch:>3}/{ev.epochs}  train_loss {ev.train_loss:.4f}  val_loss {ev.val_loss:.4f}  "
+                  f"mIoU {ev.miou:.4f}  acc {ev.pixel_accuracy:.4f}  lr {ev.lr:.2e}  {ev.images_per_s:.1f} img/s  "
+                  f"{ev.seconds:.1f}s{'  *best' if ev.is_best else ''}", flush=True)
+        elif isinstance(ev, Done):
+            best = f"best mIoU {ev.best_miou:.4f} at epoch {ev.best_epoch}" if ev.best_miou is not None else "no epoch"
+            print(f"{ev.reason} after {ev.epochs_done} epochs in {ev.seconds:.1f}s; {best}; checkpoints in {out}")
+
+    trainer = Trainer(cfg, out, resume=args.resume)
+    trainer.add_callback(show)
+    result = trainer.run()
+    if isinstance(result, Failed):
+        print(f"error: {result.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _set(obj, **values) -> None:
+    """Copy the options the user gave (not None) onto a config section."""
+    for k, v in values.items():
+        if v is not None:
+            setattr(obj, k, v)
+
+
+# -- evaluate ---------------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args) -> int:
+    from segdemo.checkpoint import load_checkpoint, resolve_checkpoint
+    from segdemo.data import open_dataset
+    from segdemo.evaluate import evaluate_model
+
+    ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    cfg = ck.config
+    cfg.data.source = args.data
+    if args.classes:
+        cfg.data.classes_file = args.classes
+    with tempfile.TemporaryDirectory(prefix="segdemo-eval-") as tmp:
+        splits = open_dataset(cfg.data, Path(tmp))
+        if splits.classes.names != ck.classes.names:
+            raise UserError(f"the data's classes ({', '.join(splits.classes.names)}) differ from the checkpoint's "
+                            f"({', '.join(ck.classes.names)}); evaluate on the dataset it was trained for")
+        source = {"val": splits.val, "train": splits.train, "test": splits.test}[args.split]
+        if source is None or len(source) == 0:
+            raise UserError(f"the data has no {args.split} split")
+        res = evaluate_model(ck.model, source, cfg, ck.classes, batch_size=8)
+    doc = {**res.metrics.to_dict(ck.classes.names), "split": args.split, "images": len(source)}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{args.split}: {len(source)} images  mIoU {doc['miou']:.4f}  pixel accuracy {doc['pixel_accuracy']:.4f}")
+    print(_table(doc["per_class"]))
+    return 0
+
+
+def _table(rows: list[dict]) -> str:
+    fmt = lambda v: "  n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    width = max(len(r["name"]) for r in rows)
+    lines = [f"{'class':<{width}}  {'IoU':>5}  {'Dice':>5}  {'share':>6}"]
+    lines += [f"{r['name']:<{width}}  {fmt(r['iou']):>5}  {fmt(r['dice']):>5}  {100 * r['pixel_share']:5.1f}%"
+              for r in rows]
+    return "\n".join(lines)
+
+
+# -- predict ----------------------------------------------------------------------------------------
+
+
+def cmd_predict(args) -> int:
+    from PIL import Image
+
+    from segdemo.imageio import load_image
+    from segdemo.predict import Predictor
+
+    predictor = Predictor.from_path(args.checkpoint)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except Exception as e:
+            if not _is_user_error(e):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        p = predictor.predict(image, alpha=args.alpha)
+        stem = Path(path).stem
+        Image.fromarray(p.mask).save(out / f"{stem}_mask.png")  # class ids, not colours
+        Image.fromarray(p.color).save(out / f"{stem}_color.png")
+        Image.fromarray(p.overlay).save(out / f"{stem}_overlay.png")
+        shares = ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(predictor.classes.names, p.pixel_share, strict=True))
+        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / (stem + '_mask.png')} ({shares})")
+    return 2 if failed else 0
+
+
+# -- check ------------------------------------------------------------------------------------------
+
+
+def cmd_check(args) -> int:
+    from segdemo.config import DataConfig
+    from segdemo.data import check_source
+
+    cfg = DataConfig(source=args.dir, classes_file=args.classes)
+    with tempfile.TemporaryDirectory(prefix="segdemo-check-") as tmp:
+        report = check_source(cfg, Path(tmp))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
+# -- argument parsing -------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m segdemo", description="Train, evaluate and use a U-Net for "
+                                "semantic segmentation.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a U-Net; writes checkpoints, metrics.jsonl and curves.png to --out")
+    t.add_argument("--data", default="builtin", help="builtin | a folder dataset | a .zip of one | oxford-pet[:ROOT]")
+    t.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
+    t.add_argument("--preset", choices=["quick", "gpu"], default="quick", help="starting settings (default quick)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--image-size", type=int, help="training size in pixels (square)")
+    t.add_argument("--loss", choices=["ce", "weighted_ce", "dice", "ce_dice", "bce"])
+    t.add_argument("--width", type=int, help="channels of the first U-Net level")
+    t.add_argument("--depth", type=int, help="number of down-sampling steps")
+    t.add_argument("--upsample", choices=["bilinear", "transposed"])
+    t.add_argument("--encoder", choices=["unet", "resnet18", "resnet34"])
+    t.add_argument("--pretrained", action="store_true", help="ImageNet weights for a ResNet encoder")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--classes", help="classes JSON for a folder dataset (names, colors, ignore_index)")
+    t.add_argument("--pet-mode", choices=["trimap", "binary"])
+    t.add_argument("--download", action="store_true", help="download Oxford-IIIT Pet if missing (needs internet)")
+    t.add_argument("--val-fraction", type=float)
+    t.add_argument("--max-train-images", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    t.add_argument("--workers", type=int, help="data loading workers (default 0)")
+    t.add_argument("--time-limit", type=float, help="stop after this many seconds, keeping the best checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="per-class IoU, Dice and mIoU of a checkpoint on a dataset")
+    e.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
+    e.add_argument("--data", default="builtin")
+    e.add_argument("--split", choices=["val", "test", "train"], default="val")
+    e.add_argument("--classes")
+    e.add_argument("--json", action="store_true", help="print miou, pixel_accuracy and per_class as JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="write mask, colour mask and overlay PNGs for each image")
+    r.add_argument("checkpoint")
+    r.add_argument("images", nargs="+")
+    r.add_argument("--out", required=True)
+    r.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    r.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("check", help="check a dataset folder or zip: pairs, sizes, labels, class shares")
+    c.add_argument("dir")
+    c.add_argument("--classes")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_check)
+    return p

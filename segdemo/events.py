@@ -1,0 +1,76 @@
+"""Typed events the trainer emits; the CLI prints them, the app streams them, tests assert on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Started:
+    run_dir: str
+    device: str
+    precision: str  # what "auto" chose, and why, e.g. "fp32 + channels_last (measured 1.5x)"
+    epochs: int
+    start_epoch: int  # > 1 when resuming
+    n_train: int
+    n_val: int
+    class_names: list[str]
+    class_colors: list[tuple[int, int, int]]
+    parameters: int
+
+
+@dataclass
+class Progress:
+    """Sent every few batches so a progress bar or an ETA can move between epochs."""
+
+    epoch: int
+    batch: int
+    n_batches: int
+    loss: float
+    images_per_s: float
+
+
+@dataclass
+class Preview:
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8, as the model saw it
+    target: np.ndarray  # (H, W) uint8 class ids, IGNORE kept
+    pred: np.ndarray  # (H, W) uint8 class ids
+
+
+@dataclass
+class EpochEnd:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    miou: float
+    pixel_accuracy: float
+    per_class_iou: list[float | None]  # None where undefined (class absent and never predicted)
+    lr: float
+    seconds: float  # this epoch's wall time, training + validation
+    images_per_s: float  # training images per second in this epoch
+    is_best: bool
+    previews: list[Preview] = field(default_factory=list)
+
+
+@dataclass
+class Done:
+    reason: str  # "finished", "stopped" or "time_limit"
+    epochs_done: int
+    best_miou: float | None
+    best_epoch: int | None
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    seconds: float
+
+
+@dataclass
+class Failed:
+    message: str  # one sentence for the user: what went wrong and what to change
+    detail: str = ""  # exception type and text, for the log
+
+
+Event = Started | Progress | EpochEnd | Done | Failed

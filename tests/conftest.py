@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny configs that train in seconds on a 2-core CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+
+from segdemo.config import RunConfig  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny_config(**train) -> RunConfig:
+    """A 4-channel-wide U-Net on 32 built-in images at 32 px: a whole run takes a few seconds."""
+    cfg = RunConfig()
+    cfg.data.builtin_train, cfg.data.builtin_val, cfg.data.image_size = 32, 8, 32
+    cfg.model.width, cfg.model.depth = 4, 3
+    cfg.train.epochs, cfg.train.batch_size = 2, 8
+    cfg.train.precision, cfg.train.channels_last = "fp32", "off"  # skip the speed probe in tests
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg() -> RunConfig:
+    return tiny_config()
+
+
+def shared_data(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"real data not here: {path} (see ../shared/data/README.md)")
+    return path
