@@ -117,7 +117,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         table = json.loads(header)
         meta = json.loads(table["__metadata__"]["segdemo"])
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path.name} is a safetensors file but not a segdemo checkpoint (no segdemo metadata)") from e
+        raise CheckpointError(
+            f"{path.name} is a safetensors file but not a segdemo checkpoint (no segdemo metadata)"
+        ) from e
     _check_meta(path, meta)
     return meta
 

@@ -13,7 +13,9 @@ from torch import nn
 from segdemo.data.base import IGNORE
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE, eps: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE, eps: float = 1.0
+) -> torch.Tensor:
     """1 - mean over classes of soft Dice, computed over the whole batch; ignored pixels weigh 0.
 
     Classes absent from both target and prediction score Dice 1 (the eps smoothing), so they
@@ -40,9 +42,7 @@ class SegLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.kind == "bce":
             valid = target != self.ignore_index
-            loss = F.binary_cross_entropy_with_logits(
-                logits[:, 0].float(), (target == 1).float(), reduction="none"
-            )
+            loss = F.binary_cross_entropy_with_logits(logits[:, 0].float(), (target == 1).float(), reduction="none")
             return (loss * valid).sum() / valid.sum().clamp(min=1)
         ce = lambda w=None: F.cross_entropy(logits.float(), target, weight=w, ignore_index=self.ignore_index)  # noqa: E731
         if self.kind == "ce":

@@ -15,7 +15,9 @@ import torch
 from segdemo.data.base import IGNORE
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE
+) -> torch.Tensor:
     """(K, K) int64 counts, rows = ground truth, columns = prediction.
 
     pred, target: integer tensors of the same shape; target pixels equal to ignore_index are skipped.
@@ -25,9 +27,11 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     p = pred[valid].long()
     if t.numel() and (int(t.max()) >= num_classes or int(t.min()) < 0):
         raise ValueError(f"target holds labels outside 0..{num_classes - 1}")
-    return torch.bincount(t * num_classes + p.clamp(0, num_classes - 1), minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    ).cpu()
+    return (
+        torch.bincount(t * num_classes + p.clamp(0, num_classes - 1), minlength=num_classes**2)
+        .reshape(num_classes, num_classes)
+        .cpu()
+    )
 
 
 @dataclass

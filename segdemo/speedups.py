@@ -56,13 +56,21 @@ def choose_speedups(model_cfg: ModelConfig, train_cfg: TrainConfig, image_size: 
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         dtype = dtypes[prec] if prec != "auto" else dtype
-        return Speedups(device, dtype, cl != "off", f"{'fp32' if dtype is None else str(dtype)[6:]} autocast "
-                        f"{'+ channels_last ' if cl != 'off' else ''}on {torch.cuda.get_device_name()}")
+        return Speedups(
+            device,
+            dtype,
+            cl != "off",
+            f"{'fp32' if dtype is None else str(dtype)[6:]} autocast "
+            f"{'+ channels_last ' if cl != 'off' else ''}on {torch.cuda.get_device_name()}",
+        )
     candidates = [(None, False), (None, True)]
     if cpu_has_native_bf16():
         candidates += [(torch.bfloat16, True), (torch.bfloat16, False)]
     if prec != "auto":
-        candidates = [(d, c) for d, c in candidates if d == dtypes[prec]] or [(dtypes[prec], False), (dtypes[prec], True)]
+        candidates = [(d, c) for d, c in candidates if d == dtypes[prec]] or [
+            (dtypes[prec], False),
+            (dtypes[prec], True),
+        ]
     if cl != "auto":
         candidates = [(d, c) for d, c in candidates if c == (cl == "on")] or [(None, cl == "on")]
     if len(candidates) == 1:
@@ -72,13 +80,15 @@ def choose_speedups(model_cfg: ModelConfig, train_cfg: TrainConfig, image_size: 
     best = min(timings, key=timings.get)
     base = timings[(None, False)] if (None, False) in timings else max(timings.values())
     why = "" if cpu_has_native_bf16() else "; bf16 skipped: this CPU has no native bf16"
-    return Speedups(device, best[0], best[1],
-                    f"{_label(*best)} on CPU (measured {base / timings[best]:.2f}x vs plain fp32{why})")
+    return Speedups(
+        device, best[0], best[1], f"{_label(*best)} on CPU (measured {base / timings[best]:.2f}x vs plain fp32{why})"
+    )
 
 
 def _label(dtype, cl: bool) -> str:
     return ("fp32" if dtype is None else "bf16" if dtype == torch.bfloat16 else "fp16") + (
-        " + channels_last" if cl else "")
+        " + channels_last" if cl else ""
+    )
 
 
 def _key(cfg: ModelConfig) -> tuple:
@@ -88,8 +98,9 @@ def _key(cfg: ModelConfig) -> tuple:
 @functools.lru_cache(maxsize=32)  # a measurement of this machine, not user state: safe to share
 def _measure_cpu(model_key: tuple, image_size: int, candidates: tuple) -> dict:
     encoder, depth, width, bilinear, num_classes = model_key
-    base = build_model(ModelConfig(encoder=encoder, depth=depth, width=width, bilinear=bilinear,
-                                   num_classes=num_classes))
+    base = build_model(
+        ModelConfig(encoder=encoder, depth=depth, width=width, bilinear=bilinear, num_classes=num_classes)
+    )
     size = min(image_size, 128)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, size, size, generator=gen)
@@ -105,8 +116,11 @@ def _measure_cpu(model_key: tuple, image_size: int, candidates: tuple) -> dict:
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(xi)
-            loss = F.cross_entropy(logits.float(), y.clamp(max=logits.shape[1] - 1)) if logits.shape[1] > 1 else \
-                logits.float().mean()
+            loss = (
+                F.cross_entropy(logits.float(), y.clamp(max=logits.shape[1] - 1))
+                if logits.shape[1] > 1
+                else logits.float().mean()
+            )
             loss.backward()
             times.append(time.perf_counter() - t0)
             if times[0] > 3 * min(out.values(), default=float("inf")):

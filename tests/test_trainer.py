@@ -1,0 +1,117 @@
+"""The loop end to end on tiny built-in data: events, checkpoints, stop, resume, reproducibility."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from segdemo.checkpoint import load_checkpoint
+from segdemo.data.builtin import open_builtin
+from segdemo.events import Done, EpochEnd, Failed, Progress, Started
+from segdemo.trainer import Trainer, lr_at
+from tests.conftest import tiny_config
+
+
+def run(cfg, run_dir, **kw):
+    events = []
+    tr = Trainer(cfg, run_dir, splits=open_builtin(cfg.data), **kw)
+    tr.add_callback(events.append)
+    return tr.run(), events
+
+
+def test_events_in_order_and_files_written(tmp_path):
+    result, events = run(tiny_config(epochs=2, preview_images=3), tmp_path)
+    assert isinstance(result, Done) and result.reason == "finished" and result.epochs_done == 2
+    kinds = [type(e) for e in events if not isinstance(e, Progress)]
+    assert kinds == [Started, EpochEnd, EpochEnd, Done]
+    ends = [e for e in events if isinstance(e, EpochEnd)]
+    assert [e.epoch for e in ends] == [1, 2]
+    e = ends[-1]
+    assert 0 <= e.miou <= 1 and len(e.per_class_iou) == 4 and e.images_per_s > 0 and e.lr > 0
+    assert len(e.previews) == 3 and e.previews[0].pred.shape == e.previews[0].target.shape
+    assert [p.name for p in ends[0].previews] == [p.name for p in e.previews]  # same images each epoch
+    for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert not list(tmp_path.glob(".*tmp*"))  # no temp files left behind
+
+
+def test_checkpoint_rebuilds_model_alone(tmp_path):
+    result, events = run(tiny_config(epochs=1), tmp_path)
+    ck = load_checkpoint(tmp_path / "best.safetensors")
+    assert ck.classes.names == ("background", "circle", "square", "triangle")
+    assert ck.config.model.width == 4 and ck.config.data.image_size == 32
+    assert ck.metrics["miou"] == pytest.approx(result.best_miou, abs=1e-6)
+
+
+def test_learns_something(tmp_path):
+    cfg = tiny_config(epochs=4, lr=5e-3)
+    result, events = run(cfg, tmp_path)
+    ends = [e for e in events if isinstance(e, EpochEnd)]
+    assert ends[-1].train_loss < ends[0].train_loss
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a, ev_a = run(tiny_config(epochs=1), tmp_path / "a")
+    b, ev_b = run(tiny_config(epochs=1), tmp_path / "b")
+    la = [e.train_loss for e in ev_a if isinstance(e, EpochEnd)]
+    lb = [e.train_loss for e in ev_b if isinstance(e, EpochEnd)]
+    assert la == pytest.approx(lb, rel=1e-5)
+
+
+def test_stop_within_one_batch(tmp_path):
+    cfg = tiny_config(epochs=50, batch_size=2)
+    stop = threading.Event()
+    batches_after_stop = []
+
+    def on_event(ev):
+        if isinstance(ev, Progress):
+            if stop.is_set():
+                batches_after_stop.append(ev)
+            if ev.epoch == 2 and ev.batch == 3:
+                stop.set()  # mid-epoch
+
+    tr = Trainer(cfg, tmp_path, splits=open_builtin(cfg.data), should_stop=stop.is_set)
+    tr.add_callback(on_event)
+    result = tr.run()
+    assert isinstance(result, Done) and result.reason == "stopped" and result.epochs_done == 1
+    assert batches_after_stop == []
+    assert load_checkpoint(tmp_path / "best.safetensors")  # the best checkpoint survives a stop
+
+
+def test_resume_continues_at_next_epoch_with_same_result(tmp_path):
+    full, ev_full = run(tiny_config(epochs=3), tmp_path / "full")
+    stop_after = {"n": 0}
+
+    def stop_at_epoch_2():
+        return stop_after["n"] >= 2
+
+    part_dir = tmp_path / "part"
+    tr = Trainer(tiny_config(epochs=3), part_dir, splits=open_builtin(tiny_config().data),
+                 should_stop=stop_at_epoch_2)
+    tr.add_callback(lambda e: stop_after.__setitem__("n", stop_after["n"] + isinstance(e, EpochEnd)))
+    assert tr.run().epochs_done == 2
+    resumed, ev_res = run(tiny_config(epochs=3), part_dir, resume=True)
+    assert [e.epoch for e in ev_res if isinstance(e, EpochEnd)] == [3]
+    assert ev_res[0].start_epoch == 3
+    full_last = [e for e in ev_full if isinstance(e, EpochEnd)][-1]
+    res_last = [e for e in ev_res if isinstance(e, EpochEnd)][-1]
+    # optimiser, schedule and RNG restored: epoch 3 is the same as in the uninterrupted run
+    assert res_last.train_loss == pytest.approx(full_last.train_loss, rel=1e-4)
+    log = [json.loads(x)["epoch"] for x in (part_dir / "metrics.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]
+
+
+def test_bad_settings_fail_with_a_sentence(tmp_path):
+    cfg = tiny_config()
+    cfg.train.loss = "bce"  # four classes: bce is for two
+    result, events = run(cfg, tmp_path)
+    assert isinstance(result, Failed) and "two-class" in result.message
+
+
+def test_one_cycle_schedule_shape():
+    lrs = [lr_at(s, 100, 1.0, "onecycle") for s in range(100)]
+    assert lrs[0] < lrs[10] and max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.05
+    assert np.argmax(lrs) == 10
