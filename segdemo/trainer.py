@@ -122,6 +122,8 @@ class Trainer:
         cfg = self.config
         cfg.validate()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.run_dir.glob(".*.tmp*"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
         _seed_everything(cfg.train.seed)
         if self.splits is None:
             from segdemo.data import open_dataset

@@ -23,7 +23,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Low-frequency colour blotches plus pixel noise, so the background is not one flat colour."""
     coarse = rng.uniform(0, 255, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
     bg = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.BICUBIC), np.float32)
-    return bg + rng.normal(0, 10, (size, size, 3))
+    return bg + rng.standard_normal((size, size, 3), dtype=np.float32) * 10
 
 
 def _shape_polygon(rng: np.random.Generator, kind: int, cx: float, cy: float, r: float):
@@ -60,8 +60,9 @@ def make_sample(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, 
             if np.abs(color - local).sum() > 120:
                 break
             color = rng.uniform(0, 255, 3)
-        shade = np.linspace(-25, 25, size, dtype=np.float32)[None, :, None] * rng.uniform(-1, 1)
-        img[inside] = (color + shade + rng.normal(0, 10, (size, size, 3)))[inside]
+        ys, xs = np.nonzero(inside)
+        shade = (xs * (50 / size) - 25) * rng.uniform(-1, 1)  # a left-right gradient across the shape
+        img[ys, xs] = color + shade[:, None] + rng.normal(0, 10, (len(xs), 3))
         mask[inside] = kind
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
