@@ -92,7 +92,7 @@ def test_disk_full_while_saving_is_reported_and_previous_survives(tmp_path, monk
     events = []
     tr = Trainer(cfg, tmp_path, splits=open_builtin(cfg.data))
     tr.add_callback(events.append)
-    real_fsync, state = os.fsync, {"n": 0}
+    real_fsync = os.fsync
 
     def fsync_fills_up(fd):
         if sum(isinstance(e, EpochEnd) for e in events) >= 1:  # epoch 1 saved; epoch 2's save fails
