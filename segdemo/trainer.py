@@ -8,6 +8,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segdemo import checkpoint as ckpt
 from segdemo.config import RunConfig
-from segdemo.data.base import IGNORE, DataError, PairSource, Splits
+from segdemo.data.base import IGNORE, ArraySource, CachedSource, DataError, PairSource, Splits
 from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
 from segdemo.losses import SegLoss, class_weights_from_counts
@@ -134,6 +135,8 @@ class Trainer:
         if cfg.train.loss == "bce" and classes.num_classes != 2:
             raise ValueError(f"the bce loss is for two-class data; this data has {classes.num_classes} classes. "
                              "Choose ce, weighted_ce, dice or ce_dice")
+        if not isinstance(splits.train, ArraySource):  # decode files once, not every epoch
+            splits = replace(splits, train=CachedSource(splits.train), val=CachedSource(splits.val))
         if len(splits.train) == 0 or len(splits.val) == 0:
             raise DataError("the dataset needs at least one training and one validation pair")
         cfg.model.num_classes = 1 if cfg.train.loss == "bce" else classes.num_classes
