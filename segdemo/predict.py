@@ -64,7 +64,7 @@ class Predictor:
             if bad.size:
                 raise DataError(f"the ground-truth mask holds labels {bad[:5].tolist()} but the model knows "
                                 f"{k} classes (0..{k - 1}); is it the mask for this model's dataset?")
-            cm = confusion_matrix(torch.from_numpy(mask), torch.from_numpy(target), k)
+            cm = confusion_matrix(torch.from_numpy(mask), torch.from_numpy(np.array(target)), k)  # may be read-only
             pred.metrics = metrics_from_confusion(cm)
             pred.errors = error_map(mask, target)
         return pred

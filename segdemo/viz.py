@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on servers, CI or Spaces
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from segdemo.data.base import IGNORE, ClassSet  # noqa: E402
+from segdemo.data.base import IGNORE, ClassSet
 
 ERROR_COLORS = {"correct": (40, 170, 70), "wrong": (220, 40, 40), "missed": (250, 200, 30), "ignored": (90, 90, 90)}
 
@@ -66,10 +62,15 @@ def _esc(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def curves_figure(history: list[dict]):
-    """Loss (train, val) and mIoU per epoch, side by side."""
+def curves_figure(history: list[dict]) -> Figure:
+    """Loss (train, val) and mIoU per epoch, side by side.
+
+    A bare Figure, not pyplot: pyplot's global state is not thread-safe, and job threads and the UI
+    draw at the same time.
+    """
     ep = [h["epoch"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
+    fig = Figure(figsize=(8, 3))
+    a1, a2 = fig.subplots(1, 2)
     a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     a1.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
     a1.set_xlabel("epoch")
