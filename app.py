@@ -1,0 +1,17 @@
+"""segdemo web app: `python app.py` (Hugging Face Spaces runs this file).
+
+Environment: GRADIO_SERVER_NAME / PORT (host and port), SEGDEMO_MAX_CONCURRENT (runs training at once),
+SEGDEMO_RUN_TTL_S (how long finished runs are kept), SEGDEMO_OXFORD_ROOT (a local Oxford-IIIT Pet copy).
+"""
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from segdemo.ui import build_demo, launch  # noqa: E402
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    launch(demo)

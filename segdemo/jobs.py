@@ -1,0 +1,654 @@
+"""Training runs in background threads, one registry per server, owned by browser sessions.
+
+A Job owns one run: its thread, its stop flag, its event history and its run folder
+`root_dir/<job_id>/`. The JobManager keeps the registry, a fair FIFO queue and a server-wide cap
+on how many runs TRAIN at once; queued runs wait in their own thread for their turn.
+
+Ownership: every call names an owner (an opaque secret string the UI keeps per browser) and a
+job id (an unguessable token). Both must match: a wrong id and someone else's id get the same
+"no such run" error, so a run id alone never touches a run and nobody learns that another's exists.
+The manager stores only a SHA-256 of the owner, never the owner string itself (job.json on disk too).
+
+`issue_owner_token()` / `valid_owner_token()` make and check signed owner tokens, so the UI can
+refuse made-up ones (a client that picked "abc" could otherwise share runs with another that did).
+
+Nothing here imports gradio: the UI, tests and scripts drive the same manager.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import copy
+import dataclasses
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from segdemo.config import RunConfig
+from segdemo.data.base import ClassSet, Splits
+from segdemo.events import Done, EpochEnd, Event, Failed, Started
+
+QUEUED, RUNNING, DONE, STOPPED, FAILED = "queued", "running", "done", "stopped", "failed"
+ACTIVE = (QUEUED, RUNNING)
+FINISHED = (DONE, STOPPED, FAILED)
+
+NO_SUCH_RUN = "No such run for this browser session: it may have expired or been deleted. Start a new run"
+
+
+class JobError(Exception):
+    """A refusal the user can act on; the message is one sentence saying what to do."""
+
+
+def _hash_owner(owner: str) -> str:
+    if not isinstance(owner, str) or not owner:
+        raise JobError("This browser session has no id yet; reload the page")
+    return hashlib.sha256(owner.encode()).hexdigest()
+
+
+def _b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+class Job:
+    """One training run. Read `status`, `events`, `result`; wait with `wait_events`."""
+
+    def __init__(
+        self, job_id: str, owner_key: str, config: RunConfig, run_dir: Path, splits: Splits | None = None
+    ):
+        self.id = job_id
+        self.owner_key = owner_key  # sha256 of the owner; compared in constant time
+        self.config = config
+        self.run_dir = run_dir
+        self.splits = splits
+        self.status = QUEUED
+        self.created = time.time()
+        self.started: float | None = None  # when it began TRAINING (left the queue)
+        self.finished: float | None = None
+        self.result: Done | Failed | None = None
+        self.stop_event = threading.Event()
+        self.events: list[Event] = []
+        self._cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def _append(self, event: Event) -> None:
+        with self._cond:
+            if isinstance(event, EpochEnd) and event.previews:
+                # Only the latest filmstrip is shown: older epochs drop their preview arrays (a copy, so a
+                # reader holding the old event keeps its pictures) and a long run stays small in memory.
+                for i in range(len(self.events) - 1, -1, -1):
+                    old = self.events[i]
+                    if isinstance(old, EpochEnd):
+                        if old.previews:
+                            self.events[i] = dataclasses.replace(old, previews=[])
+                        break
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_events(self, since: int = 0, timeout: float | None = None) -> list[Event]:
+        """Events from index `since` on; waits up to `timeout` seconds for one if there is none yet.
+
+        Returns an empty list on timeout, or at once when the job is over and nothing is new.
+        """
+        with self._cond:
+            if len(self.events) <= since and self.status in ACTIVE and timeout != 0:
+                self._cond.wait_for(lambda: len(self.events) > since or self.status not in ACTIVE, timeout)
+            return list(self.events[since:])
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- views -------------------------------------------------------------------------------------
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE
+
+    def last(self, kind: type) -> Any:
+        """The most recent event of a type, or None."""
+        for ev in reversed(self.events):
+            if isinstance(ev, kind):
+                return ev
+        return None
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        """The run's best checkpoint once it is over (None while it runs or when no epoch finished)."""
+        if self.status in ACTIVE:
+            return None
+        p = self.run_dir / "best.safetensors"
+        return p if p.is_file() else None
+
+    @property
+    def message(self) -> str:
+        """One line for the user about how the run ended (empty while it runs)."""
+        r = self.result
+        if isinstance(r, Failed):
+            return r.message
+        if isinstance(r, Done):
+            best = (
+                f"best val mIoU {r.best_miou:.3f} at epoch {r.best_epoch}"
+                if r.best_miou is not None
+                else "no epoch finished, so there is no checkpoint"
+            )
+            how = {"finished": "finished", "stopped": "stopped", "time_limit": "reached its time limit"}
+            return f"{how.get(r.reason, r.reason)} after {r.epochs_done} epoch(s) in {r.seconds:.0f}s; {best}"
+        return ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "message": self.message,
+        }
+
+    def _save_record(self) -> None:
+        """job.json: enough to list this run again after a server restart (no owner secret in it)."""
+        doc = {
+            "id": self.id,
+            "owner_key": self.owner_key,
+            "status": self.status,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "config": self.config.to_dict(),
+            "result": _result_doc(self.result),
+        }
+        try:
+            tmp = self.run_dir / ".job.json.tmp"
+            tmp.write_text(json.dumps(doc))
+            tmp.replace(self.run_dir / "job.json")
+        except OSError:
+            pass  # the record is a convenience for restarts; the run itself goes on
+
+
+def _result_doc(r: Done | Failed | None) -> dict | None:
+    if isinstance(r, Done):
+        return {"type": "done", **r.__dict__}
+    if isinstance(r, Failed):
+        return {"type": "failed", **r.__dict__}
+    return None
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16)
+
+
+def _looks_like_run_folder(d: Path) -> bool:
+    """Only folders we made are ever swept: a run-id name and a job record (or nothing at all) inside."""
+    try:
+        return (
+            d.is_dir()
+            and bool(_RUN_ID.match(d.name))
+            and ((d / "job.json").is_file() or not any(d.iterdir()))
+        )
+    except OSError:
+        return False
+
+
+def default_root_dir() -> tuple[Path, bool]:
+    """(root folder for run folders, whether it survives a restart).
+
+    SEGDEMO_RUNS_DIR if set; else /data/segdemo-runs when /data exists and is writable (persistent
+    storage on Hugging Face Spaces); else a fresh temp folder, which a restart loses.
+    """
+    env = os.environ.get("SEGDEMO_RUNS_DIR")
+    if env:
+        p = Path(env)
+        p.mkdir(parents=True, exist_ok=True)
+        return p, not _under_tmp(p)
+    data = Path("/data")
+    if data.is_dir() and os.access(data, os.W_OK):
+        p = data / "segdemo-runs"
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            return p, True
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix="segdemo-runs-")), False
+
+
+def _under_tmp(p: Path) -> bool:
+    try:
+        p.resolve().relative_to(Path(tempfile.gettempdir()).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def default_max_concurrent() -> int:
+    env = os.environ.get("SEGDEMO_MAX_CONCURRENT")
+    if env:
+        return max(1, int(env))
+    import torch
+
+    return 2 if torch.cuda.is_available() else 1
+
+
+class JobManager:
+    """Registry + FIFO queue + cap on concurrently training runs. Thread-safe."""
+
+    def __init__(
+        self,
+        root_dir: str | Path,
+        max_concurrent: int = 1,
+        ttl_s: float = 3600,
+        *,
+        max_queued: int = 16,
+        max_runs_per_owner: int = 5,
+        persist: bool | None = None,
+        reaper: bool = True,
+        secret: bytes | None = None,
+        trainer_factory: Callable[..., Any] | None = None,
+    ):
+        self.root_dir = Path(root_dir)
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        self.max_concurrent = max(1, int(max_concurrent))
+        self.ttl_s = float(ttl_s)
+        self.max_queued = max_queued
+        self.max_runs_per_owner = max_runs_per_owner
+        self.runs_persist = (not _under_tmp(self.root_dir)) if persist is None else persist
+        self._jobs: dict[str, Job] = {}
+        self._queue: deque[Job] = deque()
+        self._running: set[str] = set()
+        self._lock = threading.Condition()
+        self._closed = threading.Event()
+        self._secret = secret or self._load_secret()
+        self._trainer_factory = trainer_factory
+        self._load_existing()
+        self._reaper = None
+        if reaper:
+            self._reaper = threading.Thread(target=self._reap_loop, name="segdemo-reaper", daemon=True)
+            self._reaper.start()
+
+    @classmethod
+    def from_env(cls, **kw) -> JobManager:
+        """Root from default_root_dir(); SEGDEMO_MAX_CONCURRENT (1 on CPU, 2 with CUDA); SEGDEMO_RUN_TTL_S."""
+        root, persist = default_root_dir()
+        if not persist:  # a temp folder dies with the process anyway: leave no litter in /tmp
+            atexit.register(shutil.rmtree, root, True)
+        ttl = float(os.environ.get("SEGDEMO_RUN_TTL_S", "3600"))
+        return cls(root, default_max_concurrent(), ttl, persist=persist, **kw)
+
+    # -- owner tokens --------------------------------------------------------------------------------
+
+    def _load_secret(self) -> bytes:
+        env = os.environ.get("SEGDEMO_SECRET")
+        if env:
+            return env.encode()
+        path = self.root_dir / ".secret"
+        try:
+            if path.is_file():
+                s = path.read_bytes()
+                if len(s) >= 32:
+                    return s
+            s = secrets.token_bytes(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(s)
+            return s
+        except OSError:
+            return secrets.token_bytes(32)
+
+    def issue_owner_token(self) -> str:
+        """A fresh owner token: 192 random bits plus an HMAC, so only this server's tokens are accepted."""
+        nonce = _b64(secrets.token_bytes(24))
+        return f"{nonce}.{self._sign(nonce)}"
+
+    def valid_owner_token(self, token: Any) -> bool:
+        if not isinstance(token, str) or token.count(".") != 1 or len(token) > 200:
+            return False
+        nonce, sig = token.split(".")
+        return bool(nonce) and hmac.compare_digest(sig, self._sign(nonce))
+
+    def _sign(self, nonce: str) -> str:
+        return _b64(hmac.new(self._secret, nonce.encode(), hashlib.sha256).digest()[:18])
+
+    # -- submitting and stopping -----------------------------------------------------------------------
+
+    def submit(
+        self, owner: str, config: RunConfig, splits: Splits | None = None, data_file: str | Path | None = None
+    ) -> Job:
+        """Queue a run for `owner`; refuse (JobError) when that owner already has one queued or running.
+
+        data_file (e.g. an uploaded zip) is copied into the run folder and becomes config.data.source,
+        so the run never depends on an upload cache that may be cleaned while it waits.
+        """
+        key = _hash_owner(owner)
+        config = copy.deepcopy(config)
+        try:
+            config.validate()
+        except ValueError as e:
+            raise JobError(f"These settings cannot train: {e}") from None
+        self.cleanup_expired()
+        with self._lock:
+            if self._closed.is_set():
+                raise JobError("The server is shutting down; try again in a minute")
+            mine = [j for j in self._jobs.values() if j.owner_key == key]
+            if any(j.is_active for j in mine):
+                raise JobError(
+                    "You already have a run in progress (Train was pressed twice?); press Stop or "
+                    "wait for it to finish before starting another"
+                )
+            if len(self._queue) >= self.max_queued:
+                raise JobError(
+                    f"The server is busy: {len(self._queue)} runs are waiting. Try again in a few minutes"
+                )
+            job_id = secrets.token_urlsafe(16)
+            job = Job(job_id, key, config, self.root_dir / job_id, splits)
+            job.run_dir.mkdir(parents=True)
+            if data_file is not None:
+                src = Path(data_file)
+                dst = job.run_dir / "upload" / src.name
+                dst.parent.mkdir()
+                shutil.copyfile(src, dst)
+                config.data.source = str(dst)
+            self._jobs[job_id] = job
+            self._queue.append(job)
+            job._save_record()
+            old = sorted((j for j in mine if not j.is_active), key=lambda j: j.created)
+            extra = old[: max(0, len(old) - (self.max_runs_per_owner - 1))]
+            for j in extra:  # keep this owner's few latest runs; older ones free their disk now
+                self._forget(j)
+            job.thread = threading.Thread(
+                target=self._run_job, args=(job,), name=f"segdemo-job-{job_id[:6]}", daemon=True
+            )
+            job.thread.start()
+        return job
+
+    def stop(self, owner: str, job_id: str | None = None) -> Job:
+        """Stop the owner's run (`job_id`, or their active one): a queued run leaves the queue at once,
+        a training run stops before its next batch and keeps its best checkpoint."""
+        with self._lock:
+            if job_id is None:
+                job = self.active_for(owner)
+                if job is None:
+                    raise JobError("Nothing is running to stop; press Train to start a run")
+            else:
+                job = self.get(owner, job_id)
+                if not job.is_active:
+                    raise JobError("That run has already ended; there is nothing to stop")
+            job.stop_event.set()
+            if job.status == QUEUED and job in self._queue:
+                self._queue.remove(job)
+            self._lock.notify_all()
+        job._notify()
+        return job
+
+    # -- lookups ----------------------------------------------------------------------------------------
+
+    def get(self, owner: str, job_id: str) -> Job:
+        """The owner's job with that id; JobError(NO_SUCH_RUN) for a wrong id and for another's id alike."""
+        key = _hash_owner(owner)
+        with self._lock:
+            job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None or not hmac.compare_digest(job.owner_key, key):
+            raise JobError(NO_SUCH_RUN)
+        return job
+
+    def jobs_for(self, owner: str) -> list[Job]:
+        """The owner's jobs, oldest first."""
+        key = _hash_owner(owner)
+        with self._lock:
+            return sorted(
+                (j for j in self._jobs.values() if hmac.compare_digest(j.owner_key, key)),
+                key=lambda j: j.created,
+            )
+
+    def active_for(self, owner: str) -> Job | None:
+        return next((j for j in self.jobs_for(owner) if j.is_active), None)
+
+    def latest_for(self, owner: str) -> Job | None:
+        jobs = self.jobs_for(owner)
+        return jobs[-1] if jobs else None
+
+    def queue_position(self, job: Job) -> int:
+        """1 = next to start, 2 = after that...; 0 when the job is not waiting."""
+        with self._lock:
+            try:
+                return self._queue.index(job) + 1
+            except ValueError:
+                return 0
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    # -- the job thread -------------------------------------------------------------------------------
+
+    def _run_job(self, job: Job) -> None:
+        try:
+            with self._lock:
+                self._lock.wait_for(
+                    lambda: (
+                        job.stop_event.is_set()
+                        or self._closed.is_set()
+                        or (
+                            self._queue and self._queue[0] is job and len(self._running) < self.max_concurrent
+                        )
+                    )
+                )
+                if job.stop_event.is_set() or self._closed.is_set():
+                    if job in self._queue:
+                        self._queue.remove(job)
+                    self._lock.notify_all()
+                    self._finish(job, Done("stopped", 0, None, None, None, None, 0.0))
+                    return
+                self._queue.popleft()
+                self._running.add(job.id)
+                job.status, job.started = RUNNING, time.time()
+                job._save_record()
+                self._lock.notify_all()
+            job._notify()
+            result = self._train(job)
+        except Exception as e:  # never let a job take the server down
+            result = Failed(
+                f"training failed unexpectedly ({type(e).__name__}); start again or change the settings",
+                f"{type(e).__name__}: {e}",
+            )
+        finally:
+            with self._lock:
+                was_running = job.id in self._running
+                self._running.discard(job.id)
+                self._lock.notify_all()
+        if was_running or job.result is None:
+            self._finish(job, result)
+
+    def _train(self, job: Job) -> Done | Failed:
+        if self._trainer_factory is not None:
+            trainer = self._trainer_factory(
+                job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set
+            )
+        else:
+            from segdemo.trainer import Trainer
+
+            trainer = Trainer(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set)
+        trainer.add_callback(job._append)
+        result = trainer.run()
+        job.splits = None  # free the images; the event history keeps the previews
+        return result
+
+    def _finish(self, job: Job, result: Done | Failed) -> None:
+        if not any(ev is result for ev in job.events[-3:]):  # the trainer usually emitted it already
+            job._append(result)
+        with job._cond:
+            job.result = result
+            job.finished = time.time()
+            if isinstance(result, Failed):
+                job.status = FAILED
+            elif result.reason == "stopped":
+                job.status = STOPPED
+            else:
+                job.status = DONE
+            job._cond.notify_all()
+        job._save_record()
+
+    # -- expiry ------------------------------------------------------------------------------------------
+
+    def cleanup_expired(self, now: float | None = None) -> int:
+        """Delete runs that ended more than ttl_s ago (never a queued or running one), and stray folders
+        in root_dir older than ttl_s that no job owns. Returns how many runs were removed."""
+        now = time.time() if now is None else now
+        removed = 0
+        with self._lock:
+            for job in list(self._jobs.values()):
+                if job.status in FINISHED and now - (job.finished or job.created) > self.ttl_s:
+                    self._forget(job)
+                    removed += 1
+            known = set(self._jobs)
+        try:
+            entries = list(self.root_dir.iterdir())
+        except OSError:
+            return removed
+        for d in entries:
+            if d.name not in known and _looks_like_run_folder(d):
+                try:
+                    if now - d.stat().st_mtime > self.ttl_s:
+                        shutil.rmtree(d, ignore_errors=True)
+                except OSError:
+                    pass
+        return removed
+
+    def _forget(self, job: Job) -> None:
+        """Drop a finished job and its folder (call with the lock held)."""
+        self._jobs.pop(job.id, None)
+        shutil.rmtree(job.run_dir, ignore_errors=True)
+
+    def _reap_loop(self) -> None:
+        period = min(300.0, max(1.0, self.ttl_s / 4))
+        while not self._closed.wait(period):
+            try:
+                self.cleanup_expired()
+            except Exception:  # a reaper hiccup must never kill the thread
+                pass
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every run and the reaper; wait a little for threads (for tests and shutdown)."""
+        self._closed.set()
+        with self._lock:
+            jobs = list(self._jobs.values())
+            for j in jobs:
+                j.stop_event.set()
+            self._lock.notify_all()
+        deadline = time.time() + timeout
+        for j in jobs:
+            if j.thread is not None:
+                j.thread.join(max(0.0, deadline - time.time()))
+
+    # -- restart -----------------------------------------------------------------------------------------
+
+    def _load_existing(self) -> None:
+        """Re-register finished runs found in root_dir (persistent storage after a restart).
+
+        Their events are rebuilt from metrics.jsonl and the best checkpoint's metadata (no previews).
+        A run that was queued or training when the server went down is listed as stopped/failed.
+        """
+        for rec_path in self.root_dir.glob("*/job.json"):
+            try:
+                doc = json.loads(rec_path.read_text())
+                job = Job(doc["id"], doc["owner_key"], RunConfig.from_dict(doc["config"]), rec_path.parent)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if job.id != rec_path.parent.name:
+                continue
+            job.created = float(doc.get("created") or rec_path.stat().st_mtime)
+            job.started = doc.get("started")
+            job.finished = doc.get("finished") or rec_path.stat().st_mtime
+            job.events = _rebuild_events(job.run_dir)
+            res = doc.get("result") or {}
+            if res.get("type") == "done":
+                res.pop("type")
+                job.result = Done(**res)
+            elif res.get("type") == "failed":
+                res.pop("type")
+                job.result = Failed(**res)
+            else:
+                best = job.run_dir / "best.safetensors"
+                epochs = sum(isinstance(e, EpochEnd) for e in job.events)
+                job.result = (
+                    Done("stopped", epochs, None, None, str(best), None, 0.0)
+                    if best.is_file()
+                    else Failed("the server restarted while this run was waiting or training; start it again")
+                )
+            job.status = (
+                FAILED
+                if isinstance(job.result, Failed)
+                else STOPPED
+                if job.result.reason == "stopped"
+                else DONE
+            )
+            job.events.append(job.result)
+            self._jobs[job.id] = job
+
+
+def _rebuild_events(run_dir: Path) -> list[Event]:
+    """Started + one EpochEnd per line of metrics.jsonl, without previews."""
+    events: list[Event] = []
+    best = run_dir / "best.safetensors"
+    try:
+        from segdemo.checkpoint import read_meta
+
+        meta = read_meta(best)
+        classes = ClassSet.from_dict(meta["classes"])
+        cfg = RunConfig.from_dict(meta["config"])
+        events.append(
+            Started(
+                str(run_dir),
+                "?",
+                "(restored after a server restart)",
+                cfg.train.epochs,
+                1,
+                0,
+                0,
+                list(classes.names),
+                list(classes.colors),
+                0,
+            )
+        )
+    except Exception:
+        return events
+    best_miou = -math.inf
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+            is_best = r["miou"] > best_miou
+            best_miou = max(best_miou, r["miou"])
+            events.append(
+                EpochEnd(
+                    r["epoch"],
+                    cfg.train.epochs,
+                    r["train_loss"],
+                    r["val_loss"],
+                    r["miou"],
+                    r["pixel_accuracy"],
+                    r["per_class_iou"],
+                    r["lr"],
+                    r["seconds"],
+                    r["images_per_s"],
+                    is_best,
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+    return events

@@ -1,0 +1,92 @@
+"""The Gradio app: `build_demo()` assembles the Train and Predict tabs; `launch()` starts it safely.
+
+Widgets and wiring only: training, prediction, checks and checkpoints all live in the engine.
+
+API (gradio_client), see README: `/session` -> owner token; `/check_data`; `/train` -> run id;
+`/watch` (streams); `/stop`; `/run_info` (JSON); `/predict`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import gradio as gr  # noqa: E402
+
+from segdemo.jobs import JobManager  # noqa: E402
+from segdemo.ui.common import EXAMPLES_DIR, AppContext  # noqa: E402
+from segdemo.ui.predict_tab import PredictTab  # noqa: E402
+from segdemo.ui.train_tab import TrainTab  # noqa: E402
+
+__all__ = ["build_demo", "launch", "CSS"]
+
+CSS = """
+.segdemo-legend { font-size: 0.95em; }
+#run-status { min-height: 3.2em; }
+/* an empty download box need not be as tall as an upload area */
+#best-checkpoint .empty, #mask-file .empty { min-height: 3em !important; height: 3em !important; }
+#best-checkpoint .empty .icon, #mask-file .empty .icon { height: 1.6em; }
+/* masks are class maps: show their pixels crisp when the browser enlarges them */
+#out-image img, #out-color img, #out-overlay img, #error-map img, #filmstrip img, #prob-maps img {
+  image-rendering: pixelated;
+}
+/* small pictures (the built-in data is 128 px) fill their boxes instead of sitting in a corner */
+#out-image img, #out-color img, #out-overlay img, #error-map img {
+  width: 100%; height: 100%; object-fit: contain;
+}
+"""
+
+
+def build_demo(
+    jobs: JobManager | None = None, *, cache_dir=None, default_checkpoint=None, concurrency: int | None = None
+) -> gr.Blocks:
+    """The whole app. `jobs` defaults to JobManager.from_env() (SEGDEMO_MAX_CONCURRENT, SEGDEMO_RUN_TTL_S)."""
+    ctx = AppContext(jobs, cache_dir=cache_dir, default_checkpoint=default_checkpoint)
+    # Gradio's own cache (uploads, pictures sent to browsers) is swept hourly of files older than 2 h.
+    with gr.Blocks(title="segdemo: train a U-Net and see what it learned", delete_cache=(3600, 7200)) as demo:
+        token = gr.BrowserState(None, storage_key="segdemo-owner", secret=ctx.browser_secret)
+        persist = f" Your runs are kept for {ctx.jobs.ttl_s / 3600:g} h" + (
+            "." if ctx.jobs.runs_persist else " and do not survive a server restart."
+        )
+        gr.Markdown(
+            "# segdemo: train a U-Net, live\nSemantic segmentation gives **every pixel** a class. Train a "
+            "small U-Net here and watch what it learns, then try it on new images." + persist
+        )
+        with gr.Tabs():
+            with gr.Tab("Train", id="train"):
+                train = TrainTab(ctx, token)
+            with gr.Tab("Predict", id="predict") as predict_tab:
+                predict = PredictTab(ctx, token)
+        train.wire(demo, predict.model)
+        predict.wire(demo, predict_tab)
+        demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).then(
+            train.reattach,
+            token,
+            train.reattach_outputs,
+            api_visibility="private",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
+    limit = concurrency or int(os.environ.get("SEGDEMO_UI_CONCURRENCY", "2"))
+    demo.queue(default_concurrency_limit=limit, max_size=128)
+    demo.segdemo_ctx = ctx  # for tests and the launcher
+    return demo
+
+
+def launch(demo: gr.Blocks, **kw):
+    """demo.launch with this app's defaults: host/port from GRADIO_SERVER_NAME / PORT, 50 MB uploads, only
+    the examples folder readable, no tracebacks on the page. Keyword arguments override."""
+    opts = dict(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+        server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
+        max_file_size="50mb",
+        allowed_paths=[str(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else [],
+        show_error=False,
+        enable_monitoring=False,  # gradio otherwise hands a monitoring URL to anyone who asks /monitoring
+        css=CSS,
+        footer_links=["api"],
+    )
+    opts.update(kw)
+    return demo.launch(**opts)

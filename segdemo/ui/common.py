@@ -1,0 +1,288 @@
+"""What both tabs share: the app context (job manager, caches, default checkpoint), the browser's owner
+token, turning engine errors into gr.Error sentences, and small picture helpers.
+
+Owner / session isolation
+-------------------------
+Each browser gets an owner token the SERVER issues (`JobManager.issue_owner_token`: 192 random bits
+plus an HMAC with a server secret). It lives in a gr.BrowserState (the browser's localStorage), so it
+survives reloads and is shared by the tabs of one browser, and every event sends it back. Runs are
+registered under a hash of that token; every lookup needs the token AND the run id, and a wrong pair
+gets the same "no such run" as a made-up id. Tokens the server did not sign are refused, so a client
+cannot pick an easy one that another might pick too. request.session_hash is NOT used for ownership:
+it changes on every reload, so a student would lose their run by pressing F5.
+API clients get a token from the `/session` endpoint and pass it to each call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import hashlib
+import hmac
+import inspect
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from segdemo.checkpoint import CheckpointError, CheckpointWriteError
+from segdemo.data.base import DataError
+from segdemo.jobs import JobError, JobManager
+
+log = logging.getLogger("segdemo.ui")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes_unet.safetensors"
+EXAMPLES_DIR = REPO_ROOT / "examples"
+USER_ERRORS = (JobError, DataError, CheckpointError, CheckpointWriteError)
+
+
+class AppContext:
+    """Server-wide things every handler needs; one per build_demo(). Holds no per-user state itself."""
+
+    def __init__(
+        self,
+        jobs: JobManager | None = None,
+        cache_dir: str | Path | None = None,
+        default_checkpoint: str | Path | None = None,
+    ):
+        self.jobs = jobs or JobManager.from_env()
+        base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "segdemo-app"
+        self.cache_dir = base / f"{os.getpid()}-{secrets.token_hex(4)}"  # our own per-process folder
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        atexit.register(shutil.rmtree, self.cache_dir, True)
+        self.default_checkpoint = Path(default_checkpoint) if default_checkpoint else DEFAULT_CHECKPOINT
+        # BrowserState "encrypts" with a key the page can read anyway; deriving it from the jobs secret
+        # keeps a browser's token readable across restarts when the runs persist.
+        self.browser_secret = hmac.new(self.jobs._secret, b"browser-state", hashlib.sha256).hexdigest()[:32]
+        self._predictors: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self.check_cache: OrderedDict[tuple, object] = OrderedDict()
+
+    # -- owner tokens ------------------------------------------------------------------------------
+
+    def owner(self, token) -> str:
+        """The owner for this request; gr.Error if the browser's token is missing or not ours."""
+        if not self.jobs.valid_owner_token(token):
+            raise gr.Error(
+                "This browser session is not recognised (the server may have restarted). "
+                "Reload the page to get a new session.",
+                title="Session",
+            )
+        return token
+
+    def ensure_token(self, token):
+        """Keep a valid token; issue a fresh one for a new browser (or one from an old server)."""
+        return token if self.jobs.valid_owner_token(token) else self.jobs.issue_owner_token()
+
+    # -- predictors --------------------------------------------------------------------------------
+
+    def predictor(self, path: str | Path):
+        """A Predictor for a checkpoint file, kept in a small LRU keyed by path, size and mtime."""
+        from segdemo.predict import Predictor
+
+        p = Path(path)
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key in self._predictors:
+                self._predictors.move_to_end(key)
+                return self._predictors[key]
+        pred = Predictor.from_path(p)
+        with self._lock:
+            self._predictors[key] = pred
+            while len(self._predictors) > 6:
+                self._predictors.popitem(last=False)
+        return pred
+
+    # -- scratch folders ---------------------------------------------------------------------------
+
+    def scratch(self, kind: str) -> Path:
+        """A fresh per-request folder inside the app's cache (old ones are removed after an hour)."""
+        root = self.cache_dir / kind
+        root.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for d in root.iterdir():
+            try:
+                if now - d.stat().st_mtime > 3600:
+                    shutil.rmtree(d, ignore_errors=True)
+            except OSError:
+                pass
+        d = root / secrets.token_hex(8)
+        d.mkdir()
+        return d
+
+    def cache_get(self, key):
+        with self._lock:
+            return self.check_cache.get(key)
+
+    def cache_put(self, key, value) -> None:
+        with self._lock:
+            self.check_cache[key] = value
+            while len(self.check_cache) > 32:
+                self.check_cache.popitem(last=False)
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+def sentence(msg: str) -> str:
+    """Engine messages are lower-case clauses; the page shows them as sentences."""
+    msg = str(msg).strip()
+    if not msg:
+        return "Something went wrong."
+    first = msg.split(" ", 1)[0]
+    if first.isalpha():  # "the loss became nan" -> "The loss...", but never "Cat.png" for "cat.png"
+        msg = msg[0].upper() + msg[1:]
+    return msg if msg[-1] in ".!?" else msg + "."
+
+
+def _to_gr_error(e: Exception) -> gr.Error:
+    if isinstance(e, gr.Error):
+        return e
+    if isinstance(e, USER_ERRORS):
+        return gr.Error(sentence(str(e)))
+    log.exception("unexpected error in a UI handler")
+    return gr.Error(
+        f"Something unexpected went wrong on the server ({type(e).__name__}). Try again; if it "
+        "keeps happening, reload the page."
+    )
+
+
+def user_errors(fn):
+    """Every exception leaves a handler as a gr.Error sentence: engine refusals keep their words,
+    bugs are logged on the server and shown only by type. Works for sync/async functions and generators."""
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def agen(*a, **k):
+            try:
+                async for item in fn(*a, **k):
+                    yield item
+            except Exception as e:
+                raise _to_gr_error(e) from None
+
+        return agen
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*a, **k):
+            try:
+                yield from fn(*a, **k)
+            except Exception as e:
+                raise _to_gr_error(e) from None
+
+        return gen
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def coro(*a, **k):
+            try:
+                return await fn(*a, **k)
+            except Exception as e:
+                raise _to_gr_error(e) from None
+
+        return coro
+
+    @functools.wraps(fn)
+    def plain(*a, **k):
+        try:
+            return fn(*a, **k)
+        except Exception as e:
+            raise _to_gr_error(e) from None
+
+    return plain
+
+
+# -- pictures and words -----------------------------------------------------------------------------
+
+
+def upscale(a: np.ndarray, min_side: int = 128) -> np.ndarray:
+    """Nearest-neighbour enlarge small pictures so the browser shows crisp pixels, not blur."""
+    h, w = a.shape[:2]
+    f = int(np.ceil(min_side / max(1, min(h, w))))
+    if f <= 1:
+        return a
+    return np.repeat(np.repeat(a, f, axis=0), f, axis=1)
+
+
+def strip(*panels: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Side-by-side panels of the same height with white gaps."""
+    h = max(p.shape[0] for p in panels)
+    out = []
+    for i, p in enumerate(panels):
+        if p.ndim == 2:
+            p = np.repeat(p[..., None], 3, axis=2)
+        if p.shape[0] != h:
+            p = np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)), constant_values=255)
+        out.append(p)
+        if i < len(panels) - 1:
+            out.append(np.full((h, gap, 3), 255, np.uint8))
+    return np.concatenate(out, axis=1)
+
+
+def fmt_duration(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def fmt_num(v, digits: int = 4) -> str:
+    """A metric for a table; undefined (None/NaN) shows as n/a."""
+    if v is None:
+        return "n/a"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return "n/a" if np.isnan(f) else f"{f:.{digits}f}"
+
+
+def safe_stem(name: str) -> str:
+    stem = Path(name).stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:80] or "image"
+
+
+# -- models a browser may predict with ----------------------------------------------------------------
+
+
+def run_label(job) -> str:
+    when = time.strftime("%H:%M", time.localtime(job.created))
+    r = job.result
+    best = (
+        f"best val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
+    )
+    return f"Your run from {when} ({job.status}, {best})"
+
+
+def model_choices(ctx: AppContext, owner: str | None) -> list[tuple[str, str]]:
+    """The shipped model, this browser's finished runs (newest first) and an uploaded file."""
+    shipped = (
+        "Shipped model: U-Net on the built-in shapes"
+        if ctx.default_checkpoint.is_file()
+        else "Shipped model (not installed on this server)"
+    )
+    choices = [(shipped, "default")]
+    if owner and ctx.jobs.valid_owner_token(owner):
+        for job in reversed(ctx.jobs.jobs_for(owner)):
+            if job.best_checkpoint is not None:
+                choices.append((run_label(job), f"run:{job.id}"))
+    choices.append(("A checkpoint file I upload (.safetensors)", "upload"))
+    return choices
+
+
+def tidy_paths(text: str, *places: tuple[Path | str, str]) -> str:
+    """Server folders mean nothing to a student (and are nobody's business): `folder/x` becomes `x`, and
+    `folder` alone becomes its label, e.g. the temp folder a zip was unpacked into -> "mydata.zip"."""
+    for folder, label in places:
+        f = str(folder).rstrip("/")
+        text = text.replace(f + "/", "").replace(f, label)
+    return text

@@ -1,0 +1,516 @@
+"""Predict tab: pick a model (shipped, one of your runs, or an uploaded checkpoint), segment images, compare
+with a ground truth when you have one, look at per-class probabilities, download the mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import matplotlib
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from segdemo.checkpoint import CheckpointError, read_meta
+from segdemo.data.base import DataError
+from segdemo.imageio import IMAGE_SUFFIXES, align_mask, load_image_oriented, load_mask_raw
+from segdemo.ui.common import (
+    EXAMPLES_DIR,
+    AppContext,
+    fmt_num,
+    model_choices,
+    safe_stem,
+    sentence,
+    user_errors,
+)
+from segdemo.viz import legend_html
+
+MAX_SIDE = 2048  # larger photos are shrunk before predicting: a 40-megapixel softmax would need gigabytes
+MASK_SUFFIXES = ("", "_mask", "-mask", "_gt", "-gt", "_label", "_labels")
+IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
+
+
+def _names(files) -> list[str]:
+    return [Path(f).name for f in files or []]
+
+
+def pair_mask(image_path: str, masks: list[str] | None, n_images: int) -> str | None:
+    """An image's mask: same file stem (or stem + _mask/_gt); with one image and one mask, that one."""
+    if not masks:
+        return None
+    stem = Path(image_path).stem.lower()
+    by_stem = {Path(m).stem.lower(): m for m in masks}
+    for suffix in MASK_SUFFIXES:
+        if stem + suffix in by_stem:
+            return by_stem[stem + suffix]
+    if n_images == 1 and len(masks) == 1:
+        return masks[0]
+    return None
+
+
+def load_ground_truth(path: str, image_shape: tuple[int, ...], orientation: int, classes, image_name: str):
+    """A mask file -> (H, W) class ids with IGNORE, decoded with the model's classes; else DataError."""
+    from segdemo.data.masks import decode_mask, detect_encoding
+
+    name = Path(path).name
+    raw, mode = load_mask_raw(path, name)
+    colors = list(classes.colors)
+    enc = detect_encoding(raw, mode, classes.num_classes, colors)
+    ids = decode_mask(
+        raw, enc, num_classes=classes.num_classes, colormap=colors, name=name, classes_from="the model"
+    )
+    return align_mask(ids, image_shape, orientation, mask_name=name, image_name=image_name)
+
+
+def heatmap(p: np.ndarray, cmap: str = "inferno") -> np.ndarray:
+    """(H, W) probabilities 0..1 -> (H, W, 3) uint8 through a matplotlib colormap (dark 0, bright 1)."""
+    rgba = matplotlib.colormaps[cmap](np.clip(p, 0, 1))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def _shrink(image: np.ndarray, mask: np.ndarray | None):
+    h, w = image.shape[:2]
+    f = max(h, w) / MAX_SIDE
+    if f <= 1:
+        return image, mask, ""
+    size = (max(1, round(w / f)), max(1, round(h / f)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    return image, mask, f" (shrunk from {w}x{h} to {size[0]}x{size[1]} for speed)"
+
+
+class PredictTab:
+    def __init__(self, ctx: AppContext, token: gr.BrowserState):
+        self.ctx, self.token = ctx, token
+        gr.Markdown(
+            "Segment new images with a trained model. Add the true mask (same file name) to score the "
+            "prediction; without one you see how much of the image each class covers."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                shipped = ctx.default_checkpoint.is_file()
+                self.model = gr.Dropdown(
+                    model_choices(ctx, None),
+                    value="default" if shipped else None,
+                    allow_custom_value=True,
+                    label="Model",
+                    elem_id="model-choice",
+                    info="The shipped model, one of your finished runs, or a file.",
+                )
+                self.ckpt_file = gr.File(
+                    label="Checkpoint file (.safetensors saved by segdemo)",
+                    file_types=[".safetensors"],
+                    visible=False,
+                )
+                self.model_info = gr.Markdown(self._shipped_note(shipped), elem_id="model-info")
+                self.images = gr.File(
+                    label="Images (one or more)",
+                    file_count="multiple",
+                    file_types=IMAGE_TYPES,
+                    elem_id="predict-images",
+                    height=130,
+                )
+                self.masks = gr.File(
+                    label="Ground-truth masks, optional (same file names as the images)",
+                    file_count="multiple",
+                    file_types=IMAGE_TYPES,
+                    elem_id="predict-masks",
+                    height=130,
+                )
+                self.show = gr.Dropdown([], label="Image to show", visible=False, allow_custom_value=True)
+                self.alpha = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity")
+                self.probs = gr.Checkbox(False, label="Show per-class probability maps")
+                self.go = gr.Button("Segment", variant="primary", elem_id="segment-btn")
+                self.example_files = [
+                    (p, EXAMPLES_DIR / "masks" / p.name)
+                    for p in sorted(EXAMPLES_DIR.glob("*.png"))
+                    if (EXAMPLES_DIR / "masks" / p.name).is_file()
+                ]
+                self.example_gallery = gr.Gallery(
+                    [str(img) for img, _ in self.example_files],
+                    label="Examples: click one (it comes with its true mask)",
+                    columns=4,
+                    height=140,
+                    allow_preview=False,
+                    object_fit="contain",
+                    interactive=False,
+                    visible=bool(self.example_files),
+                    elem_id="examples",
+                )
+            with gr.Column(scale=3, min_width=420):
+                with gr.Row():
+                    self.out_image = gr.Image(
+                        label="Image", format="png", interactive=False, height=260, elem_id="out-image"
+                    )
+                    self.out_color = gr.Image(
+                        label="Predicted mask",
+                        format="png",
+                        interactive=False,
+                        height=260,
+                        elem_id="out-color",
+                    )
+                    self.out_overlay = gr.Image(
+                        label="Overlay", format="png", interactive=False, height=260, elem_id="out-overlay"
+                    )
+                self.legend = gr.HTML(label="legend")
+                self.summary = gr.Markdown(label="summary")
+                self.table = gr.Dataframe(
+                    value=pd.DataFrame(columns=["class", "IoU", "Dice", "share of true pixels"]),
+                    label="Per class",
+                    interactive=False,
+                    wrap=True,
+                    elem_id="predict-table",
+                )
+                self.errors = gr.Image(
+                    label="Error map: green right · red wrong class · yellow missed "
+                    "(predicted background) · grey ignored",
+                    format="png",
+                    interactive=False,
+                    height=260,
+                    visible=False,
+                    elem_id="error-map",
+                )
+                self.prob_maps = gr.Gallery(
+                    label="Probability of each class (dark 0, bright 1)",
+                    columns=4,
+                    height=210,
+                    format="png",
+                    visible=False,
+                    object_fit="contain",
+                    elem_id="prob-maps",
+                )
+                self.mask_file = gr.File(
+                    label="Predicted mask: a PNG of class ids (0, 1, 2, …)",
+                    interactive=False,
+                    elem_id="mask-file",
+                )
+                self.details = gr.JSON(label="details", visible=False)
+        self.outputs = [
+            self.out_image,
+            self.out_color,
+            self.out_overlay,
+            self.legend,
+            self.table,
+            self.summary,
+            self.errors,
+            self.prob_maps,
+            self.mask_file,
+            self.details,
+        ]
+
+    def _shipped_note(self, shipped: bool) -> str:
+        if shipped:
+            return self.describe_path(self.ctx.default_checkpoint)
+        return (
+            f"The shipped model is not installed on this server (`{self.ctx.default_checkpoint.name}` is "
+            "missing). Train a run in the **Train** tab, or upload a checkpoint."
+        )
+
+    # -- wiring ---------------------------------------------------------------------------------------
+
+    def wire(self, demo: gr.Blocks, tab: gr.Tab) -> None:
+        inputs = [
+            self.token,
+            self.model,
+            self.ckpt_file,
+            self.images,
+            self.masks,
+            self.show,
+            self.alpha,
+            self.probs,
+        ]
+        show = dict(
+            fn=self.toggle,
+            inputs=self.details,
+            outputs=[self.errors, self.prob_maps],
+            api_visibility="private",
+            queue=False,
+        )
+        self.go.click(self.predict, inputs, self.outputs, api_name="predict").then(**show)
+        self.images.change(
+            self.on_images, self.images, self.show, api_visibility="private", queue=False
+        ).then(self.auto_predict, inputs, self.outputs, api_visibility="private").then(**show)
+        gr.on(
+            [self.masks.change, self.show.input, self.alpha.release, self.probs.input],
+            self.auto_predict,
+            inputs,
+            self.outputs,
+            api_visibility="private",
+            trigger_mode="always_last",
+        ).then(**show)
+        self.model.input(
+            lambda m: gr.update(visible=m == "upload"),
+            self.model,
+            self.ckpt_file,
+            api_visibility="private",
+            queue=False,
+        ).then(
+            self.describe, [self.token, self.model, self.ckpt_file], self.model_info, api_visibility="private"
+        ).success(self.auto_predict, inputs, self.outputs, api_visibility="private").then(**show)
+        self.model.change(
+            self.describe_quiet,
+            [self.token, self.model, self.ckpt_file],
+            self.model_info,
+            api_visibility="private",
+        )
+        self.ckpt_file.upload(
+            self.on_checkpoint, self.ckpt_file, [self.model, self.model_info], api_visibility="private"
+        ).success(self.auto_predict, inputs, self.outputs, api_visibility="private").then(**show)
+        self.example_gallery.select(
+            self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
+        )
+        tab.select(
+            self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False
+        )
+
+    @staticmethod
+    def toggle(details):
+        """Show the error map only with a ground truth, the probability maps only when asked for."""
+        d = details if isinstance(details, dict) else {}
+        return gr.update(visible=bool(d.get("ground_truth"))), gr.update(
+            visible=bool(d.get("probability_maps"))
+        )
+
+    # -- handlers -------------------------------------------------------------------------------------
+
+    def on_images(self, images):
+        names = _names(images)
+        return gr.update(choices=names, value=names[0] if names else None, visible=len(names) > 1)
+
+    def pick_example(self, evt: gr.SelectData):
+        img, mask = self.example_files[evt.index]
+        return [str(img)], [str(mask)]
+
+    def refresh_models(self, token, current):
+        choices = model_choices(self.ctx, token)
+        values = [v for _, v in choices]
+        return gr.update(choices=choices, value=current if current in values else None)
+
+    def resolve(self, token, model: str | None, ckpt_file: str | None) -> Path:
+        """The checkpoint file for a model choice; gr.Error with what to do when there is none."""
+        if model == "default" or model is None:
+            if not self.ctx.default_checkpoint.is_file():
+                raise gr.Error(
+                    "The shipped model is not installed on this server. Train a run in the Train tab "
+                    "or upload a .safetensors checkpoint, then choose it under Model."
+                )
+            return self.ctx.default_checkpoint
+        if model == "upload":
+            if not ckpt_file:
+                raise gr.Error("Upload a .safetensors checkpoint first, or choose another model.")
+            p = Path(ckpt_file)
+            if p.suffix.lower() != ".safetensors":
+                raise gr.Error(
+                    f"{p.name} is not a .safetensors file. Upload a checkpoint saved by segdemo "
+                    "(.pt/.pth files are refused: loading them can run code)."
+                )
+            return p
+        if isinstance(model, str) and model.startswith("run:"):
+            owner = self.ctx.owner(token)
+            job = self.ctx.jobs.get(owner, model[4:])
+            best = job.best_checkpoint
+            if best is None:
+                if job.is_active:
+                    raise gr.Error(
+                        "That run is still training; its checkpoint appears here when it ends "
+                        "(or press Stop in the Train tab)."
+                    )
+                raise gr.Error("That run ended before its first epoch finished, so it has no checkpoint.")
+            return best
+        raise gr.Error("Choose a model from the list.")
+
+    def describe_path(self, path: Path) -> str:
+        meta = read_meta(path)
+        cfg, metrics = meta.get("config", {}), meta.get("metrics") or {}
+        names = meta.get("classes", {}).get("names", [])
+        m, d = cfg.get("model", {}), cfg.get("data", {})
+        miou = metrics.get("miou")
+        score = (
+            f" · val mIoU **{miou:.3f}** (epoch {metrics.get('epoch', '?')}, from the checkpoint's "
+            "validation set)"
+            if isinstance(miou, (int, float))
+            else ""
+        )
+        up = "bilinear" if m.get("bilinear") else "transposed"
+        return (
+            f"**{len(names)} classes:** {', '.join(names)}{score}  \nU-Net width {m.get('width')}, depth "
+            f"{m.get('depth')}, {up} up-sampling; sees images at {d.get('image_size')} px."
+        )
+
+    @user_errors
+    def describe(self, token, model, ckpt_file):
+        if model == "upload" and not ckpt_file:
+            return "Upload a checkpoint file (.safetensors) saved by segdemo."
+        if model == "default" and not self.ctx.default_checkpoint.is_file():
+            return self._shipped_note(False)
+        return self.describe_path(self.resolve(token, model, ckpt_file))
+
+    def describe_quiet(self, token, model, ckpt_file):
+        try:
+            return self.describe(token, model, ckpt_file)
+        except Exception:
+            return gr.skip()
+
+    @user_errors
+    def on_checkpoint(self, ckpt_file):
+        """Validate an uploaded checkpoint fully (format, config, shapes, finite weights) before using it."""
+        if not ckpt_file:
+            return gr.skip(), gr.skip()
+        p = Path(ckpt_file)
+        if p.suffix.lower() != ".safetensors":
+            raise gr.Error(
+                f"{p.name} is not a .safetensors file. Upload a checkpoint saved by segdemo "
+                "(.pt/.pth files are refused: loading them can run code)."
+            )
+        self.ctx.predictor(p)  # load_checkpoint: CheckpointError -> a gr.Error with its sentence
+        return gr.update(value="upload"), self.describe_path(p)
+
+    def auto_predict(self, token, model, ckpt_file, images, masks, show, alpha, probability_maps):
+        if not images:
+            return [None, None, None, "", None, "", None, None, None, {}]
+        no_model = model is None or (model == "default" and not self.ctx.default_checkpoint.is_file())
+        if no_model or (model == "upload" and not ckpt_file):
+            out = [gr.skip()] * len(self.outputs)
+            out[5] = (
+                "**Choose a model above first**: upload a checkpoint file, or train a run in the Train tab "
+                "(it appears in the list when it ends)."
+                if no_model
+                else "**Upload the checkpoint file** (.safetensors) above, then the images are segmented."
+            )
+            return out
+        return self.predict(token, model, ckpt_file, images, masks, show, alpha, probability_maps)
+
+    @user_errors
+    def predict(
+        self,
+        token: str | None,
+        model: str | None,
+        checkpoint_file: str | None,
+        images: list[str] | None,
+        masks: list[str] | None,
+        show: str | None,
+        alpha: float,
+        probability_maps: bool,
+    ):
+        """Segment one of the uploaded images (`show`, by file name; default the first).
+
+        Returns: image, colour mask, overlay, legend HTML, per-class table, summary text, error map
+        (with a ground truth), probability maps (when asked) and the mask as a PNG of class ids.
+        """
+        if not images:
+            raise gr.Error("Upload an image first, or click one of the examples below.")
+        images = list(images)
+        path = next((p for p in images if Path(p).name == show), images[0])
+        name = Path(path).name
+        image, orientation = load_image_oriented(path, name)  # the student's own file is checked first
+        ckpt = self.resolve(token, model, checkpoint_file)
+        try:
+            predictor = self.ctx.predictor(ckpt)
+        except CheckpointError as e:
+            raise gr.Error(sentence(str(e))) from None
+        mask_path = pair_mask(path, list(masks or []), len(images))
+        if masks and mask_path is None and not any(pair_mask(p, list(masks), len(images)) for p in images):
+            raise gr.Error(
+                f"None of the masks ({', '.join(_names(masks)[:4])}) matches an image by file name. "
+                "Name each mask like its image (cat.png and cat.png, or cat_mask.png)."
+            )
+        target = None
+        if mask_path is not None:
+            target = load_ground_truth(mask_path, image.shape, orientation, predictor.classes, name)
+        image, target, shrunk = _shrink(image, target)
+        try:
+            p = predictor.predict(image, target=target, alpha=float(alpha if alpha is not None else 0.5))
+        except DataError as e:
+            raise gr.Error(sentence(str(e))) from None
+        classes = predictor.classes
+        legend = legend_html(classes, p.pixel_share)
+        if p.metrics is not None:
+            m = p.metrics
+            rows = [
+                [n, fmt_num(iou), fmt_num(dice), fmt_num(share), fmt_num(pred_share)]
+                for n, iou, dice, share, pred_share in zip(
+                    classes.names, m.iou, m.dice, m.pixel_share, p.pixel_share, strict=True
+                )
+            ]
+            dices = [d for d in m.dice if not np.isnan(d)]
+            rows.append(["mean (mIoU)", fmt_num(m.miou), fmt_num(np.mean(dices) if dices else None), "", ""])
+            table = pd.DataFrame(
+                rows, columns=["class", "IoU", "Dice", "share of true pixels", "share of predicted pixels"]
+            )
+            summary = (
+                f"**{name}**{shrunk} against its mask **{Path(mask_path).name}**: mIoU **{m.miou:.3f}**, "
+                f"pixel accuracy {m.pixel_accuracy:.1%}. n/a = the class is neither in the mask nor "
+                "predicted."
+            )
+            errors = p.errors
+        else:
+            meta_metrics = predictor.ckpt.metrics or {}
+            per = {r.get("name"): r for r in meta_metrics.get("per_class", []) if isinstance(r, dict)}
+            rows = [
+                [n, fmt_num(share), fmt_num(per.get(n, {}).get("iou"))]
+                for n, share in zip(classes.names, p.pixel_share, strict=True)
+            ]
+            rows.append(["mean (mIoU)", "", fmt_num(meta_metrics.get("miou"))])
+            table = pd.DataFrame(
+                rows,
+                columns=[
+                    "class",
+                    "share of predicted pixels",
+                    "val IoU (from the checkpoint's validation set)",
+                ],
+            )
+            summary = (
+                f"**{name}**{shrunk}: no ground truth, so this image is not scored. The last column is the "
+                "model's IoU on its own validation set, from the checkpoint"
+                + (f" (epoch {meta_metrics['epoch']})" if "epoch" in meta_metrics else "")
+                + "."
+            )
+            errors = None
+        maps = [(heatmap(p.probs[c]), n) for c, n in enumerate(classes.names)] if probability_maps else None
+        out_dir = self.ctx.scratch("predict")
+        mask_png = out_dir / f"{safe_stem(name)}_mask.png"
+        Image.fromarray(p.mask).save(mask_png)  # 2-D uint8: a greyscale PNG
+        return [
+            image,
+            p.color,
+            p.overlay,
+            legend,
+            table,
+            summary,
+            errors,
+            maps,
+            str(mask_png),
+            _details(name, classes, p, predictor.ckpt.metrics, bool(probability_maps)),
+        ]
+
+
+def _num(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+def _details(name: str, classes, p, ckpt_metrics: dict, probability_maps: bool) -> dict:
+    """The numbers behind the table, for API clients (NaN -> None: undefined IoU)."""
+    m = p.metrics
+    val = {
+        r.get("name"): r.get("iou") for r in (ckpt_metrics or {}).get("per_class", []) if isinstance(r, dict)
+    }
+    return {
+        "image": name,
+        "ground_truth": m is not None,
+        "probability_maps": probability_maps,
+        "miou": _num(m.miou) if m else None,
+        "pixel_accuracy": _num(m.pixel_accuracy) if m else None,
+        "checkpoint_val_miou": _num((ckpt_metrics or {}).get("miou")),
+        "per_class": [
+            {
+                "name": n,
+                "predicted_share": _num(p.pixel_share[i]),
+                "iou": _num(m.iou[i]) if m else None,
+                "dice": _num(m.dice[i]) if m else None,
+                "true_share": _num(m.pixel_share[i]) if m else None,
+                "checkpoint_val_iou": _num(val.get(n)),
+            }
+            for i, n in enumerate(classes.names)
+        ],
+    }

@@ -1,0 +1,811 @@
+"""Train tab: choose and check data, pick settings, start/stop a run and watch it learn, epoch by epoch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from segdemo.config import RunConfig, gpu_preset, quick_cpu_preset
+from segdemo.data.base import IGNORE, ClassSet
+from segdemo.events import Done, EpochEnd, Failed, Progress, Started
+from segdemo.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
+from segdemo.ui.common import (
+    AppContext,
+    fmt_duration,
+    fmt_num,
+    model_choices,
+    sentence,
+    strip,
+    tidy_paths,
+    upscale,
+    user_errors,
+)
+from segdemo.viz import colorize, curves_figure, legend_html, overlay
+
+PRESETS = {"Quick: CPU, about a minute": quick_cpu_preset, "GPU: bigger, longer": gpu_preset}
+QUICK = next(iter(PRESETS))
+DATASETS = [
+    ("Built-in shapes (made on the fly, works offline)", "builtin"),
+    ("My own dataset: a .zip with images/ and masks/", "zip"),
+    ("Oxford-IIIT Pet (photos of cats and dogs)", "oxford"),
+]
+LOSSES = [
+    ("Cross-entropy (CE): every pixel counts the same", "ce"),
+    ("Weighted CE: rare classes count more", "weighted_ce"),
+    ("Dice: overlap per class, small classes count as much", "dice"),
+    ("CE + Dice: steady and balanced (default)", "ce_dice"),
+]
+UPSAMPLING = [
+    ("Transposed convolution (learned)", "transposed"),
+    ("Bilinear + convolution (smooth)", "bilinear"),
+]
+TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the best epoch"]
+MAX_STREAM_S = 6 * 3600  # a stream never outlives this, even if nobody closes it
+
+WHY_LOSS = """
+**Which loss?** Cross-entropy scores each pixel on its own. When the background covers 90% of the
+pixels, a net that paints everything background already has a low CE loss, so small classes can be
+ignored. *Weighted CE* multiplies the rare classes' pixels by a bigger weight. *Dice* measures the
+overlap of predicted and true area **per class** and averages the classes, so a class covering 2% of
+the image counts as much as the background; alone it can be jumpy at the start. *CE + Dice* adds the
+two: CE's steady gradients plus Dice's balance. Try CE vs Dice on data with a tiny class and compare
+the per-class IoU table.
+"""
+WHY_UPSAMPLING = """
+**Which up-sampling?** The decoder doubles the resolution at every level. A *transposed convolution*
+learns how to up-sample (it has weights, and early in training it can leave a faint checkerboard).
+*Bilinear* up-sampling just interpolates (no weights), then a convolution refines it: smoother masks,
+slightly fewer parameters, but its backward pass is slower on a CPU (about 1.5x here).
+"""
+WHY_OTHER = """
+**Image size**: the net sees every image squashed to this square; bigger shows finer detail but costs
+about size² time. **Width**: channels of the first level, doubled at each level down (the net's
+capacity). **Depth**: how many times the image is halved; deeper sees more context. **Augmentation**:
+random flips, small rotations and brightness changes of the training images so the net cannot just
+memorise them. **Learning rate**: the size of each step; too high and the loss explodes.
+"""
+
+
+# -- settings -> config ---------------------------------------------------------------------------------
+
+
+def preset_values(name: str) -> list:
+    """[image_size, epochs, batch_size, lr, loss, width, depth, upsampling, augment, train_images]."""
+    c = PRESETS.get(name, quick_cpu_preset)()
+    return [
+        c.data.image_size,
+        c.train.epochs,
+        c.train.batch_size,
+        c.train.lr,
+        c.train.loss,
+        c.model.width,
+        c.model.depth,
+        "bilinear" if c.model.bilinear else "transposed",
+        c.data.augment,
+        c.data.builtin_train,
+    ]
+
+
+def build_config(
+    preset: str,
+    dataset: str,
+    image_size,
+    epochs,
+    batch_size,
+    learning_rate,
+    loss,
+    width,
+    depth,
+    upsampling,
+    augment,
+    train_images,
+) -> RunConfig:
+    """The run config from the preset plus the settings on the page; ValueError says what to change."""
+    cfg = PRESETS.get(preset, quick_cpu_preset)()
+    try:
+        cfg.data.image_size = int(image_size)
+        cfg.train.epochs = int(epochs)
+        cfg.train.batch_size = int(batch_size)
+        cfg.train.lr = float(learning_rate)
+        cfg.model.width = int(width)
+        cfg.model.depth = int(depth)
+        n = int(train_images)
+    except (TypeError, ValueError):
+        raise gr.Error("Every setting needs a number; fill in the empty ones.") from None
+    cfg.train.loss = loss or cfg.train.loss
+    cfg.model.bilinear = upsampling == "bilinear"
+    cfg.data.augment = bool(augment)
+    if n < 2:
+        raise gr.Error("Train on at least 2 images.")
+    if dataset == "builtin":
+        cfg.data.source = "builtin"
+        cfg.data.builtin_train, cfg.data.builtin_val = n, max(8, round(n / 6))
+    elif dataset == "oxford":
+        root = os.environ.get("SEGDEMO_OXFORD_ROOT")
+        cfg.data.source = f"oxford-pet:{root}" if root else "oxford-pet"
+        cfg.data.download = not root  # no copy from the host: fetch it (needs internet)
+        cfg.data.max_train_images = n
+    elif dataset == "zip":
+        cfg.data.source = "zip"  # the uploaded file's path is filled in by the caller
+        cfg.data.max_train_images = n
+    else:
+        raise gr.Error("Choose a dataset first.")
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise gr.Error(sentence(str(e))) from None
+    return cfg
+
+
+# -- the live view of one run ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunView:
+    """What the page shows of a run, folded from its events."""
+
+    started: Started | None = None
+    progress: Progress | None = None
+    epochs: list[EpochEnd] = field(default_factory=list)
+    previews_from: EpochEnd | None = None
+    end: Done | Failed | None = None
+
+    def add(self, ev) -> bool:
+        """Fold one event in; True when the plot, table or filmstrip changed."""
+        if isinstance(ev, Started):
+            self.started = ev
+            return True
+        if isinstance(ev, Progress):
+            self.progress = ev
+            return False
+        if isinstance(ev, EpochEnd):
+            self.epochs.append(ev)
+            if ev.previews:
+                self.previews_from = ev
+            return True
+        if isinstance(ev, Done | Failed):
+            self.end = ev
+            return True
+        return False
+
+    @property
+    def classes(self) -> ClassSet | None:
+        s = self.started
+        return ClassSet(tuple(s.class_names), tuple(tuple(c) for c in s.class_colors)) if s else None
+
+    def best(self) -> EpochEnd | None:
+        return max(self.epochs, key=lambda e: e.miou) if self.epochs else None
+
+    def rate(self) -> float:
+        """Training images per second: this epoch's, once a tenth of it is done; until then the last epoch's
+        (the first batches of an epoch include start-up costs and would make the ETA jump)."""
+        p = self.progress
+        if p is None:
+            return 0.0
+        if self.epochs and p.batch < max(3, p.n_batches // 10):
+            return self.epochs[-1].images_per_s
+        return p.images_per_s
+
+    def eta_s(self, job: Job) -> float | None:
+        p = self.progress
+        if p is None or self.started is None or self.rate() <= 0:
+            return None
+        n_epochs = self.started.epochs
+        bs = min(job.config.train.batch_size, max(1, self.started.n_train))
+        remaining = ((p.n_batches - p.batch) + (n_epochs - p.epoch) * p.n_batches) * bs
+        overhead = 1.15  # validation and checkpoints, until an epoch tells us better
+        if self.epochs:
+            last = self.epochs[-1]
+            train_s = p.n_batches * bs / max(last.images_per_s, 1e-9)
+            overhead = max(1.0, last.seconds / max(train_s, 1e-9))
+        return remaining / self.rate() * overhead
+
+    def status(self, job: Job, position: int, running: int) -> str:
+        if job.status == QUEUED:
+            return (
+                f"**Waiting for a free training slot: you are number {position} in line** "
+                f"({running} run{'s' if running != 1 else ''} training now). Your run starts by itself; "
+                "Stop takes it out of the line."
+            )
+        best = self.best()
+        best_txt = f"best val mIoU so far {best.miou:.3f} (epoch {best.epoch})" if best else ""
+        if job.status == RUNNING or self.end is None:
+            s = self.started
+            if s is None:
+                return "Preparing the data and measuring the fastest settings on this machine…"
+            p = self.progress
+            if p is not None and (not self.epochs or p.epoch > self.epochs[-1].epoch):
+                parts = [
+                    f"**Epoch {p.epoch}/{s.epochs}**",
+                    f"batch {p.batch}/{p.n_batches}",
+                    f"{self.rate():.0f} images/s",
+                ]
+            elif self.epochs:
+                e = self.epochs[-1]
+                parts = [f"**Epoch {e.epoch}/{s.epochs} done**", f"{e.images_per_s:.0f} images/s"]
+            else:
+                parts = [f"**Epoch 1/{s.epochs}** starting"]
+            eta = self.eta_s(job)
+            if eta is not None:
+                parts.append(f"about {fmt_duration(eta)} left")
+            if best_txt:
+                parts.append(best_txt)
+            return (
+                " · ".join(parts) + f"\n\nTraining on **{s.device}**, {s.precision} · {s.n_train} training / "
+                f"{s.n_val} validation images · {s.parameters / 1e6:.2f} M parameters"
+            )
+        end = self.end
+        if isinstance(end, Failed) or job.status == FAILED:
+            msg = end.message if isinstance(end, Failed) else job.message
+            msg = tidy_paths(
+                msg,
+                (job.run_dir / "upload", ""),
+                (job.run_dir / "data", "the dataset"),
+                (job.run_dir, "the run folder"),
+            )
+            return f"✗ **Training failed:** {sentence(msg)}"
+        took = f" in {fmt_duration(end.seconds)}" if end.seconds else ""
+        if end.best_miou is not None:
+            tail = (
+                f"best val mIoU **{end.best_miou:.3f}** at epoch {end.best_epoch}. Its checkpoint is below, "
+                "and it is selected in the **Predict** tab: try it on new images."
+            )
+        else:
+            tail = "no epoch finished, so no checkpoint was saved. Press Train to start again."
+        if job.status == STOPPED:
+            n = end.epochs_done
+            return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}"
+        word = "Reached the time limit" if end.reason == "time_limit" else "Finished"
+        return f"✓ **{word}**: {end.epochs_done} epochs{took}; {tail}"
+
+    def figure(self):
+        if not self.epochs:
+            return None
+        hist = [
+            {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss, "miou": e.miou}
+            for e in self.epochs
+        ]
+        return curves_figure(hist)  # a bare Figure: safe beside the job threads that draw too
+
+    def table(self) -> pd.DataFrame:
+        if not self.epochs or self.started is None:
+            return pd.DataFrame(columns=TABLE_COLUMNS)
+        last, best = self.epochs[-1], self.best()
+        cols = ["class", f"IoU, epoch {last.epoch} (latest)", f"IoU, epoch {best.epoch} (best)"]
+        rows = [
+            [name, fmt_num(a, 3), fmt_num(b, 3)]
+            for name, a, b in zip(
+                self.started.class_names, last.per_class_iou, best.per_class_iou, strict=False
+            )
+        ]
+        rows.append(
+            [
+                "mean (mIoU)",
+                fmt_num(last.miou, 3),
+                fmt_num(best.miou, 3),
+            ]
+        )
+        return pd.DataFrame(rows, columns=cols)
+
+    def filmstrip(self) -> list:
+        ev, classes = self.previews_from, self.classes
+        if ev is None or classes is None:
+            return []
+        out = []
+        for p in ev.previews:
+            valid = p.target != IGNORE
+            acc = float((p.pred[valid] == p.target[valid]).mean()) if valid.any() else float("nan")
+            out.append((upscale(p.image), p.name))
+            out.append((upscale(colorize(p.target, classes)), "truth"))
+            out.append((upscale(colorize(p.pred, classes)), f"pred {acc:.0%}"))
+        return out
+
+
+class TrainTab:
+    """Builds the tab's widgets (inside an open gr.Tab) and wires its events."""
+
+    def __init__(self, ctx: AppContext, token: gr.BrowserState):
+        self.ctx, self.token = ctx, token
+        gr.Markdown(
+            "Pick the data, check it, choose settings and press **Train**. The curves, the per-class "
+            "table and the validation filmstrip update after every epoch. Your run keeps going if "
+            "you close the page; open it again to see it."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=340):
+                gr.Markdown("### 1. Data")
+                with gr.Group():
+                    self.dataset = gr.Radio(DATASETS, value="builtin", label="Dataset", show_label=False)
+                    self.zip_file = gr.File(
+                        label="Dataset .zip (images/ and masks/, paired by file name)",
+                        file_types=[".zip"],
+                        visible=False,
+                    )
+                self.data_report = gr.Markdown(elem_id="data-report", label="data report")
+                self.classes_html = gr.HTML(label="classes")
+                self.samples = gr.Gallery(
+                    label="A few training pairs: image and its mask overlaid",
+                    columns=3,
+                    height=300,
+                    format="png",
+                    object_fit="contain",
+                    allow_preview=True,
+                )
+                gr.Markdown("### 2. Settings")
+                self.preset = gr.Dropdown(
+                    list(PRESETS),
+                    value=QUICK,
+                    label="Preset",
+                    info="Sets everything below; change any of it afterwards.",
+                )
+                v = preset_values(QUICK)
+                with gr.Row():
+                    self.image_size = gr.Slider(
+                        32, 512, v[0], step=32, label="Image size (px)", elem_id="image-size"
+                    )
+                    self.epochs = gr.Slider(1, 100, v[1], step=1, label="Epochs", elem_id="epochs")
+                with gr.Row():
+                    self.batch_size = gr.Slider(1, 64, v[2], step=1, label="Batch size", elem_id="batch-size")
+                    self.lr = gr.Number(v[3], label="Learning rate", minimum=1e-5, maximum=0.5, step=1e-4)
+                self.loss = gr.Dropdown(
+                    LOSSES,
+                    value=v[4],
+                    label="Loss",
+                    info="On imbalanced classes, Dice (or CE + Dice) keeps small classes "
+                    "from being ignored; see Why? below.",
+                )
+                with gr.Row():
+                    self.width = gr.Slider(
+                        4, 64, v[5], step=4, label="Width (channels of the first level)", elem_id="width"
+                    )
+                    self.depth = gr.Slider(2, 5, v[6], step=1, label="Depth (down-sampling steps)")
+                self.upsampling = gr.Radio(
+                    UPSAMPLING,
+                    value=v[7],
+                    label="Up-sampling in the decoder",
+                    info="Learned (transposed) or fixed (bilinear); see Why? below.",
+                )
+                with gr.Row():
+                    self.augment = gr.Checkbox(v[8], label="Augmentation (flips, small turns, brightness)")
+                    self.train_images = gr.Slider(
+                        16,
+                        2000,
+                        v[9],
+                        step=16,
+                        label="Training images",
+                        info="Fewer = faster; for your own data it is a cap.",
+                        elem_id="train-images",
+                    )
+                with gr.Accordion("Why? Loss, up-sampling and the other settings", open=False):
+                    gr.Markdown(WHY_LOSS + WHY_UPSAMPLING + WHY_OTHER)
+            with gr.Column(scale=3, min_width=420):
+                gr.Markdown("### 3. Train and watch")
+                with gr.Row():
+                    self.train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
+                    self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                self.run_id = gr.Textbox(visible=False, label="run id")
+                self.status = gr.Markdown(
+                    "Choose data and settings, then press **Train**.", elem_id="run-status", label="status"
+                )
+                self.curves = gr.Plot(
+                    label="Loss and validation mIoU per epoch",
+                    format="png",
+                    elem_id="curves",
+                    show_label=False,
+                )
+                self.table = gr.Dataframe(
+                    value=pd.DataFrame(columns=TABLE_COLUMNS),
+                    label="Per-class IoU on the validation images",
+                    interactive=False,
+                    wrap=True,
+                    elem_id="iou-table",
+                )
+                gr.Markdown(
+                    "**Validation filmstrip**: the same validation images every epoch, each as *image · "
+                    "true mask · prediction* (with the share of its pixels the prediction gets right)."
+                )
+                self.filmstrip = gr.Gallery(
+                    label="Validation filmstrip",
+                    show_label=False,
+                    columns=6,
+                    height=440,
+                    format="png",
+                    object_fit="contain",
+                    elem_id="filmstrip",
+                )
+                self.checkpoint = gr.File(
+                    label="Best checkpoint of this run (.safetensors)",
+                    interactive=False,
+                    elem_id="best-checkpoint",
+                )
+        self.watch_outputs = [self.status, self.curves, self.table, self.filmstrip, self.checkpoint]
+
+    # -- wiring -----------------------------------------------------------------------------------------
+
+    def wire(self, demo: gr.Blocks, predict_model: gr.Dropdown) -> None:
+        settings = [
+            self.image_size,
+            self.epochs,
+            self.batch_size,
+            self.lr,
+            self.loss,
+            self.width,
+            self.depth,
+            self.upsampling,
+            self.augment,
+            self.train_images,
+        ]
+        outs = [*self.watch_outputs, predict_model]
+        self.dataset.change(
+            lambda d: gr.update(visible=d == "zip"),
+            self.dataset,
+            self.zip_file,
+            api_visibility="private",
+            queue=False,
+        )
+        gr.on(
+            [self.dataset.change, self.zip_file.change, self.train_images.change],
+            self.check_data,
+            [self.dataset, self.zip_file, self.train_images],
+            [self.data_report, self.classes_html, self.samples],
+            api_name="check_data",
+            trigger_mode="always_last",
+        )
+        demo.load(
+            self.check_data,
+            [self.dataset, self.zip_file, self.train_images],
+            [self.data_report, self.classes_html, self.samples],
+            api_visibility="private",
+        )
+        self.preset.input(
+            self.apply_preset,
+            self.preset,
+            [
+                self.image_size,
+                self.epochs,
+                self.batch_size,
+                self.lr,
+                self.loss,
+                self.width,
+                self.depth,
+                self.upsampling,
+                self.augment,
+                self.train_images,
+                self.status,
+            ],
+            api_visibility="private",
+            queue=False,
+        )
+        self.train_btn.click(
+            self.start,
+            [self.token, self.dataset, self.zip_file, self.preset, *settings],
+            [self.run_id, self.status],
+            api_name="train",
+            concurrency_limit=4,
+            concurrency_id="train",
+        ).success(
+            self.watch,
+            [self.token, self.run_id],
+            outs,
+            api_name="watch",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
+        self.stop_btn.click(
+            self.stop,
+            [self.token, self.run_id],
+            self.status,
+            api_name="stop",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
+        gr.api(self.run_info, api_name="run_info", concurrency_limit=None)
+        self.reattach_outputs = [self.run_id, *outs]
+
+    # -- handlers -------------------------------------------------------------------------------------
+
+    def apply_preset(self, preset: str):
+        note = gr.skip()
+        if preset != QUICK:
+            import torch
+
+            if not torch.cuda.is_available():
+                note = (
+                    "Note: there is no GPU on this server: the GPU preset would take a long time here. "
+                    "The Quick preset finishes in about a minute."
+                )
+        return [*preset_values(preset), note]
+
+    @user_errors
+    def check_data(self, dataset: str, zip_file: str | None, train_images: float):
+        """Check the chosen data: pairs, classes with colours and pixel shares, a few samples, problems."""
+        if dataset == "zip" and not zip_file:
+            return (
+                "Upload a **.zip** of a folder with `images/` and `masks/` (an image and its mask share a "
+                "file name, e.g. `images/cat1.jpg` + `masks/cat1.png`). An optional `classes.json` names the "
+                "classes.",
+                "",
+                [],
+            )
+        cfg = build_config(
+            QUICK, dataset, 64, 1, 8, 1e-3, "ce", 8, 4, "transposed", True, train_images or 768
+        )
+        if dataset == "zip":
+            cfg.data.source = zip_file
+        report, classes, samples = self._check(cfg)
+        return _report_markdown(report), _classes_html(report, classes), samples
+
+    def _check(self, cfg: RunConfig):
+        """(report, classes or None, sample pictures) for a data config; cached per source."""
+        from segdemo.data import check_source, open_dataset
+
+        src = cfg.data.source
+        key: tuple = (src, cfg.data.builtin_train, cfg.data.builtin_val, cfg.data.seed)
+        if src not in ("builtin",) and Path(src).is_file():
+            st = Path(src).stat()
+            key += (st.st_size, st.st_mtime_ns)
+        hit = self.ctx.cache_get(key)
+        if hit is not None:
+            return hit
+        if src == "builtin":  # drawn from a seed: a few dozen pairs show the same as all of them
+            cfg.data.builtin_train, cfg.data.builtin_val = min(cfg.data.builtin_train, 48), 8
+        work = self.ctx.scratch("checks")
+        try:
+            report = check_source(cfg.data, work)
+            classes, samples = None, []
+            if report.ok:
+                splits = open_dataset(cfg.data, work)
+                classes = splits.classes
+                for i in range(min(6, len(splits.train))):
+                    image, mask = splits.train.load(i)
+                    pic = (
+                        strip(image, overlay(image, mask, classes, 0.5))
+                        if max(image.shape[:2]) <= 256
+                        else overlay(image, mask, classes, 0.5)
+                    )
+                    samples.append((pic, splits.train.name(i)))
+            label = Path(src).name if src.lower().endswith(".zip") else "the dataset"
+            places = ((work / "data", label), (work, "the check folder"))
+            report.problems = [tidy_paths(t, *places) for t in report.problems]
+            report.warnings = [tidy_paths(t, *places) for t in report.warnings]
+            if src == "builtin":
+                report.pairs = {"train": int(key[1]), "val": int(key[2])}
+                report.warnings = [w for w in report.warnings if "were checked" not in w]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        out = (report, classes, samples)
+        self.ctx.cache_put(key, out)
+        return out
+
+    @user_errors
+    def start(
+        self,
+        token: str,
+        dataset: str,
+        zip_file: str | None,
+        preset: str,
+        image_size: float,
+        epochs: float,
+        batch_size: float,
+        learning_rate: float,
+        loss: str,
+        width: float,
+        depth: float,
+        upsampling: str,
+        augment: bool,
+        train_images: float,
+    ):
+        """Start a run for this browser; returns its run id (refused while one is queued or running)."""
+        owner = self.ctx.owner(token)
+        cfg = build_config(
+            preset,
+            dataset,
+            image_size,
+            epochs,
+            batch_size,
+            learning_rate,
+            loss,
+            width,
+            depth,
+            upsampling,
+            augment,
+            train_images,
+        )
+        active = self.ctx.jobs.active_for(owner)
+        if active is not None:
+            raise gr.Error(
+                "You already have a run in progress (Train was pressed twice?). Press Stop, or wait "
+                "for it to finish, before starting another."
+            )
+        data_file = None
+        if dataset == "zip":
+            if not zip_file:
+                raise gr.Error("Upload a .zip of your dataset first (a folder with images/ and masks/).")
+            if not str(zip_file).lower().endswith(".zip"):
+                raise gr.Error("The dataset must be a .zip file of a folder with images/ and masks/.")
+            cfg.data.source = data_file = zip_file
+        if dataset in ("zip", "oxford"):
+            report, _, _ = self._check(cfg)
+            if not report.ok:
+                raise gr.Error(
+                    "This data cannot be used yet: "
+                    + sentence(report.problems[0])
+                    + " Fix it and choose the data again."
+                )
+        job = self.ctx.jobs.submit(owner, cfg, data_file=data_file)
+        pos = self.ctx.jobs.queue_position(job)
+        return job.id, ("Waiting in line…" if pos > 1 else "Starting…")
+
+    @user_errors
+    def stop(self, token: str, run_id: str | None):
+        """Stop this browser's run: it ends after the current batch and keeps its best checkpoint."""
+        owner = self.ctx.owner(token)
+        jobs = self.ctx.jobs
+        job = None
+        if run_id:
+            try:
+                job = jobs.get(owner, run_id)
+            except Exception:
+                job = None
+        target = job.id if job is not None and job.is_active else None
+        jobs.stop(owner, target)  # None: this browser's active run, or "Nothing is running to stop"
+        return "Stopping after the current batch…"
+
+    @user_errors
+    async def watch(self, token: str, run_id: str):
+        """Stream a run's progress (status, curves, per-class IoU, filmstrip, checkpoint) until it ends."""
+        owner = self.ctx.owner(token)
+        job = self.ctx.jobs.get(owner, run_id) if run_id else self.ctx.jobs.latest_for(owner)
+        if job is None:
+            raise gr.Error("There is no run to watch yet; press Train.")
+        async for out in self._stream(owner, job):
+            yield out
+
+    async def reattach(self, token: str):
+        """On page load: show this browser's running or latest run (and keep streaming it while it runs)."""
+        if not self.ctx.jobs.valid_owner_token(token):
+            yield [gr.skip()] * len(self.reattach_outputs)
+            return
+        owner = token
+        job = self.ctx.jobs.active_for(owner) or self.ctx.jobs.latest_for(owner)
+        choices = gr.update(choices=model_choices(self.ctx, owner))
+        if job is None:
+            yield [gr.skip(), *[gr.skip()] * len(self.watch_outputs), choices]
+            return
+        try:
+            async for out in self._stream(owner, job):
+                yield [job.id, *out]
+        except Exception:  # a page load must never show an error box
+            return
+
+    async def _stream(self, owner: str, job: Job):
+        view, i, last_status = RunView(), 0, 0.0
+        first, t0, finished_once = True, time.monotonic(), False
+        while True:
+            new = job.wait_events(i, timeout=0)
+            i += len(new)
+            changed = any([view.add(ev) for ev in new])
+            over = not job.is_active and i >= len(job.events)
+            status = view.status(job, self.ctx.jobs.queue_position(job), self.ctx.jobs.running_count())
+            now = time.monotonic()
+            if first or changed or over:
+                ckpt, choices = gr.skip(), gr.skip()
+                if first:
+                    ckpt = None
+                if over and not finished_once:
+                    finished_once = True
+                    ckpt = self._checkpoint_copy(job)
+                    value = f"run:{job.id}" if job.best_checkpoint is not None else gr.skip()
+                    choices = gr.update(choices=model_choices(self.ctx, owner), value=value)
+                yield [status, view.figure(), view.table(), view.filmstrip(), ckpt, choices]
+                first, last_status = False, now
+            elif now - last_status >= 1.0 and (new or job.status == QUEUED):
+                yield [status, *[gr.skip()] * 5]
+                last_status = now
+            if over or now - t0 > MAX_STREAM_S:
+                return
+            await asyncio.sleep(0.25)
+
+    def _checkpoint_copy(self, job: Job) -> str | None:
+        """The best checkpoint, copied into the app's cache so Gradio can serve it (run folders never are)."""
+        best = job.best_checkpoint
+        if best is None:
+            return None
+        when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))
+        dst = self.ctx.scratch("downloads") / f"segdemo-run-{when}-best.safetensors"
+        shutil.copyfile(best, dst)
+        return str(dst)
+
+    @user_errors
+    def run_info(self, token: str, run_id: str = "") -> dict:
+        """A run as JSON: status, queue position, message, classes and one record per finished epoch."""
+        owner = self.ctx.owner(token)
+        job = self.ctx.jobs.get(owner, run_id) if run_id else self.ctx.jobs.latest_for(owner)
+        if job is None:
+            raise gr.Error("This browser session has no runs yet; press Train.")
+        started = job.last(Started)
+        return {
+            "run_id": job.id,
+            "status": job.status,
+            "queue_position": self.ctx.jobs.queue_position(job),
+            "message": job.message,
+            "classes": list(started.class_names) if started else [],
+            "device": started.device if started else None,
+            "events": [type(e).__name__ for e in job.events if not isinstance(e, Progress)],
+            "epochs": [
+                {
+                    "epoch": e.epoch,
+                    "train_loss": e.train_loss,
+                    "val_loss": e.val_loss,
+                    "miou": e.miou,
+                    "pixel_accuracy": e.pixel_accuracy,
+                    "per_class_iou": e.per_class_iou,
+                    "is_best": e.is_best,
+                }
+                for e in job.events
+                if isinstance(e, EpochEnd)
+            ],
+            "has_checkpoint": job.best_checkpoint is not None,
+            "finished": job.status in (DONE, STOPPED, FAILED),
+            "created": job.created,  # server clock, seconds: queue waits and overlaps for the load test
+            "started": job.started,
+            "finished_at": job.finished,
+        }
+
+
+def _report_markdown(report) -> str:
+    pairs = report.pairs or {}
+    if "train" in pairs or "val" in pairs:
+        count = (
+            " + ".join(
+                f"{v} {'training' if k == 'train' else 'validation' if k == 'val' else k}"
+                for k, v in pairs.items()
+            )
+            + " pairs"
+        )
+    else:
+        count = f"{report.total_pairs} pairs (20% are kept aside for validation)"
+    lines = []
+    if report.ok:
+        lines.append(
+            f"**✓ Ready to train:** {count}"
+            + (f" · {len(report.class_names)} classes" if report.class_names else "")
+            + (f" · masks: {report.encoding}" if report.encoding and report.encoding != "ids" else "")
+        )
+    else:
+        lines.append("**✗ This data cannot be used yet.** Fix the problems below and choose the data again:")
+        lines += [f"- {sentence(p)}" for p in report.problems[:12]]
+        if len(report.problems) > 12:
+            lines.append(f"- … and {len(report.problems) - 12} more")
+    if report.warnings:
+        lines.append("")
+        lines.append("Worth knowing:")
+        lines += [f"- {sentence(w)}" for w in report.warnings[:8]]
+    return "\n".join(lines)
+
+
+def _classes_html(report, classes: ClassSet | None) -> str:
+    if classes is None and not report.class_names:
+        return ""
+    if classes is None:
+        classes = ClassSet.default(report.class_names)
+    shares = [float(report.pixel_share.get(n, 0.0)) for n in classes.names] if report.pixel_share else None
+    note = ""
+    if shares and min(shares) < 0.05:
+        rare = classes.names[shares.index(min(shares))]
+        note = (
+            f'<div style="font-size:0.9em;opacity:0.8">"{rare}" covers under 5% of the pixels: with plain '
+            "cross-entropy the net can nearly ignore it; Dice or CE + Dice keeps it in play.</div>"
+        )
+    return (
+        '<div style="font-size:0.9em;opacity:0.8">Classes and their share of the labelled pixels:</div>'
+        + legend_html(classes, shares)
+        + note
+    )

@@ -1,0 +1,302 @@
+"""The app over HTTP, driven by gradio_client: train, stream, predict, isolation and user errors.
+
+A real server on a free port (demo.launch(prevent_thread_lock=True)), real files, tiny runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from segdemo.checkpoint import load_checkpoint  # noqa: E402
+from segdemo.imageio import load_image  # noqa: E402
+from segdemo.jobs import JobManager  # noqa: E402
+from segdemo.predict import Predictor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "shapes_3.png"
+EXAMPLE_MASK = ROOT / "examples" / "masks" / "shapes_3.png"
+PRESET = "Quick: CPU, about a minute"
+
+
+def tiny(**over) -> dict:
+    """/train arguments for a run of a few seconds: 32 built-in images at 32 px, width 4, 2 epochs."""
+    args = dict(
+        dataset="builtin",
+        zip_file=None,
+        preset=PRESET,
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        learning_rate=0.003,
+        loss="ce_dice",
+        width=4,
+        depth=3,
+        upsampling="transposed",
+        augment=True,
+        train_images=32,
+    )
+    args.update(over)
+    return args
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from segdemo.ui import build_demo, launch
+
+    tmp = tmp_path_factory.mktemp("app")
+    jobs = JobManager(tmp / "runs", max_concurrent=1, reaper=False)
+    demo = build_demo(jobs, cache_dir=tmp / "cache", default_checkpoint=tmp / "no-shipped-model.safetensors")
+    port = _free_port()
+    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", jobs
+    demo.close()
+    jobs.close()
+
+
+def session(url: str) -> tuple[Client, str]:
+    c = Client(url, verbose=False)
+    return c, c.predict(None, api_name="/session")
+
+
+def train(c: Client, token: str, **over) -> str:
+    run_id, status = c.predict(token, **tiny(**over), api_name="/train")
+    assert run_id and isinstance(status, str)
+    return run_id
+
+
+def watch(c: Client, token: str, run_id: str) -> tuple[list[str], list]:
+    """Every streamed status line, and the last full set of outputs."""
+    job = c.submit(token, run_id, api_name="/watch")
+    statuses = [out[0] for out in job]
+    return statuses, job.outputs()[-1]
+
+
+@pytest.fixture(scope="module")
+def finished_run(server):
+    url, _ = server
+    c, token = session(url)
+    run_id = train(c, token)
+    statuses, last = watch(c, token, run_id)
+    return c, token, run_id, statuses, last
+
+
+def test_tiny_run_streams_its_epochs_in_order(finished_run, server):
+    c, token, run_id, statuses, last = finished_run
+    info = c.predict(token, run_id, api_name="/run_info")
+    assert info["status"] == "done" and info["finished"] and info["has_checkpoint"]
+    assert info["events"] == ["Started", "EpochEnd", "EpochEnd", "Done"]
+    assert [e["epoch"] for e in info["epochs"]] == [1, 2]
+    assert info["classes"] == ["background", "circle", "square", "triangle"]
+    # the stream saw epoch 1 before epoch 2, and ended with the finish line
+    first_1 = next(i for i, s in enumerate(statuses) if "Epoch 1/2" in s)
+    first_2 = next(i for i, s in enumerate(statuses) if "Epoch 2/2" in s)
+    assert first_1 < first_2
+    assert "Finished" in statuses[-1] and "best val mIoU" in statuses[-1]
+    status, plot, table, filmstrip, checkpoint, model_choice = last
+    assert plot and table["data"][-1][0] == "mean (mIoU)" and len(table["data"]) == 5
+    assert float(table["data"][-1][1]) == pytest.approx(info["epochs"][-1]["miou"], abs=6e-4)
+    assert len(filmstrip) == 3 * 8  # image, truth, prediction for each of the 8 validation images
+    assert load_checkpoint(checkpoint).classes.num_classes == 4  # the download is a real checkpoint
+    assert model_choice["value"] == f"run:{run_id}"  # selected in the Predict tab, and listed there
+    assert f"run:{run_id}" in [v for _, v in model_choice["choices"]]
+
+
+def test_prediction_table_equals_the_engines_metrics(finished_run, server):
+    c, token, run_id, _, _ = finished_run
+    _, jobs = server
+    out = c.predict(
+        token,
+        f"run:{run_id}",
+        None,
+        [handle_file(str(EXAMPLE))],
+        [handle_file(str(EXAMPLE_MASK))],
+        None,
+        0.5,
+        True,
+        api_name="/predict",
+    )
+    image, color, overlay, legend, table, summary, errors, prob_maps, mask_png, details = out
+    ckpt = jobs.get(token, run_id).best_checkpoint
+    want = Predictor.from_path(ckpt).predict(load_image(EXAMPLE), target=np.array(Image.open(EXAMPLE_MASK)))
+    m = want.metrics
+    assert details["ground_truth"] and details["miou"] == pytest.approx(m.miou)
+    assert details["pixel_accuracy"] == pytest.approx(m.pixel_accuracy)
+    for row, iou, dice, share in zip(details["per_class"], m.iou, m.dice, m.pixel_share, strict=True):
+        assert row["iou"] == pytest.approx(None if np.isnan(iou) else iou)
+        assert row["dice"] == pytest.approx(None if np.isnan(dice) else dice)
+        assert row["true_share"] == pytest.approx(share)
+    for row, iou in zip(table["data"][:4], m.iou, strict=True):  # what the page shows, rounded
+        assert row[1] == ("n/a" if np.isnan(iou) else f"{iou:.4f}")
+    assert table["data"][-1][:2] == ["mean (mIoU)", f"{m.miou:.4f}"]
+    assert np.array_equal(np.asarray(Image.open(mask_png)), want.mask)  # the PNG holds class ids
+    assert np.asarray(Image.open(color)).shape[:2] == np.asarray(Image.open(overlay)).shape[:2] == (128, 128)
+    assert np.array_equal(np.asarray(Image.open(color))[..., :3], want.color)
+    assert errors is not None and len(prob_maps) == 4 and "circle" in legend
+
+
+def test_prediction_without_ground_truth_shows_the_checkpoints_own_scores(finished_run):
+    c, token, run_id, _, _ = finished_run
+    out = c.predict(
+        token, f"run:{run_id}", None, [handle_file(str(EXAMPLE))], None, None, 0.5, False, api_name="/predict"
+    )
+    table, errors, prob_maps, details = out[4], out[6], out[7], out[9]
+    assert table["headers"][2] == "val IoU (from the checkpoint's validation set)"
+    assert errors is None and not prob_maps
+    assert not details["ground_truth"] and details["checkpoint_val_miou"] is not None
+    assert sum(r["predicted_share"] for r in details["per_class"]) == pytest.approx(1.0)
+
+
+def test_two_sessions_each_see_only_their_own_run(finished_run, server):
+    url, _ = server
+    a, token_a, run_a, _, _ = finished_run
+    b, token_b = session(url)
+    assert token_b != token_a
+    run_b = train(b, token_b)
+    # B cannot read, stop or predict with A's run: same words as a made-up id
+    for call in (
+        lambda: b.predict(token_b, run_a, api_name="/run_info"),
+        lambda: b.predict(
+            token_b,
+            f"run:{run_a}",
+            None,
+            [handle_file(str(EXAMPLE))],
+            None,
+            None,
+            0.5,
+            False,
+            api_name="/predict",
+        ),
+    ):
+        with pytest.raises(AppError, match="No such run"):
+            call()
+    with pytest.raises(AppError, match="No such run"):
+        b.predict(token_b, "made-up-run-id", api_name="/run_info")
+    b.predict(token_b, run_a, api_name="/stop")  # "stop A's run" only stops B's own active run
+    assert a.predict(token_a, run_a, api_name="/run_info")["status"] == "done"
+    assert b.predict(token_b, "", api_name="/run_info")["run_id"] == run_b
+    assert a.predict(token_a, "", api_name="/run_info")["run_id"] == run_a
+    # a token the server did not issue is refused outright
+    with pytest.raises(AppError, match="not recognised"):
+        b.predict("guessed-token", run_a, api_name="/run_info")
+    statuses, last = watch(b, token_b, run_b)
+    assert "Stopped" in statuses[-1] or "Finished" in statuses[-1]
+
+
+def test_train_pressed_twice_is_refused_and_stop_needs_a_run(server):
+    url, _ = server
+    c, token = session(url)
+    with pytest.raises(AppError, match="Nothing is running to stop"):
+        c.predict(token, "", api_name="/stop")
+    run_id = train(c, token, epochs=20)
+    with pytest.raises(AppError, match="already have a run in progress"):
+        train(c, token)
+    assert "Stopping" in c.predict(token, run_id, api_name="/stop")
+    statuses, _ = watch(c, token, run_id)
+    assert "Stopped" in statuses[-1]
+    with pytest.raises(AppError, match="Nothing is running to stop"):
+        c.predict(token, run_id, api_name="/stop")
+
+
+def test_user_mistakes_get_a_sentence(server, tmp_path):
+    url, _ = server
+    c, token = session(url)
+    fake_png = tmp_path / "notes.png"
+    fake_png.write_text("this is not an image")
+    bad_ckpt = tmp_path / "model.safetensors"
+    bad_ckpt.write_bytes(b"\x80\x04garbage pickle")
+    foreign = tmp_path / "someone_elses.safetensors"  # a real safetensors file, but not a segdemo checkpoint
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros((2, 2), np.float32)}, str(foreign))
+    cases = [
+        (dict(images=None), "Upload an image first"),
+        (dict(model="default"), "shipped model is not installed"),
+        (dict(model="upload", checkpoint_file=handle_file(str(bad_ckpt))), "pickle"),
+        (dict(model="upload", checkpoint_file=handle_file(str(foreign))), "not a segdemo checkpoint"),
+        (dict(model="upload", checkpoint_file=None), "Upload a .safetensors"),
+        (dict(images=[handle_file(str(fake_png))]), "notes.png is not a supported image"),  # checked first
+    ]
+    for over, words in cases:
+        args = dict(
+            token=token,
+            model="default",
+            checkpoint_file=None,
+            images=[handle_file(str(EXAMPLE))],
+            masks=None,
+            show=None,
+            alpha=0.5,
+            probability_maps=False,
+        )
+        args.update(over)
+        with pytest.raises(AppError, match=words):
+            c.predict(*args.values(), api_name="/predict")
+
+
+def test_corrupt_image_and_mismatched_mask(finished_run, tmp_path):
+    c, token, run_id, _, _ = finished_run
+    fake_png = tmp_path / "notes.png"
+    fake_png.write_text("this is not an image")
+    with pytest.raises(AppError, match="not a supported image"):
+        c.predict(
+            token,
+            f"run:{run_id}",
+            None,
+            [handle_file(str(fake_png))],
+            None,
+            None,
+            0.5,
+            False,
+            api_name="/predict",
+        )
+    small = tmp_path / "shapes_3.png"
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(small)
+    with pytest.raises(AppError, match="masks must match their image's size"):
+        c.predict(
+            token,
+            f"run:{run_id}",
+            None,
+            [handle_file(str(EXAMPLE))],
+            [handle_file(str(small))],
+            None,
+            0.5,
+            False,
+            api_name="/predict",
+        )
+
+
+def test_data_check_explains_a_zip_without_masks(server, tmp_path):
+    url, _ = server
+    c, _ = session(url)
+    z = tmp_path / "nomasks.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.write(EXAMPLE, "images/a.png")
+        f.write(EXAMPLE, "images/b.png")
+    report, classes, samples = c.predict("zip", handle_file(str(z)), 768, api_name="/check_data")
+    assert "cannot be used yet" in report and not samples
+    assert "nomasks.zip is not a dataset folder" in report and "segdemo-app" not in report  # no server paths
+    report, classes, samples = c.predict("builtin", None, 768, api_name="/check_data")
+    assert "Ready to train" in report and "triangle" in classes and len(samples) == 6
+    c2, token = session(url)
+    t = time.time()
+    with pytest.raises(AppError, match="cannot be used yet"):
+        c2.predict(token, **tiny(dataset="zip", zip_file=handle_file(str(z))), api_name="/train")
+    assert time.time() - t < 30

@@ -1,0 +1,178 @@
+"""The app in headless Chromium, as a student uses it: train on the built-in data, watch, stop, predict.
+
+Starts `python app.py` on a free port. Screenshots land in test-artifacts/ when a step fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+EXAMPLE = ROOT / "examples" / "shapes_3.png"
+EXAMPLE_MASK = ROOT / "examples" / "masks" / "shapes_3.png"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: browser test skipped"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser-app")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "SEGDEMO_RUNS_DIR": str(tmp / "runs"),
+        "SEGDEMO_MAX_CONCURRENT": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
+    log = open(tmp / "app.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                log.close()
+                pytest.fail(f"app.py did not start:\n{(tmp / 'app.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def page(request):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(60_000)
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+def screenshot_on_failure(page, name: str):
+    """Context manager: a full-page screenshot in test-artifacts/ if the block raises."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except BaseException:
+            ARTIFACTS.mkdir(exist_ok=True)
+            try:
+                page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+            except Exception:
+                pass
+            raise
+
+    return guard()
+
+
+def _set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def test_train_watch_stop_then_predict(app_url, page):
+    with screenshot_on_failure(page, "test_train_watch_stop_then_predict"):
+        _student_session(app_url, page)
+
+
+def _student_session(app_url, page):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    expect(page.locator("#data-report")).to_contain_text("Ready to train", timeout=90_000)
+    # the Quick preset, shrunk so the test is quick: small images, a thin net, few images, many epochs
+    _set_number(page, "image-size", 32)
+    _set_number(page, "width", 4)
+    _set_number(page, "train-images", 64)
+    _set_number(page, "epochs", 40)
+    page.locator("#train-btn").click()
+    status = page.locator("#run-status")
+    expect(status).to_contain_text("64 training", timeout=90_000)
+    # after the first epoch: a per-class row, the curves and the filmstrip
+    expect(page.locator("#iou-table")).to_contain_text("mean (mIoU)", timeout=120_000)
+    expect(page.locator("#iou-table")).to_contain_text("triangle")
+    expect(page.locator("#curves img").first).to_be_visible()
+    expect(page.locator("#filmstrip img").first).to_be_visible()
+    assert page.locator("#filmstrip img").count() >= 3
+    expect(status).to_contain_text("Epoch")
+    # closing or reloading the page does not stop the run: the page finds it again and keeps streaming
+    page.reload()
+    expect(status).to_contain_text("64 training", timeout=60_000)
+    expect(page.locator("#iou-table")).to_contain_text("mean (mIoU)")
+    expect(page.locator("#filmstrip img").first).to_be_visible()
+    page.locator("#stop-btn").click()
+    expect(status).to_contain_text("Stopped", timeout=60_000)
+    expect(status).to_contain_text("best val mIoU")
+
+    page.get_by_role("tab", name="Predict").click()
+    expect(page.locator("#model-choice input")).to_have_value(re.compile("^Your run from"), timeout=30_000)
+    page.locator("#predict-images input[type=file]").set_input_files(str(EXAMPLE))
+    page.locator("#predict-masks input[type=file]").set_input_files(str(EXAMPLE_MASK))
+    for elem in ("#out-image", "#out-color", "#out-overlay"):
+        expect(page.locator(f"{elem} img").first).to_be_visible(timeout=60_000)
+    table = page.locator("#predict-table")
+    expect(table).to_contain_text("mean (mIoU)", timeout=60_000)
+    expect(page.get_by_text("against its mask")).to_be_visible()  # scored against the mask we gave
+    expect(page.locator("#error-map img").first).to_be_visible()
+    # nothing on the page is a Python traceback
+    assert "Traceback" not in page.content()
+
+    # another browser (its own storage, so its own session) sees none of this run
+    other = page.context.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    other.goto(app_url)
+    expect(other.locator("#data-report")).to_contain_text("Ready to train", timeout=60_000)
+    expect(other.locator("#run-status")).to_contain_text("Choose data and settings")
+    other.get_by_role("tab", name="Predict").click()
+    other.locator("#model-choice input").click()
+    expect(other.get_by_role("option").first).to_be_visible()
+    assert not [t for t in other.get_by_role("option").all_inner_texts() if "Your run" in t]
+    other.get_by_role("tab", name="Train").click()
+    other.locator("#stop-btn").click()
+    expect(other.get_by_text("Nothing is running to stop")).to_be_visible()
