@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
 from segdemo.losses import SegLoss, class_weights_from_counts
 from segdemo.model import PretrainedUnavailable, build_model, count_parameters
-from segdemo.speedups import choose_speedups, prepare_model
+from segdemo.speedups import choose_speedups, pick_device, prepare_model
 from segdemo.transforms import to_tensor, train_transform
 
 PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them small
@@ -53,6 +54,18 @@ def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
         return base_lr * (0.1 + 0.9 * step / warm)
     t = min(1.0, (step - warm) / max(1, total - warm))
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def cpu_training_threads() -> int:
+    """Leave one core free for data loading, the UI and everything else on the machine.
+
+    A small U-Net gains little from the last core, but when another process wants it, every one of the
+    hundreds of parallel ops per step waits for the thread that lost its core: on 2 busy cores a step
+    measured 6-9x slower with 2 threads than with 1 (bench/README.md). OMP_NUM_THREADS, when set, wins.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 
 
 def pixel_counts(source: PairSource, num_classes: int) -> np.ndarray:
@@ -100,6 +113,7 @@ class Trainer:
 
     def run(self) -> Done | Failed:
         """Train to the end, a stop request or the time limit. Never raises for user-level problems."""
+        threads = torch.get_num_threads()
         try:
             return self._run()
         except (DataError, ValueError, PretrainedUnavailable, ckpt.CheckpointError, ckpt.CheckpointWriteError) as e:
@@ -113,6 +127,8 @@ class Trainer:
         except Exception as e:  # a bug: say so plainly rather than hang the job
             ev = Failed(f"training failed unexpectedly ({type(e).__name__}); the log has details",
                         f"{type(e).__name__}: {e}")
+        finally:
+            torch.set_num_threads(threads)  # _run trains with one core left free
         self.emit(ev)
         return ev
 
@@ -142,9 +158,13 @@ class Trainer:
         cfg.model.num_classes = 1 if cfg.train.loss == "bce" else classes.num_classes
 
         model = build_model(cfg.model)
+        if pick_device(cfg.train.device).type == "cpu":
+            torch.set_num_threads(cpu_training_threads())  # before the probe, so it measures what we run
         sp = choose_speedups(cfg.model, cfg.train, cfg.data.image_size)
         model = prepare_model(model, sp)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # fused: one kernel for all parameters instead of ~10 small ops each; same maths, same state keys
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                fused=sp.device.type in ("cpu", "cuda"))
         weights = None
         if cfg.train.loss == "weighted_ce":
             weights = class_weights_from_counts(pixel_counts(splits.train, classes.num_classes)).to(sp.device)
@@ -342,10 +362,6 @@ def _truncate_metrics_log(path: Path, last_epoch: int) -> None:
 def _draw_curves(path: Path, history: list[dict]) -> None:
     from segdemo.viz import curves_figure
 
-    fig = curves_figure(history)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    curves_figure(history).savefig(tmp, dpi=80)
     tmp.replace(path)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
