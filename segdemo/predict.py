@@ -54,8 +54,9 @@ class Predictor:
         mask = logits_to_labels(logits)[0].to(torch.uint8).cpu().numpy()
         k = self.classes.num_classes
         share = (np.bincount(mask.ravel(), minlength=k)[:k] / mask.size).tolist()
-        pred = Prediction(mask, colorize(mask, self.classes), overlay(image, mask, self.classes, alpha),
-                          probs.cpu().numpy().astype(np.float32), share)
+        color = colorize(mask, self.classes)
+        pred = Prediction(mask, color, overlay(image, mask, self.classes, alpha, color),
+                          probs.cpu().numpy().astype(np.float32, copy=False), share)
         if target is not None:
             if target.shape != mask.shape:
                 raise DataError(f"the ground-truth mask is {target.shape[1]}x{target.shape[0]} but the image is "

@@ -140,8 +140,10 @@ class PredictTab:
                 )
             with gr.Column(scale=3, min_width=420):
                 with gr.Row():
+                    # photos travel as JPEG: PNG-encoding a noisy 512x512 photo took ~150 ms of a request,
+                    # JPEG 2-4 ms (bench/README.md); the masks stay PNG so their colours stay exact
                     self.out_image = gr.Image(
-                        label="Image", format="png", interactive=False, height=260, elem_id="out-image"
+                        label="Image", format="jpeg", interactive=False, height=260, elem_id="out-image"
                     )
                     self.out_color = gr.Image(
                         label="Predicted mask",
@@ -151,7 +153,7 @@ class PredictTab:
                         elem_id="out-color",
                     )
                     self.out_overlay = gr.Image(
-                        label="Overlay", format="png", interactive=False, height=260, elem_id="out-overlay"
+                        label="Overlay", format="jpeg", interactive=False, height=260, elem_id="out-overlay"
                     )
                 self.legend = gr.HTML(label="legend")
                 self.summary = gr.Markdown(label="summary")
