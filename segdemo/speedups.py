@@ -76,7 +76,7 @@ def choose_speedups(model_cfg: ModelConfig, train_cfg: TrainConfig, image_size: 
     if len(candidates) == 1:
         d, c = candidates[0]
         return Speedups(device, d, c, _label(d, c) + " (only candidate)")
-    timings = _measure_cpu(_key(model_cfg), image_size, tuple(candidates))
+    timings = _measure_cpu(_key(model_cfg), image_size, tuple(candidates), torch.get_num_threads())
     best = min(timings, key=timings.get)
     base = timings[(None, False)] if (None, False) in timings else max(timings.values())
     why = "" if cpu_has_native_bf16() else "; bf16 skipped: this CPU has no native bf16"
@@ -96,7 +96,9 @@ def _key(cfg: ModelConfig) -> tuple:
 
 
 @functools.lru_cache(maxsize=32)  # a measurement of this machine, not user state: safe to share
-def _measure_cpu(model_key: tuple, image_size: int, candidates: tuple) -> dict:
+def _measure_cpu(model_key: tuple, image_size: int, candidates: tuple, threads: int = 0) -> dict:
+    """Seconds per 4-image training step for each candidate; `threads` only keys the cache (the answer
+    depends on how many threads torch uses, which the caller has set)."""
     encoder, depth, width, bilinear, num_classes = model_key
     base = build_model(
         ModelConfig(encoder=encoder, depth=depth, width=width, bilinear=bilinear, num_classes=num_classes)

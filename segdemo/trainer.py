@@ -27,6 +27,8 @@ from segdemo.speedups import choose_speedups, pick_device, prepare_model
 from segdemo.transforms import to_tensor, train_transform
 
 PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them small
+# torch's thread count is process-wide: runs that overlap in one server restore this, not each other's value
+_PROCESS_THREADS = torch.get_num_threads()
 
 
 class TrainDataset(Dataset):
@@ -64,8 +66,22 @@ def cpu_training_threads() -> int:
     measured 6-9x slower with 2 threads than with 1 (bench/README.md). OMP_NUM_THREADS, when set, wins.
     """
     if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
+        return _PROCESS_THREADS
+    return max(1, min(_PROCESS_THREADS, (os.cpu_count() or 1) - 1))
+
+
+def warm_up(cfg: RunConfig | None = None) -> None:
+    """Pay a first run's one-off costs ahead of time, so a server's first Train click starts at once:
+    torch.optim's first optimiser imports torch._dynamo (1.5-3 s here), and the built-in data takes ~2 s
+    to draw (then shared, read-only, by every run that asks for the same split). The app calls this in a
+    background thread at start; it leaves torch's thread count alone."""
+    from segdemo.config import quick_cpu_preset
+    from segdemo.data.builtin import open_builtin
+
+    cfg = cfg or quick_cpu_preset()
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+    if cfg.data.source == "builtin":
+        open_builtin(cfg.data)
 
 
 def pixel_counts(source: PairSource, num_classes: int) -> np.ndarray:
@@ -113,7 +129,6 @@ class Trainer:
 
     def run(self) -> Done | Failed:
         """Train to the end, a stop request or the time limit. Never raises for user-level problems."""
-        threads = torch.get_num_threads()
         try:
             return self._run()
         except (DataError, ValueError, PretrainedUnavailable, ckpt.CheckpointError, ckpt.CheckpointWriteError) as e:
@@ -128,7 +143,7 @@ class Trainer:
             ev = Failed(f"training failed unexpectedly ({type(e).__name__}); the log has details",
                         f"{type(e).__name__}: {e}")
         finally:
-            torch.set_num_threads(threads)  # _run trains with one core left free
+            torch.set_num_threads(_PROCESS_THREADS)  # _run trains with one core left free
         self.emit(ev)
         return ev
 

@@ -7,6 +7,8 @@ colour threshold cannot solve it: the net has to learn round vs cornered, three 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -73,11 +75,19 @@ def make_split(n: int, seed: int, size: int = 128, prefix: str = "shape") -> Arr
     return ArraySource([p[0] for p in pairs], [p[1] for p in pairs], [f"{prefix}_{i:04d}" for i in range(n)])
 
 
+@functools.lru_cache(maxsize=2)  # the app's runs mostly ask for the same split: draw it once (~2 s, ~50 MB)
+def _shared_split(n: int, seed: int, size: int, prefix: str) -> ArraySource:
+    split = make_split(n, seed, size, prefix)
+    for arr in (*split.images, *split.masks):
+        arr.setflags(write=False)  # shared by concurrent runs: nobody may draw on it
+    return split
+
+
 def open_builtin(cfg: DataConfig) -> Splits:
     """Same seed, same data; train and val come from separate seed streams so they never overlap."""
     size = 128  # the data is drawn at 128 px; cfg.image_size rescales it in the transforms
-    train = make_split(cfg.builtin_train, seed=cfg.seed * 2 + 1, size=size, prefix="train")
-    val = make_split(cfg.builtin_val, seed=cfg.seed * 2 + 2, size=size, prefix="val")
+    train = _shared_split(cfg.builtin_train, cfg.seed * 2 + 1, size, "train")
+    val = _shared_split(cfg.builtin_val, cfg.seed * 2 + 2, size, "val")
     return Splits(
         train=train,
         val=val,

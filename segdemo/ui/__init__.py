@@ -9,6 +9,7 @@ API (gradio_client), see README: `/session` -> owner token; `/check_data`; `/tra
 from __future__ import annotations
 
 import os
+import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -89,4 +90,7 @@ def launch(demo: gr.Blocks, **kw):
         footer_links=["api"],
     )
     opts.update(kw)
+    from segdemo.trainer import warm_up
+
+    threading.Thread(target=warm_up, name="segdemo-warm-up", daemon=True).start()
     return demo.launch(**opts)
