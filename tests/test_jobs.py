@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from segdemo.data.builtin import open_builtin
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
@@ -299,3 +302,44 @@ def test_finished_runs_are_listed_again_after_a_restart(tmp_path):
     assert [type(e).__name__ for e in j2.events] == ["Started", "EpochEnd", "Done"]
     assert jm2.jobs_for("bob") == []
     assert "alice" not in (j.run_dir / "job.json").read_text()  # only a hash of the owner is stored
+
+
+def _live(kind) -> int:
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance() on torch's deprecated module proxies warns
+        warnings.simplefilter("ignore")
+        return sum(isinstance(o, kind) for o in gc.get_objects())
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_stop_mid_epoch_frees_the_run_and_the_next_one_starts(tmp_path):
+    """Stop, four times over, each in the middle of an epoch: the thread ends, no model, optimiser or
+    trainer stays alive after it, memory does not creep up from run to run, and a new run starts."""
+    from segdemo.model import UNet
+    from segdemo.trainer import Trainer
+
+    cfg = tiny_config(epochs=50, batch_size=4)
+    cfg.data.builtin_train = 64
+    jm = JobManager(tmp_path, reaper=False)
+    before = (_live(UNet), _live(Trainer), _live(torch.optim.Optimizer), threading.active_count())
+    rss = []
+    try:
+        for _ in range(4):
+            j = jm.submit("alice", cfg, splits=open_builtin(cfg.data))
+            assert _wait(lambda j=j: sum(isinstance(e, Progress) for e in j.events) >= 3, 60), j.events
+            jm.stop("alice", j.id)
+            assert _wait(lambda j=j: not j.is_active, 60)
+            assert j.status == STOPPED and j.best_checkpoint is None  # stopped inside epoch 1
+            assert _wait(lambda: threading.active_count() <= before[3], 10)  # the run's thread ended
+            assert (_live(UNet), _live(Trainer), _live(torch.optim.Optimizer)) == before[:3]
+            rss.append(_rss_mb())
+        # the first run pays for one-off allocations (thread pools, caches); later ones must not add up
+        assert rss[-1] - rss[1] < 40, rss
+    finally:
+        jm.close()

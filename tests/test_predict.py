@@ -1,5 +1,7 @@
 """Prediction from a checkpoint alone, at the input's own resolution, with a per-class table."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 from segdemo.data.base import DataError
 from segdemo.data.builtin import make_sample, open_builtin
 from segdemo.evaluate import evaluate_model
+from segdemo.events import Done, EpochEnd
 from segdemo.metrics import confusion_matrix, metrics_from_confusion
 from segdemo.predict import Predictor
 from segdemo.trainer import Trainer
@@ -63,3 +66,37 @@ def test_predict_leaves_model_in_eval_and_bn_untouched(run_dir):
     p.predict(make_sample(np.random.default_rng(2))[0])
     assert not p.model.training
     assert all(torch.equal(before[k], v) for k, v in p.model.state_dict().items())
+
+
+def test_predicting_while_a_run_trains_leaves_the_training_untouched(tmp_path):
+    """The app predicts with a running run's best checkpoint, a snapshot on disk. Predicting from another
+    thread after every epoch must not change the training at all: not the model's mode, not BatchNorm's
+    running statistics, not the RNG. Training is seeded, so any such leak would change the numbers."""
+    cfg = tiny_config(epochs=3)
+
+    def train(run_dir, predict_during: bool) -> tuple[list[tuple[float, float]], int]:
+        calls = []
+        trainer = Trainer(cfg, run_dir, splits=open_builtin(cfg.data))
+
+        def on_event(ev):
+            if predict_during and isinstance(ev, EpochEnd):
+                image = make_sample(np.random.default_rng(ev.epoch))[0]
+
+                def predict():  # a Predict request on the server's other thread, against the snapshot
+                    out = Predictor.from_path(run_dir / "best.safetensors").predict(image)
+                    calls.append(out.mask.shape)
+
+                t = threading.Thread(target=predict)
+                t.start()
+                t.join()
+
+        trainer.add_callback(on_event)
+        history = []
+        trainer.add_callback(lambda ev: isinstance(ev, EpochEnd) and history.append((ev.train_loss, ev.miou)))
+        assert isinstance(trainer.run(), Done)
+        return history, len(calls)
+
+    quiet, _ = train(tmp_path / "quiet", predict_during=False)
+    busy, n_predictions = train(tmp_path / "busy", predict_during=True)
+    assert n_predictions == 3
+    assert busy == quiet
