@@ -14,6 +14,7 @@ from segdemo.config import DataConfig
 from segdemo.data import check_source
 from segdemo.data.base import ArraySource, ClassSet, Splits
 from segdemo.data.check import check_dataset
+from tests.conftest import CAMVID_NAMES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -175,21 +176,8 @@ def test_check_source_builtin():
     not (SHARED / "camvid" / "val").is_dir(), reason=f"CamVid not found at {SHARED / 'camvid'}"
 )
 def test_camvid_val_check(tmp_path):
-    names = [
-        "Sky",
-        "Building",
-        "Pole",
-        "Road",
-        "Pavement",
-        "Tree",
-        "SignSymbol",
-        "Fence",
-        "Car",
-        "Pedestrian",
-        "Bicyclist",
-    ]
     cls = tmp_path / "camvid.json"
-    cls.write_text(json.dumps({"names": names, "ignore_index": 11}))
+    cls.write_text(json.dumps({"names": CAMVID_NAMES, "ignore_index": 11}))
     rep = check_dataset(SHARED / "camvid" / "val", DataConfig(classes_file=str(cls)))
     assert rep.ok, rep.problems
     assert rep.pairs == {"all": 101} and rep.encoding == "ids"

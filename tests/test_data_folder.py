@@ -14,22 +14,10 @@ from segdemo.config import DataConfig
 from segdemo.data import open_dataset, parse_source
 from segdemo.data.base import IGNORE, DataError
 from segdemo.data.folder import open_folder, read_classes_file
+from tests.conftest import CAMVID_NAMES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CAMVID = SHARED / "camvid"
-CAMVID_NAMES = [
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-]
 
 
 def _pair(

@@ -240,7 +240,14 @@ class Labels:
         return self.grey if kind == "grey" else kind
 
     def decode(self, raw: np.ndarray, mode: str, name: str) -> np.ndarray:
-        kind = summarize_kind(raw, mode, self.colormap, self.ignore_color)
+        return self._decode(raw, summarize_kind(raw, mode, self.colormap, self.ignore_color), name)
+
+    def class_of_values(self, s: MaskSummary, name: str) -> np.ndarray:
+        """Class id of each of a summary's unique values (range-checked: DataError names the file)."""
+        raw = s.values.reshape(1, -1, 3) if s.kind == "rgb" else s.values.reshape(1, -1)
+        return self._decode(raw, s.kind, name).reshape(-1)
+
+    def _decode(self, raw: np.ndarray, kind: str, name: str) -> np.ndarray:
         return decode_mask(
             raw,
             self.encoding(kind),
@@ -251,20 +258,6 @@ class Labels:
             name=name,
             classes_from=self.classes_from,
         )
-
-    def class_of_values(self, s: MaskSummary, name: str) -> np.ndarray:
-        """Class id of each of a summary's unique values (range-checked: DataError names the file)."""
-        raw = s.values.reshape(1, -1, 3) if s.kind == "rgb" else s.values.reshape(1, -1)
-        return decode_mask(
-            raw,
-            self.encoding(s.kind),
-            num_classes=self.classes.num_classes,
-            colormap=self.colormap,
-            ignore_value=self.ignore_value,
-            ignore_color=self.ignore_color,
-            name=name,
-            classes_from=self.classes_from,
-        ).reshape(-1)
 
 
 def summarize_kind(raw: np.ndarray, mode: str, colormap, ignore_color) -> str:
