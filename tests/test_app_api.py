@@ -73,7 +73,7 @@ def server(tmp_path_factory):
 
 
 def session(url: str) -> tuple[Client, str]:
-    c = Client(url, verbose=False)
+    c = Client(url, verbose=False, ssl_verify=False)  # plain http: no certificate store per request
     return c, c.predict(None, api_name="/session")
 
 
