@@ -3,7 +3,7 @@
 up-samples the logits to each mask's full 480x360 resolution. Reports the best epoch's val mIoU,
 per-class IoU and pixel accuracy (void excluded), and the wall time from start to end.
 
-    python bench/camvid.py [--data ../shared/data/camvid] [--epochs 25] [--image-size 192] [--width 16]
+    python bench/camvid.py [--data ../shared/data/camvid] [--epochs 15] [--image-size 128] [--width 16]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA / "camvid"), help="folder with train/ and val/")
     p.add_argument("--classes", default=str(REPO / "segdemo" / "data" / "camvid_classes.json"))
-    p.add_argument("--epochs", type=int, default=25)
-    p.add_argument("--image-size", type=int, default=192)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--batch", type=int, default=8)

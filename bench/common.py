@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,3 +72,69 @@ def busy_processes(n: int):
         for p in procs:
             p.kill()
             p.wait()
+
+
+def start_app(extra_env: dict[str, str] | None = None, timeout: float = 180) -> tuple[str, subprocess.Popen]:
+    """`python app.py` on a free local port, runs in a fresh temporary folder; returns (url, process)."""
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "SEGDEMO_RUNS_DIR": tempfile.mkdtemp(prefix="segdemo-bench-runs-"),
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    proc.runs_dir = Path(env["SEGDEMO_RUNS_DIR"])  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return url, proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"the app did not start within {timeout:.0f} s")
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS) or its peak so far (VmHWM), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+class RssSampler(threading.Thread):
+    """Polls a process's peak resident memory (VmHWM, the kernel's own high-water mark) until stopped."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak_mb, self.running = pid, 0.0, True
+
+    def run(self) -> None:
+        while self.running:
+            try:
+                self.peak_mb = max(self.peak_mb, rss_mb(self.pid, "VmHWM"))
+            except (OSError, RuntimeError):
+                return
+            time.sleep(0.5)
+
+
+def client(url: str, **kw):
+    """A gradio_client Client. On a plain-http URL, TLS verification means nothing, and turning it off spares
+    gradio_client building a certificate store (~50 ms) for every request and every file it downloads."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, ssl_verify=not url.startswith("http://"), **kw)

@@ -135,7 +135,7 @@ def main() -> None:
     cands = ((None, False), (None, True))
     if speedups.cpu_has_native_bf16():
         cands += ((torch.bfloat16, True), (torch.bfloat16, False))
-    probe = speedups._measure_cpu(speedups._key(cfg.model), cfg.data.image_size, cands)
+    probe = speedups._measure_cpu(speedups._key(cfg.model), cfg.data.image_size, cands, state["threads"])
     print("speedups probe (s per 4-image step):",
           ", ".join(f"{speedups._label(d, c)} {t:.3f}" for (d, c), t in probe.items()))
     ours, theirs = ours[1:], theirs[1:]  # drop the warm-up round
