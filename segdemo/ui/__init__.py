@@ -17,7 +17,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import gradio as gr  # noqa: E402
 
 from segdemo.jobs import JobManager  # noqa: E402
-from segdemo.ui.common import EXAMPLES_DIR, AppContext  # noqa: E402
+from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
 from segdemo.ui.predict_tab import PredictTab  # noqa: E402
 from segdemo.ui.train_tab import TrainTab  # noqa: E402
 
@@ -44,6 +44,7 @@ def build_demo(
     jobs: JobManager | None = None, *, cache_dir=None, default_checkpoint=None, concurrency: int | None = None
 ) -> gr.Blocks:
     """The whole app. `jobs` defaults to JobManager.from_env() (SEGDEMO_MAX_CONCURRENT, SEGDEMO_RUN_TTL_S)."""
+    write_pictures_to_cache_atomically()
     ctx = AppContext(jobs, cache_dir=cache_dir, default_checkpoint=default_checkpoint)
     # Gradio's own cache (uploads, pictures sent to browsers) is swept hourly of files older than 2 h.
     with gr.Blocks(title="segdemo: train a U-Net and see what it learned", delete_cache=(3600, 7200)) as demo:

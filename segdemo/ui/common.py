@@ -286,3 +286,42 @@ def tidy_paths(text: str, *places: tuple[Path | str, str]) -> str:
         f = str(folder).rstrip("/")
         text = text.replace(f + "/", "").replace(f, label)
     return text
+
+
+def write_pictures_to_cache_atomically() -> None:
+    """Make Gradio write the pictures it sends as a temp file renamed into place, as it already does for files.
+
+    Gradio 6.31 saves every output picture under a hash of its bytes with a plain `write_bytes`. When the
+    same picture goes out again (the filmstrip's true masks every epoch, thirty students clicking the same
+    example), a browser still fetching the first copy can read it mid-rewrite and get a truncated file
+    ("Too little data for declared Content-Length": seen in test_app_api). Same paths, same bytes; a picture
+    already in the cache is only touched, so `delete_cache` does not age it out.
+    """
+    from gradio import processing_utils as pu
+
+    if getattr(pu.save_pil_to_cache, "segdemo_atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = pu.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / pu.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        path = (folder / f"{name}.{format}").resolve()
+        try:
+            if path.stat().st_size == len(data):  # named by its hash: these very bytes are there already
+                os.utime(path)
+                return str(path)
+        except FileNotFoundError:
+            pass
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(path)
+
+    save_pil_to_cache.segdemo_atomic = True  # type: ignore[attr-defined]
+    pu.save_pil_to_cache = save_pil_to_cache
