@@ -688,6 +688,7 @@ class TrainTab:
     async def _stream(self, owner: str, job: Job):
         view, i, last_status = RunView(), 0, 0.0
         first, t0, finished_once = True, time.monotonic(), False
+        film_sent = None  # the epoch whose previews the page has: a filmstrip is 24 pictures, send it once
         while True:
             new = job.wait_events(i, timeout=0)
             i += len(new)
@@ -704,7 +705,9 @@ class TrainTab:
                     ckpt = self._checkpoint_copy(job)
                     value = f"run:{job.id}" if job.best_checkpoint is not None else gr.skip()
                     choices = gr.update(choices=model_choices(self.ctx, owner), value=value)
-                yield [status, view.figure(), view.table(), view.filmstrip(), ckpt, choices]
+                film = gr.skip() if not first and view.previews_from is film_sent else view.filmstrip()
+                film_sent = view.previews_from
+                yield [status, view.figure(), view.table(), film, ckpt, choices]
                 first, last_status = False, now
             elif now - last_status >= 1.0 and (new or job.status == QUEUED):
                 yield [status, *[gr.skip()] * 5]
