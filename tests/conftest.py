@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -40,3 +41,10 @@ def shared_data(sub: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not here: {path} (see ../shared/data/README.md)")
     return path
+
+
+def free_port() -> int:
+    """A local TCP port nobody is listening on, for a test's own app server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from segdemo.checkpoint import load_checkpoint  # noqa: E402
 from segdemo.imageio import load_image  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.predict import Predictor  # noqa: E402
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shapes_3.png"
@@ -53,12 +53,6 @@ def tiny(**over) -> dict:
     return args
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from segdemo.ui import build_demo, launch
@@ -66,7 +60,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
     jobs = JobManager(tmp / "runs", max_concurrent=1, reaper=False)
     demo = build_demo(jobs, cache_dir=tmp / "cache", default_checkpoint=tmp / "no-shipped-model.safetensors")
-    port = _free_port()
+    port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", jobs
     demo.close()

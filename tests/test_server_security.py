@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,14 +15,9 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from segdemo.jobs import JobManager  # noqa: E402
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +28,7 @@ def url(tmp_path_factory):
     (tmp / "secret.txt").write_text("top secret")
     jobs = JobManager(tmp / "runs", max_concurrent=1, reaper=False)
     demo = build_demo(jobs, cache_dir=tmp / "cache")
-    port = _free_port()
+    port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}"
     demo.close()
