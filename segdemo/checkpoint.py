@@ -82,18 +82,29 @@ def save_checkpoint(
     return atomic_write_bytes(Path(path), data)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """temp file in the same folder -> write -> fsync -> rename -> fsync the folder."""
+def replace_file(path: Path, data: bytes, *, fsync: bool = True) -> Path:
+    """Write to a temp file in the same folder, then rename it over `path`: a reader sees the old file or the
+    new one, never a part. `fsync` first makes the bytes durable (checkpoints, logs; a cache needs not)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """temp file in the same folder -> write -> fsync -> rename -> fsync the folder."""
+    try:
+        replace_file(path, data)
+    except OSError as e:
         raise CheckpointWriteError(
             e.errno, f"could not save {path.name} ({e.strerror or e}); the previous checkpoint is kept. "
             "Free some disk space and resume the run"

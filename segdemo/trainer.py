@@ -3,6 +3,7 @@ between batches, and hands each event to its callbacks."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -377,6 +378,6 @@ def _truncate_metrics_log(path: Path, last_epoch: int) -> None:
 def _draw_curves(path: Path, history: list[dict]) -> None:
     from segdemo.viz import curves_figure
 
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    curves_figure(history).savefig(tmp, dpi=80)
-    tmp.replace(path)
+    png = io.BytesIO()
+    curves_figure(history).savefig(png, format="png", dpi=80)
+    ckpt.replace_file(path, png.getvalue(), fsync=False)  # a browser may be reading the old one

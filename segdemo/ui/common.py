@@ -34,7 +34,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from segdemo.checkpoint import CheckpointError, CheckpointWriteError
+from segdemo.checkpoint import CheckpointError, CheckpointWriteError, replace_file
 from segdemo.data.base import DataError
 from segdemo.jobs import JobError, JobManager
 
@@ -304,24 +304,14 @@ def write_pictures_to_cache_atomically() -> None:
 
     def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
         data = pu.encode_pil_to_bytes(img, format)
-        folder = Path(cache_dir) / pu.hash_bytes(data)
-        folder.mkdir(exist_ok=True, parents=True)
-        path = (folder / f"{name}.{format}").resolve()
+        path = (Path(cache_dir) / pu.hash_bytes(data) / f"{name}.{format}").resolve()
         try:
             if path.stat().st_size == len(data):  # named by its hash: these very bytes are there already
                 os.utime(path)
                 return str(path)
         except FileNotFoundError:
             pass
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return str(path)
+        return str(replace_file(path, data, fsync=False))
 
     save_pil_to_cache.segdemo_atomic = True  # type: ignore[attr-defined]
     pu.save_pil_to_cache = save_pil_to_cache
