@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import client, load, machine, rss_mb, start_app
+from common import client, load, machine, median, p95, rss_mb, start_app
 from PIL import Image
 
 from segdemo.data.builtin import make_sample
@@ -91,13 +90,13 @@ def main() -> None:
             image = Path(tmp) / "photo.png"
             Image.fromarray(make_sample(np.random.default_rng(5), 128)[0]).resize((512, 512)).save(image)
             lat = sorted(predict_latency(url, image, args.repeats))
-        p50, p95 = statistics.median(lat), lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+        p50, p95_ms = median(lat), p95(lat)
         time.sleep(2)
         after_mb = rss_mb(proc.pid)
         print(f"at rest: {rest_mb:.0f} MB RSS after start-up, {after_mb:.0f} MB after {len(lat) + 3} predictions")
-        print(f"predict 512x512 via gradio_client, {len(lat)} calls: p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
+        print(f"predict 512x512 via gradio_client, {len(lat)} calls: p50 {p50:.0f} ms, p95 {p95_ms:.0f} ms, "
               f"min {lat[0]:.0f} ms | {load()}", flush=True)
-        line = f"predict_p50_ms={p50:.0f} predict_p95_ms={p95:.0f} rest_rss_mb={rest_mb:.0f}"
+        line = f"predict_p50_ms={p50:.0f} predict_p95_ms={p95_ms:.0f} rest_rss_mb={rest_mb:.0f}"
         if not args.no_browser:
             r = first_epoch_row(url, proc.runs_dir)
             print(f"first epoch row in Chromium {r['click_to_row_s']:.1f} s after pressing Train: start-up "

@@ -38,16 +38,10 @@ def median(xs) -> float:
     return statistics.median(xs)
 
 
-def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
-    """Seconds per call of fn(), after warm-up calls."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+def p95(xs) -> float:
+    """The 95th-percentile value (nearest rank) of a non-empty sample."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(0.95 * len(xs)))]
 
 
 def peak_rss_mb(code: str, timeout: float = 600) -> float:

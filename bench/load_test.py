@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -23,14 +21,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from common import RssSampler, client, median, p95, start_app  # puts the repository on sys.path
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from common import RssSampler, client, start_app  # noqa: E402
-
-from segdemo.data.builtin import make_sample  # noqa: E402
+from segdemo.data.builtin import make_sample
 
 
 def make_zip(path: Path, n: int = 24, size: int = 64) -> None:
@@ -137,17 +131,16 @@ def main() -> None:
         if r.get("status") not in (None, "done"):
             print(f"session {i}: {r['status']}: {r.get('message')}")
     print(f"wall {wall:.0f}s; queue wait s: min {waits[0] if waits else 0:.1f} median "
-          f"{statistics.median(waits) if waits else 0:.1f} max {waits[-1] if waits else 0:.1f}; positions seen: "
+          f"{median(waits) if waits else 0:.1f} max {waits[-1] if waits else 0:.1f}; positions seen: "
           f"{sorted({p for r in done for p in r['queue_positions']})}")
     print(f"most runs training at once: {max_overlap(intervals) if intervals else 'n/a'}")
     by_submit = sorted((r for r in done if r["interval"][0]), key=lambda r: r["submitted"])
     starts = [r["interval"][0] for r in by_submit]
     print(f"runs started in the order they were submitted: {'yes' if starts == sorted(starts) else 'NO'}")
-    p50 = statistics.median(lat) if lat else float("nan")
-    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan")
+    p50, p95_ms = (median(lat), p95(lat)) if lat else (float("nan"), float("nan"))
     rss = f"{sampler.peak_mb:.0f}" if sampler else "n/a"
     print(f"sessions={args.sessions} completed={len(done)} errors={args.sessions - len(done)} "
-          f"p50_ms={p50:.0f} p95_ms={p95:.0f} peak_rss_mb={rss}")
+          f"p50_ms={p50:.0f} p95_ms={p95_ms:.0f} peak_rss_mb={rss}")
 
 
 if __name__ == "__main__":
