@@ -63,7 +63,7 @@ def build_demo(
                 predict = PredictTab(ctx, token)
         train.wire(demo, predict.model)
         predict.wire(demo, predict_tab)
-        demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).then(
+        demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).success(
             train.reattach,
             token,
             train.reattach_outputs,
@@ -78,8 +78,14 @@ def build_demo(
 
 
 def launch(demo: gr.Blocks, **kw):
-    """demo.launch with this app's defaults: host/port from GRADIO_SERVER_NAME / PORT, 50 MB uploads, only
-    the examples folder readable, no tracebacks on the page. Keyword arguments override."""
+    """demo.launch with this app's defaults: host/port from GRADIO_SERVER_NAME / PORT, 50 MB uploads, capped
+    request bodies and an upload quota per address, only the examples folder readable, no tracebacks on the
+    page, files private to the server's user. Keyword arguments override."""
+    from starlette.middleware import Middleware
+
+    from segdemo.ui.guard import RequestGuard
+
+    os.umask(0o077)  # run folders, checkpoints and caches are the server's alone, not every local user's
     opts = dict(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
         server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
@@ -89,6 +95,7 @@ def launch(demo: gr.Blocks, **kw):
         enable_monitoring=False,  # gradio otherwise hands a monitoring URL to anyone who asks /monitoring
         css=CSS,
         footer_links=["api"],
+        app_kwargs={"middleware": [Middleware(RequestGuard)]},  # body caps, upload quota per address
     )
     opts.update(kw)
     from segdemo.trainer import warm_up
