@@ -34,15 +34,15 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from segdemo.assets import EXAMPLES, SHIPPED_CHECKPOINT, asset
 from segdemo.checkpoint import CheckpointError, CheckpointWriteError, replace_file
 from segdemo.data.base import DataError
 from segdemo.jobs import JobError, JobManager
 
 log = logging.getLogger("segdemo.ui")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes_unet.safetensors"
-EXAMPLES_DIR = REPO_ROOT / "examples"
+DEFAULT_CHECKPOINT = asset(SHIPPED_CHECKPOINT)  # package data when installed, else the source tree
+EXAMPLES_DIR = asset(EXAMPLES)
 USER_ERRORS = (JobError, DataError, CheckpointError, CheckpointWriteError)
 
 
