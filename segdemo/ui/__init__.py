@@ -16,6 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import gradio as gr  # noqa: E402
 
+from segdemo.hosting import default_host, warn_if_exposed  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
 from segdemo.ui.predict_tab import PredictTab  # noqa: E402
@@ -78,10 +79,11 @@ def build_demo(
 
 
 def launch(demo: gr.Blocks, **kw):
-    """demo.launch with this app's defaults: host/port from GRADIO_SERVER_NAME / PORT, 50 MB uploads, only
-    the examples folder readable, no tracebacks on the page. Keyword arguments override."""
+    """demo.launch with this app's defaults: 127.0.0.1 unless GRADIO_SERVER_NAME or a Hugging Face Space says
+    otherwise (segdemo.hosting), port from PORT, 50 MB uploads, only the examples folder readable, no
+    tracebacks on the page. Keyword arguments override; listening beyond loopback prints a warning."""
     opts = dict(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+        server_name=default_host(),
         server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
         max_file_size="50mb",
         allowed_paths=[str(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else [],
@@ -91,6 +93,7 @@ def launch(demo: gr.Blocks, **kw):
         footer_links=["api"],
     )
     opts.update(kw)
+    warn_if_exposed(opts["server_name"] or default_host(), bool(opts.get("share")))
     from segdemo.trainer import warm_up
 
     threading.Thread(target=warm_up, name="segdemo-warm-up", daemon=True).start()
