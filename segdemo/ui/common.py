@@ -35,6 +35,7 @@ import gradio as gr
 import numpy as np
 
 from segdemo import budget
+from segdemo.assets import EXAMPLES, SHIPPED_CHECKPOINT, asset
 from segdemo.checkpoint import CheckpointError, CheckpointWriteError, replace_file
 from segdemo.data.base import DataError
 from segdemo.escape import esc, md  # noqa: F401  (the UI's one way to put user text into HTML/Markdown)
@@ -43,9 +44,8 @@ from segdemo.limits import LimitError, RateLimiter, Slots, client_address
 
 log = logging.getLogger("segdemo.ui")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes_unet.safetensors"
-EXAMPLES_DIR = REPO_ROOT / "examples"
+DEFAULT_CHECKPOINT = asset(SHIPPED_CHECKPOINT)  # package data when installed, else the source tree
+EXAMPLES_DIR = asset(EXAMPLES)
 USER_ERRORS = (JobError, DataError, CheckpointError, CheckpointWriteError, LimitError, budget.BudgetError)
 HEAVY = "heavy"  # concurrency id shared by every listener that loads a model or decodes data, public or private
 CHECK_CACHE_BYTES = 64 << 20  # sample pictures of recent data checks, all together
