@@ -261,9 +261,9 @@ class JobManager:
         max_concurrent: int = 1,
         ttl_s: float = 3600,
         *,
-        max_queued: int = 16,
+        max_queued: int = 32,
         max_runs_per_owner: int = 5,
-        max_active_per_client: int = 2,
+        max_active_per_client: int = 8,
         max_run_s: float | None = 1800,
         memory_budget: int | None = None,
         persist: bool | None = None,
@@ -277,7 +277,9 @@ class JobManager:
         self.ttl_s = float(ttl_s)
         self.max_queued = max_queued
         self.max_runs_per_owner = max_runs_per_owner
-        self.max_active_per_client = max_active_per_client  # one address's runs waiting or training at once
+        # one address's runs waiting or training at once: a classroom behind one router shares an address, so
+        # this is not 1; the fair order below keeps one address's runs from holding the slots anyway
+        self.max_active_per_client = max_active_per_client
         self.max_run_s = max_run_s  # server-wide time limit per run; None = none
         self.memory_budget = memory_budget or budget.run_budget(self.max_concurrent)  # bytes one run may use
         self._durations: deque[float] = deque(maxlen=20)  # of recent runs, to say when a full queue frees up
@@ -464,9 +466,20 @@ class JobManager:
         """1 = next to start, 2 = after that...; 0 when the job is not waiting."""
         with self._lock:
             try:
-                return self._queue.index(job) + 1
+                return self._fair_order().index(job) + 1
             except ValueError:
                 return 0
+
+    def _fair_order(self) -> list[Job]:
+        """Queued runs in the order they will start (call with the lock held): oldest first among addresses
+        that have started the fewest runs, so a second run from one address waits behind everyone's first
+        (round robin by address; runs without an address, as from the CLI or tests, are first come first
+        served)."""
+        started: dict[str, int] = {}
+        for j in self._jobs.values():
+            if j.client_key is not None and j.started is not None:
+                started[j.client_key] = started.get(j.client_key, 0) + 1
+        return sorted(self._queue, key=lambda j: (started.get(j.client_key, 0) if j.client_key else 0, j.created))
 
     def running_count(self) -> int:
         with self._lock:
@@ -488,7 +501,9 @@ class JobManager:
                         job.stop_event.is_set()
                         or self._closed.is_set()
                         or (
-                            self._queue and self._queue[0] is job and len(self._running) < self.max_concurrent
+                            self._queue
+                            and self._fair_order()[0] is job
+                            and len(self._running) < self.max_concurrent
                         )
                     )
                 )
@@ -498,7 +513,7 @@ class JobManager:
                     self._lock.notify_all()
                     self._finish(job, Done("stopped", 0, None, None, None, None, 0.0))
                     return
-                self._queue.popleft()
+                self._queue.remove(job)
                 self._running.add(job.id)
                 job.status, job.started = RUNNING, time.time()
                 job._save_record()

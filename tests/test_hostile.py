@@ -63,6 +63,7 @@ def server(tmp_path_factory):
     old = os.environ.get("SEGDEMO_TRUSTED_PROXY_HOPS")
     os.environ["SEGDEMO_TRUSTED_PROXY_HOPS"] = "1"
     jobs = JobManager(tmp / "runs", max_concurrent=1, reaper=False, max_queued=3, max_active_per_client=2)
+    assert JobManager.__init__.__kwdefaults__["max_active_per_client"] >= 8  # a classroom behind one router
     demo = build_demo(jobs, cache_dir=tmp / "cache")
     port = free_port()
     # a small upload quota so the test can reach it: 30 MB an hour per address

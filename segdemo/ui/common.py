@@ -51,7 +51,7 @@ HEAVY = "heavy"  # concurrency id shared by every listener that loads a model or
 CHECK_CACHE_BYTES = 64 << 20  # sample pictures of recent data checks, all together
 STREAMS_PER_CLIENT = 6  # live views (Train's watch and the page-load reattach) one browser or address may hold
 STREAMS_TOTAL = 64  # and the whole server: well under the event queue's size, so others are never turned away
-NEW_SESSIONS_PER_10_MIN = 30  # owner tokens one address may be issued
+NEW_SESSIONS_PER_10_MIN = 120  # owner tokens one address may be issued (a classroom may share one address)
 
 
 def client_of(request) -> str:
