@@ -3,13 +3,13 @@
 A shared server must refuse a request that would exhaust its memory, not find out by being killed.
 Parameters are counted on PyTorch's meta device (shapes only, no memory); activation memory comes from
 a formula fitted to measured peaks (bench/README.md, "Memory budget"): a U-Net step keeps about 35 float32
-values per pixel per first-level channel for the backward pass (fewer at lower levels: they halve in
+values per pixel per first-level channel for the backward pass (lower levels add half as much again in
 total), the loss about 8 per pixel per class. The estimates err on the high side.
 
 The budget itself: SEGDEMO_MEMORY_BUDGET_MB if set, else three quarters of the machine's memory (or its
 cgroup limit) less 1 GiB for the server itself. A training run may use its share of that (runs allowed at
-once + 1 shares: one is kept for predictions and data checks); one prediction at most PREDICT_SHARE of it,
-capped at 1 GiB.
+once + 1 shares: one is kept for predictions and data checks); one prediction at most a quarter of it,
+capped at PREDICT_CAP (1 GiB).
 """
 
 from __future__ import annotations
@@ -73,12 +73,12 @@ def predict_budget() -> int:
 
 def expected_state(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """name -> (shape, dtype) of the state dict the config builds, without allocating it."""
-    return dict(_state(*_key(cfg)))
+    return dict(_describe(*_key(cfg))[0])
 
 
 def parameter_count(cfg: ModelConfig) -> int:
     """Parameters of the model a config builds, counted without allocating them."""
-    return _parameters(*_key(cfg))
+    return _describe(*_key(cfg))[1]
 
 
 def _key(cfg: ModelConfig) -> tuple:
@@ -86,23 +86,15 @@ def _key(cfg: ModelConfig) -> tuple:
 
 
 @lru_cache(maxsize=64)
-def _state(encoder: str, depth: int, width: int, bilinear: bool, num_classes: int) -> tuple:
+def _describe(encoder: str, depth: int, width: int, bilinear: bool, num_classes: int) -> tuple[tuple, int]:
+    """(state dict as ((name, (shape, dtype)), ...), parameter count) of a model built on the meta device."""
     from segdemo.model import build_model
 
     cfg = ModelConfig(encoder=encoder, depth=depth, width=width, bilinear=bilinear, num_classes=num_classes)
     with torch.device("meta"):  # shapes only: a 7 GB model costs nothing to describe here
         model = build_model(cfg)
-    return tuple((k, (tuple(v.shape), v.dtype)) for k, v in model.state_dict().items())
-
-
-@lru_cache(maxsize=64)
-def _parameters(*key) -> int:
-    from segdemo.model import build_model
-
-    enc, depth, width, bilinear, k = key
-    with torch.device("meta"):
-        model = build_model(ModelConfig(encoder=enc, depth=depth, width=width, bilinear=bilinear, num_classes=k))
-    return sum(p.numel() for p in model.parameters())
+    state = tuple((k, (tuple(v.shape), v.dtype)) for k, v in model.state_dict().items())
+    return state, sum(p.numel() for p in model.parameters())
 
 
 def _first_level_width(cfg: ModelConfig) -> int:

@@ -73,11 +73,6 @@ class MaskIndex:
         return None
 
 
-def pair_mask(image_path: str, masks: list[str] | None, n_images: int) -> str | None:
-    """One image's mask (see MaskIndex; build the index once when pairing many)."""
-    return MaskIndex(list(masks or []), n_images).mask_for(image_path)
-
-
 def load_ground_truth(path: str, image_shape: tuple[int, ...], orientation: int, classes, image_name: str):
     """A mask file -> (H, W) class ids with IGNORE, decoded with the model's classes; else DataError."""
     from segdemo.data.masks import decode_mask, detect_encoding
