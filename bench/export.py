@@ -1,12 +1,13 @@
 """ONNX Runtime against PyTorch: predict latency on a 512x512 image, side by side, and argmax agreement.
 
-Both sides do the same work, image -> class-id mask at 512x512: segdemo's preprocessing (cv2 INTER_AREA to
-the training size, normalise), the model, logits up-sampled bilinearly to 512x512, argmax. Only the model
-call differs: the checkpoint's PyTorch model, or model.onnx from `export_model` in an onnxruntime session
-with as many threads as torch uses (and no spinning between runs). Timed in interleaved rounds (one of each
-per round), medians. Also timed in the same rounds, for context: each model call alone, the exported
-predict_onnx.py's own pipeline (numpy resize) and Predictor.predict (which also computes probabilities, the
-colour mask and the overlay).
+Both sides turn the image into a class-id mask at 512x512, the way each is meant to be used:
+- ONNX: the exported predict_onnx.py's own functions (numpy INTER_AREA resize, normalise, model.onnx in an
+  onnxruntime session, numpy bilinear up-sampling, argmax): what a user of `segdemo export` runs;
+- PyTorch: segdemo's prediction path (cv2 resize, normalise, the model, F.interpolate, argmax), i.e.
+  Predictor.predict without its probabilities, colour mask and overlay.
+onnxruntime gets as many threads as torch, and no spinning between runs. Interleaved rounds (one of each per
+round), medians. Also timed in the same rounds: each model call alone at the training size, and
+Predictor.predict in full.
 
     python bench/export.py [--checkpoint checkpoints/shapes_unet.safetensors] [--size 512] [--repeats 50]
 """
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from common import REPO, load, machine, median
 
 from segdemo.data.builtin import make_sample
@@ -76,7 +76,9 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
     # onnxruntime's threads otherwise spin for a while after each run, starving the torch ops that follow in
-    # the same process (seen: the up-sampling and PyTorch's own forward 2-10x slower in interleaved rounds)
+    # the same process (seen: PyTorch's forward several times slower in interleaved rounds). Not fed from torch:
+    # PyTorch's argmax over the classes of NCHW-contiguous (1, 4, 512, 512) logits took 42-48 ms here, against
+    # 3-4 ms on the channels_last logits that segdemo's own path produces, so the ONNX side stays in numpy.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(result.model), opts, providers=["CPUExecutionProvider"])
     script = load_script(result.script)
@@ -88,12 +90,6 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
     def torch_predict(image: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return logits_to_labels(forward_resized(model, [image], cfg, device)[0])[0].numpy()
-
-    def onnx_predict(image: np.ndarray) -> np.ndarray:
-        x = to_tensor(eval_resize(image, size)[None], cfg.data.mean, cfg.data.std)
-        logits = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
-        logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
-        return logits_to_labels(logits)[0].numpy()
 
     def script_predict(image: np.ndarray) -> np.ndarray:
         logits = session.run(None, {"image": script.preprocess(image, meta)})[0][0]
@@ -110,9 +106,8 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
         session.run(None, {"image": x.numpy()})
 
     image = make_sample(np.random.default_rng(0), args.size)[0]
-    runs = {"torch": lambda: torch_predict(image), "onnx": lambda: onnx_predict(image),
-            "torch_forward": torch_forward, "onnx_forward": onnx_forward,
-            "script": lambda: script_predict(image), "predictor": lambda: predictor.predict(image)}
+    runs = {"torch": lambda: torch_predict(image), "onnx": lambda: script_predict(image),
+            "torch_forward": torch_forward, "onnx_forward": onnx_forward, "predictor": lambda: predictor.predict(image)}
     for _ in range(3):
         for fn in runs.values():
             fn()
@@ -124,22 +119,19 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
             times[name].append(time.perf_counter() - t0)
     ms = {k: 1e3 * median(v) for k, v in times.items()}
     ratio = ms["onnx"] / ms["torch"]
-    print(f"{args.size}x{args.size} image -> mask, median of {args.repeats}: onnxruntime {ms['onnx']:.2f} ms, "
-          f"PyTorch {ms['torch']:.2f} ms, ratio onnx/torch {ratio:.2f} | {load()}")
-    print(f"model call alone at {size}px: onnxruntime {ms['onnx_forward']:.2f} ms, PyTorch {ms['torch_forward']:.2f} "
-          f"ms ({ms['onnx_forward'] / ms['torch_forward']:.2f}); predict_onnx.py pipeline (numpy resize) "
-          f"{ms['script']:.2f} ms; Predictor.predict {ms['predictor']:.2f} ms")
+    print(f"{args.size}x{args.size} image -> mask, median of {args.repeats}: predict_onnx.py with onnxruntime "
+          f"{ms['onnx']:.2f} ms, PyTorch {ms['torch']:.2f} ms, ratio onnx/torch {ratio:.2f} | {load()}")
+    print(f"model call alone at {size}px: onnxruntime {ms['onnx_forward']:.2f} ms, PyTorch "
+          f"{ms['torch_forward']:.2f} ms (ratio {ms['onnx_forward'] / ms['torch_forward']:.2f}); "
+          f"Predictor.predict in full {ms['predictor']:.2f} ms")
 
-    ref = torch_predict(image)
-    agreement = float((onnx_predict(image) == ref).mean())
-    script_agreement = float((script_predict(image) == ref).mean())
+    agreement = float((script_predict(image) == torch_predict(image)).mean())
     others = sorted((REPO / "examples").glob("shapes_*.png"))
     pets = REPO.parent / "shared" / "data" / "oxford-iiit-pet-mini" / "oxford-iiit-pet" / "images"
     others += sorted(pets.glob("*.jpg"))[:6] if pets.is_dir() else []
-    worst = min(float((onnx_predict(im) == torch_predict(im)).mean()) for im in map(load_image, others))
-    print(f"argmax agreement with PyTorch: onnxruntime {agreement:.6f} on the {args.size}px image, lowest "
-          f"{worst:.6f} over {len(others)} more images (examples{', Oxford Pet photos' if pets.is_dir() else ''}); "
-          f"predict_onnx.py {script_agreement:.6f}")
+    worst = min(float((script_predict(im) == torch_predict(im)).mean()) for im in map(load_image, others))
+    print(f"argmax agreement with PyTorch: {agreement:.6f} on the {args.size}px image, lowest {worst:.6f} over "
+          f"{len(others)} more images (examples{', Oxford Pet photos' if pets.is_dir() else ''})")
     print(f"onnx_ms={ms['onnx']:.2f} torch_ms={ms['torch']:.2f} ratio={ratio:.2f} argmax_agreement={agreement:.6f} "
           f'cpu="{cpu}"')
 
