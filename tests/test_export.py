@@ -289,6 +289,6 @@ def test_cli_export_writes_three_files_and_refuses_a_bad_path(tmp_path):
     assert "logits within 0.0e+00 of PyTorch" in r.stdout and "predict_torchscript.py" in r.stdout
     assert {p.name for p in (tmp_path / "ts").iterdir()} == {"model.torchscript.pt", "meta.json",
                                                              "predict_torchscript.py"}
-    r = cli("export", tmp_path / "nope", "--format", "onnx", "--out", tmp_path / "x")
+    r = cli("export", tmp_path / "nope", "--format", "torchscript", "--out", tmp_path / "x")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: no checkpoint or run folder at {tmp_path / 'nope'}"]
