@@ -1,6 +1,7 @@
-"""segdemo web app: `python app.py` (Hugging Face Spaces runs this file).
+"""segdemo web app: `python app.py` (Hugging Face Spaces runs this file); installed, `segdemo app` does the same.
 
-Environment: GRADIO_SERVER_NAME / PORT (host and port), SEGDEMO_MAX_CONCURRENT (runs training at once),
+Environment: GRADIO_SERVER_NAME (default 127.0.0.1, this machine only; 0.0.0.0 on a Hugging Face Space) and PORT,
+SEGDEMO_MAX_CONCURRENT (runs training at once),
 SEGDEMO_RUN_TTL_S (how long finished runs are kept), SEGDEMO_OXFORD_ROOT (a local Oxford-IIIT Pet copy).
 """
 

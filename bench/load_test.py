@@ -6,8 +6,14 @@ the most runs seen training at once, and the server's peak RSS; the last line is
 
     sessions=N completed=N errors=0 p50_ms=... p95_ms=... peak_rss_mb=...
 
-Usage: python bench/load_test.py --sessions 8 [--url http://host:port/] [--epochs 2]
+Usage: python bench/load_test.py --sessions 8 [--url http://host:port/] [--epochs 2] [--hostile]
 Without --url it starts `python app.py` on a free port (SEGDEMO_MAX_CONCURRENT from the env, default 1).
+
+--hostile: the last of the N sessions is a hostile client instead, for the whole run: it floods Train from
+many sessions, holds as many live streams as it may, and sends the memory payloads (a checkpoint that claims
+a huge model, 250 classes on a flat 2048x2048 image, every Train slider at its end). Each session sends its
+own X-Forwarded-For (the server trusts one proxy hop, as on a Space), so the honest sessions are N-1
+addresses and the hostile one is one more; the last line then counts only the honest sessions.
 """
 
 from __future__ import annotations
@@ -39,10 +45,10 @@ def make_zip(path: Path, n: int = 24, size: int = 64) -> None:
                 z.writestr(f"shapes/{folder}/{i:03d}.png", buf.getvalue())
 
 
-def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: dict) -> None:
+def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: dict, address: str) -> None:
     from gradio_client import handle_file
 
-    c = client(url)
+    c = client(url, headers={"X-Forwarded-For": address})
     token = c.predict(None, api_name="/session")
     t_submit = time.time()
     run_id, _ = c.predict(token, "zip", handle_file(str(zip_path)), "Quick: CPU, about a minute", 64, epochs, 8,
@@ -68,6 +74,64 @@ def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: 
     out["latency_ms"] = lat
 
 
+def hostile_client(url: str, tmp: Path, stop: threading.Event, out: dict) -> None:
+    """Floods trains, holds streams and sends memory payloads until `stop`; counts what it was refused."""
+    import json
+    import struct
+
+    from gradio_client import handle_file
+
+    from segdemo.checkpoint import save_checkpoint
+    from segdemo.config import RunConfig
+    from segdemo.data.base import ClassSet
+    from segdemo.model import build_model
+
+    huge = tmp / "huge.safetensors"
+    cfg = RunConfig()
+    cfg.model.width, cfg.model.depth = 256, 6
+    meta = {"format": "segdemo-checkpoint", "version": 1, "config": cfg.to_dict(),
+            "classes": ClassSet.default(["a", "b", "c", "d"]).to_dict(), "metrics": {}}
+    header = json.dumps({"__metadata__": {"segdemo": json.dumps(meta)}}).encode()
+    huge.write_bytes(struct.pack("<Q", len(header)) + header)
+    many = tmp / "k250.safetensors"
+    cfg = RunConfig()
+    cfg.model.width, cfg.model.depth, cfg.model.num_classes, cfg.data.image_size = 4, 2, 250, 32
+    save_checkpoint(many, build_model(cfg.model), cfg, ClassSet.default([f"c{i}" for i in range(250)]))
+    flat = tmp / "flat.png"
+    Image.fromarray(np.full((2048, 2048, 3), 128, np.uint8)).save(flat)
+    address = "192.0.2.66"
+    out.update(refused=0, answered=0, streams=0)
+    streams = []
+
+    def attempt(fn):
+        try:
+            fn()
+            out["answered"] += 1
+        except Exception:
+            out["refused"] += 1
+
+    while not stop.is_set():
+        c = client(url, headers={"X-Forwarded-For": address})
+        try:
+            token = c.predict(None, api_name="/session")
+        except Exception:
+            out["refused"] += 1
+            time.sleep(1)
+            continue
+        attempt(lambda c=c, t=token: c.predict(t, "builtin", None, "Quick: CPU, about a minute", 64, 50, 8, 0.003,
+                                                "ce_dice", 8, 4, "transposed", True, 768, api_name="/train"))
+        attempt(lambda c=c, t=token: c.predict(t, "builtin", None, "Quick: CPU, about a minute", 512, 1, 64, 0.003,
+                                                "ce_dice", 64, 5, "transposed", True, 768, api_name="/train"))
+        for _ in range(4):
+            streams.append(c.submit(token, "", api_name="/watch"))
+        out["streams"] = len(streams)
+        attempt(lambda c=c, t=token: c.predict(t, "upload", handle_file(str(huge)), [handle_file(str(flat))], None,
+                                                None, 0.5, False, api_name="/predict"))
+        attempt(lambda c=c, t=token: c.predict(t, "upload", handle_file(str(many)), [handle_file(str(flat))], None,
+                                                None, 0.5, True, api_name="/predict"))
+        time.sleep(2)
+
+
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
     points = sorted([(s, 1) for s, e in intervals] + [(e, -1) for s, e in intervals])
     best = cur = 0
@@ -82,15 +146,19 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--url", help="an already running app; default: start one")
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--hostile", action="store_true", help="the last session is a hostile client")
     args = ap.parse_args()
 
     proc, url = None, args.url
     if url is None:
-        url, proc = start_app()
+        url, proc = start_app({"SEGDEMO_TRUSTED_PROXY_HOPS": "1"})
+    honest_n = args.sessions - 1 if args.hostile else args.sessions
     sampler = RssSampler(proc.pid) if proc else None
     if sampler:
         sampler.start()
-    results: list[dict] = [{} for _ in range(args.sessions)]
+    results: list[dict] = [{} for _ in range(honest_n)]
+    hostile: dict = {}
+    stop = threading.Event()
     errors: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         zip_path = Path(tmp) / "shapes.zip"
@@ -104,16 +172,23 @@ def main() -> None:
 
         def worker(i: int) -> None:
             try:
-                one_session(url, zip_path, images, args.epochs, results[i])
+                one_session(url, zip_path, images, args.epochs, results[i], f"198.51.100.{i + 1}")
             except Exception as e:  # counted and shown, never hidden
                 errors.append(f"session {i}: {type(e).__name__}: {e}")
 
         t0 = time.time()
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.sessions)]
+        attacker = None
+        if args.hostile:
+            attacker = threading.Thread(target=hostile_client, args=(url, Path(tmp), stop, hostile), daemon=True)
+            attacker.start()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(honest_n)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        stop.set()
+        if attacker:
+            attacker.join(60)
         wall = time.time() - t0
     if sampler:
         sampler.running = False
@@ -139,7 +214,10 @@ def main() -> None:
     print(f"runs started in the order they were submitted: {'yes' if starts == sorted(starts) else 'NO'}")
     p50, p95_ms = (median(lat), p95(lat)) if lat else (float("nan"), float("nan"))
     rss = f"{sampler.peak_mb:.0f}" if sampler else "n/a"
-    print(f"sessions={args.sessions} completed={len(done)} errors={args.sessions - len(done)} "
+    if args.hostile:
+        print(f"hostile client: {hostile.get('refused', 0)} requests refused, {hostile.get('answered', 0)} answered, "
+              f"{hostile.get('streams', 0)} streams opened")
+    print(f"sessions={honest_n} completed={len(done)} errors={honest_n - len(done)} "
           f"p50_ms={p50:.0f} p95_ms={p95_ms:.0f} peak_rss_mb={rss}")
 
 

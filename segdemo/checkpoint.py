@@ -119,24 +119,35 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The JSON metadata only, without touching the weights (cheap: reads the header)."""
-    path = Path(path)
+    return _read_header(Path(path))[1]
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensor table, segdemo metadata) from a safetensors header, after checking its length."""
     with open(path, "rb") as f:
         head = f.read(8)
         n = _check_header_length(path, head, os.fstat(f.fileno()).st_size)
         header = f.read(n)
     try:
         table = json.loads(header)
-        meta = json.loads(table["__metadata__"]["segdemo"])
-    except (ValueError, KeyError, TypeError) as e:
+        meta = json.loads(table.pop("__metadata__")["segdemo"])
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise CheckpointError(
             f"{path.name} is a safetensors file but not a segdemo checkpoint (no segdemo metadata)"
         ) from e
     _check_meta(path, meta)
-    return meta
+    return table, meta
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Validate everything before building anything: format, config, names, shapes, dtypes, finiteness."""
+def load_checkpoint(path: str | Path, *, max_predict_bytes: int | None = None) -> Checkpoint:
+    """Validate everything before building anything: format, config, names, shapes, dtypes, finiteness.
+
+    The header's tensor table is compared with the tensors its config would build (counted on the meta
+    device, no memory) before a byte of weights is read, so a small file that claims a huge model costs
+    nothing. With max_predict_bytes, a model that would need more to predict one image is refused too.
+    """
+    from segdemo import budget
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -144,13 +155,67 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if size > MAX_FILE_BYTES:
         raise CheckpointError(f"{path.name} is {size / 2**20:.0f} MB; segdemo checkpoints are far smaller (limit "
                               f"{MAX_FILE_BYTES / 2**20:.0f} MB)")
-    meta = read_meta(path)
+    table, meta = _read_header(path)
+    config, classes = _config_from_meta(path, meta)
+    try:
+        budget.check_model(config, max_predict_bytes, what=path.name)
+    except budget.BudgetError as e:
+        raise CheckpointError(str(e)) from None
+    _check_table(path, table, budget.expected_state(config.model), size)
     data = path.read_bytes()
     try:
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own error types for malformed files
         raise CheckpointError(f"{path.name} is damaged ({e}); use another checkpoint") from e
-    return _rebuild(path, meta, tensors)
+    return _rebuild(path, meta, config, classes, tensors)
+
+
+def _config_from_meta(path: Path, meta: dict[str, Any]) -> tuple[RunConfig, ClassSet]:
+    try:
+        config = RunConfig.from_dict(meta["config"])
+        config.validate()
+        classes = ClassSet.from_dict(meta["classes"])
+        expected_out = 1 if config.train.loss == "bce" else classes.num_classes
+        if config.model.num_classes != expected_out:
+            raise ValueError("model output channels do not match the class list")
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
+        raise CheckpointError(f"{path.name} has a broken config ({e})") from e
+    config.model.pretrained = False  # the weights come from the file, never from the internet
+    return config, classes
+
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8}
+_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+          "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _check_table(path: Path, table: dict[str, Any], expected: dict[str, tuple], size: int) -> None:
+    """The header's tensors are exactly the model's, with the right shapes and dtypes, inside the file."""
+    weights = {k[len("model."):]: v for k, v in table.items() if isinstance(k, str) and k.startswith("model.")}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path.name} does not match its own config: missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}")
+    end = size - 8
+    for k, (shape, dtype) in expected.items():
+        entry = weights[k]
+        try:
+            got_shape, got_dtype = tuple(int(d) for d in entry["shape"]), str(entry["dtype"])
+            start, stop = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path.name}: the entry for tensor {k} is malformed") from e
+        want = _DTYPES.get(dtype, str(dtype))
+        if got_shape != shape or got_dtype != want:
+            raise CheckpointError(f"{path.name}: tensor {k} is {got_shape} {_NAMES.get(got_dtype, got_dtype)}, "
+                                  f"expected {shape} {_NAMES[want]}")
+        n = 1
+        for d in shape:
+            n *= d
+        if not 0 <= start <= stop <= end or stop - start != n * _ITEMSIZE.get(want, 4):
+            raise CheckpointError(f"{path.name}: tensor {k} points outside the file or has the wrong length; "
+                                  "the file is damaged")
 
 
 def _check_header_length(path: Path, head: bytes, size: int) -> int:
@@ -176,28 +241,14 @@ def _check_meta(path: Path, meta: Any) -> None:
                               f"reads version {VERSION}")
 
 
-def _rebuild(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Checkpoint:
-    try:
-        config = RunConfig.from_dict(meta["config"])
-        config.validate()
-        classes = ClassSet.from_dict(meta["classes"])
-        expected_out = 1 if config.train.loss == "bce" else classes.num_classes
-        if config.model.num_classes != expected_out:
-            raise ValueError("model output channels do not match the class list")
-        config.model.pretrained = False  # the weights come from the file, never from the internet
-        model = build_model(config.model)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path.name} has a broken config ({e})") from e
+def _rebuild(path: Path, meta: dict[str, Any], config: RunConfig, classes: ClassSet,
+             tensors: dict[str, torch.Tensor]) -> Checkpoint:
+    model = build_model(config.model)
     expected = model.state_dict()
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path.name} does not match its own config: missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}")
     for k, ref in expected.items():
         t = weights[k]
-        if t.shape != ref.shape or t.dtype != ref.dtype:
+        if t.shape != ref.shape or t.dtype != ref.dtype:  # the table said so; the bytes must agree
             raise CheckpointError(f"{path.name}: tensor {k} is {tuple(t.shape)} {t.dtype}, expected "
                                   f"{tuple(ref.shape)} {ref.dtype}")
         if t.is_floating_point() and not torch.isfinite(t).all():

@@ -1,4 +1,5 @@
-"""`python -m segdemo train|evaluate|predict|check`: parse, build the config, print the engine's events."""
+"""`segdemo train|evaluate|predict|check|export|app` (or `python -m segdemo ...`): parse, build the config, print the
+engine's events, or serve the web app."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it otherwise checks the internet for updates
@@ -188,6 +190,17 @@ def cmd_check(args) -> int:
     return 0 if report.ok else 1
 
 
+# -- app --------------------------------------------------------------------------------------------
+
+
+def cmd_app(args) -> int:
+    from segdemo.ui import build_demo, launch
+
+    kw = {"server_name": args.host, "server_port": args.port, "share": args.share or None}
+    launch(build_demo(), **{k: v for k, v in kw.items() if v is not None})  # blocks until Ctrl+C
+    return 0
+
+
 # -- export -----------------------------------------------------------------------------------------
 
 
@@ -210,66 +223,131 @@ def cmd_export(args) -> int:
 # -- argument parsing -------------------------------------------------------------------------------
 
 
+def version() -> str:
+    """The installed distribution's version when it is the segdemo being run, else segdemo.__version__ (a
+    source checkout, or an editable install whose metadata may be older than the code)."""
+    import segdemo
+
+    try:
+        dist = metadata.distribution("segdemo")
+        if Path(dist.locate_file("segdemo/__init__.py")).resolve() == Path(segdemo.__file__).resolve():
+            return dist.version
+    except (metadata.PackageNotFoundError, OSError, TypeError):
+        pass
+    return segdemo.__version__
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to each option's help, except flags (off unless given) and options whose
+    default depends on something else (None): their help says what that is."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m segdemo", description="Train, evaluate and use a U-Net for "
-                                "semantic segmentation.")
+    from segdemo.config import gpu_preset, quick_cpu_preset
+
+    presets = quick_cpu_preset(), gpu_preset()
+
+    def preset(what: str, get) -> str:
+        """Help for a training setting whose default comes from --preset."""
+        quick, gpu = (get(c) for c in presets)
+        return f"{what} (default: {quick}" + (")" if quick == gpu else f" with --preset quick, {gpu} with gpu)")
+
+    prog = "python -m segdemo" if Path(sys.argv[0]).name == "__main__.py" else "segdemo"
+    fmt = dict(formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description="Train, evaluate and use a U-Net for semantic "
+                                "segmentation, or serve the web app.", **fmt)
+    p.add_argument("--version", action="version", version=f"segdemo {version()}")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a U-Net; writes checkpoints, metrics.jsonl and curves.png to --out")
+    t = sub.add_parser("train", help="train a U-Net; writes checkpoints, metrics.jsonl and curves.png to --out", **fmt)
     t.add_argument("--data", default="builtin", help="builtin | a folder dataset | a .zip of one | oxford-pet[:ROOT]")
     t.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
-    t.add_argument("--preset", choices=["quick", "gpu"], default="quick", help="starting settings (default quick)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--image-size", type=int, help="training size in pixels (square)")
-    t.add_argument("--loss", choices=["ce", "weighted_ce", "dice", "ce_dice", "bce"])
-    t.add_argument("--width", type=int, help="channels of the first U-Net level")
-    t.add_argument("--depth", type=int, help="number of down-sampling steps")
-    t.add_argument("--upsample", choices=["bilinear", "transposed"])
-    t.add_argument("--encoder", choices=["unet", "resnet18", "resnet34"])
+    t.add_argument("--preset", choices=["quick", "gpu"], default="quick",
+                   help="starting settings: quick (about a minute on a CPU) or gpu (bigger, longer)")
+    t.add_argument("--epochs", type=int, help=preset("passes over the training images", lambda c: c.train.epochs))
+    t.add_argument("--batch-size", type=int, help=preset("images per step", lambda c: c.train.batch_size))
+    t.add_argument("--lr", type=float, help=preset("peak learning rate", lambda c: c.train.lr))
+    t.add_argument("--image-size", type=int,
+                   help=preset("training size in pixels (square)", lambda c: c.data.image_size))
+    t.add_argument("--loss", choices=["ce", "weighted_ce", "dice", "ce_dice", "bce"],
+                   help=preset("training loss", lambda c: c.train.loss))
+    t.add_argument("--width", type=int, help=preset("channels of the first U-Net level", lambda c: c.model.width))
+    t.add_argument("--depth", type=int, help=preset("number of down-sampling steps", lambda c: c.model.depth))
+    t.add_argument("--upsample", choices=["bilinear", "transposed"],
+                   help=preset("decoder up-sampling", lambda c: "bilinear" if c.model.bilinear else "transposed"))
+    t.add_argument("--encoder", choices=["unet", "resnet18", "resnet34"],
+                   help=preset("encoder: a plain U-Net or a torchvision ResNet", lambda c: c.model.encoder))
     t.add_argument("--pretrained", action="store_true", help="ImageNet weights for a ResNet encoder")
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--classes", help="classes JSON for a folder dataset (names, colors, ignore_index)")
-    t.add_argument("--pet-mode", choices=["trimap", "binary"])
+    t.add_argument("--no-augment", action="store_true",
+                   help="train without the flips, scale/rotate and brightness/contrast changes")
+    t.add_argument("--classes", help="classes JSON for a folder dataset: names, colors, ignore_index (default: the "
+                   "dataset's classes.json, else classes found in the masks)")
+    t.add_argument("--pet-mode", choices=["trimap", "binary"],
+                   help=preset("Oxford-IIIT Pet labels: trimap, or binary with the border ignored",
+                               lambda c: c.data.pet_mode))
     t.add_argument("--download", action="store_true", help="download Oxford-IIIT Pet if missing (needs internet)")
-    t.add_argument("--val-fraction", type=float)
-    t.add_argument("--max-train-images", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    t.add_argument("--workers", type=int, help="data loading workers (default 0)")
-    t.add_argument("--time-limit", type=float, help="stop after this many seconds, keeping the best checkpoint")
+    t.add_argument("--val-fraction", type=float, help=preset("share of the images held out for validation when the "
+                   "data has no val/ split", lambda c: c.data.val_fraction))
+    t.add_argument("--max-train-images", type=int, help="train on at most this many images (default: all)")
+    t.add_argument("--seed", type=int,
+                   help=preset("seed for the built-in data, the split, the weights and augmentation",
+                               lambda c: c.train.seed))
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help=preset("where to train; auto takes CUDA when present", lambda c: c.train.device))
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help=preset("number format; auto measures the options on the first steps",
+                               lambda c: c.train.precision))
+    t.add_argument("--workers", type=int, help=preset("data loading workers", lambda c: c.train.num_workers))
+    t.add_argument("--time-limit", type=float,
+                   help="stop after this many seconds, keeping the best checkpoint (default: no limit)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="per-class IoU, Dice and mIoU of a checkpoint on a dataset")
+    e = sub.add_parser("evaluate", help="per-class IoU, Dice and mIoU of a checkpoint on a dataset", **fmt)
     e.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
-    e.add_argument("--data", default="builtin")
-    e.add_argument("--split", choices=["val", "test", "train"], default="val")
-    e.add_argument("--classes")
+    e.add_argument("--data", default="builtin", help="builtin | a folder dataset | a .zip of one | oxford-pet[:ROOT]")
+    e.add_argument("--split", choices=["val", "test", "train"], default="val", help="which part of the data")
+    e.add_argument("--classes", help="classes JSON for a folder dataset (default: the one the checkpoint was "
+                   "trained with, else the dataset's classes.json)")
     e.add_argument("--json", action="store_true", help="print miou, pixel_accuracy and per_class as JSON")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("predict", help="write mask, colour mask and overlay PNGs for each image")
-    r.add_argument("checkpoint")
-    r.add_argument("images", nargs="+")
-    r.add_argument("--out", required=True)
-    r.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    r = sub.add_parser("predict", help="write mask, colour mask and overlay PNGs for each image", **fmt)
+    r.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
+    r.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    r.add_argument("--out", required=True, help="folder for NAME_mask.png (class ids), NAME_color.png and "
+                   "NAME_overlay.png")
+    r.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0 to 1")
     r.set_defaults(func=cmd_predict)
 
-    c = sub.add_parser("check", help="check a dataset folder or zip: pairs, sizes, labels, class shares")
-    c.add_argument("dir")
-    c.add_argument("--classes")
-    c.add_argument("--json", action="store_true")
+    c = sub.add_parser("check", help="check a dataset folder or zip: pairs, sizes, labels, class shares", **fmt)
+    c.add_argument("dir", help="a folder dataset (images/ + masks/, or train/ val/ test/) or a .zip of one")
+    c.add_argument("--classes", help="classes JSON (default: the dataset's classes.json, else classes found in "
+                   "the masks)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=cmd_check)
 
     x = sub.add_parser("export", help="write the model as ONNX or TorchScript, with meta.json and a predict script "
-                       "that needs no segdemo")
+                       "that needs no segdemo", **fmt)
     x.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
     x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
                    help="onnx (runs with onnxruntime; needs the onnx package to export) or torchscript (plain torch)")
     x.add_argument("--out", required=True, help="folder for model.onnx or model.torchscript.pt, meta.json and "
                    "predict_onnx.py or predict_torchscript.py")
     x.set_defaults(func=cmd_export)
+
+    a = sub.add_parser("app", help="serve the web app (Train and Predict tabs) until Ctrl+C", **fmt)
+    a.add_argument("--host", help="address to listen on; 0.0.0.0 lets every machine that can reach this one use "
+                   "the app, with a warning (default: $GRADIO_SERVER_NAME, else 0.0.0.0 on a Hugging Face Space, "
+                   "else 127.0.0.1: this machine only)")
+    a.add_argument("--port", type=int, help="port to listen on (default: $PORT or $GRADIO_SERVER_PORT, else 7860)")
+    a.add_argument("--share", action="store_true",
+                   help="also open a public gradio.live link (needs internet), with a warning: anyone with the "
+                   "link can use the app")
+    a.set_defaults(func=cmd_app)
     return p

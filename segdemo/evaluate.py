@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segdemo.budget import OUTPUT_BAND_BYTES as BAND_BYTES
 from segdemo.config import RunConfig
 from segdemo.data.base import IGNORE, ClassSet, PairSource
 from segdemo.metrics import ConfusionMeter, SegMetrics
@@ -29,24 +30,70 @@ def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1)
 
 
-def forward_resized(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
-                    autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[torch.Tensor]:
-    """Run the model on images resized to the training size; return float32 logits at each image's own size."""
+def forward_small(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
+                  autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
+    """(N, C, s, s) float32 logits for images resized to the training size s."""
     size = config.data.image_size
     x = to_tensor(np.stack([eval_resize(im, size) for im in images]), config.data.mean, config.data.std).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         logits = model(x)
-    logits = logits.float()
-    out = []
-    for i, im in enumerate(images):
-        h, w = im.shape[:2]
-        li = logits[i : i + 1]
-        if li.shape[-2:] != (h, w):
-            li = F.interpolate(li, size=(h, w), mode="bilinear", align_corners=False)
-        out.append(li)
+    return logits.float()
+
+
+def forward_resized(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
+                    autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[torch.Tensor]:
+    """Run the model on images resized to the training size; return float32 logits at each image's own size.
+
+    Full-size scores take classes x pixels x 4 bytes: labels_at_size() gets the labels in bounded memory."""
+    logits = forward_small(model, images, config, device, autocast_dtype, channels_last)
+    return [upsample(logits[i : i + 1], im.shape[:2]) for i, im in enumerate(images)]
+
+
+def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(1, C, h, w) -> (1, C, H, W), bilinear."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def labels_at_size(logits: torch.Tensor, size: tuple[int, int], band_bytes: int = BAND_BYTES) -> torch.Tensor:
+    """(1, C, h, w) logits -> (H, W) int64 labels of the bilinearly up-sampled scores, computed in bands of
+    rows so that at most `band_bytes` of full-size scores exist at once (250 classes at 2048x2048 would
+    otherwise need 4 GB per copy)."""
+    h, w = size
+    c = logits.shape[1]
+    if c * h * w * 4 <= band_bytes:
+        return logits_to_labels(upsample(logits, size))[0]
+    rows = max(1, band_bytes // (c * w * 4))
+    # grid_sample with border padding computes exactly F.interpolate's bilinear, align_corners=False
+    xs = (torch.arange(w, device=logits.device, dtype=torch.float32) + 0.5) / w * 2 - 1
+    out = torch.empty((h, w), dtype=torch.int64, device=logits.device)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        ys = (torch.arange(r0, r1, device=logits.device, dtype=torch.float32) + 0.5) / h * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+        band = F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[r0:r1] = logits_to_labels(band)[0]
     return out
+
+
+def _loss_at_size(loss_fn: nn.Module, logits: torch.Tensor, mask: np.ndarray, device) -> float:
+    """The loss against the mask at its own size, or (when classes x pixels would not fit in a band) at a
+    smaller size with the mask shrunk by nearest neighbour: a large photo must not cost gigabytes here."""
+    h, w = mask.shape
+    c = logits.shape[1]
+    f = max(1.0, (c * h * w * 4 / BAND_BYTES) ** 0.5)
+    if f > 1:
+        import cv2
+
+        h, w = max(1, int(h / f)), max(1, int(w / f))
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    target = torch.from_numpy(mask.astype(np.int64)).to(device)[None]
+    if not (target != IGNORE).any():
+        return float("nan")
+    return float(loss_fn(upsample(logits, (h, w)), target))
 
 
 @torch.inference_mode()
@@ -78,16 +125,18 @@ def evaluate_model(
                 break
             idx = list(range(start, min(start + batch_size, len(source))))
             pairs = [source.load(i) for i in idx]
-            logits = forward_resized(model, [p[0] for p in pairs], config, device, autocast_dtype, channels_last)
-            for i, (image, mask), lg in zip(idx, pairs, logits, strict=True):
-                target = torch.from_numpy(mask.astype(np.int64)).to(device)[None]
-                if loss_fn is not None and (target != IGNORE).any():
-                    total_loss += float(loss_fn(lg, target))
-                    n_loss += 1
-                pred = logits_to_labels(lg)
-                meter.update(pred, target)
+            logits = forward_small(model, [p[0] for p in pairs], config, device, autocast_dtype, channels_last)
+            for j, (i, (image, mask)) in enumerate(zip(idx, pairs, strict=True)):
+                lg = logits[j : j + 1]
+                if loss_fn is not None:
+                    loss = _loss_at_size(loss_fn, lg, mask, device)
+                    if not np.isnan(loss):
+                        total_loss += loss
+                        n_loss += 1
+                pred = labels_at_size(lg, mask.shape)
+                meter.update(pred[None], torch.from_numpy(mask.astype(np.int64)).to(device)[None])
                 if i in wanted:
-                    previews.append((source.name(i), image, mask, pred[0].to(torch.uint8).cpu().numpy()))
+                    previews.append((source.name(i), image, mask, pred.to(torch.uint8).cpu().numpy()))
     finally:
         model.train(was_training)
     return EvalResult(meter.compute(), total_loss / max(n_loss, 1), previews)

@@ -44,7 +44,7 @@ OPSET = 17
 # refuse an export whose logits differ more than this from PyTorch's: seen ~1e-5, tests hold 1e-4; looser here so
 # that another CPU's kernels never block an export, while a wrong pad or crop (whole units) is still caught
 CHECK_TOLERANCE = 1e-3
-INSTALL_HINT = "pip install onnx==1.23.2 onnxruntime==1.31.1 (the export extra in pyproject.toml)"
+INSTALL_HINT = 'pip install onnx==1.23.2 onnxruntime==1.31.1 (in a segdemo checkout: pip install ".[export]")'
 _SCRIPT_DIR = Path(__file__).resolve().parent / "export_scripts"
 
 

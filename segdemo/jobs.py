@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import re
@@ -37,10 +38,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from segdemo import budget
+from segdemo.checkpoint import replace_file
 from segdemo.config import RunConfig
 from segdemo.data.base import ClassSet, Splits
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
 
+log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, STOPPED, FAILED = "queued", "running", "done", "stopped", "failed"
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, STOPPED, FAILED)
@@ -66,10 +70,12 @@ class Job:
     """One training run. Read `status`, `events`, `result`; wait with `wait_events`."""
 
     def __init__(
-        self, job_id: str, owner_key: str, config: RunConfig, run_dir: Path, splits: Splits | None = None
+        self, job_id: str, owner_key: str, config: RunConfig, run_dir: Path, splits: Splits | None = None,
+        client_key: str | None = None,
     ):
         self.id = job_id
         self.owner_key = owner_key  # sha256 of the owner; compared in constant time
+        self.client_key = client_key  # sha256 of the submitting address, for per-address limits
         self.config = config
         self.run_dir = run_dir
         self.splits = splits
@@ -173,9 +179,7 @@ class Job:
             "result": _result_doc(self.result),
         }
         try:
-            tmp = self.run_dir / ".job.json.tmp"
-            tmp.write_text(json.dumps(doc))
-            tmp.replace(self.run_dir / "job.json")
+            replace_file(self.run_dir / "job.json", json.dumps(doc).encode(), fsync=False)
         except OSError:
             pass  # the record is a convenience for restarts; the run itself goes on
 
@@ -203,26 +207,27 @@ def _looks_like_run_folder(d: Path) -> bool:
         return False
 
 
-def default_root_dir() -> tuple[Path, bool]:
-    """(root folder for run folders, whether it survives a restart).
+def default_root_dir() -> tuple[Path, bool, bool]:
+    """(root folder for run folders, whether it survives a restart, whether this call created it fresh).
 
     SEGDEMO_RUNS_DIR if set; else /data/segdemo-runs when /data exists and is writable (persistent
-    storage on Hugging Face Spaces); else a fresh temp folder, which a restart loses.
+    storage on Hugging Face Spaces); else a fresh temp folder, which a restart loses. Only a fresh temp
+    folder is ever deleted whole (at exit): a folder the host named may hold things the app never made.
     """
     env = os.environ.get("SEGDEMO_RUNS_DIR")
     if env:
         p = Path(env)
         p.mkdir(parents=True, exist_ok=True)
-        return p, not _under_tmp(p)
+        return p, not _under_tmp(p), False
     data = Path("/data")
     if data.is_dir() and os.access(data, os.W_OK):
         p = data / "segdemo-runs"
         try:
             p.mkdir(parents=True, exist_ok=True)
-            return p, True
+            return p, True, False
         except OSError:
             pass
-    return Path(tempfile.mkdtemp(prefix="segdemo-runs-")), False
+    return Path(tempfile.mkdtemp(prefix="segdemo-runs-")), False, True
 
 
 def _under_tmp(p: Path) -> bool:
@@ -231,6 +236,11 @@ def _under_tmp(p: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def default_max_run_s() -> float:
+    """SEGDEMO_MAX_RUN_S, else 30 minutes: no run holds a training slot longer than this."""
+    return float(os.environ.get("SEGDEMO_MAX_RUN_S") or 1800)
 
 
 def default_max_concurrent() -> int:
@@ -251,19 +261,29 @@ class JobManager:
         max_concurrent: int = 1,
         ttl_s: float = 3600,
         *,
-        max_queued: int = 16,
+        max_queued: int = 32,
         max_runs_per_owner: int = 5,
+        max_active_per_client: int = 8,
+        max_run_s: float | None = 1800,
+        memory_budget: int | None = None,
         persist: bool | None = None,
         reaper: bool = True,
         secret: bytes | None = None,
         trainer_factory: Callable[..., Any] | None = None,
     ):
         self.root_dir = Path(root_dir)
-        self.root_dir.mkdir(parents=True, exist_ok=True)
+        self.root_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.max_concurrent = max(1, int(max_concurrent))
         self.ttl_s = float(ttl_s)
         self.max_queued = max_queued
         self.max_runs_per_owner = max_runs_per_owner
+        # one address's runs waiting or training at once: a classroom behind one router shares an address, so
+        # this is not 1; the fair order below keeps one address's runs from holding the slots anyway
+        self.max_active_per_client = max_active_per_client
+        self.max_run_s = max_run_s  # server-wide time limit per run; None = none
+        self.memory_budget = memory_budget or budget.run_budget(self.max_concurrent)  # bytes one run may use
+        self._durations: deque[float] = deque(maxlen=20)  # of recent runs, to say when a full queue frees up
+        self.on_forget: list[Callable[[Job], None]] = []  # called when a run and its folder are deleted
         self.runs_persist = (not _under_tmp(self.root_dir)) if persist is None else persist
         self._jobs: dict[str, Job] = {}
         self._queue: deque[Job] = deque()
@@ -281,10 +301,11 @@ class JobManager:
     @classmethod
     def from_env(cls, **kw) -> JobManager:
         """Root from default_root_dir(); SEGDEMO_MAX_CONCURRENT (1 on CPU, 2 with CUDA); SEGDEMO_RUN_TTL_S."""
-        root, persist = default_root_dir()
-        if not persist:  # a temp folder dies with the process anyway: leave no litter in /tmp
+        root, persist, created = default_root_dir()
+        if created:  # our own fresh temp folder dies with the process: leave no litter in /tmp
             atexit.register(shutil.rmtree, root, True)
         ttl = float(os.environ.get("SEGDEMO_RUN_TTL_S", "3600"))
+        kw.setdefault("max_run_s", default_max_run_s())
         return cls(root, default_max_concurrent(), ttl, persist=persist, **kw)
 
     # -- owner tokens --------------------------------------------------------------------------------
@@ -324,19 +345,33 @@ class JobManager:
     # -- submitting and stopping -----------------------------------------------------------------------
 
     def submit(
-        self, owner: str, config: RunConfig, splits: Splits | None = None, data_file: str | Path | None = None
+        self,
+        owner: str,
+        config: RunConfig,
+        splits: Splits | None = None,
+        data_file: str | Path | None = None,
+        *,
+        client: str | None = None,
+        num_classes: int | None = None,
     ) -> Job:
-        """Queue a run for `owner`; refuse (JobError) when that owner already has one queued or running.
+        """Queue a run for `owner`; refuse (JobError) when that owner already has one queued or running,
+        when `client` (the caller's address) has max_active_per_client, when the queue is full, or when the
+        settings would need more memory than a run may use (num_classes: the data's, when known).
 
-        data_file (e.g. an uploaded zip) is copied into the run folder and becomes config.data.source,
-        so the run never depends on an upload cache that may be cleaned while it waits.
+        The run's time limit becomes at most the server's max_run_s. data_file (e.g. an uploaded zip) is
+        copied into the run folder and becomes config.data.source, so the run never depends on an upload
+        cache that may be cleaned while it waits.
         """
         key = _hash_owner(owner)
+        client_key = hashlib.sha256(client.encode()).hexdigest() if client else None
         config = copy.deepcopy(config)
         try:
             config.validate()
+            budget.check_training(config, self.memory_budget, num_classes)
         except ValueError as e:
             raise JobError(f"These settings cannot train: {e}") from None
+        if self.max_run_s is not None:
+            config.train.time_limit_s = min(config.train.time_limit_s or math.inf, self.max_run_s)
         self.cleanup_expired()
         with self._lock:
             if self._closed.is_set():
@@ -347,13 +382,21 @@ class JobManager:
                     "You already have a run in progress (Train was pressed twice?); press Stop or "
                     "wait for it to finish before starting another"
                 )
+            if client_key is not None:
+                n = sum(j.is_active and j.client_key == client_key for j in self._jobs.values())
+                if n >= self.max_active_per_client:
+                    raise JobError(
+                        f"Your address already has {n} runs waiting or training, the most this server allows; "
+                        "wait for one to finish (or stop one) before starting another"
+                    )
             if len(self._queue) >= self.max_queued:
                 raise JobError(
-                    f"The server is busy: {len(self._queue)} runs are waiting. Try again in a few minutes"
+                    f"The server is busy: {len(self._queue)} runs are waiting. Try again in about "
+                    f"{self._minutes_until_free()} minutes"
                 )
             job_id = secrets.token_urlsafe(16)
-            job = Job(job_id, key, config, self.root_dir / job_id, splits)
-            job.run_dir.mkdir(parents=True)
+            job = Job(job_id, key, config, self.root_dir / job_id, splits, client_key)
+            job.run_dir.mkdir(parents=True, mode=0o700)
             if data_file is not None:
                 src = Path(data_file)
                 dst = job.run_dir / "upload" / src.name
@@ -423,13 +466,30 @@ class JobManager:
         """1 = next to start, 2 = after that...; 0 when the job is not waiting."""
         with self._lock:
             try:
-                return self._queue.index(job) + 1
+                return self._fair_order().index(job) + 1
             except ValueError:
                 return 0
+
+    def _fair_order(self) -> list[Job]:
+        """Queued runs in the order they will start (call with the lock held): oldest first among addresses
+        that have started the fewest runs, so a second run from one address waits behind everyone's first
+        (round robin by address; runs without an address, as from the CLI or tests, are first come first
+        served)."""
+        started: dict[str, int] = {}
+        for j in self._jobs.values():
+            if j.client_key is not None and j.started is not None:
+                started[j.client_key] = started.get(j.client_key, 0) + 1
+        return sorted(self._queue, key=lambda j: (started.get(j.client_key, 0) if j.client_key else 0, j.created))
 
     def running_count(self) -> int:
         with self._lock:
             return len(self._running)
+
+    def _minutes_until_free(self) -> int:
+        """A rough wait for a place in a full queue: queued runs x a typical run's time / slots."""
+        recent = sorted(self._durations)
+        typical = recent[len(recent) // 2] if recent else (self.max_run_s or 600) / 4
+        return max(1, math.ceil(len(self._queue) * typical / self.max_concurrent / 60))
 
     # -- the job thread -------------------------------------------------------------------------------
 
@@ -441,7 +501,9 @@ class JobManager:
                         job.stop_event.is_set()
                         or self._closed.is_set()
                         or (
-                            self._queue and self._queue[0] is job and len(self._running) < self.max_concurrent
+                            self._queue
+                            and self._fair_order()[0] is job
+                            and len(self._running) < self.max_concurrent
                         )
                     )
                 )
@@ -451,7 +513,7 @@ class JobManager:
                     self._lock.notify_all()
                     self._finish(job, Done("stopped", 0, None, None, None, None, 0.0))
                     return
-                self._queue.popleft()
+                self._queue.remove(job)
                 self._running.add(job.id)
                 job.status, job.started = RUNNING, time.time()
                 job._save_record()
@@ -459,6 +521,7 @@ class JobManager:
             job._notify()
             result = self._train(job)
         except Exception as e:  # never let a job take the server down
+            log.exception("run %s failed outside the trainer", job.id[:6])
             result = Failed(
                 f"training failed unexpectedly ({type(e).__name__}); start again or change the settings",
                 f"{type(e).__name__}: {e}",
@@ -479,7 +542,8 @@ class JobManager:
         else:
             from segdemo.trainer import Trainer
 
-            trainer = Trainer(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set)
+            trainer = Trainer(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set,
+                              memory_budget=self.memory_budget)
         trainer.add_callback(job._append)
         result = trainer.run()
         job.splits = None  # free the images; the event history keeps the previews
@@ -491,6 +555,8 @@ class JobManager:
         with job._cond:
             job.result = result
             job.finished = time.time()
+            if job.started is not None:
+                self._durations.append(job.finished - job.started)
             if isinstance(result, Failed):
                 job.status = FAILED
             elif result.reason == "stopped":
@@ -530,6 +596,11 @@ class JobManager:
         """Drop a finished job and its folder (call with the lock held)."""
         self._jobs.pop(job.id, None)
         shutil.rmtree(job.run_dir, ignore_errors=True)
+        for fn in self.on_forget:  # e.g. the UI deletes the copies it handed out for download
+            try:
+                fn(job)
+            except Exception:
+                log.exception("an on_forget hook failed for run %s", job.id[:6])
 
     def _reap_loop(self) -> None:
         period = min(300.0, max(1.0, self.ttl_s / 4))
@@ -537,7 +608,7 @@ class JobManager:
             try:
                 self.cleanup_expired()
             except Exception:  # a reaper hiccup must never kill the thread
-                pass
+                log.exception("expiring old runs failed")
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every run and the reaper; wait a little for threads (for tests and shutdown)."""

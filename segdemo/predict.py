@@ -10,9 +10,12 @@ import torch
 
 from segdemo.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from segdemo.data.base import IGNORE, DataError
-from segdemo.evaluate import forward_resized, logits_to_labels
+from segdemo.evaluate import forward_small, labels_at_size, upsample
 from segdemo.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
 from segdemo.viz import colorize, error_map, overlay
+
+PROB_MAX_SIDE = 512  # probability maps are for looking at: no need for 250 full-size float images
+PROB_MAX_VALUES = 16 << 20
 
 
 @dataclass
@@ -20,7 +23,8 @@ class Prediction:
     mask: np.ndarray  # (H, W) uint8 class ids at the input's own resolution
     color: np.ndarray  # (H, W, 3) uint8
     overlay: np.ndarray  # (H, W, 3) uint8
-    probs: np.ndarray  # (C, H, W) float32 per-class probabilities (sigmoid for a binary model)
+    probs: np.ndarray | None  # (C, h, w) float32 per-class probabilities (sigmoid for a binary model), at
+    # the image's size or smaller (longest side PROB_MAX_SIDE, C*h*w <= PROB_MAX_VALUES); None unless asked
     pixel_share: list[float]  # predicted share of each class
     metrics: SegMetrics | None = None  # when a ground truth was given
     errors: np.ndarray | None = None  # (H, W, 3) error map, when a ground truth was given
@@ -37,26 +41,26 @@ class Predictor:
         self.device = next(self.model.parameters()).device
 
     @classmethod
-    def from_path(cls, path: str | Path) -> Predictor:
-        return cls(load_checkpoint(resolve_checkpoint(path)))
+    def from_path(cls, path: str | Path, max_predict_bytes: int | None = None) -> Predictor:
+        """Load and check a checkpoint; with max_predict_bytes, refuse one that could not predict within it."""
+        return cls(load_checkpoint(resolve_checkpoint(path), max_predict_bytes=max_predict_bytes))
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray, target: np.ndarray | None = None, alpha: float = 0.5) -> Prediction:
-        """image: (H, W, 3) uint8 RGB of any size; target: optional (H, W) uint8 class ids with IGNORE."""
+    def predict(self, image: np.ndarray, target: np.ndarray | None = None, alpha: float = 0.5,
+                probabilities: bool = True) -> Prediction:
+        """image: (H, W, 3) uint8 RGB of any size; target: optional (H, W) uint8 class ids with IGNORE.
+
+        Memory stays bounded whatever the image size and class count: full-size labels are made in bands
+        (evaluate.labels_at_size) and probabilities, when asked for, at a reduced size."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(f"expected an RGB uint8 image, got shape {image.shape} {image.dtype}")
-        logits = forward_resized(self.model, [image], self.config, self.device)[0]
-        if logits.shape[1] == 1:
-            p = torch.sigmoid(logits[0, 0])
-            probs = torch.stack([1 - p, p])
-        else:
-            probs = logits[0].softmax(0)
-        mask = logits_to_labels(logits)[0].to(torch.uint8).cpu().numpy()
+        logits = forward_small(self.model, [image], self.config, self.device)
+        mask = labels_at_size(logits, image.shape[:2]).to(torch.uint8).cpu().numpy()
+        probs = self._probabilities(logits, image.shape[:2]) if probabilities else None
         k = self.classes.num_classes
         share = (np.bincount(mask.ravel(), minlength=k)[:k] / mask.size).tolist()
         color = colorize(mask, self.classes)
-        pred = Prediction(mask, color, overlay(image, mask, self.classes, alpha, color),
-                          probs.cpu().numpy().astype(np.float32, copy=False), share)
+        pred = Prediction(mask, color, overlay(image, mask, self.classes, alpha, color), probs, share)
         if target is not None:
             if target.shape != mask.shape:
                 raise DataError(f"the ground-truth mask is {target.shape[1]}x{target.shape[0]} but the image is "
@@ -69,3 +73,14 @@ class Predictor:
             pred.metrics = metrics_from_confusion(cm)
             pred.errors = error_map(mask, target)
         return pred
+
+    def _probabilities(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        h, w = size
+        f = max(1.0, max(h, w) / PROB_MAX_SIDE, (logits.shape[1] * h * w / PROB_MAX_VALUES) ** 0.5)
+        lg = upsample(logits, (max(1, round(h / f)), max(1, round(w / f))))[0]
+        if lg.shape[0] == 1:
+            p = torch.sigmoid(lg[0])
+            probs = torch.stack([1 - p, p])
+        else:
+            probs = lg.softmax(0)
+        return probs.cpu().numpy().astype(np.float32, copy=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from segdemo import budget
 from segdemo import checkpoint as ckpt
 from segdemo.config import RunConfig
 from segdemo.data.base import IGNORE, ArraySource, CachedSource, DataError, PairSource, Splits
@@ -27,9 +29,21 @@ from segdemo.model import PretrainedUnavailable, build_model, count_parameters
 from segdemo.speedups import choose_speedups, pick_device, prepare_model
 from segdemo.transforms import to_tensor, train_transform
 
+log = logging.getLogger(__name__)
 PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them small
 # torch's thread count is process-wide: runs that overlap in one server restore this, not each other's value
 _PROCESS_THREADS = torch.get_num_threads()
+
+
+OUT_OF_MEMORY = "ran out of memory in this epoch; choose a smaller batch size or image size and start again"
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError on a GPU; on a CPU the allocator raises a plain RuntimeError that says so."""
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError | MemoryError) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+    )
 
 
 class TrainDataset(Dataset):
@@ -113,12 +127,14 @@ class Trainer:
         splits: Splits | None = None,
         should_stop: Callable[[], bool] | None = None,
         resume: bool = False,
+        memory_budget: int | None = None,
     ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.splits = splits
         self.should_stop = should_stop or (lambda: False)
         self.resume = resume
+        self.memory_budget = memory_budget  # bytes a step may need (a server's share); None: this machine's
         self.callbacks: list[Callable[[Event], None]] = []
 
     def add_callback(self, fn: Callable[[Event], None]) -> None:
@@ -134,15 +150,13 @@ class Trainer:
             return self._run()
         except (DataError, ValueError, PretrainedUnavailable, ckpt.CheckpointError, ckpt.CheckpointWriteError) as e:
             ev = Failed(str(e), f"{type(e).__name__}: {e}")
-        except torch.OutOfMemoryError as e:
-            ev = Failed("ran out of memory in this epoch; choose a smaller batch size or image size and start "
-                        "again", f"{type(e).__name__}: {e}")
-        except MemoryError as e:
-            ev = Failed("ran out of memory in this epoch; choose a smaller batch size or image size and start "
-                        "again", f"MemoryError: {e}")
-        except Exception as e:  # a bug: say so plainly rather than hang the job
-            ev = Failed(f"training failed unexpectedly ({type(e).__name__}); the log has details",
-                        f"{type(e).__name__}: {e}")
+        except Exception as e:
+            if is_out_of_memory(e):
+                ev = Failed(OUT_OF_MEMORY, f"{type(e).__name__}: {e}")
+            else:  # a bug: keep its traceback in the log and say so plainly rather than hang the job
+                log.exception("training run in %s failed", self.run_dir)
+                ev = Failed(f"training failed unexpectedly ({type(e).__name__}); the log has details",
+                            f"{type(e).__name__}: {e}")
         finally:
             torch.set_num_threads(_PROCESS_THREADS)  # _run trains with one core left free
         self.emit(ev)
@@ -167,11 +181,14 @@ class Trainer:
         if cfg.train.loss == "bce" and classes.num_classes != 2:
             raise ValueError(f"the bce loss is for two-class data; this data has {classes.num_classes} classes. "
                              "Choose ce, weighted_ce, dice or ce_dice")
-        if not isinstance(splits.train, ArraySource):  # decode files once, not every epoch
-            splits = replace(splits, train=CachedSource(splits.train), val=CachedSource(splits.val))
         if len(splits.train) == 0 or len(splits.val) == 0:
             raise DataError("the dataset needs at least one training and one validation pair")
         cfg.model.num_classes = 1 if cfg.train.loss == "bce" else classes.num_classes
+        mem = budget.check_training(cfg, self.memory_budget or budget.server_budget())
+        if not isinstance(splits.train, ArraySource):  # decode files once, not every epoch, within the budget
+            room = max(0, (self.memory_budget or budget.server_budget()) - mem)
+            splits = replace(splits, train=CachedSource(splits.train, room * 3 // 4),
+                             val=CachedSource(splits.val, room // 4))
 
         model = build_model(cfg.model)
         if pick_device(cfg.train.device).type == "cpu":

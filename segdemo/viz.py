@@ -7,6 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from segdemo.data.base import IGNORE, ClassSet
+from segdemo.escape import esc
 
 ERROR_COLORS = {"correct": (40, 170, 70), "wrong": (220, 40, 40), "missed": (250, 200, 30), "ignored": (90, 90, 90)}
 
@@ -61,13 +62,9 @@ def legend_html(classes: ClassSet, shares: list[float] | None = None) -> str:
         items.append(
             f'<span style="display:inline-flex;align-items:center;margin:2px 10px 2px 0">'
             f'<span style="width:14px;height:14px;border:1px solid #888;margin-right:5px;'
-            f'background:rgb{tuple(c)}"></span>{_esc(name)}{share}</span>'
+            f'background:rgb{tuple(int(v) for v in c)}"></span>{esc(name)}{share}</span>'
         )
     return '<div class="segdemo-legend">' + "".join(items) + "</div>"
-
-
-def _esc(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def curves_figure(history: list[dict]) -> Figure:

@@ -154,7 +154,7 @@ def _student_session(app_url, page):
         expect(page.locator(f"{elem} img").first).to_be_visible(timeout=60_000)
     table = page.locator("#predict-table")
     expect(table).to_contain_text("mean (mIoU)", timeout=60_000)
-    expect(page.get_by_text("against its mask")).to_be_visible()  # scored against the mask we gave
+    expect(page.get_by_text("against its mask")).to_be_visible(timeout=60_000)  # scored against the mask we gave
     expect(page.locator("#error-map img").first).to_be_visible()
     # nothing on the page is a Python traceback
     assert "Traceback" not in page.content()

@@ -1,5 +1,6 @@
 """`python -m segdemo` as a user runs it: real processes, real files, one-line errors."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -91,6 +92,26 @@ def test_check_reports_problems(tmp_path):
     r = cli("check", root)
     assert r.returncode == 1
     assert "3.png" in r.stdout and "2.png" in r.stdout
+
+
+def test_version_and_help():
+    import segdemo
+
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"segdemo {segdemo.__version__}", r.stderr
+    r = cli("train", "--help")
+    assert r.returncode == 0 and "(default: builtin)" in r.stdout
+    assert "passes over the training images (default: 8 with --preset quick, 30 with gpu)" in " ".join(r.stdout.split())
+
+
+def test_every_command_argument_and_option_has_help():
+    from segdemo.cli import _parser
+
+    (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == {"train", "evaluate", "predict", "check", "export", "app"}
+    missing = [f"{name} {a.option_strings or a.dest}" for name, p in sub.choices.items() for a in p._actions
+               if not a.help]
+    assert not missing, f"add help= to {missing}"
 
 
 def test_train_on_camvid_subset(tmp_path):

@@ -343,3 +343,17 @@ def test_stop_mid_epoch_frees_the_run_and_the_next_one_starts(tmp_path):
         assert rss[-1] - rss[1] < 40, rss
     finally:
         jm.close()
+
+
+def test_one_address_runs_wait_behind_everyone_elses_first(tmp_path, fake):
+    """Round robin by address: a client that queued three runs does not hold the slot before another's one."""
+    jm = JobManager(tmp_path, max_concurrent=1, reaper=False,
+                    trainer_factory=lambda *a, **k: fake(*a, **k, steps=6, step_s=0.03))
+    try:
+        flood = [jm.submit(f"m{i}", tiny_config(), client="10.9.9.9") for i in range(3)]
+        honest = jm.submit("alice", tiny_config(), client="bob's laptop")
+        assert _wait(lambda: all(j.status == DONE for j in [*flood, honest]))
+        order = sorted([*flood, honest], key=lambda j: j.started)
+        assert order.index(honest) <= 1  # right after the flood's first run, not after all three
+    finally:
+        jm.close()

@@ -107,10 +107,13 @@ class SubsetSource(PairSource):
 
 
 class CachedSource(PairSource):
-    """Decode each pair once and keep it: epochs after the first read no files."""
+    """Decode each pair once and keep it, up to max_bytes: epochs after the first read no files (or, for
+    a dataset too large to keep, only the pairs past the cap)."""
 
-    def __init__(self, base: PairSource):
+    def __init__(self, base: PairSource, max_bytes: int = 1 << 30):
         self.base = base
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -120,9 +123,15 @@ class CachedSource(PairSource):
         return self.base.name(i)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if i not in self._cache:
-            self._cache[i] = self.base.load(i)
-        return self._cache[i]
+        hit = self._cache.get(i)
+        if hit is not None:
+            return hit
+        pair = self.base.load(i)
+        n = pair[0].nbytes + pair[1].nbytes
+        if self.bytes + n <= self.max_bytes:
+            self._cache[i] = pair
+            self.bytes += n
+        return pair
 
 
 @dataclass

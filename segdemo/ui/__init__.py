@@ -16,6 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import gradio as gr  # noqa: E402
 
+from segdemo.hosting import default_host, warn_if_exposed  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
 from segdemo.ui.predict_tab import PredictTab  # noqa: E402
@@ -63,7 +64,7 @@ def build_demo(
                 predict = PredictTab(ctx, token)
         train.wire(demo, predict.model)
         predict.wire(demo, predict_tab)
-        demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).then(
+        demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).success(
             train.reattach,
             token,
             train.reattach_outputs,
@@ -78,10 +79,17 @@ def build_demo(
 
 
 def launch(demo: gr.Blocks, **kw):
-    """demo.launch with this app's defaults: host/port from GRADIO_SERVER_NAME / PORT, 50 MB uploads, only
-    the examples folder readable, no tracebacks on the page. Keyword arguments override."""
+    """demo.launch with this app's defaults: 127.0.0.1 unless GRADIO_SERVER_NAME or a Hugging Face Space says
+    otherwise (segdemo.hosting), port from PORT, 50 MB uploads, only the examples folder readable, no
+    tracebacks on the page, capped request bodies and an upload quota per address (ui/guard.py), files private
+    to the server's user. Keyword arguments override; listening beyond loopback prints a warning."""
+    from starlette.middleware import Middleware
+
+    from segdemo.ui.guard import RequestGuard
+
+    os.umask(0o077)  # run folders, checkpoints and caches are the server's alone, not every local user's
     opts = dict(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+        server_name=default_host(),
         server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
         max_file_size="50mb",
         allowed_paths=[str(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else [],
@@ -89,8 +97,10 @@ def launch(demo: gr.Blocks, **kw):
         enable_monitoring=False,  # gradio otherwise hands a monitoring URL to anyone who asks /monitoring
         css=CSS,
         footer_links=["api"],
+        app_kwargs={"middleware": [Middleware(RequestGuard)]},  # body caps, upload quota per address
     )
     opts.update(kw)
+    warn_if_exposed(opts["server_name"] or default_host(), bool(opts.get("share")))
     from segdemo.trainer import warm_up
 
     threading.Thread(target=warm_up, name="segdemo-warm-up", daemon=True).start()

@@ -34,16 +34,33 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from segdemo import budget
+from segdemo.assets import EXAMPLES, SHIPPED_CHECKPOINT, asset
 from segdemo.checkpoint import CheckpointError, CheckpointWriteError, replace_file
 from segdemo.data.base import DataError
+from segdemo.escape import esc, md  # noqa: F401  (the UI's one way to put user text into HTML/Markdown)
 from segdemo.jobs import JobError, JobManager
+from segdemo.limits import LimitError, RateLimiter, Slots, client_address
 
 log = logging.getLogger("segdemo.ui")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "shapes_unet.safetensors"
-EXAMPLES_DIR = REPO_ROOT / "examples"
-USER_ERRORS = (JobError, DataError, CheckpointError, CheckpointWriteError)
+DEFAULT_CHECKPOINT = asset(SHIPPED_CHECKPOINT)  # package data when installed, else the source tree
+EXAMPLES_DIR = asset(EXAMPLES)
+USER_ERRORS = (JobError, DataError, CheckpointError, CheckpointWriteError, LimitError, budget.BudgetError)
+HEAVY = "heavy"  # concurrency id shared by every listener that loads a model or decodes data, public or private
+CHECK_CACHE_BYTES = 64 << 20  # sample pictures of recent data checks, all together
+STREAMS_PER_CLIENT = 6  # live views (Train's watch and the page-load reattach) one browser or address may hold
+STREAMS_TOTAL = 64  # and the whole server: well under the event queue's size, so others are never turned away
+NEW_SESSIONS_PER_10_MIN = 120  # owner tokens one address may be issued (a classroom may share one address)
+
+
+def client_of(request) -> str:
+    """The address a gr.Request came from (see limits.client_address); "local" for a direct call."""
+    if request is None:
+        return "local"
+    headers = {k.lower(): v for k, v in (getattr(request, "headers", None) or {}).items()}
+    peer = getattr(getattr(request, "client", None), "host", None)
+    return client_address(headers, peer)
 
 
 class AppContext:
@@ -57,16 +74,23 @@ class AppContext:
     ):
         self.jobs = jobs or JobManager.from_env()
         base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "segdemo-app"
+        base.mkdir(parents=True, exist_ok=True)
+        sweep_dead_caches(base)
         self.cache_dir = base / f"{os.getpid()}-{secrets.token_hex(4)}"  # our own per-process folder
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.mkdir(mode=0o700)
         atexit.register(shutil.rmtree, self.cache_dir, True)
+        self.predict_budget = budget.predict_budget()
+        self._downloads: dict[str, list[Path]] = {}  # run id -> files handed out for download
+        self.jobs.on_forget.append(self.forget_downloads)
+        self.streams = Slots(STREAMS_PER_CLIENT, STREAMS_TOTAL, "live views")
+        self.new_sessions = RateLimiter(NEW_SESSIONS_PER_10_MIN, 600, "new sessions")
         self.default_checkpoint = Path(default_checkpoint) if default_checkpoint else DEFAULT_CHECKPOINT
         # BrowserState "encrypts" with a key the page can read anyway; deriving it from the jobs secret
         # keeps a browser's token readable across restarts when the runs persist.
         self.browser_secret = hmac.new(self.jobs._secret, b"browser-state", hashlib.sha256).hexdigest()[:32]
         self._predictors: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
-        self.check_cache: OrderedDict[tuple, object] = OrderedDict()
+        self.check_cache: OrderedDict[tuple, tuple[object, int]] = OrderedDict()  # key -> (value, bytes)
 
     # -- owner tokens ------------------------------------------------------------------------------
 
@@ -80,9 +104,17 @@ class AppContext:
             )
         return token
 
-    def ensure_token(self, token):
-        """Keep a valid token; issue a fresh one for a new browser (or one from an old server)."""
-        return token if self.jobs.valid_owner_token(token) else self.jobs.issue_owner_token()
+    def ensure_token(self, token, request: gr.Request = None):
+        """Keep a valid token; issue a fresh one for a new browser (or one from an old server), at most
+        NEW_SESSIONS_PER_10_MIN per address: a client minting sessions without end could otherwise claim a
+        run slot with each."""
+        if self.jobs.valid_owner_token(token):
+            return token
+        try:
+            self.new_sessions.hit(client_of(request))
+        except LimitError as e:
+            raise user_error(str(e), title="Session") from None
+        return self.jobs.issue_owner_token()
 
     # -- predictors --------------------------------------------------------------------------------
 
@@ -97,7 +129,7 @@ class AppContext:
             if key in self._predictors:
                 self._predictors.move_to_end(key)
                 return self._predictors[key]
-        pred = Predictor.from_path(p)
+        pred = Predictor.from_path(p, max_predict_bytes=self.predict_budget)
         with self._lock:
             self._predictors[key] = pred
             while len(self._predictors) > 6:
@@ -121,15 +153,65 @@ class AppContext:
         d.mkdir()
         return d
 
+    def download_copy(self, job, src: Path, name: str) -> str:
+        """A copy of a run's file for a gr.File output. Gradio serves it (from its own cache, where it copies
+        it under a hash of the bytes) to whoever has the link; both copies are deleted when the run expires."""
+        from gradio.processing_utils import hash_file
+        from gradio.utils import get_upload_folder
+        from gradio_client.utils import strip_invalid_filename_characters
+
+        dst = self.scratch("downloads") / name
+        shutil.copyfile(src, dst)
+        served = Path(get_upload_folder()) / hash_file(dst) / strip_invalid_filename_characters(name)
+        with self._lock:
+            self._downloads.setdefault(job.id, []).extend([dst, served])
+        return str(dst)
+
+    def forget_downloads(self, job) -> None:
+        with self._lock:
+            paths = self._downloads.pop(job.id, [])
+        for p in paths:
+            p.unlink(missing_ok=True)
+            try:
+                p.parent.rmdir()  # the per-file folder, once empty
+            except OSError:
+                pass
+
     def cache_get(self, key):
         with self._lock:
-            return self.check_cache.get(key)
+            hit = self.check_cache.get(key)
+            return None if hit is None else hit[0]
 
-    def cache_put(self, key, value) -> None:
+    def cache_put(self, key, value, nbytes: int) -> None:
+        """Keep a data check's result; the oldest go once all together pass CHECK_CACHE_BYTES."""
         with self._lock:
-            self.check_cache[key] = value
-            while len(self.check_cache) > 32:
+            self.check_cache[key] = (value, nbytes)
+            while len(self.check_cache) > 1 and sum(n for _, n in self.check_cache.values()) > CHECK_CACHE_BYTES:
                 self.check_cache.popitem(last=False)
+
+
+_CACHE_FOLDER = re.compile(r"^(\d+)-[0-9a-f]{8}$")
+
+
+def sweep_dead_caches(base: Path) -> None:
+    """Remove the per-process cache folders (`<pid>-<8 hex>`) of servers that are no longer running: a
+    killed server never ran its atexit. Anything else in `base` is left alone."""
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return
+    for d in entries:
+        m = _CACHE_FOLDER.match(d.name)
+        if not m or not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # that process is alive (maybe another server): its folder is its own
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -146,11 +228,26 @@ def sentence(msg: str) -> str:
     return msg if msg[-1] in ".!?" else msg + "."
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(?:/[^\s/'\"`,;:()]+)+/([^\s/'\"`,;:()]*)")
+
+
+def public(msg: str) -> str:
+    """An engine message as the page may show it: a sentence, with server folders cut to their last part
+    (`/home/app/.cache/segdemo/oxford-pet` -> `oxford-pet`): a visitor has no business with the server's
+    layout, and a student needs only the name."""
+    return sentence(_ABSOLUTE_PATH.sub(r"\1", str(msg)))
+
+
+def user_error(msg: str, title: str | None = None) -> gr.Error:
+    """A gr.Error for the user: public(), then HTML-escaped (the toast renders HTML)."""
+    return gr.Error(esc(public(msg), quote=False), **({"title": title} if title else {}))
+
+
 def _to_gr_error(e: Exception) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
     if isinstance(e, USER_ERRORS):
-        return gr.Error(sentence(str(e)))
+        return user_error(str(e))
     log.exception("unexpected error in a UI handler")
     return gr.Error(
         f"Something unexpected went wrong on the server ({type(e).__name__}). Try again; if it "

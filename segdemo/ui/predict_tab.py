@@ -16,16 +16,20 @@ from segdemo.data.base import DataError
 from segdemo.imageio import IMAGE_SUFFIXES, align_mask, load_image_oriented, load_mask_raw
 from segdemo.ui.common import (
     EXAMPLES_DIR,
+    HEAVY,
     AppContext,
+    esc,
     fmt_num,
+    md,
     model_choices,
     safe_stem,
-    sentence,
+    user_error,
     user_errors,
 )
 from segdemo.viz import legend_html
 
 MAX_SIDE = 2048  # larger photos are shrunk before predicting: a 40-megapixel softmax would need gigabytes
+MAX_FILES = 200  # images (and masks) per request: Predict shows one at a time
 MASK_SUFFIXES = ("", "_mask", "-mask", "_gt", "-gt", "_label", "_labels")
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 
@@ -34,18 +38,44 @@ def _names(files) -> list[str]:
     return [Path(f).name for f in files or []]
 
 
-def pair_mask(image_path: str, masks: list[str] | None, n_images: int) -> str | None:
-    """An image's mask: same file stem (or stem + _mask/_gt); with one image and one mask, that one."""
-    if not masks:
+def _file_list(files, what: str) -> list[str]:
+    """Uploaded file paths as a list of strings, at most MAX_FILES; gr.Error for anything else."""
+    if not files:
+        return []
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list | tuple) or not all(isinstance(f, str) for f in files):
+        raise gr.Error(f"Send the {what} as a list of files.")
+    if len(files) > MAX_FILES:
+        raise gr.Error(f"{len(files)} {what} at once is more than {MAX_FILES}; send fewer.")
+    return list(files)
+
+
+class MaskIndex:
+    """Ground-truth masks by file stem, built once per request: pairing n images with m masks is O(n + m)."""
+
+    def __init__(self, masks: list[str], n_images: int):
+        self.masks, self.n_images = masks, n_images
+        self.by_stem: dict[str, str] = {}
+        for m in masks:
+            self.by_stem.setdefault(Path(m).stem.lower(), m)
+
+    def mask_for(self, image_path: str) -> str | None:
+        """An image's mask: same file stem (or stem + _mask/_gt); with one image and one mask, that one."""
+        if not self.masks:
+            return None
+        stem = Path(image_path).stem.lower()
+        for suffix in MASK_SUFFIXES:
+            if stem + suffix in self.by_stem:
+                return self.by_stem[stem + suffix]
+        if self.n_images == 1 and len(self.masks) == 1:
+            return self.masks[0]
         return None
-    stem = Path(image_path).stem.lower()
-    by_stem = {Path(m).stem.lower(): m for m in masks}
-    for suffix in MASK_SUFFIXES:
-        if stem + suffix in by_stem:
-            return by_stem[stem + suffix]
-    if n_images == 1 and len(masks) == 1:
-        return masks[0]
-    return None
+
+
+def pair_mask(image_path: str, masks: list[str] | None, n_images: int) -> str | None:
+    """One image's mask (see MaskIndex; build the index once when pairing many)."""
+    return MaskIndex(list(masks or []), n_images).mask_for(image_path)
 
 
 def load_ground_truth(path: str, image_shape: tuple[int, ...], orientation: int, classes, image_name: str):
@@ -229,10 +259,11 @@ class PredictTab:
             api_visibility="private",
             queue=False,
         )
-        self.go.click(self.predict, inputs, self.outputs, api_name="predict").then(**show)
+        heavy = dict(concurrency_id=HEAVY)  # one limit for every listener that loads a model or predicts
+        self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
         self.images.change(
             self.on_images, self.images, self.show, api_visibility="private", queue=False
-        ).then(self.auto_predict, inputs, self.outputs, api_visibility="private").then(**show)
+        ).then(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
         gr.on(
             [self.masks.change, self.show.input, self.alpha.release, self.probs.input],
             self.auto_predict,
@@ -240,6 +271,7 @@ class PredictTab:
             self.outputs,
             api_visibility="private",
             trigger_mode="always_last",
+            **heavy,
         ).then(**show)
         self.model.input(
             lambda m: gr.update(visible=m == "upload"),
@@ -248,17 +280,19 @@ class PredictTab:
             api_visibility="private",
             queue=False,
         ).then(
-            self.describe, [self.token, self.model, self.ckpt_file], self.model_info, api_visibility="private"
-        ).success(self.auto_predict, inputs, self.outputs, api_visibility="private").then(**show)
+            self.describe, [self.token, self.model, self.ckpt_file], self.model_info, api_visibility="private",
+            **heavy,
+        ).success(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
         self.model.change(
             self.describe_quiet,
             [self.token, self.model, self.ckpt_file],
             self.model_info,
             api_visibility="private",
+            **heavy,
         )
         self.ckpt_file.upload(
-            self.on_checkpoint, self.ckpt_file, [self.model, self.model_info], api_visibility="private"
-        ).success(self.auto_predict, inputs, self.outputs, api_visibility="private").then(**show)
+            self.on_checkpoint, self.ckpt_file, [self.model, self.model_info], api_visibility="private", **heavy
+        ).success(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
         self.example_gallery.select(
             self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
         )
@@ -301,10 +335,12 @@ class PredictTab:
         if model == "upload":
             if not ckpt_file:
                 raise gr.Error("Upload a .safetensors checkpoint first, or choose another model.")
+            if not isinstance(ckpt_file, str):
+                raise gr.Error("Upload the checkpoint as one file.")
             p = Path(ckpt_file)
             if p.suffix.lower() != ".safetensors":
                 raise gr.Error(
-                    f"{p.name} is not a .safetensors file. Upload a checkpoint saved by segdemo "
+                    f"{esc(p.name, quote=False)} is not a .safetensors file. Upload a checkpoint saved by segdemo "
                     "(.pt/.pth files are refused: loading them can run code)."
                 )
             return p
@@ -323,21 +359,25 @@ class PredictTab:
         raise gr.Error("Choose a model from the list.")
 
     def describe_path(self, path: Path) -> str:
-        meta = read_meta(path)
-        cfg, metrics = meta.get("config", {}), meta.get("metrics") or {}
-        names = meta.get("classes", {}).get("names", [])
-        m, d = cfg.get("model", {}), cfg.get("data", {})
+        meta = read_meta(path)  # everything below comes from the file: shown through md(), never as markup
+        cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+        classes = meta.get("classes") if isinstance(meta.get("classes"), dict) else {}
+        names = classes.get("names") if isinstance(classes.get("names"), list) else []
+        m = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+        d = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
         miou = metrics.get("miou")
         score = (
-            f" · val mIoU **{miou:.3f}** (epoch {metrics.get('epoch', '?')}, from the checkpoint's "
+            f" · val mIoU **{miou:.3f}** (epoch {md(metrics.get('epoch', '?'))}, from the checkpoint's "
             "validation set)"
-            if isinstance(miou, (int, float))
+            if isinstance(miou, int | float)
             else ""
         )
         up = "bilinear" if m.get("bilinear") else "transposed"
+        shown = ", ".join(md(n) for n in names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
         return (
-            f"**{len(names)} classes:** {', '.join(names)}{score}  \nU-Net width {m.get('width')}, depth "
-            f"{m.get('depth')}, {up} up-sampling; sees images at {d.get('image_size')} px."
+            f"**{len(names)} classes:** {shown}{score}  \nU-Net width {md(m.get('width'))}, depth "
+            f"{md(m.get('depth'))}, {up} up-sampling; sees images at {md(d.get('image_size'))} px."
         )
 
     @user_errors
@@ -359,10 +399,12 @@ class PredictTab:
         """Validate an uploaded checkpoint fully (format, config, shapes, finite weights) before using it."""
         if not ckpt_file:
             return gr.skip(), gr.skip()
+        if not isinstance(ckpt_file, str):
+            raise gr.Error("Upload the checkpoint as one file.")
         p = Path(ckpt_file)
         if p.suffix.lower() != ".safetensors":
             raise gr.Error(
-                f"{p.name} is not a .safetensors file. Upload a checkpoint saved by segdemo "
+                f"{esc(p.name, quote=False)} is not a .safetensors file. Upload a checkpoint saved by segdemo "
                 "(.pt/.pth files are refused: loading them can run code)."
             )
         self.ctx.predictor(p)  # load_checkpoint: CheckpointError -> a gr.Error with its sentence
@@ -391,18 +433,18 @@ class PredictTab:
         checkpoint_file: str | None,
         images: list[str] | None,
         masks: list[str] | None,
-        show: str | None,
-        alpha: float,
-        probability_maps: bool,
+        show,  # untyped: checked here, so a wrong type gets a sentence, not Gradio's generic error
+        alpha,
+        probability_maps,
     ):
         """Segment one of the uploaded images (`show`, by file name; default the first).
 
         Returns: image, colour mask, overlay, legend HTML, per-class table, summary text, error map
         (with a ground truth), probability maps (when asked) and the mask as a PNG of class ids.
         """
+        images, masks = _file_list(images, "images"), _file_list(masks, "masks")
         if not images:
             raise gr.Error("Upload an image first, or click one of the examples below.")
-        images = list(images)
         path = next((p for p in images if Path(p).name == show), images[0])
         name = Path(path).name
         image, orientation = load_image_oriented(path, name)  # the student's own file is checked first
@@ -410,11 +452,12 @@ class PredictTab:
         try:
             predictor = self.ctx.predictor(ckpt)
         except CheckpointError as e:
-            raise gr.Error(sentence(str(e))) from None
-        mask_path = pair_mask(path, list(masks or []), len(images))
-        if masks and mask_path is None and not any(pair_mask(p, list(masks), len(images)) for p in images):
+            raise user_error(str(e)) from None
+        index = MaskIndex(masks, len(images))
+        mask_path = index.mask_for(path)
+        if masks and mask_path is None and not any(index.mask_for(p) for p in images):
             raise gr.Error(
-                f"None of the masks ({', '.join(_names(masks)[:4])}) matches an image by file name. "
+                f"None of the masks ({esc(', '.join(_names(masks)[:4]), quote=False)}) matches an image by file name. "
                 "Name each mask like its image (cat.png and cat.png, or cat_mask.png)."
             )
         target = None
@@ -422,9 +465,13 @@ class PredictTab:
             target = load_ground_truth(mask_path, image.shape, orientation, predictor.classes, name)
         image, target, shrunk = _shrink(image, target)
         try:
-            p = predictor.predict(image, target=target, alpha=float(alpha if alpha is not None else 0.5))
+            alpha = min(1.0, max(0.0, float(alpha if alpha is not None else 0.5)))
+        except (TypeError, ValueError, OverflowError):
+            raise gr.Error("Overlay opacity is a number between 0 and 1.") from None
+        try:
+            p = predictor.predict(image, target=target, alpha=alpha, probabilities=bool(probability_maps))
         except DataError as e:
-            raise gr.Error(sentence(str(e))) from None
+            raise user_error(str(e)) from None
         classes = predictor.classes
         legend = legend_html(classes, p.pixel_share)
         if p.metrics is not None:
@@ -441,7 +488,7 @@ class PredictTab:
                 rows, columns=["class", "IoU", "Dice", "share of true pixels", "share of predicted pixels"]
             )
             summary = (
-                f"**{name}**{shrunk} against its mask **{Path(mask_path).name}**: mIoU **{m.miou:.3f}**, "
+                f"**{md(name)}**{shrunk} against its mask **{md(Path(mask_path).name)}**: mIoU **{m.miou:.3f}**, "
                 f"pixel accuracy {m.pixel_accuracy:.1%}. n/a = the class is neither in the mask nor "
                 "predicted."
             )
@@ -463,9 +510,9 @@ class PredictTab:
                 ],
             )
             summary = (
-                f"**{name}**{shrunk}: no ground truth, so this image is not scored. The last column is the "
+                f"**{md(name)}**{shrunk}: no ground truth, so this image is not scored. The last column is the "
                 "model's IoU on its own validation set, from the checkpoint"
-                + (f" (epoch {meta_metrics['epoch']})" if "epoch" in meta_metrics else "")
+                + (f" (epoch {md(meta_metrics['epoch'])})" if "epoch" in meta_metrics else "")
                 + "."
             )
             errors = None

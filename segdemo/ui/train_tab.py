@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import time
@@ -16,19 +17,26 @@ from segdemo.config import RunConfig, gpu_preset, quick_cpu_preset
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
 from segdemo.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
+from segdemo.limits import LimitError
 from segdemo.ui.common import (
+    HEAVY,
     AppContext,
+    client_of,
+    esc,
     fmt_duration,
     fmt_num,
+    md,
     model_choices,
-    sentence,
+    public,
     strip,
     tidy_paths,
     upscale,
+    user_error,
     user_errors,
 )
 from segdemo.viz import colorize, curves_figure, legend_html, overlay
 
+log = logging.getLogger(__name__)
 PRESETS = {"Quick: CPU, about a minute": quick_cpu_preset, "GPU: bigger, longer": gpu_preset}
 QUICK = next(iter(PRESETS))
 DATASETS = [
@@ -47,7 +55,8 @@ UPSAMPLING = [
     ("Bilinear + convolution (smooth)", "bilinear"),
 ]
 TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the best epoch"]
-MAX_STREAM_S = 6 * 3600  # a stream never outlives this, even if nobody closes it
+STREAM_IDLE_S = 600  # a live view ends when its run has sent nothing new for this long (reload to reattach)
+SAMPLE_MAX_SIDE = 320  # data-check sample pictures: enough to see, small enough to cache
 
 WHY_LOSS = """
 **Which loss?** Cross-entropy scores each pixel on its own. When the background covers 90% of the
@@ -107,8 +116,8 @@ def build_config(
     augment,
     train_images,
 ) -> RunConfig:
-    """The run config from the preset plus the settings on the page; ValueError says what to change."""
-    cfg = PRESETS.get(preset, quick_cpu_preset)()
+    """The run config from the preset plus the settings on the page; gr.Error says what to change."""
+    cfg = PRESETS.get(preset if isinstance(preset, str) else QUICK, quick_cpu_preset)()
     try:
         cfg.data.image_size = int(image_size)
         cfg.train.epochs = int(epochs)
@@ -117,8 +126,10 @@ def build_config(
         cfg.model.width = int(width)
         cfg.model.depth = int(depth)
         n = int(train_images)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise gr.Error("Every setting needs a number; fill in the empty ones.") from None
+    if loss not in (None, "", *(v for _, v in LOSSES)):
+        raise gr.Error(f"Choose a loss from the list: {', '.join(v for _, v in LOSSES)}.")
     cfg.train.loss = loss or cfg.train.loss
     cfg.model.bilinear = upsampling == "bilinear"
     cfg.data.augment = bool(augment)
@@ -140,7 +151,7 @@ def build_config(
     try:
         cfg.validate()
     except ValueError as e:
-        raise gr.Error(sentence(str(e))) from None
+        raise user_error(str(e)) from None
     return cfg
 
 
@@ -250,7 +261,7 @@ class RunView:
                 (job.run_dir / "data", "the dataset"),
                 (job.run_dir, "the run folder"),
             )
-            return f"✗ **Training failed:** {sentence(msg)}"
+            return f"✗ **Training failed:** {md(public(msg))}"
         took = f" in {fmt_duration(end.seconds)}" if end.seconds else ""
         if end.best_miou is not None:
             tail = (
@@ -457,12 +468,14 @@ class TrainTab:
             [self.data_report, self.classes_html, self.samples],
             api_name="check_data",
             trigger_mode="always_last",
+            concurrency_id=HEAVY,
         )
         demo.load(
             self.check_data,
             [self.dataset, self.zip_file, self.train_images],
             [self.data_report, self.classes_html, self.samples],
             api_visibility="private",
+            concurrency_id=HEAVY,
         )
         self.preset.input(
             self.apply_preset,
@@ -524,7 +537,7 @@ class TrainTab:
         return [*preset_values(preset), note]
 
     @user_errors
-    def check_data(self, dataset: str, zip_file: str | None, train_images: float):
+    def check_data(self, dataset: str, zip_file: str | None, train_images):
         """Check the chosen data: pairs, classes with colours and pixel shares, a few samples, problems."""
         if dataset == "zip" and not zip_file:
             return (
@@ -565,6 +578,7 @@ class TrainTab:
                 classes = splits.classes
                 for i in range(min(6, len(splits.train))):
                     image, mask = splits.train.load(i)
+                    image, mask = _shrink_pair(image, mask)
                     pic = (
                         strip(image, overlay(image, mask, classes, 0.5))
                         if max(image.shape[:2]) <= 256
@@ -581,7 +595,7 @@ class TrainTab:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         out = (report, classes, samples)
-        self.ctx.cache_put(key, out)
+        self.ctx.cache_put(key, out, sum(p.nbytes for p, _ in samples) + 4096)
         return out
 
     @user_errors
@@ -591,16 +605,19 @@ class TrainTab:
         dataset: str,
         zip_file: str | None,
         preset: str,
-        image_size: float,
-        epochs: float,
-        batch_size: float,
-        learning_rate: float,
-        loss: str,
-        width: float,
-        depth: float,
-        upsampling: str,
-        augment: bool,
-        train_images: float,
+        # numbers are checked by build_config, which answers any value with a sentence (a type hint here
+        # would make Gradio refuse a wrong type with a generic error instead)
+        image_size,
+        epochs,
+        batch_size,
+        learning_rate,
+        loss,
+        width,
+        depth,
+        upsampling,
+        augment,
+        train_images,
+        request: gr.Request = None,
     ):
         """Start a run for this browser; returns its run id (refused while one is queued or running)."""
         owner = self.ctx.owner(token)
@@ -631,15 +648,15 @@ class TrainTab:
             if not str(zip_file).lower().endswith(".zip"):
                 raise gr.Error("The dataset must be a .zip file of a folder with images/ and masks/.")
             cfg.data.source = data_file = zip_file
+        num_classes = 4 if dataset == "builtin" else None
         if dataset in ("zip", "oxford"):
             report, _, _ = self._check(cfg)
             if not report.ok:
-                raise gr.Error(
-                    "This data cannot be used yet: "
-                    + sentence(report.problems[0])
-                    + " Fix it and choose the data again."
-                )
-        job = self.ctx.jobs.submit(owner, cfg, data_file=data_file)
+                raise user_error("This data cannot be used yet: " + public(report.problems[0])
+                                 + " Fix it and choose the data again.")
+            num_classes = len(report.class_names) or None
+        job = self.ctx.jobs.submit(owner, cfg, data_file=data_file, client=client_of(request),
+                                   num_classes=num_classes)
         pos = self.ctx.jobs.queue_position(job)
         return job.id, ("Waiting in line…" if pos > 1 else "Starting…")
 
@@ -659,16 +676,17 @@ class TrainTab:
         return "Stopping after the current batch…"
 
     @user_errors
-    async def watch(self, token: str, run_id: str):
+    async def watch(self, token: str, run_id: str, request: gr.Request = None):
         """Stream a run's progress (status, curves, per-class IoU, filmstrip, checkpoint) until it ends."""
         owner = self.ctx.owner(token)
         job = self.ctx.jobs.get(owner, run_id) if run_id else self.ctx.jobs.latest_for(owner)
         if job is None:
             raise gr.Error("There is no run to watch yet; press Train.")
-        async for out in self._stream(owner, job):
-            yield out
+        with self.ctx.streams.hold(job.owner_key, client_of(request)):
+            async for out in self._stream(owner, job):
+                yield out
 
-    async def reattach(self, token: str):
+    async def reattach(self, token: str, request: gr.Request = None):
         """On page load: show this browser's running or latest run (and keep streaming it while it runs)."""
         if not self.ctx.jobs.valid_owner_token(token):
             yield [gr.skip()] * len(self.reattach_outputs)
@@ -680,18 +698,30 @@ class TrainTab:
             yield [gr.skip(), *[gr.skip()] * len(self.watch_outputs), choices]
             return
         try:
-            async for out in self._stream(owner, job):
+            held = self.ctx.streams.hold(job.owner_key, client_of(request))
+        except LimitError:  # too many live views: show the run once, without streaming
+            async for out in self._stream(owner, job, once=True):
                 yield [job.id, *out]
+            return
+        try:
+            with held:
+                async for out in self._stream(owner, job):
+                    yield [job.id, *out]
         except Exception:  # a page load must never show an error box
+            log.exception("reattaching to a run failed")
             return
 
-    async def _stream(self, owner: str, job: Job):
+    async def _stream(self, owner: str, job: Job, once: bool = False):
+        """Yield the page's view of a run as it changes, until the run ends, it has been idle STREAM_IDLE_S
+        (the page says to reload), or at once after the first view with `once`."""
         view, i, last_status = RunView(), 0, 0.0
-        first, t0, finished_once = True, time.monotonic(), False
+        first, finished_once, last_new = True, False, time.monotonic()
         film_sent = None  # the epoch whose previews the page has: a filmstrip is 24 pictures, send it once
         while True:
             new = job.wait_events(i, timeout=0)
             i += len(new)
+            if new:
+                last_new = time.monotonic()
             changed = any([view.add(ev) for ev in new])
             over = not job.is_active and i >= len(job.events)
             status = view.status(job, self.ctx.jobs.queue_position(job), self.ctx.jobs.running_count())
@@ -712,19 +742,21 @@ class TrainTab:
             elif now - last_status >= 1.0 and (new or job.status == QUEUED):
                 yield [status, *[gr.skip()] * 5]
                 last_status = now
-            if over or now - t0 > MAX_STREAM_S:
+            if over or once:
+                return
+            if now - last_new > STREAM_IDLE_S and job.status != QUEUED:
+                yield [status + "\n\n*This live view paused (nothing new for a while). Reload the page to see "
+                       "the latest.*", *[gr.skip()] * 5]
                 return
             await asyncio.sleep(0.25)
 
     def _checkpoint_copy(self, job: Job) -> str | None:
-        """The best checkpoint, copied into the app's cache so Gradio can serve it (run folders never are)."""
+        """The best checkpoint, copied where Gradio can serve it (run folders never are), until the run expires."""
         best = job.best_checkpoint
         if best is None:
             return None
         when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))
-        dst = self.ctx.scratch("downloads") / f"segdemo-run-{when}-best.safetensors"
-        shutil.copyfile(best, dst)
-        return str(dst)
+        return self.ctx.download_copy(job, best, f"segdemo-run-{when}-best.safetensors")
 
     @user_errors
     def run_info(self, token: str, run_id: str = "") -> dict:
@@ -763,6 +795,19 @@ class TrainTab:
         }
 
 
+def _shrink_pair(image, mask):
+    """A sample picture for the data check: longest side at most SAMPLE_MAX_SIDE."""
+    import cv2
+
+    h, w = image.shape[:2]
+    f = max(h, w) / SAMPLE_MAX_SIDE
+    if f <= 1:
+        return image, mask
+    size = (max(1, round(w / f)), max(1, round(h / f)))
+    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
+
+
 def _report_markdown(report) -> str:
     pairs = report.pairs or {}
     if "train" in pairs or "val" in pairs:
@@ -784,13 +829,13 @@ def _report_markdown(report) -> str:
         )
     else:
         lines.append("**✗ This data cannot be used yet.** Fix the problems below and choose the data again:")
-        lines += [f"- {sentence(p)}" for p in report.problems[:12]]
+        lines += [f"- {md(public(p))}" for p in report.problems[:12]]
         if len(report.problems) > 12:
             lines.append(f"- … and {len(report.problems) - 12} more")
     if report.warnings:
         lines.append("")
         lines.append("Worth knowing:")
-        lines += [f"- {sentence(w)}" for w in report.warnings[:8]]
+        lines += [f"- {md(public(w))}" for w in report.warnings[:8]]
     return "\n".join(lines)
 
 
@@ -804,7 +849,7 @@ def _classes_html(report, classes: ClassSet | None) -> str:
     if shares and min(shares) < 0.05:
         rare = classes.names[shares.index(min(shares))]
         note = (
-            f'<div style="font-size:0.9em;opacity:0.8">"{rare}" covers under 5% of the pixels: with plain '
+            f'<div style="font-size:0.9em;opacity:0.8">"{esc(rare)}" covers under 5% of the pixels: with plain '
             "cross-entropy the net can nearly ignore it; Dice or CE + Dice keeps it in play.</div>"
         )
     return (

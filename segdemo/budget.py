@@ -1,0 +1,158 @@
+"""Memory a model, a training run or a prediction will need, estimated BEFORE anything is allocated.
+
+A shared server must refuse a request that would exhaust its memory, not find out by being killed.
+Parameters are counted on PyTorch's meta device (shapes only, no memory); activation memory comes from
+a formula fitted to measured peaks (bench/README.md, "Memory budget"): a U-Net step keeps about 35 float32
+values per pixel per first-level channel for the backward pass (fewer at lower levels: they halve in
+total), the loss about 8 per pixel per class. The estimates err on the high side.
+
+The budget itself: SEGDEMO_MEMORY_BUDGET_MB if set, else three quarters of the machine's memory (or its
+cgroup limit) less 1 GiB for the server itself. A training run may use its share of that (runs allowed at
+once + 1 shares: one is kept for predictions and data checks); one prediction at most PREDICT_SHARE of it,
+capped at 1 GiB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from functools import lru_cache
+
+import torch
+
+from segdemo.config import ModelConfig, RunConfig
+
+FLOAT = 4  # bytes per float32
+TRAIN_ACTIVATION_FLOATS = 35  # per pixel per first-level channel, forward + saved for backward (fitted)
+INFER_ACTIVATION_FLOATS = 8  # per pixel per first-level channel, inference peak (fitted)
+LOSS_FLOATS_PER_CLASS = 8  # logits, softmax, one-hot, products of CE + Dice
+OPTIMISER_COPIES = 4  # weights, gradients, AdamW's two moments
+RESNET_WIDTH = 64  # a ResNet stem's channels at half resolution: count it like a 32-wide first level
+MAX_PARAMETERS = 250_000_000  # a 1 GB checkpoint's worth (checkpoint.MAX_FILE_BYTES); ours are far smaller
+OUTPUT_BAND_BYTES = 64 << 20  # class scores are up-sampled to full size in bands of at most this
+PREDICT_CAP = 1 << 30
+
+
+class BudgetError(ValueError):
+    """A request needs more memory than this server allows; the message names the limit and what to lower."""
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def machine_memory() -> int:
+    """Physical memory, or the container's cgroup limit when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return total
+
+
+def server_budget() -> int:
+    """Bytes the app may spend on runs and predictions together (SEGDEMO_MEMORY_BUDGET_MB overrides)."""
+    env = os.environ.get("SEGDEMO_MEMORY_BUDGET_MB")
+    if env:
+        return max(64, int(env)) << 20
+    return max(512 << 20, int(machine_memory() * 0.75) - (1 << 30))
+
+
+def run_budget(max_concurrent: int) -> int:
+    """One training run's share of the server budget."""
+    return server_budget() // (max(1, max_concurrent) + 1)
+
+
+def predict_budget() -> int:
+    return min(PREDICT_CAP, server_budget() // 4)
+
+
+def expected_state(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """name -> (shape, dtype) of the state dict the config builds, without allocating it."""
+    return dict(_state(*_key(cfg)))
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters of the model a config builds, counted without allocating them."""
+    return _parameters(*_key(cfg))
+
+
+def _key(cfg: ModelConfig) -> tuple:
+    return cfg.encoder, cfg.depth, cfg.width, cfg.bilinear, cfg.num_classes
+
+
+@lru_cache(maxsize=64)
+def _state(encoder: str, depth: int, width: int, bilinear: bool, num_classes: int) -> tuple:
+    from segdemo.model import build_model
+
+    cfg = ModelConfig(encoder=encoder, depth=depth, width=width, bilinear=bilinear, num_classes=num_classes)
+    with torch.device("meta"):  # shapes only: a 7 GB model costs nothing to describe here
+        model = build_model(cfg)
+    return tuple((k, (tuple(v.shape), v.dtype)) for k, v in model.state_dict().items())
+
+
+@lru_cache(maxsize=64)
+def _parameters(*key) -> int:
+    from segdemo.model import build_model
+
+    enc, depth, width, bilinear, k = key
+    with torch.device("meta"):
+        model = build_model(ModelConfig(encoder=enc, depth=depth, width=width, bilinear=bilinear, num_classes=k))
+    return sum(p.numel() for p in model.parameters())
+
+
+def _first_level_width(cfg: ModelConfig) -> int:
+    return cfg.width if cfg.encoder == "unet" else max(cfg.width, RESNET_WIDTH // 2)
+
+
+def training_bytes(cfg: RunConfig, num_classes: int | None = None) -> int:
+    """Peak memory of one training step: weights and optimiser state, activations, loss, the batch."""
+    m, pixels = cfg.model, cfg.data.image_size**2
+    k = num_classes or m.num_classes
+    b = cfg.train.batch_size
+    params = parameter_count(dataclasses.replace(m, num_classes=k)) * OPTIMISER_COPIES * FLOAT
+    act = TRAIN_ACTIVATION_FLOATS * _first_level_width(m) * pixels * b * FLOAT
+    loss = LOSS_FLOATS_PER_CLASS * k * pixels * b * FLOAT
+    batch = pixels * b * (3 * FLOAT + 8)  # normalised images + int64 masks
+    return params + act + loss + batch
+
+
+def inference_bytes(cfg: RunConfig, out_pixels: int = 0, num_classes: int | None = None) -> int:
+    """Peak memory of predicting one image: weights, activations at the model's input size, and the class
+    scores up-sampled to the output size (in bands, so at most OUTPUT_BAND_BYTES of them at once)."""
+    m, pixels = cfg.model, cfg.data.image_size**2
+    k = num_classes or m.num_classes
+    params = parameter_count(dataclasses.replace(m, num_classes=k)) * FLOAT
+    act = INFER_ACTIVATION_FLOATS * _first_level_width(m) * pixels * FLOAT + 2 * k * pixels * FLOAT
+    out = min(OUTPUT_BAND_BYTES * 2, 2 * k * out_pixels * FLOAT) + out_pixels * 24  # + mask, colour, overlay
+    return params + act + out
+
+
+def check_training(cfg: RunConfig, budget: int, num_classes: int | None = None) -> int:
+    """Refuse (BudgetError) settings whose training step would not fit in `budget` bytes; else the estimate."""
+    need = training_bytes(cfg, num_classes)
+    if need > budget:
+        raise BudgetError(
+            f"these settings need about {gib(need)} of memory to train, and this server allows {gib(budget)} "
+            f"per run. Lower the batch size (now {cfg.train.batch_size}), the image size (now "
+            f"{cfg.data.image_size} px) or the width (now {cfg.model.width}); a host can raise the limit "
+            "with SEGDEMO_MEMORY_BUDGET_MB"
+        )
+    return need
+
+
+def check_model(cfg: RunConfig, budget: int | None, what: str = "this checkpoint") -> int:
+    """Refuse a model that is absurdly large or (with a budget) would not fit in it to predict one image."""
+    n = parameter_count(cfg.model)
+    if n > MAX_PARAMETERS:
+        raise BudgetError(f"{what} describes a model of {n / 1e6:.0f} M parameters; segdemo models have at most "
+                          f"{MAX_PARAMETERS / 1e6:.0f} M. It is not a segdemo checkpoint")
+    need = inference_bytes(cfg)
+    if budget is not None and need > budget:
+        raise BudgetError(f"{what} needs about {gib(need)} of memory to predict one image, and this server "
+                          f"allows {gib(budget)} per prediction; use a smaller model (image size, width)")
+    return need
