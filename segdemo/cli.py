@@ -1,4 +1,4 @@
-"""`segdemo train|evaluate|predict|check|app` (or `python -m segdemo ...`): parse, build the config, print the
+"""`segdemo train|evaluate|predict|check|export|app` (or `python -m segdemo ...`): parse, build the config, print the
 engine's events, or serve the web app."""
 
 from __future__ import annotations
@@ -201,6 +201,25 @@ def cmd_app(args) -> int:
     return 0
 
 
+# -- export -----------------------------------------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    from segdemo.export import ExportError, export_model
+
+    try:
+        res = export_model(args.checkpoint, args.out, fmt=args.format)
+    except ExportError as e:
+        raise UserError(str(e)) from e
+    check = "not checked: onnxruntime is not installed" if res.max_abs_diff is None else (
+        f"logits within {res.max_abs_diff:.1e} of PyTorch")
+    print(f"exported {args.checkpoint} as {res.format} ({check}):")
+    for path in res.paths:
+        print(f"  {path}")
+    print(f"try it: python {res.script} IMAGE [IMAGE ...] --out preds/")
+    return 0
+
+
 # -- argument parsing -------------------------------------------------------------------------------
 
 
@@ -312,6 +331,15 @@ def _parser() -> argparse.ArgumentParser:
                    "the masks)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=cmd_check)
+
+    x = sub.add_parser("export", help="write the model as ONNX or TorchScript, with meta.json and a predict script "
+                       "that needs no segdemo", **fmt)
+    x.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
+    x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                   help="onnx (runs with onnxruntime; needs the onnx package to export) or torchscript (plain torch)")
+    x.add_argument("--out", required=True, help="folder for model.onnx or model.torchscript.pt, meta.json and "
+                   "predict_onnx.py or predict_torchscript.py")
+    x.set_defaults(func=cmd_export)
 
     a = sub.add_parser("app", help="serve the web app (Train and Predict tabs) until Ctrl+C", **fmt)
     a.add_argument("--host", help="address to listen on; 0.0.0.0 lets every machine that can reach this one use "

@@ -108,7 +108,7 @@ def test_every_command_argument_and_option_has_help():
     from segdemo.cli import _parser
 
     (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(sub.choices) == {"train", "evaluate", "predict", "check", "app"}
+    assert set(sub.choices) == {"train", "evaluate", "predict", "check", "export", "app"}
     missing = [f"{name} {a.option_strings or a.dest}" for name, p in sub.choices.items() for a in p._actions
                if not a.help]
     assert not missing, f"add help= to {missing}"

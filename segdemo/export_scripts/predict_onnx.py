@@ -1,0 +1,111 @@
+"""Segment images with an exported segdemo model. Needs only numpy, Pillow and onnxruntime (no segdemo, no torch).
+
+    python predict_onnx.py photo.jpg [more.png ...] [--out preds/]
+
+For each image it writes NAME_mask.png (the class id of each pixel: 0, 1, 2...) and NAME_color.png (each
+class in its colour), both at the image's own size. It reads model.onnx and meta.json from its own folder.
+The steps are the ones segdemo's Predict uses: resize to the training size, normalise, run the model,
+resize the class scores back to the image's size, take the best class per pixel.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_rgb(path):
+    """The image as an (H, W, 3) uint8 RGB array, turned upright by its EXIF tag, transparency shown on white."""
+    image = ImageOps.exif_transpose(Image.open(path))
+    if image.mode != "RGB":
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"))
+
+
+def area_weights(n_in, n_out):
+    """(n_out, n_in) matrix that resizes one axis the way OpenCV's INTER_AREA does."""
+    if n_out <= n_in:  # shrinking: each output pixel is the mean of the input it covers, partial pixels in part
+        scale = n_in / n_out
+        start = np.arange(n_out)[:, None] * scale
+        j = np.arange(n_in)[None, :]
+        overlap = np.minimum(start + scale, j + 1) - np.maximum(start, j)
+        return np.clip(overlap, 0, None) / scale
+    # growing: each output pixel copies one input pixel, blending two only where it straddles their border
+    i = np.arange(n_out)
+    j = np.floor(i * n_in / n_out).astype(int)
+    f = (i + 1) - (j + 1) * (n_out / n_in)
+    f = np.where(f <= 0, 0.0, f - np.floor(f))
+    f[j >= n_in - 1] = 0.0
+    w = np.zeros((n_out, n_in))
+    w[i, j] += 1 - f
+    w[i, np.minimum(j + 1, n_in - 1)] += f
+    return w
+
+
+def resize_area(image, size):
+    """(H, W, 3) uint8 -> (size, size, 3) uint8, like cv2.resize(image, (size, size), interpolation=INTER_AREA)."""
+    rows, cols = area_weights(image.shape[0], size), area_weights(image.shape[1], size)
+    out = rows @ image.transpose(2, 0, 1).astype(np.float64) @ cols.T  # (3, size, size)
+    # OpenCV rounds halves up when it halves both sides exactly, and to even otherwise
+    out = np.floor(out + 0.5) if image.shape[:2] == (2 * size, 2 * size) else np.rint(out)
+    return np.clip(out, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def bilinear_weights(n_in, n_out):
+    """(n_out, n_in) matrix of bilinear resizing with align_corners=False, as torch.nn.functional.interpolate."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0)
+    j = np.minimum(np.floor(src).astype(int), n_in - 1)
+    f = (src - j).astype(np.float32)
+    w = np.zeros((n_out, n_in), np.float32)
+    w[np.arange(n_out), j] += 1 - f
+    w[np.arange(n_out), np.minimum(j + 1, n_in - 1)] += f
+    return w
+
+
+def preprocess(image, meta):
+    """(H, W, 3) uint8 -> (1, 3, S, S) float32: resized to the training size S, scaled to 0..1, normalised."""
+    p = meta["preprocessing"]
+    x = resize_area(image, p["image_size"]).astype(np.float32) / np.float32(p["max_value"])
+    x = (x - np.array(p["mean"], np.float32)) / np.array(p["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def to_mask(logits, height, width):
+    """(C, S, S) class scores -> (height, width) uint8 class ids: scores resized to the image, best class wins."""
+    rows, cols = bilinear_weights(logits.shape[1], height), bilinear_weights(logits.shape[2], width)
+    scores = rows @ logits @ cols.T  # (C, height, width)
+    if scores.shape[0] == 1:  # a binary model: one score, above 0 means class 1
+        return (scores[0] > 0).astype(np.uint8)
+    return scores.argmax(0).astype(np.uint8)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Segment images with the exported model beside this script.")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--out", default=".", help="folder for the mask PNGs (default: here)")
+    args = parser.parse_args()
+
+    meta = json.loads((HERE / "meta.json").read_text())
+    session = ort.InferenceSession(str(HERE / meta["model_file"]), providers=["CPUExecutionProvider"])
+    colors = np.array(meta["classes"]["colors"], np.uint8)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.images:
+        image = load_rgb(path)
+        logits = session.run(None, {meta["input"]["name"]: preprocess(image, meta)})[0][0]
+        mask = to_mask(logits, image.shape[0], image.shape[1])
+        stem = Path(path).stem
+        Image.fromarray(mask).save(out / f"{stem}_mask.png")
+        Image.fromarray(colors[mask]).save(out / f"{stem}_color.png")
+        shares = np.bincount(mask.ravel(), minlength=len(colors)) / mask.size
+        summary = ", ".join(f"{name} {100 * s:.1f}%" for name, s in zip(meta["classes"]["names"], shares))
+        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / (stem + '_mask.png')} ({summary})")
+
+
+if __name__ == "__main__":
+    main()
