@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextvars
 import copy
 import dataclasses
 import hashlib
@@ -88,6 +89,9 @@ class Job:
         self.events: list[Event] = []
         self._cond = threading.Condition()
         self.thread: threading.Thread | None = None
+        # the submitter's context (in the app: Gradio's request for the Train click), so that on ZeroGPU each
+        # training chunk is asked for on behalf of the visitor who pressed Train (segdemo/zerogpu.py)
+        self.context = contextvars.copy_context()
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -540,8 +544,15 @@ class JobManager:
                 job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set
             )
         else:
+            from segdemo import zerogpu
             from segdemo.trainer import Trainer
 
+            if zerogpu.chunk_steps():  # ZeroGPU lends the GPU per call: train as a chain of short calls
+                result = zerogpu.train_in_chunks(job.config, job.run_dir, splits=job.splits,
+                                                 stop=job.stop_event, on_event=job._append,
+                                                 memory_budget=self.memory_budget, context=job.context)
+                job.splits = None
+                return result
             trainer = Trainer(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set,
                               memory_budget=self.memory_budget)
         trainer.add_callback(job._append)

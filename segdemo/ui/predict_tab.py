@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from segdemo import zerogpu
 from segdemo.checkpoint import CheckpointError, read_meta
 from segdemo.data.base import DataError
 from segdemo.imageio import IMAGE_SUFFIXES, align_mask, load_image_oriented, load_mask_raw
@@ -464,7 +465,8 @@ class PredictTab:
         except (TypeError, ValueError, OverflowError):
             raise gr.Error("Overlay opacity is a number between 0 and 1.") from None
         try:
-            p = predictor.predict(image, target=target, alpha=alpha, probabilities=bool(probability_maps))
+            # inside a @spaces.GPU function: on ZeroGPU the GPU is lent for this call only
+            p = zerogpu.predict(predictor, image, target=target, alpha=alpha, probabilities=bool(probability_maps))
         except DataError as e:
             raise user_error(str(e)) from None
         classes = predictor.classes
