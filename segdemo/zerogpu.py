@@ -19,7 +19,6 @@ chunked path on any machine, which is how the tests cover it.
 from __future__ import annotations
 
 import contextvars
-import copy
 import logging
 import math
 import os
@@ -215,7 +214,8 @@ def train_in_chunks(
     stop: the job's Stop flag. steps: per chunk (default chunk_steps()). context: the Train click's, so spaces
     bills each chunk to the visitor who pressed Train (a job runs in its own thread, where Gradio's request is
     otherwise unknown).
-    The run's time limit (config.train.time_limit_s) counts from here across all chunks, waits included.
+    The run's time limit (config.train.time_limit_s): the trainer counts its own seconds across chunks, and
+    no chunk starts once the limit has passed since this call, waits for a GPU included.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,11 +241,8 @@ def train_in_chunks(
         while True:
             if paused is not None and (stop.is_set() or (limit is not None and time.monotonic() - t0 >= limit)):
                 return finish(replace(paused, reason="stopped" if stop.is_set() else "time_limit"))
-            cfg = copy.deepcopy(config)  # a fresh copy each call, as ZeroGPU's worker gets: nothing leaks back
-            if limit is not None:
-                cfg.train.time_limit_s = max(1.0, limit - (time.monotonic() - t0))
             n, seconds = plan_chunk(steps, s_per_step, cap_s)
-            chunk = Chunk(cfg, str(run_dir), splits, resume or paused is not None, n, seconds, memory_budget)
+            chunk = Chunk(config, str(run_dir), splits, resume or paused is not None, n, seconds, memory_budget)
             last, trained, t_started = None, 0, None
             try:
                 for ev in _iterate(chunk_fn(chunk), context):
