@@ -16,20 +16,22 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-import spaces
-import spaces.config
-from spaces.utils import gradio_request_var
-from spaces.zero.gradio import error as spaces_error
 
-from segdemo import zerogpu
-from segdemo.checkpoint import load_checkpoint
-from segdemo.data.base import DataError
-from segdemo.data.builtin import open_builtin
-from segdemo.events import Done, EpochEnd, Progress, Started
-from segdemo.jobs import DONE, FAILED, STOPPED, JobManager
-from segdemo.predict import Predictor
-from segdemo.trainer import Trainer
-from tests.conftest import tiny_config
+spaces = pytest.importorskip("spaces", reason="ZeroGPU's package: pip install -r requirements-dev.txt")
+from spaces.config import Config as SpacesConfig  # noqa: E402
+from spaces.config import boolean as spaces_boolean  # noqa: E402
+from spaces.utils import gradio_request_var  # noqa: E402
+from spaces.zero.gradio import error as spaces_error  # noqa: E402
+
+from segdemo import zerogpu  # noqa: E402
+from segdemo.checkpoint import load_checkpoint  # noqa: E402
+from segdemo.data.base import DataError  # noqa: E402
+from segdemo.data.builtin import open_builtin  # noqa: E402
+from segdemo.events import Done, EpochEnd, Progress, Started  # noqa: E402
+from segdemo.jobs import DONE, FAILED, STOPPED, JobManager  # noqa: E402
+from segdemo.predict import Predictor  # noqa: E402
+from segdemo.trainer import Trainer  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OWNER = "owner-a"
@@ -45,10 +47,10 @@ def quota_error() -> gr.Error:
 
 
 def test_detection_is_off_here_and_on_with_the_variable_spaces_reads():
-    assert not zerogpu.zero_gpu() and not spaces.config.Config.zero_gpu
+    assert not zerogpu.zero_gpu() and not SpacesConfig.zero_gpu
     for value in ("true", "True", "1", "t", "false", "0", "yes", ""):
         env = {"SPACES_ZERO_GPU": value}
-        assert zerogpu.zero_gpu(env) == spaces.config.boolean(value), value
+        assert zerogpu.zero_gpu(env) == spaces_boolean(value), value
     assert zerogpu.zero_gpu({"SPACES_ZERO_GPU": "true"}) and not zerogpu.zero_gpu({})
     # training runs in chunks on ZeroGPU, or wherever SEGDEMO_TRAIN_CHUNK_STEPS asks for it
     assert zerogpu.chunk_steps({}) is None
@@ -63,6 +65,15 @@ def test_the_decorator_is_spaces_gpu_which_leaves_functions_alone_off_zerogpu():
         return x + 1
 
     assert zerogpu.gpu(duration=5)(f) is f and zerogpu.gpu(duration=lambda x: 5)(f) is f
+
+
+def test_without_spaces_the_decorator_is_a_no_op_too(monkeypatch):
+    monkeypatch.setattr(zerogpu, "spaces", None)  # a local install from requirements.txt has no spaces
+
+    def f(x):
+        return x + 1
+
+    assert zerogpu.gpu(duration=5)(f) is f
 
 
 def test_the_space_starts_with_gpu_functions_under_real_zerogpu_emulation(tmp_path):
