@@ -59,7 +59,8 @@ def cmd_train(args) -> int:
     if args.upsample:
         m.bilinear = args.upsample == "bilinear"
     _set(t, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, seed=args.seed,
-         device=args.device, precision=args.precision, time_limit_s=args.time_limit, num_workers=args.workers)
+         device=args.device, precision=args.precision, channels_last=args.channels_last,
+         time_limit_s=args.time_limit, num_workers=args.workers)
     try:
         cfg.validate()
     except ValueError as e:
@@ -88,9 +89,16 @@ def cmd_train(args) -> int:
             best = f"best mIoU {ev.best_miou:.4f} at epoch {ev.best_epoch}" if ev.best_miou is not None else "no epoch"
             print(f"{ev.reason} after {ev.epochs_done} epochs in {ev.seconds:.1f}s; {best}; checkpoints in {out}")
 
-    trainer = Trainer(cfg, out, resume=args.resume)
-    trainer.add_callback(show)
-    result = trainer.run()
+    from segdemo import distributed
+
+    world = distributed.init_from_env(cfg.train.device)  # under torchrun: one process of N
+    try:
+        trainer = Trainer(cfg, out, resume=args.resume)
+        if world.is_main:  # one process speaks for the run
+            trainer.add_callback(show)
+        result = trainer.run()
+    finally:
+        distributed.leave()
     if isinstance(result, Failed):
         print(f"error: {result.message}", file=sys.stderr)
         return 2
@@ -302,6 +310,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help=preset("number format; auto measures the options on the first steps",
                                lambda c: c.train.precision))
+    t.add_argument("--channels-last", choices=["auto", "on", "off"],
+                   help=preset("memory layout; auto measures both on a CPU", lambda c: c.train.channels_last))
     t.add_argument("--workers", type=int, help=preset("data loading workers", lambda c: c.train.num_workers))
     t.add_argument("--time-limit", type=float,
                    help="stop after this many seconds, keeping the best checkpoint (default: no limit)")

@@ -95,6 +95,14 @@ def from_main(obj, world: World):
     return box[0]
 
 
+def share_buffers(net: torch.nn.Module, world: World) -> None:
+    """Give every process process 0's BatchNorm statistics: each process's last step updated its own, and
+    evaluation must score the model that process 0 saves."""
+    if world.distributed:
+        for b in net.buffers():
+            dist.broadcast(b.data, src=0)
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

@@ -418,6 +418,7 @@ class Trainer:
         """Evaluate on the whole validation split, keep the best and the last checkpoint, log the epoch."""
         w, dev, t_eval = p.world, p.sp.device, time.perf_counter()
         share = list(range(w.rank, len(p.splits.val), w.size)) if w.distributed else None
+        distributed.share_buffers(p.net, w)
         res = evaluate_model(p.net, p.splits.val, p.cfg, p.classes, p.loss_fn, device=dev, batch_size=p.batch_size,
                              preview_indices=p.previews_at if w.is_main else [], autocast_dtype=p.sp.autocast_dtype,
                              channels_last=p.sp.channels_last, indices=share)
