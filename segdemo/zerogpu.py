@@ -126,7 +126,7 @@ def quota_message(e: BaseException, what: str) -> str:
 
 @gpu(duration=PREDICT_S)
 def _predict_on_gpu(predictor, image, target, alpha, probabilities):
-    if zero_gpu():  # in ZeroGPU's worker, with the GPU lent: this predictor is a pickled copy, move it freely
+    if spaces is not None and zero_gpu():  # in ZeroGPU's worker with the GPU lent: a pickled copy, move it freely
         import torch
 
         if torch.cuda.is_available():
