@@ -200,6 +200,7 @@ class Trainer:
         resume: bool = False,
         memory_budget: int | None = None,
         max_steps: int | None = None,
+        should_pause: Callable[[], bool] | None = None,
     ):
         self.config = copy.deepcopy(config)
         self.run_dir = Path(run_dir)
@@ -208,6 +209,7 @@ class Trainer:
         self.resume = resume
         self.memory_budget = memory_budget  # bytes a step may need (a server's share); None: this machine's
         self.max_steps = max_steps  # a chunk of a longer run: pause (resumably) after this many steps
+        self.should_pause = should_pause or (lambda: False)  # e.g. a server's fair share: others are waiting
         self.callbacks: list[Callable[[Event], None]] = []
         self.last_path = self.run_dir / "last.safetensors"
         self.best_path = self.run_dir / "best.safetensors"
@@ -268,7 +270,7 @@ class Trainer:
             if self._stop_everywhere(p):
                 reason = "time_limit" if self._over_time() else "stopped"
                 break
-            if steps_left is not None and steps_left <= 0 and epoch < p.cfg.train.epochs:
+            if epoch < p.cfg.train.epochs and ((steps_left is not None and steps_left <= 0) or self.should_pause()):
                 reason = "paused"
                 break
         distributed.barrier(p.world)  # no process leaves while process 0 still writes
@@ -373,7 +375,7 @@ class Trainer:
             if self._stop_everywhere(p):
                 out.stopped = True
                 break
-            if steps_left is not None and out.steps >= steps_left:
+            if (steps_left is not None and out.steps >= steps_left) or (out.steps and self.should_pause()):
                 out.paused = True
                 break
             out.lr = lr_at(state.step, p.total_steps, p.cfg.train.lr, p.cfg.train.schedule)
