@@ -35,7 +35,7 @@ from segdemo.losses import SegLoss, class_weights_from_counts
 from segdemo.metrics import metrics_from_confusion
 from segdemo.model import PretrainedUnavailable, build_model, count_parameters
 from segdemo.speedups import Speedups, choose_speedups, pick_device, prepare_model
-from segdemo.transforms import to_tensor, train_transform
+from segdemo.transforms import normalise, train_transform
 
 log = logging.getLogger(__name__)
 PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them small
@@ -200,6 +200,7 @@ class Trainer:
         resume: bool = False,
         memory_budget: int | None = None,
         max_steps: int | None = None,
+        should_pause: Callable[[], bool] | None = None,
     ):
         self.config = copy.deepcopy(config)
         self.run_dir = Path(run_dir)
@@ -208,6 +209,7 @@ class Trainer:
         self.resume = resume
         self.memory_budget = memory_budget  # bytes a step may need (a server's share); None: this machine's
         self.max_steps = max_steps  # a chunk of a longer run: pause (resumably) after this many steps
+        self.should_pause = should_pause or (lambda: False)  # e.g. a server's fair share: others are waiting
         self.callbacks: list[Callable[[Event], None]] = []
         self.last_path = self.run_dir / "last.safetensors"
         self.best_path = self.run_dir / "best.safetensors"
@@ -268,7 +270,7 @@ class Trainer:
             if self._stop_everywhere(p):
                 reason = "time_limit" if self._over_time() else "stopped"
                 break
-            if steps_left is not None and steps_left <= 0 and epoch < p.cfg.train.epochs:
+            if epoch < p.cfg.train.epochs and ((steps_left is not None and steps_left <= 0) or self.should_pause()):
                 reason = "paused"
                 break
         distributed.barrier(p.world)  # no process leaves while process 0 still writes
@@ -373,7 +375,7 @@ class Trainer:
             if self._stop_everywhere(p):
                 out.stopped = True
                 break
-            if steps_left is not None and out.steps >= steps_left:
+            if (steps_left is not None and out.steps >= steps_left) or (out.steps and self.should_pause()):
                 out.paused = True
                 break
             out.lr = lr_at(state.step, p.total_steps, p.cfg.train.lr, p.cfg.train.schedule)
@@ -393,7 +395,7 @@ class Trainer:
         """One optimiser step on one batch; returns the batch's loss."""
         for g in p.opt.param_groups:
             g["lr"] = lr
-        x = to_tensor(images.numpy(), p.cfg.data.mean, p.cfg.data.std).to(p.sp.device, non_blocking=True)
+        x = normalise(images.to(p.sp.device, non_blocking=True), p.cfg.data.mean, p.cfg.data.std)
         if p.sp.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = masks.to(p.sp.device, non_blocking=True)

@@ -124,14 +124,22 @@ def quota_message(e: BaseException, what: str) -> str:
 # -- predict ------------------------------------------------------------------------------------------
 
 
+def app_device() -> str:
+    """Where the app's own process keeps a model: "cpu" on ZeroGPU, where CUDA is only emulated outside
+    @spaces.GPU functions (a model moved to "cuda" from a request's thread fails there) and the worker moves
+    its copy to the GPU; else "auto", the GPU when there is one."""
+    return "cpu" if zero_gpu() else "auto"
+
+
+
 @gpu(duration=PREDICT_S)
 def _predict_on_gpu(predictor, image, target, alpha, probabilities):
     if spaces is not None and zero_gpu():  # in ZeroGPU's worker with the GPU lent: a pickled copy, move it freely
         import torch
 
         if torch.cuda.is_available():
-            predictor.model.to("cuda")
             predictor.device = torch.device("cuda")
+            predictor.model.to(predictor.device)
     try:
         return predictor.predict(image, target=target, alpha=alpha, probabilities=probabilities)
     except DataError as e:  # ZeroGPU turns an exception into a bare "worker error": bring the sentence back
@@ -201,6 +209,7 @@ def train_in_chunks(
     *,
     splits: Splits | None = None,
     stop: threading.Event | None = None,
+    should_pause: Callable[[], bool] | None = None,
     on_event: Callable[[Event], None] | None = None,
     memory_budget: int | None = None,
     steps: int | None = None,
@@ -209,7 +218,8 @@ def train_in_chunks(
     chunk_fn: Callable[[Chunk], Iterator[Event]] | None = None,
 ) -> Done | Failed:
     """Train a run to the end as a chain of chunk_fn calls; returns (and sends to on_event) the final Done or
-    Failed, as Trainer.run() does.
+    Failed, as Trainer.run() does, or Done("paused") when should_pause() says so after a chunk (the job
+    manager's fair share: the run gives its slot to another address's and resumes later).
 
     stop: the job's Stop flag. steps: per chunk (default chunk_steps()). context: the Train click's, so spaces
     bills each chunk to the visitor who pressed Train (a job runs in its own thread, where Gradio's request is
@@ -220,6 +230,7 @@ def train_in_chunks(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     stop = stop or threading.Event()
+    should_pause = should_pause or (lambda: False)
     chunk_fn = chunk_fn or train_chunk  # looked up now, so a test can put a double in its place
     on_event = on_event or (lambda ev: None)
     steps = steps or chunk_steps() or DEFAULT_CHUNK_STEPS
@@ -269,6 +280,8 @@ def train_in_chunks(
             if trained and t_started is not None:  # time per step measured on this chunk, for the next call
                 s_per_step = (time.monotonic() - t_started) / trained
             paused = last
+            if should_pause() and not stop.is_set():
+                return finish(paused)
     finally:
         watcher.close()
         stop_file.unlink(missing_ok=True)

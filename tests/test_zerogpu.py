@@ -78,19 +78,25 @@ def test_without_spaces_the_decorator_is_a_no_op_too(monkeypatch):
 
 def test_the_space_starts_with_gpu_functions_under_real_zerogpu_emulation(tmp_path):
     """spaces in ZeroGPU mode (torch's CUDA emulated, as on a Space before launch) wraps our functions at import of
-    app.py; a ZeroGPU Space with none refuses to start."""
+    app.py (a ZeroGPU Space with none refuses to start), and Predict's model loads where CUDA is emulated."""
     code = (
-        "import app, spaces.zero.decorator as d\n"
+        "import threading, app, spaces.zero.decorator as d\n"
         "from segdemo import zerogpu\n"
+        "from segdemo.assets import SHIPPED_CHECKPOINT, asset\n"
+        # Predict loads its model in a request's thread, where CUDA is emulated only on the main thread
+        "out = []\n"
+        "t = threading.Thread(target=lambda: out.append(app.demo.segdemo_ctx.predictor(asset(SHIPPED_CHECKPOINT))))\n"
+        "t.start(); t.join()\n"
         "print(len(d.decorated_cache), hasattr(zerogpu.train_chunk, 'zerogpu'),"
-        " hasattr(zerogpu._predict_on_gpu, 'zerogpu'))\n"
+        " hasattr(zerogpu._predict_on_gpu, 'zerogpu'), out[0].device)\n"
     )
     env = {**os.environ, "SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9",
            "SEGDEMO_RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-3:] == ["4", "True", "True"]  # two functions, each cached under two keys
+    # two functions, each cached under two keys; the app's own copy of a model stays on the CPU
+    assert out.stdout.split()[-4:] == ["4", "True", "True", "cpu"]
 
 
 # -- predict -------------------------------------------------------------------------------------------------
@@ -200,10 +206,10 @@ def whole(tmp_path_factory):
 
 @pytest.fixture
 def jobs(tmp_path, monkeypatch):
-    def make(steps: int, double: Isolated) -> JobManager:
+    def make(steps: int, double: Isolated, **kw) -> JobManager:
         monkeypatch.setenv("SEGDEMO_TRAIN_CHUNK_STEPS", str(steps))
         monkeypatch.setattr(zerogpu, "train_chunk", double)
-        made.append(JobManager(tmp_path / "runs", reaper=False))
+        made.append(JobManager(tmp_path / "runs", reaper=False, **kw))
         return made[-1]
 
     made: list[JobManager] = []
@@ -301,3 +307,20 @@ def test_out_of_quota_fails_with_the_visitors_sentence_and_keeps_the_checkpoint(
     resumed = zerogpu.train_in_chunks(tiny_config(epochs=3), job.run_dir, resume=True, steps=5,
                                       chunk_fn=REAL_TRAIN_CHUNK)
     assert resumed.reason == "finished" and _metrics(job.run_dir) == whole
+
+
+def test_chunked_runs_take_turns_on_one_slot_and_each_equals_one_run(jobs, whole):
+    """The fair share (fair_slice_s) works between chunks: a run gives its slot to another address's waiting
+    run after a chunk, resumes at its next turn, and still computes what one run computes."""
+    double = Isolated()
+    jm = jobs(5, double, max_concurrent=1, fair_slice_s=0)
+    a = jm.submit(OWNER, tiny_config(epochs=3), client="10.0.0.1")
+    b = jm.submit("owner-b", tiny_config(epochs=3), client="10.0.0.2")
+    _finish(a), _finish(b)
+    assert a.status == DONE and b.status == DONE, (a.message, b.message)
+    ran = [Path(c.run_dir).name for c in double.calls]
+    assert ran[:2] == [a.id, b.id] and ran.count(a.id) == ran.count(b.id) == 3  # alternating turns
+    for job in (a, b):
+        assert sum(isinstance(e, Started) for e in job.events) == 1
+        assert [e.epoch for e in job.events if isinstance(e, EpochEnd)] == [1, 2, 3]
+        assert _metrics(job.run_dir) == whole

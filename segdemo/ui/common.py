@@ -120,6 +120,7 @@ class AppContext:
 
     def predictor(self, path: str | Path):
         """A Predictor for a checkpoint file, kept in a small LRU keyed by path, size and mtime."""
+        from segdemo import zerogpu
         from segdemo.predict import Predictor
 
         p = Path(path)
@@ -129,7 +130,7 @@ class AppContext:
             if key in self._predictors:
                 self._predictors.move_to_end(key)
                 return self._predictors[key]
-        pred = Predictor.from_path(p, max_predict_bytes=self.predict_budget)
+        pred = Predictor.from_path(p, max_predict_bytes=self.predict_budget, device=zerogpu.app_device())
         with self._lock:
             self._predictors[key] = pred
             while len(self._predictors) > 6:
@@ -358,6 +359,17 @@ def run_label(job) -> str:
         f"best val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
     )
     return f"Your run from {when} ({job.status}, {best})"
+
+
+def export_onnx_zip(ctx: AppContext, checkpoint: Path) -> Path:
+    """A checkpoint as ONNX + meta.json + predict_onnx.py in one zip, in a scratch folder Gradio may serve."""
+    from segdemo.export import ExportError, export_zip
+
+    out = ctx.scratch("exports") / f"{safe_stem(checkpoint.stem) or 'model'}-onnx.zip"
+    try:
+        return export_zip(checkpoint, out, "onnx")
+    except ExportError as e:  # the onnx package missing, or an export that disagrees with PyTorch
+        raise user_error(str(e)) from None
 
 
 def model_choices(ctx: AppContext, owner: str | None) -> list[tuple[str, str]]:
