@@ -74,7 +74,8 @@ def save_checkpoint(
         "config": config.to_dict(),
         "classes": classes.to_dict(),
         "normalization": {"mean": list(config.data.mean), "std": list(config.data.std),
-                          "image_size": config.data.image_size},
+                          "image_size": config.data.image_size, "resize": config.data.resize,
+                          "window": config.data.window},  # the scale Predict reproduces (also in config)
         "metrics": metrics or {},
         "training_state": training_state,
     }
@@ -172,7 +173,7 @@ def load_checkpoint(path: str | Path, *, max_predict_bytes: int | None = None) -
 
 def _config_from_meta(path: Path, meta: dict[str, Any]) -> tuple[RunConfig, ClassSet]:
     try:
-        config = RunConfig.from_dict(meta["config"])
+        config = RunConfig.from_stored(meta["config"])
         config.validate()
         classes = ClassSet.from_dict(meta["classes"])
         expected_out = 1 if config.train.loss == "bce" else classes.num_classes
@@ -219,7 +220,11 @@ def _check_table(path: Path, table: dict[str, Any], expected: dict[str, tuple], 
 
 
 def _check_header_length(path: Path, head: bytes, size: int) -> int:
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+    # a safetensors header whose length ends in byte 0x80 (1 in 256 of them) starts like a pickle: only an
+    # implausible length marks a pickle or zip
+    plausible = 0 <= n <= min(MAX_HEADER_BYTES, size - 8)
+    if not plausible and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise CheckpointError(
             f"{path.name} looks like a PyTorch pickle (.pt/.pth). Pickles can run code when loaded, so "
             "segdemo refuses them; use a .safetensors checkpoint saved by segdemo"
