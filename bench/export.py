@@ -95,7 +95,7 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
         logits = session.run(None, {"image": script.preprocess(image, meta)})[0][0]
         return script.to_mask(logits, *image.shape[:2])
 
-    x = to_tensor(eval_resize(make_sample(np.random.default_rng(1), size)[0], size)[None], cfg.data.mean,
+    x = to_tensor(eval_resize(make_sample(np.random.default_rng(1), size)[0], cfg.data)[None], cfg.data.mean,
                   cfg.data.std)
 
     def torch_forward():

@@ -101,25 +101,44 @@ def _first_level_width(cfg: ModelConfig) -> int:
     return cfg.width if cfg.encoder == "unet" else max(cfg.width, RESNET_WIDTH // 2)
 
 
+def _eval_pixels(cfg: RunConfig) -> tuple[int, int, int]:
+    """(pixels the net sees at once predicting one image, the same in an evaluation batch, pixels of one scaled
+    image's class scores).
+
+    Evaluation and prediction run the whole image at the training scale (evaluate.forward_scaled), which for a
+    "short" scale can be up to transforms.MAX_ASPECT times the square; a sliding window bounds the net's part."""
+    from segdemo.evaluate import max_batch_pixels
+    from segdemo.transforms import max_scaled_pixels
+
+    whole = max_scaled_pixels(cfg.data)
+    one = min(whole, cfg.data.window**2) if cfg.data.window else whole
+    return one, max(one, min(whole, max_batch_pixels(cfg))), whole
+
+
 def training_bytes(cfg: RunConfig, num_classes: int | None = None) -> int:
-    """Peak memory of one training step: weights and optimiser state, activations, loss, the batch."""
-    m, pixels = cfg.model, cfg.data.image_size**2
+    """Peak memory of a run: weights and optimiser state, plus the larger of one training step (activations,
+    loss, the batch, all at the crop size) and one evaluation pass on whole scaled images."""
+    m, pixels = cfg.model, cfg.data.crop**2
     k = num_classes or m.num_classes
     b = cfg.train.batch_size
     params = parameter_count(dataclasses.replace(m, num_classes=k)) * OPTIMISER_COPIES * FLOAT
     act = TRAIN_ACTIVATION_FLOATS * _first_level_width(m) * pixels * b * FLOAT
     loss = LOSS_FLOATS_PER_CLASS * k * pixels * b * FLOAT
     batch = pixels * b * (3 * FLOAT + 8)  # normalised images + int64 masks
-    return params + act + loss + batch
+    _, net_px, score_px = _eval_pixels(cfg)
+    evaluation = (INFER_ACTIVATION_FLOATS * _first_level_width(m) * net_px + 2 * k * max(net_px, score_px)) * FLOAT
+    return params + max(act + loss + batch, evaluation + OUTPUT_BAND_BYTES * 2)
 
 
 def inference_bytes(cfg: RunConfig, out_pixels: int = 0, num_classes: int | None = None) -> int:
-    """Peak memory of predicting one image: weights, activations at the model's input size, and the class
-    scores up-sampled to the output size (in bands, so at most OUTPUT_BAND_BYTES of them at once)."""
-    m, pixels = cfg.model, cfg.data.image_size**2
+    """Peak memory of predicting one image: weights, activations of the whole image at the training scale (or
+    of one sliding window), its class scores at that scale, and the scores up-sampled to the output size (in
+    bands, so at most OUTPUT_BAND_BYTES of them at once)."""
+    m = cfg.model
     k = num_classes or m.num_classes
+    net_px, _, score_px = _eval_pixels(cfg)
     params = parameter_count(dataclasses.replace(m, num_classes=k)) * FLOAT
-    act = INFER_ACTIVATION_FLOATS * _first_level_width(m) * pixels * FLOAT + 2 * k * pixels * FLOAT
+    act = INFER_ACTIVATION_FLOATS * _first_level_width(m) * net_px * FLOAT + 2 * k * score_px * FLOAT
     out = min(OUTPUT_BAND_BYTES * 2, 2 * k * out_pixels * FLOAT) + out_pixels * 24  # + mask, colour, overlay
     return params + act + out
 
@@ -131,7 +150,8 @@ def check_training(cfg: RunConfig, budget: int, num_classes: int | None = None) 
         raise BudgetError(
             f"these settings need about {gib(need)} of memory to train, and this server allows {gib(budget)} "
             f"per run. Lower the batch size (now {cfg.train.batch_size}), the image size (now "
-            f"{cfg.data.image_size} px) or the width (now {cfg.model.width}); a host can raise the limit "
+            f"{cfg.data.image_size} px, crop {cfg.data.crop} px) or the width (now {cfg.model.width}); a host can "
+            "raise the limit "
             "with SEGDEMO_MEMORY_BUDGET_MB"
         )
     return need

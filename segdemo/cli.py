@@ -50,7 +50,9 @@ def cmd_train(args) -> int:
     cfg = gpu_preset() if args.preset == "gpu" else quick_cpu_preset()
     d, m, t = cfg.data, cfg.model, cfg.train
     d.source = args.data
-    _set(d, image_size=args.image_size, seed=args.seed, classes_file=args.classes, pet_mode=args.pet_mode,
+    _set(d, image_size=args.image_size, resize=args.resize, crop_size=args.crop_size, window=args.window,
+         scale_range=tuple(args.scale_range) if args.scale_range else None, seed=args.seed, classes_file=args.classes,
+         pet_mode=args.pet_mode,
          max_train_images=args.max_train_images, val_fraction=args.val_fraction)
     d.augment = not args.no_augment
     d.download = args.download
@@ -281,7 +283,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help=preset("images per step", lambda c: c.train.batch_size))
     t.add_argument("--lr", type=float, help=preset("peak learning rate", lambda c: c.train.lr))
     t.add_argument("--image-size", type=int,
-                   help=preset("training size in pixels (square)", lambda c: c.data.image_size))
+                   help=preset("training scale in pixels: the --resize side of every image becomes this, aspect "
+                               "ratio kept", lambda c: c.data.image_size))
+    t.add_argument("--resize", choices=["short", "long", "square"],
+                   help=preset("which side --image-size sets (square: squash, as checkpoints before aspect-kept "
+                               "geometry did)", lambda c: c.data.resize))
+    t.add_argument("--crop-size", type=int,
+                   help="square training crop in pixels, padded with the ignore index where the image is smaller "
+                        "(default: the image size)")
+    t.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help=preset("random scale jitter for training", lambda c: " ".join(map(str, c.data.scale_range))))
+    t.add_argument("--window", type=int,
+                   help="sliding window (pixels at the training scale) for evaluating and predicting images larger "
+                        "than it (default: the whole image in one pass)")
     t.add_argument("--loss", choices=["ce", "weighted_ce", "dice", "ce_dice", "bce"],
                    help=preset("training loss", lambda c: c.train.loss))
     t.add_argument("--width", type=int, help=preset("channels of the first U-Net level", lambda c: c.model.width))

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+RESIZE_MODES = ("short", "long", "square")
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "bce")
 ENCODERS = ("unet", "resnet18", "resnet34")
 
@@ -13,8 +14,16 @@ ENCODERS = ("unet", "resnet18", "resnet34")
 @dataclass
 class DataConfig:
     source: str = "builtin"  # "builtin", "oxford-pet", a folder dataset or a .zip of one
-    image_size: int = 64  # the model sees images resized to this square; the built-in data is drawn at 128
-    # and predictions come back at each image's own size. 64 keeps a CPU run near a minute.
+    image_size: int = 64  # the scale: the model sees images resized so that their `resize` side is this many
+    # px, aspect ratio kept; predictions come back at each image's own size. The built-in data is drawn
+    # square at 128, so it trains at 64x64. 64 keeps a CPU run near a minute.
+    resize: str = "short"  # which side image_size sets: "short", "long", or "square" (squash to image_size
+    # x image_size: how checkpoints from before aspect-kept geometry were trained; they load as "square")
+    crop_size: int | None = None  # square training crop, padded with the ignore index where the scaled image
+    # is smaller; None: image_size. Evaluation and prediction always see the whole scaled image.
+    scale_range: tuple[float, float] = (0.8, 1.25)  # random scale jitter for training (with augment on)
+    window: int | None = None  # sliding-window side (model px) for evaluation and prediction of images whose
+    # scaled size exceeds it; None: the whole image in one pass
     augment: bool = True  # flips, small scale/rotate, brightness/contrast on the train split only
     val_fraction: float = 0.2  # used only when the source has no val/ split of its own
     seed: int = 0  # fixes the built-in data and any seeded split
@@ -26,6 +35,11 @@ class DataConfig:
     max_train_images: int | None = None  # cap for quick runs on big folders
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet statistics, which pretrained
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # encoders expect and small nets don't mind
+
+    @property
+    def crop(self) -> int:
+        """The side of the square training crop."""
+        return self.crop_size or self.image_size
 
 
 @dataclass
@@ -67,6 +81,15 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_stored(cls, d: dict[str, Any]) -> RunConfig:
+        """from_dict for a config a checkpoint or job record stored: one written before aspect-kept geometry
+        has no `resize` field, and its model was trained (and must predict) on images squashed square."""
+        data = d.get("data", {})
+        if "resize" not in data:
+            d = {**d, "data": {**data, "resize": "square", "scale_range": [1.0, 1.0]}}
+        return cls.from_dict(d)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Rebuild from a dict; unknown keys are refused so a typo never passes silently."""
         return cls(
@@ -94,6 +117,15 @@ class RunConfig:
             raise ValueError(f"learning rate must be between 0 and 1, got {t.lr}")
         if not 32 <= dc.image_size <= 1024:
             raise ValueError(f"image size must be between 32 and 1024, got {dc.image_size}")
+        if dc.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {dc.resize!r}")
+        if dc.crop_size is not None and not 32 <= dc.crop_size <= 1024:
+            raise ValueError(f"crop size must be between 32 and 1024, got {dc.crop_size}")
+        lo, hi = dc.scale_range
+        if not 0.25 <= lo <= hi <= 4:
+            raise ValueError(f"scale range must satisfy 0.25 <= low <= high <= 4, got {lo}..{hi}")
+        if dc.window is not None and not 32 <= dc.window <= 4096:
+            raise ValueError(f"sliding window must be between 32 and 4096 px, got {dc.window}")
         if t.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
         if t.channels_last not in ("auto", "on", "off"):

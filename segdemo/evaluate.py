@@ -1,4 +1,5 @@
-"""Honest evaluation: predict at the model's size, up-sample logits to each mask's own size, one confusion matrix."""
+"""Honest evaluation: predict on the whole image at the training scale, up-sample logits to each mask's own size,
+one confusion matrix."""
 
 from __future__ import annotations
 
@@ -33,25 +34,71 @@ def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1)
 
 
-def forward_small(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
-                  autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
-    """(N, C, s, s) float32 logits for images resized to the training size s."""
-    size = config.data.image_size
-    x = to_tensor(np.stack([eval_resize(im, size) for im in images]), config.data.mean, config.data.std).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        logits = model(x)
-    return logits.float()
+def forward_scaled(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
+                   autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[torch.Tensor]:
+    """Float32 logits (1, C, h, w) per image, each run whole at the training scale (transforms.scaled_size).
+
+    Images of one scaled size share a forward pass, at most max_batch_pixels() pixels at a time; sizes differ
+    on real photos, so the simple rule is: group by size, never pad one image to another's size. With
+    config.data.window set, an image larger than the window runs as overlapping windows (sliding_window)."""
+    d = config.data
+    scaled = [eval_resize(im, d) for im in images]
+    out: list[torch.Tensor | None] = [None] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, x in enumerate(scaled):
+        groups.setdefault(x.shape[:2], []).append(i)
+    limit = max_batch_pixels(config)
+    for (h, w), idx in groups.items():
+        step = max(1, limit // (h * w))
+        for k in range(0, len(idx), step):
+            part = idx[k : k + step]
+            x = to_tensor(np.stack([scaled[i] for i in part]), d.mean, d.std).to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                if d.window and max(h, w) > d.window:
+                    logits = torch.cat([sliding_window(model, x[j : j + 1], d.window) for j in range(len(part))])
+                else:
+                    logits = model(x)
+            for j, i in enumerate(part):
+                out[i] = logits[j : j + 1].float()
+    return out
+
+
+def max_batch_pixels(config: RunConfig) -> int:
+    """Pixels one evaluation forward pass may hold: 4 training batches' worth (inference keeps about a quarter of
+    training's floats per pixel, budget.py), and never less than one whole image."""
+    return 4 * config.train.batch_size * config.data.crop**2
+
+
+def sliding_window(model: nn.Module, x: torch.Tensor, window: int) -> torch.Tensor:
+    """(1, 3, H, W) -> (1, C, H, W) logits from window x window tiles overlapping by a third, averaged where
+    they overlap: an image much larger than the training crop runs in the memory of one tile."""
+    h, w = x.shape[-2:]
+    stride = max(1, window * 2 // 3)
+
+    def starts(n):
+        return [0] if n <= window else sorted({*range(0, n - window, stride), n - window})
+
+    total = count = None
+    for y in starts(h):
+        for x0 in starts(w):
+            tile = model(x[..., y : y + window, x0 : x0 + window]).float()
+            if total is None:
+                total = torch.zeros((1, tile.shape[1], h, w), device=x.device)
+                count = torch.zeros((1, 1, h, w), device=x.device)
+            total[..., y : y + tile.shape[-2], x0 : x0 + tile.shape[-1]] += tile
+            count[..., y : y + tile.shape[-2], x0 : x0 + tile.shape[-1]] += 1
+    return total / count
 
 
 def forward_resized(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
                     autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[torch.Tensor]:
-    """Run the model on images resized to the training size; return float32 logits at each image's own size.
+    """Run the model on each whole image at the training scale; return float32 logits at each image's own size.
 
     Full-size scores take classes x pixels x 4 bytes: labels_at_size() gets the labels in bounded memory."""
-    logits = forward_small(model, images, config, device, autocast_dtype, channels_last)
-    return [upsample(logits[i : i + 1], im.shape[:2]) for i, im in enumerate(images)]
+    logits = forward_scaled(model, images, config, device, autocast_dtype, channels_last)
+    return [upsample(lg, im.shape[:2]) for lg, im in zip(logits, images, strict=True)]
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -92,7 +139,7 @@ def _loss_at_size(loss_fn: nn.Module, logits: torch.Tensor, mask: np.ndarray, de
         import cv2
 
         h, w = max(1, int(h / f)), max(1, int(w / f))
-        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     target = torch.from_numpy(mask.astype(np.int64)).to(device)[None]
     if not (target != IGNORE).any():
         return float("nan")
@@ -132,9 +179,8 @@ def evaluate_model(
                 break
             idx = todo[start : start + batch_size]
             pairs = [source.load(i) for i in idx]
-            logits = forward_small(model, [p[0] for p in pairs], config, device, autocast_dtype, channels_last)
-            for j, (i, (image, mask)) in enumerate(zip(idx, pairs, strict=True)):
-                lg = logits[j : j + 1]
+            logits = forward_scaled(model, [p[0] for p in pairs], config, device, autocast_dtype, channels_last)
+            for i, (image, mask), lg in zip(idx, pairs, logits, strict=True):
                 pred = labels_at_size(lg, mask.shape)
                 if i in wanted:
                     previews.append((source.name(i), image, mask, pred.to(torch.uint8).cpu().numpy()))

@@ -10,8 +10,10 @@ The exported model is the U-Net alone, wrapped so that it takes any height and w
                      H and W free (at least meta.json's input.min_size), N free
     output "logits": (N, C, H, W) float32 class scores at the input's size (C = 1: one binary logit, > 0 is class 1)
 
-Prediction as segdemo does it (segdemo/evaluate.py forward_resized) resizes the image to the training size
-(OpenCV INTER_AREA, square), runs the model, up-samples the logits bilinearly (align_corners=False) to the
+Prediction as segdemo does it (segdemo/evaluate.py forward_resized) resizes the image to the training scale
+(OpenCV INTER_AREA; its short or long side to image_size, aspect ratio kept; square only for checkpoints from
+before that, transforms.scaled_size), runs the model on the whole image (or in overlapping windows when the
+run set one), up-samples the logits bilinearly (align_corners=False) to the
 image's own size and takes the argmax. The predict script written beside the model does exactly that with
 numpy and Pillow only; meta.json names every number it needs.
 """
@@ -36,8 +38,16 @@ import segdemo
 from segdemo.checkpoint import Checkpoint, load_checkpoint, replace_file, resolve_checkpoint
 from segdemo.data.base import IGNORE
 from segdemo.model import UNet
+from segdemo.transforms import MAX_ASPECT
 
 FORMATS = ("onnx", "torchscript")
+_AREA = "OpenCV INTER_AREA (cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))"
+_RESIZE_TEXT = {  # meta.json's sentence for each DataConfig.resize rule (transforms.scaled_size)
+    "short": f"aspect ratio kept: the short side to image_size, the long side at most max_aspect x image_size; "
+             f"each side rounded to the nearest pixel; {_AREA}",
+    "long": f"aspect ratio kept: the long side to image_size; each side rounded to the nearest pixel; {_AREA}",
+    "square": f"to image_size x image_size, whatever the aspect ratio; {_AREA}",
+}
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 SCRIPTS = {"onnx": "predict_onnx.py", "torchscript": "predict_torchscript.py"}
 OPSET = 17
@@ -172,8 +182,10 @@ def export_meta(ck: Checkpoint, source: Path, fmt: str) -> dict[str, Any]:
         "ignore_index": IGNORE,  # in segdemo's masks; a prediction never holds it
         "preprocessing": {
             "image_size": cfg.data.image_size,
-            "resize": "to image_size x image_size, OpenCV INTER_AREA (cv2.resize(image, (s, s), "
-                      "interpolation=cv2.INTER_AREA)), whatever the aspect ratio",
+            "resize_mode": cfg.data.resize,
+            "max_aspect": MAX_ASPECT,
+            "window": cfg.data.window,
+            "resize": _RESIZE_TEXT[cfg.data.resize],
             "max_value": 255,
             "mean": list(cfg.data.mean),
             "std": list(cfg.data.std),

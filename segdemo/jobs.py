@@ -707,7 +707,7 @@ class JobManager:
         for rec_path in self.root_dir.glob("*/job.json"):
             try:
                 doc = json.loads(rec_path.read_text())
-                job = Job(doc["id"], doc["owner_key"], RunConfig.from_dict(doc["config"]), rec_path.parent)
+                job = Job(doc["id"], doc["owner_key"], RunConfig.from_stored(doc["config"]), rec_path.parent)
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             if job.id != rec_path.parent.name:
@@ -751,7 +751,7 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
 
         meta = read_meta(best)
         classes = ClassSet.from_dict(meta["classes"])
-        cfg = RunConfig.from_dict(meta["config"])
+        cfg = RunConfig.from_stored(meta["config"])
         events.append(
             Started(
                 str(run_dir),

@@ -10,7 +10,7 @@ import torch
 
 from segdemo.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from segdemo.data.base import IGNORE, DataError
-from segdemo.evaluate import forward_small, labels_at_size, upsample
+from segdemo.evaluate import forward_scaled, labels_at_size, upsample
 from segdemo.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
 from segdemo.viz import colorize, error_map, overlay
 
@@ -56,7 +56,7 @@ class Predictor:
         (evaluate.labels_at_size) and probabilities, when asked for, at a reduced size."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(f"expected an RGB uint8 image, got shape {image.shape} {image.dtype}")
-        logits = forward_small(self.model, [image], self.config, self.device)
+        logits = forward_scaled(self.model, [image], self.config, self.device)[0]
         mask = labels_at_size(logits, image.shape[:2]).to(torch.uint8).cpu().numpy()
         probs = self._probabilities(logits, image.shape[:2]) if probabilities else None
         k = self.classes.num_classes

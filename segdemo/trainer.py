@@ -344,7 +344,7 @@ class Trainer:
     def _speedups(self, cfg: RunConfig, state: LoopState, world: World) -> Speedups:
         """Measure (or take what the run measured when it began: a resumed run keeps its precision, so a run
         in chunks computes what one run would); every process uses process 0's choice."""
-        sp = choose_speedups(cfg.model, cfg.train, cfg.data.image_size) if state.precision is None else None
+        sp = choose_speedups(cfg.model, cfg.train, cfg.data.crop) if state.precision is None else None
         if sp is not None and state.precision is None:
             state.precision = [None if sp.autocast_dtype is None else str(sp.autocast_dtype)[6:], sp.channels_last]
         if sp is None:

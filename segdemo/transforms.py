@@ -1,4 +1,10 @@
-"""Albumentations pipelines: geometry is applied to image and mask together, masks with nearest-neighbour."""
+"""Albumentations pipelines: geometry is applied to image and mask together, masks with nearest-neighbour.
+
+Geometry, as segmentation codebases do it: an image is resized by a scale (its short or long side to
+`image_size`, aspect ratio kept), training then jitters that scale and takes a random square crop (padding
+with the ignore index where the image is smaller, never with a class), and evaluation and prediction run
+the fully convolutional net on the whole scaled image. Old checkpoints ("square") squash to a square.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +20,73 @@ import torch  # noqa: E402
 from segdemo.config import DataConfig  # noqa: E402
 from segdemo.data.base import IGNORE  # noqa: E402
 
+MAX_ASPECT = 8  # a scaled image's long side is at most this many times image_size: a 40000x1 strip must not
+# become a 64 x 2.5-million-pixel input (budget.py counts on this bound)
+
+
+def scaled_size(h: int, w: int, cfg: DataConfig) -> tuple[int, int]:
+    """(height, width) at which the model sees an h x w image."""
+    s = cfg.image_size
+    if cfg.resize == "square":
+        return s, s
+    f = s / (min(h, w) if cfg.resize == "short" else max(h, w))
+    f = min(f, MAX_ASPECT * s / max(h, w))
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def max_scaled_pixels(cfg: DataConfig) -> int:
+    """The most pixels scaled_size() can give, whatever the image (for memory estimates)."""
+    s = cfg.image_size
+    return s * s * (MAX_ASPECT if cfg.resize == "short" else 1)
+
+
+def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == size:
+        return image
+    # INTER_AREA both ways, as before aspect-kept geometry: old checkpoints predict exactly as they did, and
+    # the exported scripts reproduce it in numpy (export_scripts/, area_weights)
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def _rescale(cfg: DataConfig):
+    """A Lambda step: image (INTER_AREA) and mask (nearest) to scaled_size(); the same size for both because
+    it depends only on their shared shape."""
+
+    def image(x, **_):
+        return _resize_image(x, scaled_size(*x.shape[:2], cfg))
+
+    def mask(m, **_):
+        size = scaled_size(*m.shape[:2], cfg)
+        # NEAREST_EXACT samples each output pixel's centre, on INTER_AREA's grid; plain INTER_NEAREST takes
+        # its top-left source pixel, up to half a source pixel off the image
+        return m if m.shape[:2] == size else cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+
+    return A.Lambda(image=image, mask=mask, name="rescale")
+
 
 def train_transform(cfg: DataConfig) -> A.Compose:
-    """Resize to the training size, then (if enabled) flip, scale/rotate a little, jitter brightness.
+    """Scale (aspect kept), jitter the scale, pad to the crop with IGNORE, random crop; then (if augment is on)
+    flip, rotate a little, jitter brightness. Every batch of a run is crop x crop, so batches stack.
 
-    Pixels that rotation brings in from outside the image are IGNORE in the mask, so the net is
+    Pixels that padding or rotation bring in from outside the image are IGNORE in the mask, so the net is
     never taught that the black border is a class.
     """
-    s = cfg.image_size
-    steps = [A.Resize(s, s, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
+    c = cfg.crop
+    steps = [_rescale(cfg)]
+    lo, hi = cfg.scale_range
+    if cfg.augment and (lo, hi) != (1.0, 1.0):
+        steps.append(A.RandomScale(scale_limit=(lo - 1, hi - 1), interpolation=cv2.INTER_LINEAR,
+                                   mask_interpolation=cv2.INTER_NEAREST_EXACT, area_for_downscale="image", p=1.0))
+    steps += [
+        A.PadIfNeeded(c, c, position="random" if cfg.augment else "center", border_mode=cv2.BORDER_CONSTANT,
+                      fill=0, fill_mask=IGNORE),
+        A.RandomCrop(c, c) if cfg.augment else A.CenterCrop(c, c),
+    ]
     if cfg.augment:
         steps += [
             A.HorizontalFlip(p=0.5),
-            A.Affine(scale=(0.85, 1.15), rotate=(-15, 15), translate_percent=(-0.05, 0.05),
+            # scale now comes from the jitter above; this adds the small rotation and shift
+            A.Affine(rotate=(-15, 15), translate_percent=(-0.05, 0.05),
                      mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0,
                      fill_mask=IGNORE, p=0.5),
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
@@ -34,11 +94,9 @@ def train_transform(cfg: DataConfig) -> A.Compose:
     return A.Compose(steps)
 
 
-def eval_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """The image as the model sees it at evaluation and prediction: square, `size` px."""
-    if image.shape[:2] == (size, size):
-        return image
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+def eval_resize(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """The whole image as the model sees it at evaluation and prediction: scaled by scaled_size()."""
+    return _resize_image(image, scaled_size(*image.shape[:2], cfg))
 
 
 def to_tensor(images: np.ndarray, mean, std) -> torch.Tensor:

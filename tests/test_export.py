@@ -126,7 +126,7 @@ def test_exported_model_matches_pytorch_on_odd_sizes(exported, predictor, fmt):
     run, cfg = runner(exported[fmt]), predictor.config
     for name, image in odd_crops():
         own = to_tensor(image[None], cfg.data.mean, cfg.data.std)  # dynamic H, W: the image's own size
-        resized = to_tensor(eval_resize(image, cfg.data.image_size)[None], cfg.data.mean, cfg.data.std)
+        resized = to_tensor(eval_resize(image, cfg.data)[None], cfg.data.mean, cfg.data.std)
         for x, what in ((own, f"{name} at its own size"), (resized, f"{name} resized")):
             with torch.inference_mode():
                 assert_logits_match(run(x), predictor.model(x), f"{fmt}, {what}")
@@ -136,7 +136,7 @@ def test_exported_model_matches_pytorch_on_odd_sizes(exported, predictor, fmt):
 def test_exported_model_matches_pytorch_on_real_photos(exported, predictor, fmt):
     photos = pet_photos()
     run, cfg = runner(exported[fmt]), predictor.config
-    batch = torch.cat([to_tensor(eval_resize(load_image(p), cfg.data.image_size)[None], cfg.data.mean,
+    batch = torch.cat([to_tensor(eval_resize(load_image(p), cfg.data)[None], cfg.data.mean,
                                  cfg.data.std) for p in photos])  # a batch of 4: N is free too
     with torch.inference_mode():
         assert_logits_match(run(batch), predictor.model(batch), f"{fmt}, {len(photos)} photos resized")

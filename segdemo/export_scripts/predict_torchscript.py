@@ -5,8 +5,9 @@
 For each image it writes NAME_mask.png (the class id of each pixel: 0, 1, 2...) and NAME_color.png (each
 class in its colour), both at the image's own size. It reads model.torchscript.pt and meta.json from its
 own folder. A TorchScript file is a program: load only ones you trust (an ONNX export is plain data).
-The steps are the ones segdemo's Predict uses: resize to the training size, normalise, run the model,
-resize the class scores back to the image's size, take the best class per pixel.
+The steps are the ones segdemo's Predict uses: resize to the training scale (aspect ratio kept, as meta.json's
+preprocessing says), normalise, run the model on the whole image (or in overlapping windows when meta.json
+sets one), resize the class scores back to the image's size, take the best class per pixel.
 """
 
 import argparse
@@ -48,12 +49,24 @@ def area_weights(n_in, n_out):
     return w
 
 
+def scaled_size(h, w, p):
+    """(height, width) the model sees an h x w image at: meta.json's preprocessing "resize" rule."""
+    s = p["image_size"]
+    if p.get("resize_mode", "square") == "square":
+        return s, s
+    f = s / (min(h, w) if p["resize_mode"] == "short" else max(h, w))
+    f = min(f, p["max_aspect"] * s / max(h, w))
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
 def resize_area(image, size):
-    """(H, W, 3) uint8 -> (size, size, 3) uint8, like cv2.resize(image, (size, size), interpolation=INTER_AREA)."""
-    rows, cols = area_weights(image.shape[0], size), area_weights(image.shape[1], size)
-    out = rows @ image.transpose(2, 0, 1).astype(np.float64) @ cols.T  # (3, size, size)
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 for size (h, w) (or an int: square), like cv2.resize(image, (w, h),
+    interpolation=cv2.INTER_AREA)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    rows, cols = area_weights(image.shape[0], h), area_weights(image.shape[1], w)
+    out = rows @ image.transpose(2, 0, 1).astype(np.float64) @ cols.T  # (3, h, w)
     # OpenCV rounds halves up when it halves both sides exactly, and to even otherwise
-    out = np.floor(out + 0.5) if image.shape[:2] == (2 * size, 2 * size) else np.rint(out)
+    out = np.floor(out + 0.5) if image.shape[:2] == (2 * h, 2 * w) else np.rint(out)
     return np.clip(out, 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
@@ -69,15 +82,37 @@ def bilinear_weights(n_in, n_out):
 
 
 def preprocess(image, meta):
-    """(H, W, 3) uint8 -> (1, 3, S, S) float32: resized to the training size S, scaled to 0..1, normalised."""
+    """(H, W, 3) uint8 -> (1, 3, h, w) float32: resized to the training scale, scaled to 0..1, normalised."""
     p = meta["preprocessing"]
-    x = resize_area(image, p["image_size"]).astype(np.float32) / np.float32(p["max_value"])
+    x = resize_area(image, scaled_size(image.shape[0], image.shape[1], p))
+    x = x.astype(np.float32) / np.float32(p["max_value"])
     x = (x - np.array(p["mean"], np.float32)) / np.array(p["std"], np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+def run_whole_or_windowed(run, x, meta):
+    """(C, h, w) class scores of x (1, 3, h, w): run(x) on the whole image, or, when meta.json's preprocessing
+    sets a window smaller than the image, on overlapping window x window tiles averaged where they overlap."""
+    window = meta["preprocessing"].get("window")
+    h, w = x.shape[2], x.shape[3]
+    if not window or max(h, w) <= window:
+        return run(x)
+    stride = max(1, window * 2 // 3)
+    ys = [0] if h <= window else sorted({*range(0, h - window, stride), h - window})
+    xs = [0] if w <= window else sorted({*range(0, w - window, stride), w - window})
+    total, count = None, np.zeros((h, w), np.float32)
+    for y in ys:
+        for x0 in xs:
+            tile = run(np.ascontiguousarray(x[:, :, y : y + window, x0 : x0 + window]))
+            if total is None:
+                total = np.zeros((tile.shape[0], h, w), np.float32)
+            total[:, y : y + tile.shape[1], x0 : x0 + tile.shape[2]] += tile
+            count[y : y + tile.shape[1], x0 : x0 + tile.shape[2]] += 1
+    return total / count
+
+
 def to_mask(logits, height, width):
-    """(C, S, S) class scores -> (height, width) uint8 class ids: scores resized to the image, best class wins."""
+    """(C, h, w) class scores -> (height, width) uint8 class ids: scores resized to the image, best class wins."""
     rows, cols = bilinear_weights(logits.shape[1], height), bilinear_weights(logits.shape[2], width)
     scores = rows @ logits @ cols.T  # (C, height, width)
     if scores.shape[0] == 1:  # a binary model: one score, above 0 means class 1
@@ -99,7 +134,8 @@ def main():
     for path in args.images:
         image = load_rgb(path)
         with torch.inference_mode():
-            logits = model(torch.from_numpy(preprocess(image, meta)))[0].numpy()
+            logits = run_whole_or_windowed(lambda x: model(torch.from_numpy(x))[0].numpy(), preprocess(image, meta),
+                                           meta)
         mask = to_mask(logits, image.shape[0], image.shape[1])
         stem = Path(path).stem
         Image.fromarray(mask).save(out / f"{stem}_mask.png")
