@@ -21,7 +21,7 @@ class DataConfig:
     # x image_size: how checkpoints from before aspect-kept geometry were trained; they load as "square")
     crop_size: int | None = None  # square training crop, padded with the ignore index where the scaled image
     # is smaller; None: image_size. Evaluation and prediction always see the whole scaled image.
-    scale_range: tuple[float, float] = (0.8, 1.25)  # random scale jitter for training (with augment on)
+    scale_range: tuple[float, float] = (0.85, 1.15)  # random scale jitter for training (augment on, half the images)
     window: int | None = None  # sliding-window side (model px) for evaluation and prediction of images whose
     # scaled size exceeds it; None: the whole image in one pass
     augment: bool = True  # flips, small scale/rotate, brightness/contrast on the train split only
