@@ -21,6 +21,7 @@ from functools import lru_cache
 import torch
 
 from segdemo.config import ModelConfig, RunConfig
+from segdemo.errors import BudgetError  # noqa: F401  (re-exported)
 
 FLOAT = 4  # bytes per float32
 TRAIN_ACTIVATION_FLOATS = 35  # per pixel per first-level channel, forward + saved for backward (fitted)
@@ -31,10 +32,6 @@ RESNET_WIDTH = 64  # a ResNet stem's channels at half resolution: count it like 
 MAX_PARAMETERS = 250_000_000  # a 1 GB checkpoint's worth (checkpoint.MAX_FILE_BYTES); ours are far smaller
 OUTPUT_BAND_BYTES = 64 << 20  # class scores are up-sampled to full size in bands of at most this
 PREDICT_CAP = 1 << 30
-
-
-class BudgetError(ValueError):
-    """A request needs more memory than this server allows; the message names the limit and what to lower."""
 
 
 def gib(n: float) -> str:

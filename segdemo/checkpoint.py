@@ -25,20 +25,13 @@ from torch import nn
 
 from segdemo.config import RunConfig
 from segdemo.data.base import ClassSet
+from segdemo.errors import CheckpointError, CheckpointWriteError  # noqa: F401  (re-exported)
 from segdemo.model import build_model
 
 FORMAT = "segdemo-checkpoint"
 VERSION = 1
 MAX_FILE_BYTES = 1 << 30  # 1 GiB: far above any U-Net we build, far below a memory-exhaustion attack
 MAX_HEADER_BYTES = 4 << 20  # the JSON + tensor table; ours are a few KB
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable segdemo checkpoint; the message says why and what to do."""
-
-
-class CheckpointWriteError(OSError):
-    """Saving failed (disk full, permissions); the previous checkpoint at that path is untouched."""
 
 
 @dataclass

@@ -11,11 +11,9 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from segdemo.errors import UserError, is_user_error
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it otherwise checks the internet for updates
-
-
-class UserError(Exception):
-    """A mistake the user can fix; printed as one line, exit code 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,18 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # user-level errors become one line; bugs keep their traceback
-        if not _is_user_error(e):
+    except Exception as e:  # user mistakes (segdemo.errors) become one line; bugs keep their traceback
+        if not is_user_error(e):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-def _is_user_error(e: Exception) -> bool:
-    from segdemo.checkpoint import CheckpointError, CheckpointWriteError
-    from segdemo.data.base import DataError
-
-    return isinstance(e, UserError | DataError | CheckpointError | CheckpointWriteError | FileNotFoundError)
 
 
 # -- train ------------------------------------------------------------------------------------------
@@ -60,10 +51,7 @@ def cmd_train(args) -> int:
         m.bilinear = args.upsample == "bilinear"
     _set(t, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, seed=args.seed,
          device=args.device, precision=args.precision, time_limit_s=args.time_limit, num_workers=args.workers)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise UserError(str(e)) from e
+    cfg.validate()  # a ConfigError: one line, exit code 2
     out = Path(args.out)
     if not args.resume and (out / "last.safetensors").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -161,7 +149,7 @@ def cmd_predict(args) -> int:
         try:
             image = load_image(path)
         except Exception as e:
-            if not _is_user_error(e):
+            if not is_user_error(e):
                 raise
             print(f"error: {e}", file=sys.stderr)
             failed += 1
@@ -205,12 +193,9 @@ def cmd_app(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from segdemo.export import ExportError, export_model
+    from segdemo.export import export_model
 
-    try:
-        res = export_model(args.checkpoint, args.out, fmt=args.format)
-    except ExportError as e:
-        raise UserError(str(e)) from e
+    res = export_model(args.checkpoint, args.out, fmt=args.format)  # ExportError: one line, exit code 2
     check = "not checked: onnxruntime is not installed" if res.max_abs_diff is None else (
         f"logits within {res.max_abs_diff:.1e} of PyTorch")
     print(f"exported {args.checkpoint} as {res.format} ({check}):")

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from segdemo.errors import ConfigError
+
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "bce")
 ENCODERS = ("unet", "resnet18", "resnet34")
 
@@ -76,37 +78,37 @@ class RunConfig:
         )
 
     def validate(self) -> None:
-        """Raise ValueError with a sentence that says what to change."""
+        """Raise ConfigError with a sentence that says what to change."""
         t, m, dc = self.train, self.model, self.data
         if t.loss not in LOSSES:
-            raise ValueError(f"unknown loss {t.loss!r}; choose one of {', '.join(LOSSES)}")
+            raise ConfigError(f"unknown loss {t.loss!r}; choose one of {', '.join(LOSSES)}")
         if m.encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {m.encoder!r}; choose one of {', '.join(ENCODERS)}")
+            raise ConfigError(f"unknown encoder {m.encoder!r}; choose one of {', '.join(ENCODERS)}")
         if not 1 <= m.depth <= 6:
-            raise ValueError(f"model depth must be between 1 and 6, got {m.depth}")
+            raise ConfigError(f"model depth must be between 1 and 6, got {m.depth}")
         if m.encoder != "unet" and m.depth != 4:
-            raise ValueError("a ResNet encoder fixes the depth at 4; leave depth at 4")
+            raise ConfigError("a ResNet encoder fixes the depth at 4; leave depth at 4")
         if not 2 <= m.width <= 256:
-            raise ValueError(f"model width must be between 2 and 256, got {m.width}")
+            raise ConfigError(f"model width must be between 2 and 256, got {m.width}")
         if t.epochs < 1 or t.batch_size < 1:
-            raise ValueError("epochs and batch size must be at least 1")
+            raise ConfigError("epochs and batch size must be at least 1")
         if not 0 < t.lr < 1:
-            raise ValueError(f"learning rate must be between 0 and 1, got {t.lr}")
+            raise ConfigError(f"learning rate must be between 0 and 1, got {t.lr}")
         if not 32 <= dc.image_size <= 1024:
-            raise ValueError(f"image size must be between 32 and 1024, got {dc.image_size}")
+            raise ConfigError(f"image size must be between 32 and 1024, got {dc.image_size}")
         if t.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
         if t.channels_last not in ("auto", "on", "off"):
-            raise ValueError(f"channels_last must be auto, on or off, got {t.channels_last!r}")
+            raise ConfigError(f"channels_last must be auto, on or off, got {t.channels_last!r}")
         if dc.pet_mode not in ("trimap", "binary"):
-            raise ValueError(f"pet mode must be trimap or binary, got {dc.pet_mode!r}")
+            raise ConfigError(f"pet mode must be trimap or binary, got {dc.pet_mode!r}")
 
 
 def _build(kind, d: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"unknown {kind.__name__} field(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown {kind.__name__} field(s): {', '.join(unknown)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return kind(**kwargs)
 

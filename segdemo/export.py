@@ -35,6 +35,7 @@ from torch import nn
 import segdemo
 from segdemo.checkpoint import Checkpoint, load_checkpoint, replace_file, resolve_checkpoint
 from segdemo.data.base import IGNORE
+from segdemo.errors import ConfigError, ExportError  # noqa: F401  (ExportError re-exported)
 from segdemo.model import UNet
 
 FORMATS = ("onnx", "torchscript")
@@ -46,10 +47,6 @@ OPSET = 17
 CHECK_TOLERANCE = 1e-3
 INSTALL_HINT = 'pip install onnx==1.23.2 onnxruntime==1.31.1 (in a segdemo checkout: pip install ".[export]")'
 _SCRIPT_DIR = Path(__file__).resolve().parent / "export_scripts"
-
-
-class ExportError(RuntimeError):
-    """The export cannot be written (a package is missing, the result disagrees); the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -99,12 +96,12 @@ class PaddedModel(nn.Module):
 def export_model(checkpoint_path: str | Path, out_dir: str | Path, fmt: str = "onnx") -> ExportResult:
     """Write checkpoint_path (a .safetensors file or a run folder) to out_dir as fmt; see the module docstring.
 
-    Raises CheckpointError for a missing or bad checkpoint, ValueError for an unknown fmt, ExportError when
+    Raises CheckpointError for a missing or bad checkpoint, ConfigError for an unknown fmt, ExportError when
     ONNX export lacks the onnx package or the exported model disagrees with PyTorch. Files already in out_dir
     with the same names are replaced (each by rename, never left half-written).
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise ExportError(f"ONNX export needs the onnx package, which is not installed: {INSTALL_HINT}")
     source = resolve_checkpoint(checkpoint_path)

@@ -42,6 +42,7 @@ from segdemo import budget
 from segdemo.checkpoint import replace_file
 from segdemo.config import RunConfig
 from segdemo.data.base import ClassSet, Splits
+from segdemo.errors import JobError, UserError  # noqa: F401  (JobError re-exported)
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, STOPPED, FAILED)
 
 NO_SUCH_RUN = "No such run for this browser session: it may have expired or been deleted. Start a new run"
-
-
-class JobError(Exception):
-    """A refusal the user can act on; the message is one sentence saying what to do."""
 
 
 def _hash_owner(owner: str) -> str:
@@ -368,7 +365,7 @@ class JobManager:
         try:
             config.validate()
             budget.check_training(config, self.memory_budget, num_classes)
-        except ValueError as e:
+        except UserError as e:  # a ConfigError or BudgetError
             raise JobError(f"These settings cannot train: {e}") from None
         if self.max_run_s is not None:
             config.train.time_limit_s = min(config.train.time_limit_s or math.inf, self.max_run_s)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdemo.config import ModelConfig
+from segdemo.errors import PretrainedUnavailable  # noqa: F401  (re-exported)
 
 
 class DoubleConv(nn.Module):
@@ -117,10 +118,6 @@ class ResNetUNet(nn.Module):
             y = up(y, skip)
         y = self.final_up(y, x)
         return self.outc(y)[..., :h, :w]
-
-
-class PretrainedUnavailable(RuntimeError):
-    """ImageNet weights were asked for but could not be had (offline, or not in the cache)."""
 
 
 def _resnet(name: str, pretrained: bool) -> nn.Module:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdemo.config import ModelConfig, TrainConfig
+from segdemo.errors import ConfigError
 from segdemo.model import build_model
 
 
@@ -36,7 +37,7 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no GPU is visible; use --device cpu or auto")
+        raise ConfigError("device 'cuda' was asked for but no GPU is visible; use --device cpu or auto")
     return torch.device(name)
 
 

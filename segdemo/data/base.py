@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from segdemo.errors import DataError  # noqa: F401  (re-exported: data sources raise it)
+
 IGNORE = 255
 
 # Distinct colours for classes without their own (first is background-dark).
@@ -21,10 +23,6 @@ DEFAULT_COLORS = (
     (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
     (255, 215, 180), (0, 0, 128),
 )
-
-
-class DataError(ValueError):
-    """Bad user data; the message names the file and says what to fix."""
 
 
 @dataclass(frozen=True)

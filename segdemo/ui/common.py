@@ -36,17 +36,16 @@ import numpy as np
 
 from segdemo import budget
 from segdemo.assets import EXAMPLES, SHIPPED_CHECKPOINT, asset
-from segdemo.checkpoint import CheckpointError, CheckpointWriteError, replace_file
-from segdemo.data.base import DataError
+from segdemo.checkpoint import replace_file
+from segdemo.errors import is_user_error
 from segdemo.escape import esc, md  # noqa: F401  (the UI's one way to put user text into HTML/Markdown)
-from segdemo.jobs import JobError, JobManager
+from segdemo.jobs import JobManager
 from segdemo.limits import LimitError, RateLimiter, Slots, client_address
 
 log = logging.getLogger("segdemo.ui")
 
 DEFAULT_CHECKPOINT = asset(SHIPPED_CHECKPOINT)  # package data when installed, else the source tree
 EXAMPLES_DIR = asset(EXAMPLES)
-USER_ERRORS = (JobError, DataError, CheckpointError, CheckpointWriteError, LimitError, budget.BudgetError)
 HEAVY = "heavy"  # concurrency id shared by every listener that loads a model or decodes data, public or private
 CHECK_CACHE_BYTES = 64 << 20  # sample pictures of recent data checks, all together
 STREAMS_PER_CLIENT = 6  # live views (Train's watch and the page-load reattach) one browser or address may hold
@@ -246,7 +245,7 @@ def user_error(msg: str, title: str | None = None) -> gr.Error:
 def _to_gr_error(e: Exception) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
-    if isinstance(e, USER_ERRORS):
+    if is_user_error(e):  # the engine's vocabulary for mistakes a student can fix (segdemo.errors)
         return user_error(str(e))
     log.exception("unexpected error in a UI handler")
     return gr.Error(

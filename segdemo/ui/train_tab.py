@@ -15,6 +15,7 @@ import pandas as pd
 
 from segdemo.config import RunConfig, gpu_preset, quick_cpu_preset
 from segdemo.data.base import IGNORE, ClassSet
+from segdemo.errors import ConfigError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
 from segdemo.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
 from segdemo.limits import LimitError
@@ -150,7 +151,7 @@ def build_config(
         raise gr.Error("Choose a dataset first.")
     try:
         cfg.validate()
-    except ValueError as e:
+    except ConfigError as e:
         raise user_error(str(e)) from None
     return cfg
 
