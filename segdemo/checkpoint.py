@@ -11,6 +11,7 @@ old file or the new one, never half of one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import tempfile
@@ -27,6 +28,8 @@ from segdemo.config import RunConfig
 from segdemo.data.base import ClassSet
 from segdemo.errors import CheckpointError, CheckpointWriteError  # noqa: F401  (re-exported)
 from segdemo.model import build_model
+
+log = logging.getLogger(__name__)
 
 FORMAT = "segdemo-checkpoint"
 VERSION = 1
@@ -159,6 +162,7 @@ def load_checkpoint(path: str | Path, *, max_predict_bytes: int | None = None) -
     try:
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own error types for malformed files
+        log.debug("safetensors could not read %s", path, exc_info=True)
         raise CheckpointError(f"{path.name} is damaged ({e}); use another checkpoint") from e
     return _rebuild(path, meta, config, classes, tensors)
 

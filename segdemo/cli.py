@@ -5,29 +5,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from segdemo import logs
 from segdemo.errors import UserError, is_user_error
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it otherwise checks the internet for updates
+log = logging.getLogger("segdemo.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.log_file = None  # cmd_train sets it: the run folder's train.log
+    handlers = []
+    if args.verbose or args.command != "app":  # the app logs to stderr at INFO by itself (ui.launch)
+        handlers.append(logs.log_to_stderr(logging.DEBUG if args.verbose else logging.WARNING,
+                                           tracebacks=args.verbose))
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # user mistakes (segdemo.errors) become one line; bugs keep their traceback
-        if not is_user_error(e):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # user mistakes (segdemo.errors) become one line; a bug is logged with its traceback
+        if is_user_error(e):
+            log.debug("refused", exc_info=True)  # where it came from, with --verbose
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        log.exception("segdemo %s failed", args.command)
+        print(f"error: an unexpected {type(e).__name__} (a bug in segdemo, not in your input): {e}; "
+              f"{_where_the_traceback_is(args)}", file=sys.stderr)
+        return 1
+    finally:
+        for h in handlers + getattr(args, "log_handlers", []):
+            logs.remove(h)
+
+
+def _where_the_traceback_is(args) -> str:
+    if args.verbose:
+        return "its traceback is above"
+    if args.log_file is not None:
+        return f"its traceback is in {args.log_file} (or run again with --verbose)"
+    return "run again with --verbose to see its traceback"
 
 
 # -- train ------------------------------------------------------------------------------------------
@@ -55,10 +78,18 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     if not args.resume and (out / "last.safetensors").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    # Every run keeps its engine log, tracebacks included, beside its checkpoints (appended on --resume).
+    args.log_file = out / "train.log"
+    errors = logs.ErrorSeen()
+    logging.getLogger(logs.ROOT).addHandler(errors)
+    args.log_handlers = [logs.log_to_file(args.log_file), errors]
+    log.info("segdemo train into %s%s; config %s", out, " (resume)" if args.resume else "", json.dumps(cfg.to_dict()))
 
     tty = sys.stderr.isatty()
 
     def show(ev) -> None:
+        if not isinstance(ev, Progress):
+            log.info("%s", _event_line(ev))
         if isinstance(ev, Started):
             print(f"training on {ev.device}, {ev.precision}; {ev.n_train} train / {ev.n_val} val images; "
                   f"{ev.parameters / 1e6:.2f}M parameters; classes: {', '.join(ev.class_names)}", flush=True)
@@ -80,9 +111,16 @@ def cmd_train(args) -> int:
     trainer.add_callback(show)
     result = trainer.run()
     if isinstance(result, Failed):
-        print(f"error: {result.message}", file=sys.stderr)
+        where = f" (the traceback is in {args.log_file}; --verbose shows it here)" if errors.seen else ""
+        print(f"error: {result.message}{where}", file=sys.stderr)
         return 2
     return 0
+
+
+def _event_line(ev) -> str:
+    """An event for train.log: its type and fields, without the preview pictures."""
+    fields = {k: v for k, v in vars(ev).items() if k != "previews"}
+    return f"{type(ev).__name__} {json.dumps(fields, default=str)}"
 
 
 def _set(obj, **values) -> None:
@@ -247,7 +285,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Train, evaluate and use a U-Net for semantic "
                                 "segmentation, or serve the web app.", **fmt)
     p.add_argument("--version", action="version", version=f"segdemo {version()}")
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
+    sub = p.add_subparsers(required=True, metavar="COMMAND", dest="command")
+    # every command takes --verbose: engine logs on stderr, and the traceback of a bug
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="show the engine's log and any traceback on stderr")
+    fmt = dict(fmt, parents=[common])
 
     t = sub.add_parser("train", help="train a U-Net; writes checkpoints, metrics.jsonl and curves.png to --out", **fmt)
     t.add_argument("--data", default="builtin", help="builtin | a folder dataset | a .zip of one | oxford-pet[:ROOT]")

@@ -17,6 +17,7 @@ DataError sentence that names it. Conversions (documented here, tested in tests/
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import zlib
@@ -26,7 +27,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from segdemo.data.base import DataError
+from segdemo.errors import DataError  # not segdemo.data: data/ imports this module
+
+log = logging.getLogger(__name__)
 
 MAX_PIXELS = 40_000_000
 # Pillow format names Image.open may try (camera JPEGs come back as format "MPO", which is fine).
@@ -166,6 +169,7 @@ def _orientation(im: Image.Image) -> int:
     try:
         value = int(im.getexif().get(0x0112, 1))
     except Exception:  # broken EXIF must not make a readable image unreadable
+        log.debug("ignoring unreadable EXIF", exc_info=True)
         return 1
     return value if value in _ORIENT else 1
 

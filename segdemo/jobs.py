@@ -562,6 +562,7 @@ class JobManager:
                 job.status = DONE
             job._cond.notify_all()
         job._save_record()
+        log.info("run %s %s: %s", job.id[:6], job.status, job.message)
 
     # -- expiry ------------------------------------------------------------------------------------------
 
@@ -690,7 +691,9 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
                 0,
             )
         )
-    except Exception:
+    except Exception:  # no epoch finished (no best checkpoint), or one we cannot read: no history then
+        if best.is_file():
+            log.warning("could not read %s to restore its run's history", best, exc_info=True)
         return events
     best_miou = -math.inf
     try:

@@ -3,12 +3,16 @@ and an optional torchvision ResNet-18/34 encoder."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from segdemo.config import ModelConfig
 from segdemo.errors import PretrainedUnavailable  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 class DoubleConv(nn.Module):
@@ -132,6 +136,7 @@ def _resnet(name: str, pretrained: bool) -> nn.Module:
     try:
         return ctor(weights=weights)
     except Exception as e:  # URLError, socket errors, hash mismatch: all mean "no weights here"
+        log.debug("loading ImageNet weights for %s failed", name, exc_info=True)
         raise PretrainedUnavailable(
             f"could not load ImageNet weights for {name} ({type(e).__name__}: {e}). Offline? Put "
             f"{weights.url.rsplit('/', 1)[-1]} in {torch.hub.get_dir()}/checkpoints, or train without "

@@ -11,6 +11,7 @@ were unsure. Val is a seeded split of the official trainval list; test is the of
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 from segdemo.config import DataConfig
 from segdemo.data.base import IGNORE, ClassSet, DataError, PairSource, Splits, SubsetSource, seeded_split
 from segdemo.imageio import align_mask, load_image_oriented, load_mask_raw
+
+log = logging.getLogger(__name__)
 
 ENV_ROOT = "SEGDEMO_OXFORD_ROOT"
 TRIMAP_CLASSES = ClassSet(("background", "pet", "border"), ((40, 40, 40), (230, 150, 40), (90, 170, 240)))
@@ -92,6 +95,7 @@ def _download(root: Path) -> None:
         for split in ("trainval", "test"):
             OxfordIIITPet(root=str(root), split=split, target_types="segmentation", download=True)
     except Exception as e:  # urllib, socket, checksum and torchvision's own errors all mean "no data"
+        log.debug("downloading Oxford-IIIT Pet failed", exc_info=True)
         raise DataError(
             f"could not download Oxford-IIIT Pet (no internet?): {type(e).__name__}: {e}; "
             f"put a copy at {root}"

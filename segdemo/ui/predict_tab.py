@@ -386,7 +386,7 @@ class PredictTab:
     def describe_quiet(self, token, model, ckpt_file):
         try:
             return self.describe(token, model, ckpt_file)
-        except Exception:
+        except gr.Error:  # a user mistake (user_errors made it a gr.Error; a bug was logged there)
             return gr.skip()
 
     @user_errors

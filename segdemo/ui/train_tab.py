@@ -15,7 +15,7 @@ import pandas as pd
 
 from segdemo.config import RunConfig, gpu_preset, quick_cpu_preset
 from segdemo.data.base import IGNORE, ClassSet
-from segdemo.errors import ConfigError
+from segdemo.errors import ConfigError, JobError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
 from segdemo.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
 from segdemo.limits import LimitError
@@ -670,7 +670,7 @@ class TrainTab:
         if run_id:
             try:
                 job = jobs.get(owner, run_id)
-            except Exception:
+            except JobError:  # expired or not this browser's: stop its active run, if any
                 job = None
         target = job.id if job is not None and job.is_active else None
         jobs.stop(owner, target)  # None: this browser's active run, or "Nothing is running to stop"
