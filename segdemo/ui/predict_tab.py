@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from segdemo.checkpoint import CheckpointError, read_meta
-from segdemo.data.base import DataError
-from segdemo.imageio import IMAGE_SUFFIXES, align_mask, load_image_oriented, load_mask_raw
+from segdemo.checkpoint import read_meta
+from segdemo.imageio import IMAGE_SUFFIXES, load_image_oriented
+from segdemo.predict import MaskIndex, load_ground_truth
 from segdemo.ui.common import (
     EXAMPLES_DIR,
     HEAVY,
@@ -23,14 +23,12 @@ from segdemo.ui.common import (
     md,
     model_choices,
     safe_stem,
-    user_error,
     user_errors,
 )
 from segdemo.viz import legend_html
 
 MAX_SIDE = 2048  # larger photos are shrunk before predicting: a 40-megapixel softmax would need gigabytes
 MAX_FILES = 200  # images (and masks) per request: Predict shows one at a time
-MASK_SUFFIXES = ("", "_mask", "-mask", "_gt", "-gt", "_label", "_labels")
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 
 
@@ -49,42 +47,6 @@ def _file_list(files, what: str) -> list[str]:
     if len(files) > MAX_FILES:
         raise gr.Error(f"{len(files)} {what} at once is more than {MAX_FILES}; send fewer.")
     return list(files)
-
-
-class MaskIndex:
-    """Ground-truth masks by file stem, built once per request: pairing n images with m masks is O(n + m)."""
-
-    def __init__(self, masks: list[str], n_images: int):
-        self.masks, self.n_images = masks, n_images
-        self.by_stem: dict[str, str] = {}
-        for m in masks:
-            self.by_stem.setdefault(Path(m).stem.lower(), m)
-
-    def mask_for(self, image_path: str) -> str | None:
-        """An image's mask: same file stem (or stem + _mask/_gt); with one image and one mask, that one."""
-        if not self.masks:
-            return None
-        stem = Path(image_path).stem.lower()
-        for suffix in MASK_SUFFIXES:
-            if stem + suffix in self.by_stem:
-                return self.by_stem[stem + suffix]
-        if self.n_images == 1 and len(self.masks) == 1:
-            return self.masks[0]
-        return None
-
-
-def load_ground_truth(path: str, image_shape: tuple[int, ...], orientation: int, classes, image_name: str):
-    """A mask file -> (H, W) class ids with IGNORE, decoded with the model's classes; else DataError."""
-    from segdemo.data.masks import decode_mask, detect_encoding
-
-    name = Path(path).name
-    raw, mode = load_mask_raw(path, name)
-    colors = list(classes.colors)
-    enc = detect_encoding(raw, mode, classes.num_classes, colors)
-    ids = decode_mask(
-        raw, enc, num_classes=classes.num_classes, colormap=colors, name=name, classes_from="the model"
-    )
-    return align_mask(ids, image_shape, orientation, mask_name=name, image_name=image_name)
 
 
 def heatmap(p: np.ndarray, cmap: str = "inferno") -> np.ndarray:
@@ -407,17 +369,15 @@ class PredictTab:
 
     def auto_predict(self, token, model, ckpt_file, images, masks, show, alpha, probability_maps):
         if not images:
-            return [None, None, None, "", None, "", None, None, None, {}]
+            return {**dict.fromkeys(self.outputs), self.legend: "", self.summary: "", self.details: {}}
         no_model = model is None or (model == "default" and not self.ctx.default_checkpoint.is_file())
         if no_model or (model == "upload" and not ckpt_file):
-            out = [gr.skip()] * len(self.outputs)
-            out[5] = (
-                "**Choose a model above first**: upload a checkpoint file, or train a run in the Train tab "
-                "(it appears in the list when it ends)."
+            return {  # the other outputs keep what they show
+                self.summary: "**Choose a model above first**: upload a checkpoint file, or train a run in the Train "
+                "tab (it appears in the list when it ends)."
                 if no_model
                 else "**Upload the checkpoint file** (.safetensors) above, then the images are segmented."
-            )
-            return out
+            }
         return self.predict(token, model, ckpt_file, images, masks, show, alpha, probability_maps)
 
     @user_errors
@@ -444,17 +404,11 @@ class PredictTab:
         name = Path(path).name
         image, orientation = load_image_oriented(path, name)  # the student's own file is checked first
         ckpt = self.resolve(token, model, checkpoint_file)
-        try:
-            predictor = self.ctx.predictor(ckpt)
-        except CheckpointError as e:
-            raise user_error(str(e)) from None
+        predictor = self.ctx.predictor(ckpt)  # a CheckpointError becomes a sentence (user_errors)
         index = MaskIndex(masks, len(images))
         mask_path = index.mask_for(path)
-        if masks and mask_path is None and not any(index.mask_for(p) for p in images):
-            raise gr.Error(
-                f"None of the masks ({esc(', '.join(_names(masks)[:4]), quote=False)}) matches an image by file name. "
-                "Name each mask like its image (cat.png and cat.png, or cat_mask.png)."
-            )
+        if mask_path is None:
+            index.require_a_match(images)
         target = None
         if mask_path is not None:
             target = load_ground_truth(mask_path, image.shape, orientation, predictor.classes, name)
@@ -463,10 +417,7 @@ class PredictTab:
             alpha = min(1.0, max(0.0, float(alpha if alpha is not None else 0.5)))
         except (TypeError, ValueError, OverflowError):
             raise gr.Error("Overlay opacity is a number between 0 and 1.") from None
-        try:
-            p = predictor.predict(image, target=target, alpha=alpha, probabilities=bool(probability_maps))
-        except DataError as e:
-            raise user_error(str(e)) from None
+        p = predictor.predict(image, target=target, alpha=alpha, probabilities=bool(probability_maps))
         classes = predictor.classes
         legend = legend_html(classes, p.pixel_share)
         if p.metrics is not None:
@@ -515,18 +466,18 @@ class PredictTab:
         out_dir = self.ctx.scratch("predict")
         mask_png = out_dir / f"{safe_stem(name)}_mask.png"
         Image.fromarray(p.mask).save(mask_png)  # 2-D uint8: a greyscale PNG
-        return [
-            image,
-            p.color,
-            p.overlay,
-            legend,
-            table,
-            summary,
-            errors,
-            maps,
-            str(mask_png),
-            _details(name, classes, p, predictor.ckpt.metrics, bool(probability_maps)),
-        ]
+        return {
+            self.out_image: image,
+            self.out_color: p.color,
+            self.out_overlay: p.overlay,
+            self.legend: legend,
+            self.table: table,
+            self.summary: summary,
+            self.errors: errors,
+            self.prob_maps: maps,
+            self.mask_file: str(mask_png),
+            self.details: _details(name, classes, p, predictor.ckpt.metrics, bool(probability_maps)),
+        }
 
 
 def _num(v) -> float | None:
