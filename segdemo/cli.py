@@ -174,32 +174,75 @@ def _table(rows: list[dict]) -> str:
 
 
 def cmd_predict(args) -> int:
+    import torch
     from PIL import Image
 
-    from segdemo.imageio import load_image
-    from segdemo.predict import Predictor
+    from segdemo.imageio import load_image_oriented
+    from segdemo.metrics import metrics_from_confusion
+    from segdemo.predict import MaskIndex, Predictor, load_ground_truth
 
     predictor = Predictor.from_path(args.checkpoint)
+    names = predictor.classes.names
+    masks = _mask_files(args.masks) if args.masks else []
+    index = MaskIndex(masks, len(args.images))
+    if masks:
+        index.require_a_match(args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    failed, scored, total = 0, 0, torch.zeros(len(names), len(names), dtype=torch.int64)
     for path in args.images:
         try:
-            image = load_image(path)
+            image, orientation = load_image_oriented(path)
+            mask_path = index.mask_for(path)
+            target = None if mask_path is None else load_ground_truth(
+                mask_path, image.shape, orientation, predictor.classes, Path(path).name)
+            p = predictor.predict(image, target=target, alpha=args.alpha, probabilities=False)
         except Exception as e:
             if not is_user_error(e):
                 raise
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        p = predictor.predict(image, alpha=args.alpha)
         stem = Path(path).stem
         Image.fromarray(p.mask).save(out / f"{stem}_mask.png")  # class ids, not colours
         Image.fromarray(p.color).save(out / f"{stem}_color.png")
         Image.fromarray(p.overlay).save(out / f"{stem}_overlay.png")
-        shares = ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(predictor.classes.names, p.pixel_share, strict=True))
-        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / (stem + '_mask.png')} ({shares})")
+        shares = ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(names, p.pixel_share, strict=True))
+        score = ""
+        if p.metrics is not None:
+            total += p.confusion
+            scored += 1
+            score = f"; against {Path(mask_path).name}: mIoU {p.metrics.miou:.4f}"
+        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / (stem + '_mask.png')} ({shares}){score}")
+    if masks:
+        missing = len(args.images) - failed - scored
+        doc = metrics_from_confusion(total).to_dict(names)  # one confusion matrix over all scored images
+        print(f"scored {scored} image(s) against their masks" + (f" ({missing} had none)" if missing else "")
+              + f": mIoU {_fmt(doc['miou'])}  pixel accuracy {_fmt(doc['pixel_accuracy'])}")
+        print(_table(doc["per_class"]))
     return 2 if failed else 0
+
+
+def _mask_files(where: list[str]) -> list[str]:
+    """--masks: files, or folders whose image files are the masks."""
+    from segdemo.imageio import IMAGE_SUFFIXES
+
+    files = []
+    for w in where:
+        p = Path(w)
+        if p.is_dir():
+            files += sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise UserError(f"--masks {w} is neither a folder nor a file")
+    if not files:
+        raise UserError(f"--masks {' '.join(where)} holds no image files")
+    return files
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 # -- check ------------------------------------------------------------------------------------------
@@ -351,6 +394,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="folder for NAME_mask.png (class ids), NAME_color.png and "
                    "NAME_overlay.png")
     r.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0 to 1")
+    r.add_argument("--masks", nargs="+", metavar="DIR_OR_FILE",
+                   help="ground-truth masks (a folder, or files) paired with the images by file name (cat.png or "
+                   "cat_mask.png for cat.jpg): prints each image's mIoU and per-class IoU, Dice and mIoU over all")
     r.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("check", help="check a dataset folder or zip: pairs, sizes, labels, class shares", **fmt)

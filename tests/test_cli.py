@@ -130,3 +130,32 @@ def test_train_on_oxford_pet_mini(tmp_path):
     r = cli("train", "--data", f"oxford-pet:{root}", "--pet-mode", "binary", "--out", tmp_path / "pet", *TINY)
     assert r.returncode == 0, r.stderr
     assert "background, pet" in r.stdout
+
+
+def test_predict_scores_against_masks_paired_by_name(tmp_path):
+    """--masks: each image against its mask, then one confusion matrix over all of them (as the app's Predict)."""
+    import torch
+
+    from segdemo.imageio import load_image_oriented
+    from segdemo.metrics import metrics_from_confusion
+    from segdemo.predict import Predictor, load_ground_truth
+
+    ckpt, ex = ROOT / "checkpoints" / "shapes_unet.safetensors", ROOT / "examples"
+    images = [ex / "shapes_1.png", ex / "shapes_3.png"]
+    r = cli("predict", ckpt, *images, "--masks", ex / "masks", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    assert "scored 2 image(s) against their masks" in r.stdout
+    overall = float(r.stdout.split("scored 2 image(s) against their masks: mIoU ")[1].split()[0])
+    predictor, cm = Predictor.from_path(ckpt), 0
+    for path in images:
+        image, orientation = load_image_oriented(path)
+        target = load_ground_truth(ex / "masks" / path.name, image.shape, orientation, predictor.classes, path.name)
+        cm = cm + predictor.predict(image, target=target).confusion
+    assert overall == pytest.approx(metrics_from_confusion(cm).miou, abs=1e-4) and overall > 0.5
+    assert isinstance(cm, torch.Tensor)
+    for name in predictor.classes.names:
+        assert any(line.startswith(name) for line in r.stdout.splitlines())  # the per-class table
+    other = tmp_path / "other_mask.png"
+    other.write_bytes((ex / "masks" / "shapes_1.png").read_bytes())
+    assert_one_line_error(cli("predict", ckpt, *images, "--masks", other, "--out", tmp_path / "o"),
+                          "matches an image by file name")

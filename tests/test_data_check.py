@@ -40,7 +40,7 @@ def test_clean_dataset_is_ok_with_shares(tmp_path):
     assert rep.class_names == ["class 0", "class 1", "class 2"]
     assert rep.pixel_share == pytest.approx({"class 0": 4 / 7, "class 1": 2 / 7, "class 2": 1 / 7})
     assert rep.ignore_share == pytest.approx(1 / 8)
-    assert any("no classes file" in w for w in rep.warnings)
+    assert any("no classes file" in w.text for w in rep.warnings)
     text = rep.to_text()
     assert text.startswith("Dataset check: OK") and "class 0 57.1%" in text and "pairs: all 2" in text
     json.dumps(rep.to_dict())
@@ -54,7 +54,7 @@ def test_images_without_masks_are_reported(tmp_path):
     rep = check_dataset(tmp_path, DataConfig())
     assert rep.ok  # unpaired files are skipped, not fatal
     assert rep.unpaired_images == ["images/lonely.jpg"] and rep.unpaired_masks == ["masks/orphan.png"]
-    assert any("1 images have no mask and are skipped: images/lonely.jpg" in w for w in rep.warnings)
+    assert any("1 images have no mask and are skipped: images/lonely.jpg" in w.text for w in rep.warnings)
 
 
 def test_all_problems_are_collected(tmp_path):

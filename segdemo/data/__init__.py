@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segdemo.atomic import replace_file
 from segdemo.config import DataConfig
 from segdemo.data.base import IGNORE, ClassSet, DataError, PairSource, Splits, SubsetSource
 
@@ -80,7 +81,7 @@ def _extract_for_run(zip_path: Path, workdir: Path) -> tuple[Path, list[str]]:
         )
     skipped: list[str] = []
     root = extract_zip(zip_path, dest, skipped=skipped)
-    marker.write_text(json.dumps({**stamp, "skipped": skipped}))
+    replace_file(marker, json.dumps({**stamp, "skipped": skipped}).encode(), fsync=False)  # whole or absent
     return root, skipped
 
 
@@ -160,6 +161,8 @@ def check_source(cfg: DataConfig, workdir: Path | None = None, max_pairs: int | 
 
 
 def _with_skipped(rep: CheckReport, zip_path: str, skipped: list[str]) -> CheckReport:
+    from segdemo.data.check import ZIP_SKIPPED
+
     if skipped:
-        rep.warnings.append(_skipped_note(Path(zip_path).name, skipped))
+        rep.warn(ZIP_SKIPPED, _skipped_note(Path(zip_path).name, skipped))
     return rep
