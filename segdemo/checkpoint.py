@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from segdemo.atomic import fsync_folder, replace_file  # noqa: F401  (replace_file re-exported)
 from segdemo.config import RunConfig
 from segdemo.data.base import ClassSet
 from segdemo.errors import CheckpointError, CheckpointWriteError  # noqa: F401  (re-exported)
@@ -78,24 +78,6 @@ def save_checkpoint(
     return atomic_write_bytes(Path(path), data)
 
 
-def replace_file(path: Path, data: bytes, *, fsync: bool = True) -> Path:
-    """Write to a temp file in the same folder, then rename it over `path`: a reader sees the old file or the
-    new one, never a part. `fsync` first makes the bytes durable (checkpoints, logs; a cache needs not)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """temp file in the same folder -> write -> fsync -> rename -> fsync the folder."""
     try:
@@ -105,11 +87,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             e.errno, f"could not save {path.name} ({e.strerror or e}); the previous checkpoint is kept. "
             "Free some disk space and resume the run"
         ) from e
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_folder(path.parent)
     return path
 
 

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import segdemo
-from segdemo.checkpoint import Checkpoint, load_checkpoint, replace_file, resolve_checkpoint
+from segdemo.atomic import replace_file
+from segdemo.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from segdemo.data.base import IGNORE
 from segdemo.errors import ConfigError, ExportError  # noqa: F401  (ExportError re-exported)
 from segdemo.model import UNet

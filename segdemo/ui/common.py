@@ -3,8 +3,8 @@ token, turning engine errors into gr.Error sentences, and small picture helpers.
 
 Owner / session isolation
 -------------------------
-Each browser gets an owner token the SERVER issues (`JobManager.issue_owner_token`: 192 random bits
-plus an HMAC with a server secret). It lives in a gr.BrowserState (the browser's localStorage), so it
+Each browser gets an owner token the SERVER issues (segdemo/tokens.py: 192 random bits plus an HMAC
+with a server secret). It lives in a gr.BrowserState (the browser's localStorage), so it
 survives reloads and is shared by the tabs of one browser, and every event sends it back. Runs are
 registered under a hash of that token; every lookup needs the token AND the run id, and a wrong pair
 gets the same "no such run" as a made-up id. Tokens the server did not sign are refused, so a client
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import hashlib
-import hmac
 import inspect
 import logging
 import os
@@ -36,7 +34,7 @@ import numpy as np
 
 from segdemo import budget
 from segdemo.assets import EXAMPLES, SHIPPED_CHECKPOINT, asset
-from segdemo.checkpoint import replace_file
+from segdemo.atomic import replace_file
 from segdemo.errors import is_user_error
 from segdemo.escape import esc, md  # noqa: F401  (the UI's one way to put user text into HTML/Markdown)
 from segdemo.jobs import JobManager
@@ -86,7 +84,7 @@ class AppContext:
         self.default_checkpoint = Path(default_checkpoint) if default_checkpoint else DEFAULT_CHECKPOINT
         # BrowserState "encrypts" with a key the page can read anyway; deriving it from the jobs secret
         # keeps a browser's token readable across restarts when the runs persist.
-        self.browser_secret = hmac.new(self.jobs._secret, b"browser-state", hashlib.sha256).hexdigest()[:32]
+        self.browser_secret = self.jobs.tokens.derive(b"browser-state")
         self._predictors: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
         self.check_cache: OrderedDict[tuple, tuple[object, int]] = OrderedDict()  # key -> (value, bytes)
