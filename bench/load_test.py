@@ -205,6 +205,9 @@ def main() -> None:
     for i, r in enumerate(results):
         if r.get("status") not in (None, "done"):
             print(f"session {i}: {r['status']}: {r.get('message')}")
+        elif r.get("interval") and all(r["interval"]):
+            print(f"session {i}: submitted at {r['submitted'] - t0:.0f}s, waited {r['wait_s']:.1f}s, "
+                  f"trained {r['interval'][1] - r['interval'][0]:.1f}s", flush=True)
     print(f"wall {wall:.0f}s; queue wait s: min {waits[0] if waits else 0:.1f} median "
           f"{median(waits) if waits else 0:.1f} max {waits[-1] if waits else 0:.1f}; positions seen: "
           f"{sorted({p for r in done for p in r['queue_positions']})}")

@@ -73,7 +73,8 @@ def cmd_train(args) -> int:
     if args.upsample:
         m.bilinear = args.upsample == "bilinear"
     _set(t, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, seed=args.seed,
-         device=args.device, precision=args.precision, time_limit_s=args.time_limit, num_workers=args.workers)
+         device=args.device, precision=args.precision, channels_last=args.channels_last,
+         time_limit_s=args.time_limit, num_workers=args.workers)
     cfg.validate()  # a ConfigError: one line, exit code 2
     out = Path(args.out)
     if not args.resume and (out / "last.safetensors").exists():
@@ -88,7 +89,7 @@ def cmd_train(args) -> int:
     tty = sys.stderr.isatty()
 
     def show(ev) -> None:
-        if not isinstance(ev, Progress):
+        if isinstance(ev, Started | Done | Failed):  # the trainer logs each epoch itself
             log.info("%s", _event_line(ev))
         if isinstance(ev, Started):
             print(f"training on {ev.device}, {ev.precision}; {ev.n_train} train / {ev.n_val} val images; "
@@ -107,9 +108,16 @@ def cmd_train(args) -> int:
             best = f"best mIoU {ev.best_miou:.4f} at epoch {ev.best_epoch}" if ev.best_miou is not None else "no epoch"
             print(f"{ev.reason} after {ev.epochs_done} epochs in {ev.seconds:.1f}s; {best}; checkpoints in {out}")
 
-    trainer = Trainer(cfg, out, resume=args.resume)
-    trainer.add_callback(show)
-    result = trainer.run()
+    from segdemo import distributed
+
+    world = distributed.init_from_env(cfg.train.device)  # under torchrun: one process of N
+    try:
+        trainer = Trainer(cfg, out, resume=args.resume)
+        if world.is_main:  # one process speaks for the run
+            trainer.add_callback(show)
+        result = trainer.run()
+    finally:
+        distributed.leave()
     if isinstance(result, Failed):
         where = f" (the traceback is in {args.log_file}; --verbose shows it here)" if errors.seen else ""
         print(f"error: {result.message}{where}", file=sys.stderr)
@@ -373,6 +381,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help=preset("number format; auto measures the options on the first steps",
                                lambda c: c.train.precision))
+    t.add_argument("--channels-last", choices=["auto", "on", "off"],
+                   help=preset("memory layout; auto measures both on a CPU", lambda c: c.train.channels_last))
     t.add_argument("--workers", type=int, help=preset("data loading workers", lambda c: c.train.num_workers))
     t.add_argument("--time-limit", type=float,
                    help="stop after this many seconds, keeping the best checkpoint (default: no limit)")

@@ -21,6 +21,9 @@ class EvalResult:
     metrics: SegMetrics
     loss: float
     previews: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]  # (name, image, target, pred)
+    confusion: torch.Tensor | None = None  # (C, C) int64 counts: what processes sum before computing metrics
+    loss_sum: float = 0.0  # over the `loss_count` images whose mask has valid pixels
+    loss_count: int = 0
 
 
 def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -110,8 +113,10 @@ def evaluate_model(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     should_stop=None,
+    indices: list[int] | None = None,
 ) -> EvalResult:
-    """Metrics over the whole split at each mask's original resolution; the model's mode is restored after."""
+    """Metrics over the whole split (or over `indices` of it: one process's share) at each mask's original
+    resolution; previews of `preview_indices` whether counted or not. The model's mode is restored after."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -119,27 +124,31 @@ def evaluate_model(
     total_loss, n_loss = 0.0, 0
     wanted = set(preview_indices or [])
     previews = []
+    counted = set(range(len(source))) if indices is None else set(indices)
+    todo = sorted(counted | wanted)
     try:
-        for start in range(0, len(source), batch_size):
+        for start in range(0, len(todo), batch_size):
             if should_stop is not None and should_stop():
                 break
-            idx = list(range(start, min(start + batch_size, len(source))))
+            idx = todo[start : start + batch_size]
             pairs = [source.load(i) for i in idx]
             logits = forward_small(model, [p[0] for p in pairs], config, device, autocast_dtype, channels_last)
             for j, (i, (image, mask)) in enumerate(zip(idx, pairs, strict=True)):
                 lg = logits[j : j + 1]
+                pred = labels_at_size(lg, mask.shape)
+                if i in wanted:
+                    previews.append((source.name(i), image, mask, pred.to(torch.uint8).cpu().numpy()))
+                if i not in counted:
+                    continue
                 if loss_fn is not None:
                     loss = _loss_at_size(loss_fn, lg, mask, device)
                     if not np.isnan(loss):
                         total_loss += loss
                         n_loss += 1
-                pred = labels_at_size(lg, mask.shape)
                 meter.update(pred[None], torch.from_numpy(mask.astype(np.int64)).to(device)[None])
-                if i in wanted:
-                    previews.append((source.name(i), image, mask, pred.to(torch.uint8).cpu().numpy()))
     finally:
         model.train(was_training)
-    return EvalResult(meter.compute(), total_loss / max(n_loss, 1), previews)
+    return EvalResult(meter.compute(), total_loss / max(n_loss, 1), previews, meter.cm, total_loss, n_loss)
 
 
 def preview_indices(n: int, k: int) -> list[int]:

@@ -37,7 +37,7 @@ from segdemo import budget
 from segdemo.config import RunConfig
 from segdemo.data.base import Splits
 from segdemo.errors import JobError, UserError
-from segdemo.events import Done, EpochEnd, Event, Failed
+from segdemo.events import Done, EpochEnd, Event, Failed, Started
 from segdemo.runstore import RunStore, default_root_dir
 from segdemo.tokens import OwnerTokens, hash_owner
 
@@ -65,6 +65,8 @@ class Job:
         self.status = QUEUED
         self.created = time.time()
         self.started: float | None = None  # when it began TRAINING (left the queue)
+        self.slice_started: float | None = None  # when its current turn on a training slot began
+        self.paused: Done | None = None  # set while it waits for another turn, after yielding its slot
         self.finished: float | None = None
         self.result: Done | Failed | None = None
         self.stop_event = threading.Event()
@@ -181,6 +183,7 @@ class JobManager:
         reaper: bool = True,
         secret: bytes | None = None,
         trainer_factory: Callable[..., Any] | None = None,
+        fair_slice_s: float | None = None,
     ):
         self.root_dir = Path(root_dir)
         self.max_concurrent = max(1, int(max_concurrent))
@@ -191,6 +194,11 @@ class JobManager:
         # this is not 1; the fair order below keeps one address's runs from holding the slots anyway
         self.max_active_per_client = max_active_per_client
         self.max_run_s = max_run_s  # server-wide time limit per run; None = none
+        # a run that has trained this long yields its slot when another address's run waits, and goes on
+        # (exactly where it paused) at its next turn: one long run can't hold a classroom's only slot
+        self.fair_slice_s = fair_slice_s if fair_slice_s is not None else \
+            float(os.environ.get("SEGDEMO_FAIR_SLICE_S", "90"))
+        self._served: dict[str, float] = {}  # training seconds each address has had
         self.memory_budget = memory_budget or budget.run_budget(self.max_concurrent)  # bytes one run may use
         self._durations: deque[float] = deque(maxlen=20)  # of recent runs, to say when a full queue frees up
         self.on_forget: list[Callable[[Job], None]] = []  # called when a run and its folder are deleted
@@ -355,15 +363,24 @@ class JobManager:
                 return 0
 
     def _fair_order(self) -> list[Job]:
-        """Queued runs in the order they will start (call with the lock held): oldest first among addresses
-        that have started the fewest runs, so a second run from one address waits behind everyone's first
-        (round robin by address; runs without an address, as from the CLI or tests, are first come first
-        served)."""
-        started: dict[str, int] = {}
-        for j in self._jobs.values():
-            if j.client_key is not None and j.started is not None:
-                started[j.client_key] = started.get(j.client_key, 0) + 1
-        return sorted(self._queue, key=lambda j: (started.get(j.client_key, 0) if j.client_key else 0, j.created))
+        """Queued runs in the order they will start (call with the lock held): addresses that have had the
+        least training time first, oldest first among equals, so a second run (or the next slice of a long
+        one) from one address waits behind everyone's first. Runs without an address, as from the CLI or
+        tests, are first come first served."""
+        now = time.time()
+        served = dict(self._served)
+        for job_id in self._running:
+            j = self._jobs.get(job_id)
+            if j is not None and j.client_key is not None and j.slice_started is not None:
+                served[j.client_key] = served.get(j.client_key, 0.0) + now - j.slice_started
+        return sorted(self._queue, key=lambda j: (served.get(j.client_key, 0.0) if j.client_key else 0.0, j.created))
+
+    def _should_yield(self, job: Job) -> bool:
+        """Whether a training run should pause now for a run of another address (see fair_slice_s)."""
+        if job.client_key is None or job.slice_started is None or time.time() - job.slice_started < self.fair_slice_s:
+            return False
+        with self._lock:
+            return any(j.client_key is not None and j.client_key != job.client_key for j in self._queue)
 
     def running_count(self) -> int:
         with self._lock:
@@ -378,32 +395,14 @@ class JobManager:
     # -- the job thread -------------------------------------------------------------------------------
 
     def _run_job(self, job: Job) -> None:
+        result = None
         try:
-            with self._lock:
-                self._lock.wait_for(
-                    lambda: (
-                        job.stop_event.is_set()
-                        or self._closed.is_set()
-                        or (
-                            self._queue
-                            and self._fair_order()[0] is job
-                            and len(self._running) < self.max_concurrent
-                        )
-                    )
-                )
-                if job.stop_event.is_set() or self._closed.is_set():
-                    if job in self._queue:
-                        self._queue.remove(job)
-                    self._lock.notify_all()
-                    self._finish(job, Done("stopped", 0, None, None, None, None, 0.0))
+            while result is None:
+                if not self._wait_for_turn(job):
                     return
-                self._queue.remove(job)
-                self._running.add(job.id)
-                job.status, job.started = RUNNING, time.time()
-                self.store.save(job)
-                self._lock.notify_all()
-            job._notify()
-            result = self._train(job)
+                result = self._train(job, resume=job.paused is not None)
+                if isinstance(result, Done) and result.reason == "paused":
+                    result = self._requeue(job, result)
         except Exception as e:  # never let a job take the server down
             log.exception("run %s failed outside the trainer", job.id[:6])
             result = Failed(
@@ -412,13 +411,65 @@ class JobManager:
             )
         finally:
             with self._lock:
-                was_running = job.id in self._running
-                self._running.discard(job.id)
+                was_running = self._release(job)
                 self._lock.notify_all()
-        if was_running or job.result is None:
+        if result is not None and (was_running or job.result is None):
             self._finish(job, result)
 
-    def _train(self, job: Job) -> Done | Failed:
+    def _wait_for_turn(self, job: Job) -> bool:
+        """Wait until this run is first in the fair order and a slot is free, then take the slot. False when
+        it was stopped (or the server closed) first: then it is finished here."""
+        with self._lock:
+            self._lock.wait_for(
+                lambda: (
+                    job.stop_event.is_set()
+                    or self._closed.is_set()
+                    or (self._queue and self._fair_order()[0] is job and len(self._running) < self.max_concurrent)
+                )
+            )
+            if job.stop_event.is_set() or self._closed.is_set():
+                if job in self._queue:
+                    self._queue.remove(job)
+                self._lock.notify_all()
+                stopped = Done("stopped", 0, None, None, None, None, 0.0)
+                self._finish(job, dataclasses.replace(job.paused, reason="stopped") if job.paused else stopped)
+                return False
+            self._queue.remove(job)
+            self._running.add(job.id)
+            job.status, job.slice_started = RUNNING, time.time()
+            job.started = job.started or job.slice_started
+            self.store.save(job)
+            self._lock.notify_all()
+        job._notify()
+        return True
+
+    def _release(self, job: Job) -> bool:
+        """Free the run's slot and count its turn towards its address's share (lock held). False if it had none."""
+        if job.id not in self._running:
+            return False
+        self._running.discard(job.id)
+        if job.client_key is not None and job.slice_started is not None:
+            self._served[job.client_key] = self._served.get(job.client_key, 0.0) + time.time() - job.slice_started
+        return True
+
+    def _requeue(self, job: Job, paused: Done) -> Done | None:
+        """The run yielded its slot to another address: back into the queue (its checkpoint holds its place)."""
+        with self._lock:
+            self._release(job)
+            if job.stop_event.is_set() or self._closed.is_set():
+                return dataclasses.replace(paused, reason="stopped")
+            job.paused, job.status = paused, QUEUED
+            self._queue.append(job)
+            self._lock.notify_all()
+        self.store.save(job)
+        job._notify()
+        log.info("run %s paused for another address's run; it goes on at its next turn", job.id[:6])
+        return None
+
+    def _train(self, job: Job, resume: bool = False) -> Done | Failed:
+        def should_pause() -> bool:
+            return self._should_yield(job)
+
         if self._trainer_factory is not None:
             trainer = self._trainer_factory(
                 job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set
@@ -427,11 +478,20 @@ class JobManager:
             from segdemo.trainer import Trainer
 
             trainer = Trainer(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set,
-                              memory_budget=self.memory_budget)
-        trainer.add_callback(job._append)
+                              memory_budget=self.memory_budget, resume=resume, should_pause=should_pause)
+        trainer.add_callback(lambda ev: self._from_trainer(job, ev))
         result = trainer.run()
-        job.splits = None  # free the images; the event history keeps the previews
+        if not (isinstance(result, Done) and result.reason == "paused"):
+            job.splits = None  # free the images; the event history keeps the previews
         return result
+
+    def _from_trainer(self, job: Job, ev: Event) -> None:
+        """A run's events, as one run: a later turn's Started and a turn's pause are not shown."""
+        if isinstance(ev, Done) and ev.reason == "paused":
+            return
+        if isinstance(ev, Started) and job.last(Started) is not None:
+            return
+        job._append(ev)
 
     def _finish(self, job: Job, result: Done | Failed) -> None:
         if not any(ev is result for ev in job.events[-3:]):  # the trainer usually emitted it already

@@ -1,8 +1,14 @@
 """The training loop. It knows nothing of threads or browsers: it runs epochs, checks a stop flag
-between batches, and hands each event to its callbacks."""
+between batches, and yields each event (Trainer.events) or hands it to callbacks (Trainer.run).
+
+Read it top-down in Trainer: _loop (epochs), _setup (what a run builds), _train_epoch and _step (one
+batch), _end_epoch (evaluate, checkpoint, log). A LoopState is what a checkpoint needs to go on exactly
+where it stopped: after an epoch, or mid-epoch when a chunk of a longer run (ZeroGPU) used its steps.
+Under torchrun each process trains on its share of every epoch and process 0 alone writes files."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -10,23 +16,25 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from segdemo import budget
+from segdemo import budget, distributed
 from segdemo import checkpoint as ckpt
 from segdemo.config import RunConfig
-from segdemo.data.base import IGNORE, ArraySource, CachedSource, DataError, PairSource, Splits
+from segdemo.data.base import IGNORE, ArraySource, CachedSource, ClassSet, DataError, PairSource, Splits
+from segdemo.distributed import World
 from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
 from segdemo.losses import SegLoss, class_weights_from_counts
+from segdemo.metrics import metrics_from_confusion
 from segdemo.model import PretrainedUnavailable, build_model, count_parameters
-from segdemo.speedups import choose_speedups, pick_device, prepare_model
+from segdemo.speedups import Speedups, choose_speedups, pick_device, prepare_model
 from segdemo.transforms import to_tensor, train_transform
 
 log = logging.getLogger(__name__)
@@ -47,17 +55,23 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 class TrainDataset(Dataset):
-    """Applies the train augmentation; returns uint8 HWC image and int64 mask (normalised later, per batch)."""
+    """Applies the train augmentation; returns uint8 HWC image and int64 mask (normalised later, per batch).
+
+    Each image's augmentation is seeded by (run seed, epoch, index): the same on resume, in any order, in
+    any DataLoader worker (workers would otherwise each replay one shared random stream)."""
 
     def __init__(self, source: PairSource, cfg: RunConfig):
         self.source = source
         self.tf = train_transform(cfg.data)
+        self.seed = cfg.train.seed
+        self.epoch = 0  # set by the trainer before each epoch's loader starts
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int):
         image, mask = self.source.load(i)
+        self.tf.set_random_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**32)
         out = self.tf(image=image, mask=mask)
         return torch.from_numpy(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
 
@@ -73,8 +87,9 @@ def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def cpu_training_threads() -> int:
-    """Leave one core free for data loading, the UI and everything else on the machine.
+def cpu_training_threads(world: World | None = None) -> int:
+    """Leave one core free for data loading, the UI and everything else on the machine (shared by the
+    processes torchrun started on it).
 
     A small U-Net gains little from the last core, but when another process wants it, every one of the
     hundreds of parallel ops per step waits for the thread that lost its core: on 2 busy cores a step
@@ -82,7 +97,8 @@ def cpu_training_threads() -> int:
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return _PROCESS_THREADS
-    return max(1, min(_PROCESS_THREADS, (os.cpu_count() or 1) - 1))
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world and world.distributed else 1
+    return max(1, min(_PROCESS_THREADS, ((os.cpu_count() or 1) - 1) // here))
 
 
 def warm_up(cfg: RunConfig | None = None) -> None:
@@ -118,7 +134,62 @@ def _small(a: np.ndarray, nearest: bool) -> np.ndarray:
     return cv2.resize(a, (round(w / f), round(h / f)), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
 
 
+@dataclass
+class LoopState:
+    """Where a run stands. The resumable checkpoint stores it, with the weights, optimiser and RNG states."""
+
+    epoch: int = 0  # the last complete (trained and evaluated) epoch
+    step: int = 0  # optimiser steps so far; the learning-rate schedule follows it
+    batch: int = 0  # batches already trained of epoch `epoch + 1` when a chunk paused mid-epoch
+    epoch_loss: float = 0.0  # that partial epoch's loss sum, images and seconds, so its record stays whole
+    epoch_images: int = 0
+    epoch_seconds: float = 0.0
+    seconds: float = 0.0  # training time of the earlier sessions of this run (resume, chunks)
+    best_miou: float | None = None
+    best_epoch: int | None = None
+    history: list[dict] = field(default_factory=list)
+    precision: list | None = None  # [dtype name or None, channels_last] chosen at the start, kept on resume
+    last_metrics: dict | None = None  # the newest epoch's validation metrics, saved beside every checkpoint
+
+
+@dataclass
+class Parts:
+    """What setting up a run builds; the loop only reads it."""
+
+    cfg: RunConfig
+    splits: Splits
+    classes: ClassSet
+    model: torch.nn.Module  # what trains (wrapped in DistributedDataParallel under torchrun)
+    net: torch.nn.Module  # the plain U-Net inside it: what checkpoints save and evaluation runs
+    opt: torch.optim.Optimizer
+    loss_fn: SegLoss
+    scaler: torch.amp.GradScaler | None
+    sp: Speedups
+    world: World
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    dataset: TrainDataset
+    previews_at: list[int]
+
+
+@dataclass
+class EpochTrain:
+    loss_sum: float
+    images: int
+    seconds: float
+    lr: float
+    stopped: bool = False  # a Stop or the time limit came first
+    paused: bool = False  # the chunk's step budget ran out mid-epoch
+    steps: int = 0  # optimiser steps taken in this session of the epoch
+
+
 class Trainer:
+    """Train a run to its end, a Stop, the time limit or (for chunked training) `max_steps` steps.
+
+    `events()` yields what happens (Started, Progress, EpochEnd, then Done or Failed); `run()` hands each
+    to the callbacks and returns the last. The caller's config is copied, never changed."""
+
     def __init__(
         self,
         config: RunConfig,
@@ -128,56 +199,99 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         resume: bool = False,
         memory_budget: int | None = None,
+        max_steps: int | None = None,
+        should_pause: Callable[[], bool] | None = None,
     ):
-        self.config = config
+        self.config = copy.deepcopy(config)
         self.run_dir = Path(run_dir)
         self.splits = splits
         self.should_stop = should_stop or (lambda: False)
         self.resume = resume
         self.memory_budget = memory_budget  # bytes a step may need (a server's share); None: this machine's
+        self.max_steps = max_steps  # a chunk of a longer run: pause (resumably) after this many steps
+        self.should_pause = should_pause or (lambda: False)  # e.g. a server's fair share: others are waiting
         self.callbacks: list[Callable[[Event], None]] = []
+        self.last_path = self.run_dir / "last.safetensors"
+        self.best_path = self.run_dir / "best.safetensors"
 
     def add_callback(self, fn: Callable[[Event], None]) -> None:
         self.callbacks.append(fn)
 
-    def emit(self, event: Event) -> None:
-        for fn in self.callbacks:
-            fn(event)
-
     def run(self) -> Done | Failed:
-        """Train to the end, a stop request or the time limit. Never raises for user-level problems."""
+        """Train; never raises for user-level problems. Returns the final event."""
+        final = None
+        for final in self.events():
+            for fn in self.callbacks:
+                fn(final)
+        return final
+
+    def events(self) -> Iterator[Event]:
+        """Every event of the run, ending with Done or Failed."""
         try:
-            return self._run()
+            yield from self._loop()
+            return
         except (DataError, ValueError, PretrainedUnavailable, ckpt.CheckpointError, ckpt.CheckpointWriteError) as e:
+            log.info("training run in %s refused: %s", self.run_dir, e)
             ev = Failed(str(e), f"{type(e).__name__}: {e}")
         except Exception as e:
             if is_out_of_memory(e):
+                log.warning("training run in %s ran out of memory", self.run_dir, exc_info=True)
                 ev = Failed(OUT_OF_MEMORY, f"{type(e).__name__}: {e}")
             else:  # a bug: keep its traceback in the log and say so plainly rather than hang the job
                 log.exception("training run in %s failed", self.run_dir)
                 ev = Failed(f"training failed unexpectedly ({type(e).__name__}); the log has details",
                             f"{type(e).__name__}: {e}")
         finally:
-            torch.set_num_threads(_PROCESS_THREADS)  # _run trains with one core left free
-        self.emit(ev)
-        return ev
+            torch.set_num_threads(_PROCESS_THREADS)  # training leaves one core free
+        yield ev
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def _run(self) -> Done:
+    def _loop(self) -> Iterator[Event]:
         t_start = time.perf_counter()
-        cfg = self.config
+        p, state = self._setup()
+        self.t_start, self.seconds_before = t_start, state.seconds
+        yield Started(str(self.run_dir), str(p.sp.device), p.sp.note, p.cfg.train.epochs, state.epoch + 1,
+                      len(p.splits.train), len(p.splits.val), list(p.classes.names), list(p.classes.colors),
+                      count_parameters(p.net))
+        reason, steps_left = "finished", self.max_steps
+        for epoch in range(state.epoch + 1, p.cfg.train.epochs + 1):
+            train = yield from self._train_epoch(p, state, epoch, steps_left)
+            if steps_left is not None:
+                steps_left -= train.steps
+            if train.stopped:
+                reason = "time_limit" if self._over_time() else "stopped"
+                break
+            if train.paused:
+                self._save_last(p, state)  # mid-epoch: the next chunk goes on from here
+                reason = "paused"
+                break
+            yield self._end_epoch(p, state, epoch, train)
+            if self._stop_everywhere(p):
+                reason = "time_limit" if self._over_time() else "stopped"
+                break
+            if epoch < p.cfg.train.epochs and ((steps_left is not None and steps_left <= 0) or self.should_pause()):
+                reason = "paused"
+                break
+        distributed.barrier(p.world)  # no process leaves while process 0 still writes
+        yield Done(reason, state.epoch, state.best_miou, state.best_epoch,
+                   str(self.best_path) if self.best_path.exists() else None,
+                   str(self.last_path) if self.last_path.exists() else None, time.perf_counter() - t_start)
+
+    def _setup(self) -> tuple[Parts, LoopState]:
+        """Check the settings against the data and the memory budget, then build model, optimiser and loss."""
+        cfg, world = self.config, distributed.current()
         cfg.validate()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.run_dir.glob(".*.tmp*"):  # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
+        if world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.run_dir.glob(".*.tmp*"):  # left by a process killed mid-write
+                stale.unlink(missing_ok=True)
         _seed_everything(cfg.train.seed)
         if self.splits is None:
             from segdemo.data import open_dataset
 
             self.splits = open_dataset(cfg.data, self.run_dir)
-        splits = self.splits
-        classes = splits.classes
+        splits, classes = self.splits, self.splits.classes
         if cfg.train.loss == "bce" and classes.num_classes != 2:
             raise ValueError(f"the bce loss is for two-class data; this data has {classes.num_classes} classes. "
                              "Choose ce, weighted_ce, dice or ce_dice")
@@ -190,147 +304,205 @@ class Trainer:
             splits = replace(splits, train=CachedSource(splits.train, room * 3 // 4),
                              val=CachedSource(splits.val, room // 4))
 
-        model = build_model(cfg.model)
-        if pick_device(cfg.train.device).type == "cpu":
-            torch.set_num_threads(cpu_training_threads())  # before the probe, so it measures what we run
-        sp = choose_speedups(cfg.model, cfg.train, cfg.data.image_size)
-        model = prepare_model(model, sp)
+        net = build_model(cfg.model)  # the same seed everywhere: every process starts from the same weights
+        device = pick_device(cfg.train.device)
+        if device.type == "cpu":
+            torch.set_num_threads(cpu_training_threads(world))  # before the probe, so it measures what we run
+        state = self._read_state() if self.resume else LoopState()
+        sp = self._speedups(cfg, state, world)
+        if world.distributed and sp.device.type == "cuda":
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # a few images per GPU: share BN statistics
+        net = prepare_model(net, sp)
+        if sp.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels once
         # fused: one kernel for all parameters instead of ~10 small ops each; same maths, same state keys
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                 fused=sp.device.type in ("cpu", "cuda"))
+        if self.resume:
+            self._restore(net, opt, sp.device)
+        model = net
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(net, device_ids=[sp.device.index] if sp.device.type == "cuda" else None)
         weights = None
         if cfg.train.loss == "weighted_ce":
             weights = class_weights_from_counts(pixel_counts(splits.train, classes.num_classes)).to(sp.device)
         loss_fn = SegLoss(cfg.train.loss, weights).to(sp.device)
         scaler = torch.amp.GradScaler("cuda") if sp.use_grad_scaler else None
 
-        bs = min(cfg.train.batch_size, len(splits.train))
-        steps_per_epoch = len(splits.train) // bs  # drop_last keeps BatchNorm away from 1-image batches
-        total_steps = steps_per_epoch * cfg.train.epochs
-        state = {"epoch": 0, "step": 0, "best_miou": None, "best_epoch": None, "history": []}
-        last_path, best_path = self.run_dir / "last.safetensors", self.run_dir / "best.safetensors"
-        if self.resume:
-            state = self._restore(last_path, model, opt, sp.device)
-        _truncate_metrics_log(self.run_dir / "metrics.jsonl", state["epoch"])
+        bs = min(cfg.train.batch_size, max(1, len(splits.train) // world.size))
+        # drop_last keeps BatchNorm away from 1-image batches; each process sees 1/world of the images
+        steps_per_epoch = max(1, math.ceil(len(splits.train) / world.size) // bs)
+        if world.is_main:
+            _truncate_metrics_log(self.run_dir / "metrics.jsonl", state.epoch)
+        p = Parts(cfg, splits, classes, model, net, opt, loss_fn, scaler, sp, world, bs, steps_per_epoch,
+                  steps_per_epoch * cfg.train.epochs, TrainDataset(splits.train, cfg),
+                  preview_indices(len(splits.val), cfg.train.preview_images))
+        return p, state
 
-        dataset = TrainDataset(splits.train, cfg)
-        previews_at = preview_indices(len(splits.val), cfg.train.preview_images)
-        self.emit(Started(str(self.run_dir), str(sp.device), sp.note, cfg.train.epochs, state["epoch"] + 1,
-                          len(splits.train), len(splits.val), list(classes.names), list(classes.colors),
-                          count_parameters(model)))
-        reason = "finished"
-        for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
-            t_epoch = time.perf_counter()
-            dataset.tf.set_random_seed(cfg.train.seed * 100_003 + epoch)  # same augmentations on resume
-            loader = DataLoader(dataset, batch_size=bs, shuffle=True, drop_last=True,
-                                num_workers=cfg.train.num_workers,
-                                generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch))
-            model.train()
-            run_loss, n_seen, stopped = 0.0, 0, False
-            for b, (images, masks) in enumerate(loader):
-                if self._stop_requested(t_start):
-                    stopped = True
-                    break
-                lr = lr_at(state["step"], total_steps, cfg.train.lr, cfg.train.schedule)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x = to_tensor(images.numpy(), cfg.data.mean, cfg.data.std).to(sp.device, non_blocking=True)
-                if sp.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = masks.to(sp.device, non_blocking=True)
-                with torch.autocast(sp.device.type, dtype=sp.autocast_dtype or torch.float32,
-                                    enabled=sp.autocast_dtype is not None):
-                    logits = model(x)
-                loss = loss_fn(logits, y)
-                if not torch.isfinite(loss):
-                    raise ValueError(f"the loss became {float(loss)} at epoch {epoch}; the learning rate "
-                                     f"{cfg.train.lr:g} is too high for this setup. Lower it and start again")
-                opt.zero_grad(set_to_none=True)
-                if scaler:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                state["step"] += 1
-                run_loss += loss.item() * len(images)
-                n_seen += len(images)
-                self.emit(Progress(epoch, b + 1, steps_per_epoch, run_loss / n_seen,
-                                   n_seen / (time.perf_counter() - t_epoch)))
-            if stopped:
-                reason = "time_limit" if self._over_time(t_start) else "stopped"
+    def _speedups(self, cfg: RunConfig, state: LoopState, world: World) -> Speedups:
+        """Measure (or take what the run measured when it began: a resumed run keeps its precision, so a run
+        in chunks computes what one run would); every process uses process 0's choice."""
+        sp = choose_speedups(cfg.model, cfg.train, cfg.data.image_size) if state.precision is None else None
+        if sp is not None and state.precision is None:
+            state.precision = [None if sp.autocast_dtype is None else str(sp.autocast_dtype)[6:], sp.channels_last]
+        if sp is None:
+            dtype, cl = state.precision
+            device = pick_device(cfg.train.device)
+            sp = Speedups(device, None if dtype is None else getattr(torch, dtype), bool(cl),
+                          f"{dtype or 'fp32'}{' + channels_last' if cl else ''} (kept from the run's start)")
+        return distributed.from_main(sp, world)
+
+    def _loader(self, p: Parts, epoch: int, skip_batches: int) -> DataLoader:
+        """This process's batches of `epoch`, in the same order on every resume: the shuffle is seeded by the
+        epoch, augmentations by (epoch, image), so a run paused after `skip_batches` goes on exactly."""
+        p.dataset.epoch = epoch
+        sampler = DistributedSampler(p.dataset, num_replicas=p.world.size, rank=p.world.rank, shuffle=True,
+                                     seed=p.cfg.train.seed * 1_000_003)
+        sampler.set_epoch(epoch)
+        order = list(sampler)[skip_batches * p.batch_size :]
+        return DataLoader(p.dataset, batch_size=p.batch_size, sampler=order, drop_last=True,
+                          num_workers=p.cfg.train.num_workers, pin_memory=p.sp.device.type == "cuda")
+
+    def _train_epoch(self, p: Parts, state: LoopState, epoch: int, steps_left: int | None):
+        """Train one epoch (or its rest, after a pause), yielding Progress; returns an EpochTrain."""
+        t0 = time.perf_counter()
+        done_before, out = state.batch, EpochTrain(state.epoch_loss, state.epoch_images, state.epoch_seconds,
+                                                   p.opt.param_groups[0]["lr"])
+        p.model.train()
+        for b, (images, masks) in enumerate(self._loader(p, epoch, done_before), start=done_before):
+            if self._stop_everywhere(p):
+                out.stopped = True
                 break
-            train_seconds = time.perf_counter() - t_epoch
-            res = evaluate_model(model, splits.val, cfg, classes, loss_fn, device=sp.device, batch_size=bs,
-                                 preview_indices=previews_at, autocast_dtype=sp.autocast_dtype,
-                                 channels_last=sp.channels_last)
-            m = res.metrics
-            is_best = state["best_miou"] is None or m.miou > state["best_miou"]
-            state["epoch"] = epoch
-            record = {"epoch": epoch, "train_loss": run_loss / max(n_seen, 1), "val_loss": res.loss,
-                      "miou": m.miou, "pixel_accuracy": m.pixel_accuracy, "lr": lr,
-                      "seconds": time.perf_counter() - t_epoch, "images_per_s": n_seen / train_seconds,
-                      "per_class_iou": [None if math.isnan(v) else v for v in m.iou]}
-            state["history"].append(record)
-            metrics_doc = {"epoch": epoch, **m.to_dict(classes.names), "val_loss": res.loss}
+            if (steps_left is not None and out.steps >= steps_left) or (out.steps and self.should_pause()):
+                out.paused = True
+                break
+            out.lr = lr_at(state.step, p.total_steps, p.cfg.train.lr, p.cfg.train.schedule)
+            loss = self._step(p, images, masks, out.lr, epoch)
+            state.step += 1
+            out.steps += 1
+            out.loss_sum += loss * len(images)
+            out.images += len(images)
+            seconds = out.seconds + time.perf_counter() - t0
+            state.batch, state.epoch_loss, state.epoch_images, state.epoch_seconds = \
+                b + 1, out.loss_sum, out.images, seconds
+            yield Progress(epoch, b + 1, p.steps_per_epoch, out.loss_sum / out.images, out.images / seconds)
+        out.seconds += time.perf_counter() - t0
+        return out
+
+    def _step(self, p: Parts, images: torch.Tensor, masks: torch.Tensor, lr: float, epoch: int) -> float:
+        """One optimiser step on one batch; returns the batch's loss."""
+        for g in p.opt.param_groups:
+            g["lr"] = lr
+        x = to_tensor(images.numpy(), p.cfg.data.mean, p.cfg.data.std).to(p.sp.device, non_blocking=True)
+        if p.sp.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = masks.to(p.sp.device, non_blocking=True)
+        with torch.autocast(p.sp.device.type, dtype=p.sp.autocast_dtype or torch.float32,
+                            enabled=p.sp.autocast_dtype is not None):
+            logits = p.model(x)
+        loss = p.loss_fn(logits, y)
+        if not torch.isfinite(loss):
+            raise ValueError(f"the loss became {float(loss)} at epoch {epoch}; the learning rate "
+                             f"{p.cfg.train.lr:g} is too high for this setup. Lower it and start again")
+        p.opt.zero_grad(set_to_none=True)
+        if p.scaler:
+            p.scaler.scale(loss).backward()
+            p.scaler.step(p.opt)
+            p.scaler.update()
+        else:
+            loss.backward()
+            p.opt.step()
+        return loss.item()
+
+    def _end_epoch(self, p: Parts, state: LoopState, epoch: int, train: EpochTrain) -> EpochEnd:
+        """Evaluate on the whole validation split, keep the best and the last checkpoint, log the epoch."""
+        w, dev, t_eval = p.world, p.sp.device, time.perf_counter()
+        share = list(range(w.rank, len(p.splits.val), w.size)) if w.distributed else None
+        distributed.share_buffers(p.net, w)
+        res = evaluate_model(p.net, p.splits.val, p.cfg, p.classes, p.loss_fn, device=dev, batch_size=p.batch_size,
+                             preview_indices=p.previews_at if w.is_main else [], autocast_dtype=p.sp.autocast_dtype,
+                             channels_last=p.sp.channels_last, indices=share)
+        # every process computes the same metrics from the summed counts
+        cm = distributed.sum_all(res.confusion, w, dev)
+        sums = distributed.sum_all(torch.tensor([res.loss_sum, res.loss_count, train.loss_sum, train.images],
+                                                dtype=torch.float64), w, dev).tolist()
+        m = metrics_from_confusion(cm)
+        val_loss, train_loss = sums[0] / max(sums[1], 1), sums[2] / max(sums[3], 1)
+        is_best = state.best_miou is None or m.miou > state.best_miou
+        state.epoch, state.batch, state.epoch_loss, state.epoch_images, state.epoch_seconds = epoch, 0, 0.0, 0, 0.0
+        seconds = train.seconds + time.perf_counter() - t_eval
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "miou": m.miou,
+                  "pixel_accuracy": m.pixel_accuracy, "lr": train.lr, "seconds": seconds,
+                  "images_per_s": sums[3] / max(train.seconds, 1e-9),
+                  "per_class_iou": [None if math.isnan(v) else v for v in m.iou]}
+        state.history.append(record)
+        if is_best:
+            state.best_miou, state.best_epoch = m.miou, epoch
+        state.last_metrics = {"epoch": epoch, **m.to_dict(p.classes.names), "val_loss": val_loss}
+        if w.is_main:
             if is_best:
-                state["best_miou"], state["best_epoch"] = m.miou, epoch
-                ckpt.save_checkpoint(best_path, model, cfg, classes, metrics=metrics_doc)
-            self._save_last(last_path, model, opt, cfg, classes, state, metrics_doc)
+                ckpt.save_checkpoint(self.best_path, p.net, p.cfg, p.classes, metrics=state.last_metrics)
+            self._save_last(p, state)
             _append_jsonl(self.run_dir / "metrics.jsonl", record)
-            _draw_curves(self.run_dir / "curves.png", state["history"])
-            self.emit(EpochEnd(
-                epoch=epoch, epochs=cfg.train.epochs, train_loss=record["train_loss"], val_loss=res.loss,
-                miou=m.miou, pixel_accuracy=m.pixel_accuracy, per_class_iou=record["per_class_iou"], lr=lr,
-                seconds=record["seconds"], images_per_s=record["images_per_s"], is_best=is_best,
-                previews=[Preview(n, _small(im, False), _small(t, True), _small(p, True))
-                          for n, im, t, p in res.previews],
-            ))
-            if self._stop_requested(t_start):
-                reason = "time_limit" if self._over_time(t_start) else "stopped"
-                break
-        done = Done(reason, state["epoch"], state["best_miou"], state["best_epoch"],
-                    str(best_path) if best_path.exists() else None,
-                    str(last_path) if last_path.exists() else None, time.perf_counter() - t_start)
-        self.emit(done)
-        return done
+            _draw_curves(self.run_dir / "curves.png", state.history)
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, mIoU %.4f", epoch, p.cfg.train.epochs,
+                 train_loss, val_loss, m.miou)
+        return EpochEnd(
+            epoch=epoch, epochs=p.cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, miou=m.miou,
+            pixel_accuracy=m.pixel_accuracy, per_class_iou=record["per_class_iou"], lr=train.lr,
+            seconds=record["seconds"], images_per_s=record["images_per_s"], is_best=is_best,
+            previews=[Preview(n, _small(im, False), _small(t, True), _small(pr, True))
+                      for n, im, t, pr in res.previews],
+        )
 
-    def _over_time(self, t_start: float) -> bool:
+    def _elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.t_start
+
+    def _over_time(self) -> bool:
         lim = self.config.train.time_limit_s
-        return lim is not None and time.perf_counter() - t_start > lim
+        return lim is not None and self._elapsed() > lim
 
-    def _stop_requested(self, t_start: float) -> bool:
-        return self.should_stop() or self._over_time(t_start)
+    def _stop_everywhere(self, p: Parts) -> bool:
+        return distributed.any_of(self.should_stop() or self._over_time(), p.world, p.sp.device)
 
     # -- checkpoints ------------------------------------------------------------------------------
 
-    def _save_last(self, path, model, opt, cfg, classes, state, metrics_doc) -> None:
-        """Everything resume needs: weights, optimiser moments, step, RNG states, history."""
+    def _save_last(self, p: Parts, state: LoopState) -> None:
+        """Everything resume needs: weights, optimiser moments, loop state, RNG states. Process 0 only."""
+        if not p.world.is_main:
+            return
+        state.seconds = self._elapsed()
         extra, groups = {}, []
-        params = [p for g in opt.param_groups for p in g["params"]]
-        for i, p in enumerate(params):
-            for k, v in opt.state.get(p, {}).items():
+        params = [q for g in p.opt.param_groups for q in g["params"]]
+        for i, q in enumerate(params):
+            for k, v in p.opt.state.get(q, {}).items():
                 extra[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        for g in opt.param_groups:
+        for g in p.opt.param_groups:
             groups.append({k: v for k, v in g.items() if k != "params"})
         extra["rng.torch"] = torch.get_rng_state()
-        training_state = {**state, "param_groups": groups, "rng_numpy": _np_random_state(),
+        training_state = {**asdict(state), "param_groups": groups, "rng_numpy": _np_random_state(),
                           "rng_python": _py_random_state()}
-        ckpt.save_checkpoint(path, model, cfg, classes, metrics=metrics_doc, training_state=training_state,
-                             extra_tensors=extra)
+        ckpt.save_checkpoint(self.last_path, p.net, p.cfg, p.classes, metrics=state.last_metrics,
+                             training_state=training_state, extra_tensors=extra)
 
-    def _restore(self, path: Path, model, opt, device) -> dict:
-        if not path.exists():
-            raise ckpt.CheckpointError(f"nothing to resume: {path} does not exist")
-        c = ckpt.load_checkpoint(path)
-        ts = c.meta.get("training_state")
+    def _read_state(self) -> LoopState:
+        if not self.last_path.exists():
+            raise ckpt.CheckpointError(f"nothing to resume: {self.last_path} does not exist")
+        self._resume_from = ckpt.load_checkpoint(self.last_path)
+        ts = self._resume_from.meta.get("training_state")
         if not ts:
-            raise ckpt.CheckpointError(f"{path.name} has no training state to resume from")
-        if c.config.model != self.config.model:
+            raise ckpt.CheckpointError(f"{self.last_path.name} has no training state to resume from")
+        if self._resume_from.config.model != self.config.model:
             raise ValueError("the run's saved model settings differ from these; resume with the same settings "
                              "or start a new run folder")
-        model.load_state_dict(c.model.state_dict())
+        known = {f.name for f in fields(LoopState)}
+        return LoopState(**{k: v for k, v in ts.items() if k in known})
+
+    def _restore(self, net, opt, device) -> None:
+        c, ts = self._resume_from, self._resume_from.meta["training_state"]
+        net.load_state_dict(c.model.state_dict())
         params = [p for g in opt.param_groups for p in g["params"]]
         for i, p in enumerate(params):
             st = {k.split(".", 2)[2]: v.to(device) for k, v in c.extra.items() if k.startswith(f"optim.{i}.")}
@@ -343,7 +515,7 @@ class Trainer:
         torch.set_rng_state(c.extra["rng.torch"])
         np.random.set_state(_np_random_from_json(ts["rng_numpy"]))
         random.setstate(_py_random_from_json(ts["rng_python"]))
-        return {k: ts[k] for k in ("epoch", "step", "best_miou", "best_epoch", "history")}
+        self._resume_from = None
 
 
 def _seed_everything(seed: int) -> None:

@@ -357,3 +357,29 @@ def test_one_address_runs_wait_behind_everyone_elses_first(tmp_path, fake):
         assert order.index(honest) <= 1  # right after the flood's first run, not after all three
     finally:
         jm.close()
+
+
+def test_a_long_run_yields_its_slot_to_another_address_and_goes_on_exactly(tmp_path):
+    """Fair share: past its slice a run pauses (a resumable checkpoint) when another address waits, that run
+    trains, and the long one goes on where it paused: the same numbers as a run never paused."""
+    cfg = tiny_config(epochs=4)
+    jm = JobManager(tmp_path / "shared", max_concurrent=1, reaper=False, fair_slice_s=0.0)
+    try:
+        long = jm.submit("carol", cfg, splits=open_builtin(cfg.data), client="198.51.100.7")
+        assert _wait(lambda: sum(isinstance(e, Progress) for e in long.events) >= 1, 60)
+        short = jm.submit("dave", tiny_config(epochs=1), splits=open_builtin(cfg.data), client="198.51.100.8")
+        assert _wait(lambda: not long.is_active and not short.is_active, 120)
+        assert long.status == DONE and short.status == DONE, (long.events[-1], short.events[-1])
+        assert short.finished < long.finished and short.started < long.finished  # it did not wait for all 4 epochs
+        assert sum(isinstance(e, Started) for e in long.events) == 1  # one run to its watcher
+        assert [e.epoch for e in long.events if isinstance(e, EpochEnd)] == [1, 2, 3, 4]
+    finally:
+        jm.close()
+    alone = JobManager(tmp_path / "alone", max_concurrent=1, reaper=False)
+    try:
+        ref = alone.submit("carol", cfg, splits=open_builtin(cfg.data), client="198.51.100.7")
+        assert _wait(lambda: not ref.is_active, 120)
+    finally:
+        alone.close()
+    assert [e.miou for e in long.events if isinstance(e, EpochEnd)] == \
+        [e.miou for e in ref.events if isinstance(e, EpochEnd)]

@@ -115,3 +115,41 @@ def test_one_cycle_schedule_shape():
     lrs = [lr_at(s, 100, 1.0, "onecycle") for s in range(100)]
     assert lrs[0] < lrs[10] and max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.05
     assert np.argmax(lrs) == 10
+
+
+def test_a_run_in_chunks_of_steps_equals_one_run(tmp_path):
+    """Chunked training (a ZeroGPU call, a fair-share slice) pauses mid-epoch with a resumable checkpoint;
+    the chunks together compute exactly what one run computes: same batches, augmentations, RNG, precision."""
+    cfg = tiny_config(epochs=3)
+    assert cfg.data.augment
+    whole, _ = run(cfg, tmp_path / "whole")
+    assert whole.reason == "finished"
+    chunks, first = [], True
+    while True:
+        res, events = run(cfg, tmp_path / "chunked", resume=not first, max_steps=3)
+        first = False
+        chunks.append(res)
+        assert isinstance(res, Done), res
+        if res.reason != "paused":
+            break
+        assert sum(isinstance(e, Progress) for e in events) <= 3
+    assert res.reason == "finished" and len(chunks) > 3  # several pauses, some of them mid-epoch
+
+    def log(d):
+        return [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = log(tmp_path / "whole"), log(tmp_path / "chunked")
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("train_loss", "val_loss", "miou", "pixel_accuracy", "lr", "per_class_iou"):
+            assert ra[k] == rb[k], (k, ra[k], rb[k])
+
+
+def test_stop_between_chunks_then_resume_to_the_end(tmp_path):
+    cfg = tiny_config(epochs=2)
+    res, _ = run(cfg, tmp_path, max_steps=2)
+    assert res.reason == "paused" and load_checkpoint(tmp_path / "last.safetensors").meta["training_state"]["batch"]
+    res, _ = run(cfg, tmp_path, resume=True, should_stop=lambda: True)
+    assert res.reason == "stopped" and res.epochs_done == 0
+    res, _ = run(cfg, tmp_path, resume=True)
+    assert res.reason == "finished" and res.epochs_done == 2
