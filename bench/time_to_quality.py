@@ -30,7 +30,7 @@ def run_once(args, seed: int) -> tuple[float | None, float, float]:
         if getattr(args, name) is not None:
             setattr(getattr(cfg, section), field, getattr(args, name))
     if args.bilinear is not None:
-        cfg.model.bilinear = args.bilinear == "on"
+        cfg.model.upsampling = "bilinear" if args.bilinear == "on" else "transposed"
     if args.augment is not None:
         cfg.data.augment = args.augment == "on"
     reached, best, first_step = None, 0.0, None

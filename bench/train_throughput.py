@@ -55,7 +55,7 @@ class TutorialLoop:
         self.threads = torch.get_num_threads()  # torch's default; the Trainer sets its own while it runs
         torch.manual_seed(0)
         m = cfg.model
-        self.model = UNet(m.num_classes, depth=m.depth, width=m.width, bilinear=m.bilinear)
+        self.model = UNet(m.num_classes, depth=m.depth, width=m.width, bilinear=m.upsampling == "bilinear")
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
         self.crit = nn.CrossEntropyLoss(ignore_index=IGNORE)
@@ -141,7 +141,7 @@ def main() -> None:
     ours, theirs = ours[1:], theirs[1:]  # drop the warm-up round
     ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
     print(f"{len(ours)} rounds of {args.steps} steps, batch {bs}, {cfg.data.image_size}px, "
-          f"width {cfg.model.width}, depth {cfg.model.depth}, bilinear {cfg.model.bilinear}, torch threads: "
+          f"width {cfg.model.width}, depth {cfg.model.depth}, up-sampling {cfg.model.upsampling}, torch threads: "
           f"trainer {state['threads']}, tutorial {tutorial.threads}, {args.busy} busy processes | {load()}")
     print(f"trainer_img_s={median(ours):.1f} tutorial_img_s={median(theirs):.1f} "
           f"ratio={median(ratios):.2f} ratio_min={min(ratios):.2f} ratio_max={max(ratios):.2f}")

@@ -70,8 +70,7 @@ def cmd_train(args) -> int:
     d.download = args.download
     _set(m, width=args.width, depth=args.depth, encoder=args.encoder)
     m.pretrained = args.pretrained
-    if args.upsample:
-        m.bilinear = args.upsample == "bilinear"
+    _set(m, upsampling=args.upsampling)
     _set(t, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, seed=args.seed,
          device=args.device, precision=args.precision, channels_last=args.channels_last,
          time_limit_s=args.time_limit, num_workers=args.workers)
@@ -322,7 +321,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from segdemo.config import gpu_preset, quick_cpu_preset
+    from segdemo.config import UPSAMPLINGS, gpu_preset, quick_cpu_preset
 
     presets = quick_cpu_preset(), gpu_preset()
 
@@ -357,8 +356,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=preset("training loss", lambda c: c.train.loss))
     t.add_argument("--width", type=int, help=preset("channels of the first U-Net level", lambda c: c.model.width))
     t.add_argument("--depth", type=int, help=preset("number of down-sampling steps", lambda c: c.model.depth))
-    t.add_argument("--upsample", choices=["bilinear", "transposed"],
-                   help=preset("decoder up-sampling", lambda c: "bilinear" if c.model.bilinear else "transposed"))
+    t.add_argument("--upsampling", "--upsample", choices=UPSAMPLINGS,  # --upsample: its name before 0.2
+                   help=preset("decoder up-sampling", lambda c: c.model.upsampling))
     t.add_argument("--encoder", choices=["unet", "resnet18", "resnet34"],
                    help=preset("encoder: a plain U-Net or a torchvision ResNet", lambda c: c.model.encoder))
     t.add_argument("--pretrained", action="store_true", help="ImageNet weights for a ResNet encoder")

@@ -10,6 +10,7 @@ from segdemo.errors import ConfigError
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "bce")
 ENCODERS = ("unet", "resnet18", "resnet34")
+UPSAMPLINGS = ("transposed", "bilinear")  # the decoder's up-sampling: one name in the config, the UI and the CLI
 
 
 @dataclass
@@ -35,9 +36,9 @@ class ModelConfig:
     encoder: str = "unet"  # "unet" (plain, from scratch) or a torchvision "resnet18"/"resnet34" encoder
     depth: int = 4  # number of down-sampling steps; input is padded to a multiple of 2**depth
     width: int = 8  # channels of the first level, doubled at each level down
-    # Transposed conv (learned up-sampling) or bilinear + conv (smooth, no weights). On a CPU the
-    # transposed one trains about 1.5x faster: bilinear's backward pass is slow there.
-    bilinear: bool = False
+    # "transposed" conv (learned up-sampling) or "bilinear" + conv (smooth, no weights). On a CPU the
+    # transposed one trains faster: bilinear's backward pass is slow there (bench/README.md).
+    upsampling: str = "transposed"
     pretrained: bool = False  # ImageNet weights for a ResNet encoder, when they can be had
     num_classes: int = 4  # filled in from the data; 1 output channel for the "bce" loss
 
@@ -73,7 +74,7 @@ class RunConfig:
         """Rebuild from a dict; unknown keys are refused so a typo never passes silently."""
         return cls(
             data=_build(DataConfig, d.get("data", {})),
-            model=_build(ModelConfig, d.get("model", {})),
+            model=_build(ModelConfig, _upgrade_model(d.get("model", {}))),
             train=_build(TrainConfig, d.get("train", {})),
         )
 
@@ -100,8 +101,21 @@ class RunConfig:
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
         if t.channels_last not in ("auto", "on", "off"):
             raise ConfigError(f"channels_last must be auto, on or off, got {t.channels_last!r}")
+        if m.upsampling not in UPSAMPLINGS:
+            raise ConfigError(f"up-sampling must be {' or '.join(UPSAMPLINGS)}, got {m.upsampling!r}")
         if dc.pet_mode not in ("trimap", "binary"):
             raise ConfigError(f"pet mode must be trimap or binary, got {dc.pet_mode!r}")
+
+
+def _upgrade_model(d: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before `upsampling` (checkpoints, job records) said `bilinear: true/false`."""
+    if not isinstance(d, dict) or "bilinear" not in d:
+        return d
+    d = dict(d)
+    old = "bilinear" if d.pop("bilinear") else "transposed"
+    if d.setdefault("upsampling", old) != old:
+        raise ConfigError(f"the model config says both bilinear and upsampling={d['upsampling']!r}; keep one")
+    return d
 
 
 def _build(kind, d: dict[str, Any]):
@@ -122,6 +136,6 @@ def gpu_preset() -> RunConfig:
     """A bigger net, longer, for a machine with a GPU."""
     return RunConfig(
         data=DataConfig(image_size=256),
-        model=ModelConfig(width=32, depth=4, bilinear=True),
+        model=ModelConfig(width=32, depth=4, upsampling="bilinear"),
         train=TrainConfig(epochs=30, batch_size=32, lr=2e-3, loss="ce_dice"),
     )

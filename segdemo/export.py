@@ -43,7 +43,7 @@ FORMATS = ("onnx", "torchscript")
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 SCRIPTS = {"onnx": "predict_onnx.py", "torchscript": "predict_torchscript.py"}
 OPSET = 17
-# refuse an export whose logits differ more than this from PyTorch's: seen ~1e-5, tests hold 1e-4; looser here so
+# refuse an export whose logits differ more than this from PyTorch's (the tests hold 1e-4; README, Export); looser so
 # that another CPU's kernels never block an export, while a wrong pad or crop (whole units) is still caught
 CHECK_TOLERANCE = 1e-3
 INSTALL_HINT = 'pip install onnx==1.23.2 onnxruntime==1.31.1 (in a segdemo checkout: pip install ".[export]")'
@@ -165,7 +165,7 @@ def export_meta(ck: Checkpoint, source: Path, fmt: str) -> dict[str, Any]:
         "postprocessing": "logits up-sampled bilinearly (align_corners=False) to the image's own size, then "
                           "argmax over classes (one channel: logit > 0 means class 1)",
         "model": {"encoder": cfg.model.encoder, "depth": cfg.model.depth, "width": cfg.model.width,
-                  "upsampling": "bilinear" if cfg.model.bilinear else "transposed", "pad_multiple": multiple},
+                  "upsampling": cfg.model.upsampling, "pad_multiple": multiple},
         "source": {"checkpoint": source.name, "miou": ck.metrics.get("miou"), "epoch": ck.metrics.get("epoch"),
                    "training_data": cfg.data.source},
         "segdemo_version": segdemo.__version__,
@@ -200,7 +200,7 @@ def check_export(model: nn.Module, model_path: Path, fmt: str, sizes: list[tuple
 def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
     """ONNX through torch's TorchScript-based exporter (dynamo=False), opset 17, H, W and N dynamic."""
     # Why not dynamo=True, torch 2.13's default: it needs the onnxscript package (and onnx-ir) besides onnx,
-    # exports 15x slower (8 s against 0.5 s for the shipped model), writes the weights to a second .data file
+    # exports many times slower (bench/README.md), writes the weights to a second .data file
     # and fixes the batch at 1 unless told otherwise. Tried: with onnxscript installed, it matches PyTorch too.
     # The TorchScript-based exporter is deprecated but present and tested in torch 2.13 (pinned in
     # requirements.txt); when a torch release removes it, switch to dynamo=True with dynamic_shapes and add

@@ -156,8 +156,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.encoder == "unet":
-        return UNet(cfg.num_classes, depth=cfg.depth, width=cfg.width, bilinear=cfg.bilinear)
-    return ResNetUNet(cfg.num_classes, encoder=cfg.encoder, width=cfg.width, bilinear=cfg.bilinear,
+        return UNet(cfg.num_classes, depth=cfg.depth, width=cfg.width, bilinear=cfg.upsampling == "bilinear")
+    return ResNetUNet(cfg.num_classes, encoder=cfg.encoder, width=cfg.width, bilinear=cfg.upsampling == "bilinear",
                       pretrained=cfg.pretrained)
 
 

@@ -93,16 +93,16 @@ def _label(dtype, cl: bool) -> str:
 
 
 def _key(cfg: ModelConfig) -> tuple:
-    return (cfg.encoder, cfg.depth, cfg.width, cfg.bilinear, cfg.num_classes)
+    return (cfg.encoder, cfg.depth, cfg.width, cfg.upsampling, cfg.num_classes)
 
 
 @functools.lru_cache(maxsize=32)  # a measurement of this machine, not user state: safe to share
 def _measure_cpu(model_key: tuple, image_size: int, candidates: tuple, threads: int = 0) -> dict:
     """Seconds per 4-image training step for each candidate; `threads` only keys the cache (the answer
     depends on how many threads torch uses, which the caller has set)."""
-    encoder, depth, width, bilinear, num_classes = model_key
+    encoder, depth, width, upsampling, num_classes = model_key
     base = build_model(
-        ModelConfig(encoder=encoder, depth=depth, width=width, bilinear=bilinear, num_classes=num_classes)
+        ModelConfig(encoder=encoder, depth=depth, width=width, upsampling=upsampling, num_classes=num_classes)
     )
     size = min(image_size, 128)
     gen = torch.Generator().manual_seed(0)

@@ -133,3 +133,18 @@ def test_failed_write_keeps_the_previous_checkpoint(saved, tmp_path, monkeypatch
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
+
+
+def test_configs_saved_with_the_old_upsampling_name_still_load():
+    """Checkpoints and job records from before `upsampling` say `bilinear: true/false`."""
+    from pathlib import Path
+
+    from segdemo.config import RunConfig
+    from segdemo.errors import ConfigError
+
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_unet.safetensors"
+    assert read_meta(shipped)["config"]["model"]["bilinear"] is False  # saved under the old name
+    assert load_checkpoint(shipped).config.model.upsampling == "transposed"
+    assert RunConfig.from_dict({"model": {"bilinear": True}}).model.upsampling == "bilinear"
+    with pytest.raises(ConfigError, match="keep one"):
+        RunConfig.from_dict({"model": {"bilinear": True, "upsampling": "transposed"}})

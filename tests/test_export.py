@@ -231,7 +231,7 @@ def test_other_nets_export_and_match(kind, fmt, tmp_path):
     classes = ClassSet.default(["background", "circle", "square", "triangle"])
     if kind == "binary_bilinear":
         classes = ClassSet.default(["background", "object"])
-        cfg.train.loss, cfg.model.bilinear, cfg.model.num_classes = "bce", True, 1
+        cfg.train.loss, cfg.model.upsampling, cfg.model.num_classes = "bce", "bilinear", 1
     elif kind == "deep_small":
         cfg.model.depth, cfg.data.image_size, cfg.model.num_classes = 6, 32, 4
     else:

@@ -89,7 +89,7 @@ def _locate(root: Path) -> Path:
 
 def _download(root: Path) -> None:
     """Let torchvision fetch the data into root/oxford-iiit-pet (the layout read here)."""
-    from torchvision.datasets import OxfordIIITPet  # ~2-5 s to import, so only when downloading
+    from torchvision.datasets import OxfordIIITPet  # slow to import, so only when downloading
 
     try:
         for split in ("trainval", "test"):

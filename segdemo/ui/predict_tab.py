@@ -127,8 +127,8 @@ class PredictTab:
                 )
             with gr.Column(scale=3, min_width=420):
                 with gr.Row():
-                    # photos travel as JPEG: PNG-encoding a noisy 512x512 photo took ~150 ms of a request,
-                    # JPEG 2-4 ms (bench/README.md); the masks stay PNG so their colours stay exact
+                    # photos travel as JPEG: PNG-encoding a noisy photo took most of a request (bench/README.md,
+                    # app speed); the masks stay PNG so their colours stay exact
                     self.out_image = gr.Image(
                         label="Image", format="jpeg", interactive=False, height=260, elem_id="out-image"
                     )
@@ -330,7 +330,7 @@ class PredictTab:
             if isinstance(miou, int | float)
             else ""
         )
-        up = "bilinear" if m.get("bilinear") else "transposed"
+        up = m.get("upsampling") or ("bilinear" if m.get("bilinear") else "transposed")  # the older name
         shown = ", ".join(md(n) for n in names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
         return (
             f"**{len(names)} classes:** {shown}{score}  \nU-Net width {md(m.get('width'))}, depth "
