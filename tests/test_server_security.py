@@ -94,3 +94,17 @@ def test_errors_do_not_leak_paths_or_tracebacks(url, tmp_path):
     msg = str(err.value)
     assert "Traceback" not in msg and str(ROOT) not in msg and "/tmp/" not in msg
     assert "not-an-image.png" in msg  # it names the user's own file, by its name only
+
+
+def test_a_gradio_the_picture_patch_was_not_written_for_is_loud(monkeypatch, caplog):
+    import gradio as gr
+    from gradio import processing_utils as pu
+
+    from segdemo.ui import common
+
+    assert common.picture_patch_mismatch() is None  # the pinned gradio: the patch fits
+    monkeypatch.setattr(gr, "__version__", "7.0.0")
+    monkeypatch.setattr(pu, "save_pil_to_cache", lambda img, cache_dir, name="image", format="webp": "")  # unpatched
+    with pytest.warns(RuntimeWarning, match="written for gradio 6.31.0, and this is gradio 7.0.0"):
+        common.write_pictures_to_cache_atomically()
+    assert "written for gradio 6.31.0" in caplog.text

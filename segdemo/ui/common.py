@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -382,6 +383,26 @@ def tidy_paths(text: str, *places: tuple[Path | str, str]) -> str:
     return text
 
 
+PICTURE_PATCH_GRADIO = "6.31.0"  # the gradio whose save_pil_to_cache the patch below replaces
+
+
+def picture_patch_mismatch() -> str | None:
+    """Why the picture-cache patch may not fit this gradio (another version, or the function it replaces
+    changed shape), or None when it was written for exactly this one."""
+    import inspect
+
+    from gradio import processing_utils as pu
+
+    if gr.__version__ != PICTURE_PATCH_GRADIO:
+        return (f"segdemo's picture-cache patch (ui/common.py) was written for gradio {PICTURE_PATCH_GRADIO}, "
+                f"and this is gradio {gr.__version__}: check that processing_utils.save_pil_to_cache still "
+                "hashes, names and writes pictures the same way, then update PICTURE_PATCH_GRADIO")
+    params = list(inspect.signature(pu.save_pil_to_cache).parameters)
+    if params[:4] != ["img", "cache_dir", "name", "format"]:
+        return f"gradio's save_pil_to_cache takes {params}, not what segdemo's picture-cache patch replaces"
+    return None
+
+
 def write_pictures_to_cache_atomically() -> None:
     """Make Gradio write the pictures it sends as a temp file renamed into place, as it already does for files.
 
@@ -395,6 +416,10 @@ def write_pictures_to_cache_atomically() -> None:
 
     if getattr(pu.save_pil_to_cache, "segdemo_atomic", False):
         return
+    mismatch = picture_patch_mismatch()
+    if mismatch:  # loud, every start: the patch replaces a gradio internal that may have moved on
+        log.warning("%s", mismatch)
+        warnings.warn(mismatch, RuntimeWarning, stacklevel=2)
 
     def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
         data = pu.encode_pil_to_bytes(img, format)
