@@ -135,6 +135,21 @@ def export_model(checkpoint_path: str | Path, out_dir: str | Path, fmt: str = "o
     return ExportResult(fmt, model_path, meta_path, script_path, diff)
 
 
+def export_zip(checkpoint_path: str | Path, zip_path: str | Path, fmt: str = "onnx") -> Path:
+    """export_model() into one .zip (model, meta.json, predict script) for a browser to download."""
+    import zipfile
+
+    zip_path = Path(zip_path)
+    with tempfile.TemporaryDirectory(dir=zip_path.parent) as tmp:
+        result = export_model(checkpoint_path, tmp, fmt)
+        part = Path(tmp) / "bundle.zip"
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in result.paths:
+                z.write(f, f.name)
+        os.replace(part, zip_path)
+    return zip_path
+
+
 def pad_multiple(model: nn.Module) -> int:
     """The stride the net pads its input to: 2**depth for a plain U-Net, 32 for a ResNet encoder."""
     return 2**model.depth if isinstance(model, UNet) else 32

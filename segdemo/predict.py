@@ -37,17 +37,19 @@ class Prediction:
 class Predictor:
     """Holds one model in eval mode; safe to call from several threads (inference only, no state)."""
 
-    def __init__(self, checkpoint: Checkpoint):
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
+        from segdemo.speedups import pick_device
+
         self.ckpt = checkpoint
-        self.model = checkpoint.model.eval()
+        self.device = pick_device(device)  # the GPU when there is one ("auto"); the labels come back to the CPU
+        self.model = checkpoint.model.eval().to(self.device)
         self.config = checkpoint.config
         self.classes = checkpoint.classes
-        self.device = next(self.model.parameters()).device
 
     @classmethod
-    def from_path(cls, path: str | Path, max_predict_bytes: int | None = None) -> Predictor:
+    def from_path(cls, path: str | Path, max_predict_bytes: int | None = None, device: str = "auto") -> Predictor:
         """Load and check a checkpoint; with max_predict_bytes, refuse one that could not predict within it."""
-        return cls(load_checkpoint(resolve_checkpoint(path), max_predict_bytes=max_predict_bytes))
+        return cls(load_checkpoint(resolve_checkpoint(path), max_predict_bytes=max_predict_bytes), device)
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray, target: np.ndarray | None = None, alpha: float = 0.5,

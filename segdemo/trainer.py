@@ -35,7 +35,7 @@ from segdemo.losses import SegLoss, class_weights_from_counts
 from segdemo.metrics import metrics_from_confusion
 from segdemo.model import PretrainedUnavailable, build_model, count_parameters
 from segdemo.speedups import Speedups, choose_speedups, pick_device, prepare_model
-from segdemo.transforms import to_tensor, train_transform
+from segdemo.transforms import normalise, train_transform
 
 log = logging.getLogger(__name__)
 PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them small
@@ -395,7 +395,7 @@ class Trainer:
         """One optimiser step on one batch; returns the batch's loss."""
         for g in p.opt.param_groups:
             g["lr"] = lr
-        x = to_tensor(images.numpy(), p.cfg.data.mean, p.cfg.data.std).to(p.sp.device, non_blocking=True)
+        x = normalise(images.to(p.sp.device, non_blocking=True), p.cfg.data.mean, p.cfg.data.std)
         if p.sp.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = masks.to(p.sp.device, non_blocking=True)

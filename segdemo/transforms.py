@@ -43,7 +43,13 @@ def eval_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def to_tensor(images: np.ndarray, mean, std) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised by mean/std (given in 0..1 units)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return normalise(torch.from_numpy(np.ascontiguousarray(images)), mean, std)
+
+
+def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """(N, H, W, 3) uint8 tensor on any device -> (N, 3, H, W) float32 there, normalised by mean/std: a GPU
+    run copies the small uint8 batch (pinned, asynchronously) and does this arithmetic on the GPU."""
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s

@@ -112,6 +112,23 @@ def _set_number(page, elem_id: str, value: int) -> None:
     box.blur()
 
 
+def _onnx_download(page, button: str, file: str) -> None:
+    """Click an ONNX export button; the offered zip holds the model, its meta.json and the predict script."""
+    import io
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    if not __import__("importlib").util.find_spec("onnx"):
+        return  # the optional export extra is not installed: the button says how to install it instead
+    page.locator(button).click()
+    link = page.locator(f"{file} a").first
+    expect(link).to_be_visible(timeout=60_000)
+    data = urllib.request.urlopen(link.get_attribute("href"), timeout=30).read()
+    names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    assert names == {"model.onnx", "meta.json", "predict_onnx.py"}, names
+
+
 def test_train_watch_stop_then_predict(app_url, page):
     with screenshot_on_failure(page, "test_train_watch_stop_then_predict"):
         _student_session(app_url, page)
@@ -158,6 +175,10 @@ def _student_session(app_url, page):
     expect(page.locator("#error-map img").first).to_be_visible()
     # nothing on the page is a Python traceback
     assert "Traceback" not in page.content()
+    _onnx_download(page, "#export-onnx", "#export-file")  # the chosen model (this run) as ONNX
+    page.get_by_role("tab", name="Train").click()
+    _onnx_download(page, "#run-export-onnx", "#run-export-file")  # and from the finished run's panel
+    page.get_by_role("tab", name="Predict").click()
 
     # another browser (its own storage, so its own session) sees none of this run
     other = page.context.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()

@@ -358,6 +358,17 @@ def run_label(job) -> str:
     return f"Your run from {when} ({job.status}, {best})"
 
 
+def export_onnx_zip(ctx: AppContext, checkpoint: Path) -> Path:
+    """A checkpoint as ONNX + meta.json + predict_onnx.py in one zip, in a scratch folder Gradio may serve."""
+    from segdemo.export import ExportError, export_zip
+
+    out = ctx.scratch("exports") / f"{safe_stem(checkpoint.stem) or 'model'}-onnx.zip"
+    try:
+        return export_zip(checkpoint, out, "onnx")
+    except ExportError as e:  # the onnx package missing, or an export that disagrees with PyTorch
+        raise user_error(str(e)) from None
+
+
 def model_choices(ctx: AppContext, owner: str | None) -> list[tuple[str, str]]:
     """The shipped model, this browser's finished runs (newest first) and an uploaded file."""
     shipped = (

@@ -19,6 +19,7 @@ from segdemo.ui.common import (
     HEAVY,
     AppContext,
     esc,
+    export_onnx_zip,
     fmt_num,
     md,
     model_choices,
@@ -91,6 +92,13 @@ class PredictTab:
                     visible=False,
                 )
                 self.model_info = gr.Markdown(self._shipped_note(shipped), elem_id="model-info")
+                self.export_btn = gr.Button("Download this model as ONNX", size="sm", elem_id="export-onnx")
+                self.export_file = gr.File(
+                    label="ONNX model, meta.json and predict_onnx.py (runs with onnxruntime, no segdemo)",
+                    interactive=False,
+                    visible=False,
+                    elem_id="export-file",
+                )
                 self.images = gr.File(
                     label="Images (one or more)",
                     file_count="multiple",
@@ -250,6 +258,10 @@ class PredictTab:
         self.ckpt_file.upload(
             self.on_checkpoint, self.ckpt_file, [self.model, self.model_info], api_visibility="private", **heavy
         ).success(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
+        self.export_btn.click(
+            self.export_onnx, [self.token, self.model, self.ckpt_file], self.export_file,
+            api_visibility="private", **heavy,
+        )
         self.example_gallery.select(
             self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
         )
@@ -314,6 +326,13 @@ class PredictTab:
                 raise gr.Error("That run ended before its first epoch finished, so it has no checkpoint.")
             return best
         raise gr.Error("Choose a model from the list.")
+
+    @user_errors
+    def export_onnx(self, token, model, ckpt_file):
+        """The chosen model as ONNX (with its meta.json and a predict script), zipped for download."""
+        src = self.resolve(token, model, ckpt_file)
+        self.ctx.predictor(src)  # the same checks as predicting with it (format, shapes, memory) first
+        return gr.update(value=str(export_onnx_zip(self.ctx, src)), visible=True)
 
     def describe_path(self, path: Path) -> str:
         meta = read_meta(path)  # everything below comes from the file: shown through md(), never as markup

@@ -26,6 +26,7 @@ from segdemo.ui.common import (
     AppContext,
     client_of,
     esc,
+    export_onnx_zip,
     fmt_duration,
     fmt_num,
     md,
@@ -440,6 +441,10 @@ class TrainTab:
                     interactive=False,
                     elem_id="best-checkpoint",
                 )
+                self.export_btn = gr.Button("Download the best checkpoint as ONNX", size="sm",
+                                            elem_id="run-export-onnx")
+                self.export_file = gr.File(label="ONNX model, meta.json and predict_onnx.py", interactive=False,
+                                           visible=False, elem_id="run-export-file")
         self.watch_outputs = [self.status, self.curves, self.table, self.filmstrip, self.checkpoint]
 
     # -- wiring -----------------------------------------------------------------------------------------
@@ -500,6 +505,8 @@ class TrainTab:
             concurrency_limit=None,
             show_progress="hidden",
         )
+        self.export_btn.click(self.export_onnx, [self.token, self.run_id], self.export_file,
+                              api_visibility="private", concurrency_id=HEAVY)
         gr.api(self.run_info, api_name="run_info", concurrency_limit=None)
         self.reattach_outputs = [self.run_id, *outs]
 
@@ -703,6 +710,13 @@ class TrainTab:
                        "the latest.*", *[gr.skip()] * 5]
                 return
             await asyncio.sleep(0.25)
+
+    @user_errors
+    def export_onnx(self, token: str, run_id: str):
+        job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
+        if job.best_checkpoint is None:
+            raise gr.Error("This run has no checkpoint yet: one is saved when its first epoch ends.")
+        return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint))), visible=True)
 
     def _checkpoint_copy(self, job: Job) -> str | None:
         """The best checkpoint, copied where Gradio can serve it (run folders never are), until the run expires."""
