@@ -138,10 +138,14 @@ def check_model(cfg: RunConfig, budget: int | None, what: str = "this checkpoint
     """Refuse a model that is absurdly large or (with a budget) would not fit in it to predict one image."""
     n = parameter_count(cfg.model)
     if n > MAX_PARAMETERS:
-        raise BudgetError(f"{what} describes a model of {n / 1e6:.0f} M parameters; segdemo models have at most "
-                          f"{MAX_PARAMETERS / 1e6:.0f} M. It is not a segdemo checkpoint")
+        raise BudgetError(
+            f"{what} describes a model of {n / 1e6:.0f} M parameters; segdemo models have at most "
+            f"{MAX_PARAMETERS / 1e6:.0f} M. It is not a segdemo checkpoint"
+        )
     need = inference_bytes(cfg)
     if budget is not None and need > budget:
-        raise BudgetError(f"{what} needs about {gib(need)} of memory to predict one image, and this server "
-                          f"allows {gib(budget)} per prediction; use a smaller model (image size, width)")
+        raise BudgetError(
+            f"{what} needs about {gib(need)} of memory to predict one image, and this server "
+            f"allows {gib(budget)} per prediction; use a smaller model (image size, width)"
+        )
     return need

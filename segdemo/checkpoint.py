@@ -69,8 +69,11 @@ def save_checkpoint(
         "version": VERSION,
         "config": config.to_dict(),
         "classes": classes.to_dict(),
-        "normalization": {"mean": list(config.data.mean), "std": list(config.data.std),
-                          "image_size": config.data.image_size},
+        "normalization": {
+            "mean": list(config.data.mean),
+            "std": list(config.data.std),
+            "image_size": config.data.image_size,
+        },
         "metrics": metrics or {},
         "training_state": training_state,
     }
@@ -84,8 +87,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
         replace_file(path, data)
     except OSError as e:
         raise CheckpointWriteError(
-            e.errno, f"could not save {path.name} ({e.strerror or e}); the previous checkpoint is kept. "
-            "Free some disk space and resume the run"
+            e.errno,
+            f"could not save {path.name} ({e.strerror or e}); the previous checkpoint is kept. "
+            "Free some disk space and resume the run",
         ) from e
     fsync_folder(path.parent)
     return path
@@ -127,8 +131,10 @@ def load_checkpoint(path: str | Path, *, max_predict_bytes: int | None = None) -
         raise CheckpointError(f"no checkpoint at {path}")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise CheckpointError(f"{path.name} is {size / 2**20:.0f} MB; segdemo checkpoints are far smaller (limit "
-                              f"{MAX_FILE_BYTES / 2**20:.0f} MB)")
+        raise CheckpointError(
+            f"{path.name} is {size / 2**20:.0f} MB; segdemo checkpoints are far smaller (limit "
+            f"{MAX_FILE_BYTES / 2**20:.0f} MB)"
+        )
     table, meta = _read_header(path)
     config, classes = _config_from_meta(path, meta)
     try:
@@ -161,18 +167,29 @@ def _config_from_meta(path: Path, meta: dict[str, Any]) -> tuple[RunConfig, Clas
 
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
 _ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8}
-_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
-          "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def _check_table(path: Path, table: dict[str, Any], expected: dict[str, tuple], size: int) -> None:
     """The header's tensors are exactly the model's, with the right shapes and dtypes, inside the file."""
-    weights = {k[len("model."):]: v for k, v in table.items() if isinstance(k, str) and k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in table.items() if isinstance(k, str) and k.startswith("model.")}
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{path.name} does not match its own config: missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}")
+        raise CheckpointError(
+            f"{path.name} does not match its own config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     end = size - 8
     for k, (shape, dtype) in expected.items():
         entry = weights[k]
@@ -183,14 +200,17 @@ def _check_table(path: Path, table: dict[str, Any], expected: dict[str, tuple], 
             raise CheckpointError(f"{path.name}: the entry for tensor {k} is malformed") from e
         want = _DTYPES.get(dtype, str(dtype))
         if got_shape != shape or got_dtype != want:
-            raise CheckpointError(f"{path.name}: tensor {k} is {got_shape} {_NAMES.get(got_dtype, got_dtype)}, "
-                                  f"expected {shape} {_NAMES[want]}")
+            raise CheckpointError(
+                f"{path.name}: tensor {k} is {got_shape} {_NAMES.get(got_dtype, got_dtype)}, "
+                f"expected {shape} {_NAMES[want]}"
+            )
         n = 1
         for d in shape:
             n *= d
         if not 0 <= start <= stop <= end or stop - start != n * _ITEMSIZE.get(want, 4):
-            raise CheckpointError(f"{path.name}: tensor {k} points outside the file or has the wrong length; "
-                                  "the file is damaged")
+            raise CheckpointError(
+                f"{path.name}: tensor {k} points outside the file or has the wrong length; the file is damaged"
+            )
 
 
 def _check_header_length(path: Path, head: bytes, size: int) -> int:
@@ -203,8 +223,10 @@ def _check_header_length(path: Path, head: bytes, size: int) -> int:
         raise CheckpointError(f"{path.name} is too short to be a checkpoint")
     (n,) = struct.unpack("<Q", head)
     if n > MAX_HEADER_BYTES or n > size - 8:
-        raise CheckpointError(f"{path.name} has a header of {n} bytes, which is oversized or past the end of the "
-                              "file; it is not a segdemo checkpoint")
+        raise CheckpointError(
+            f"{path.name} has a header of {n} bytes, which is oversized or past the end of the "
+            "file; it is not a segdemo checkpoint"
+        )
     return n
 
 
@@ -212,23 +234,28 @@ def _check_meta(path: Path, meta: Any) -> None:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is not a segdemo checkpoint")
     if meta.get("version") != VERSION:
-        raise CheckpointError(f"{path.name} is segdemo checkpoint version {meta.get('version')}; this segdemo "
-                              f"reads version {VERSION}")
+        raise CheckpointError(
+            f"{path.name} is segdemo checkpoint version {meta.get('version')}; this segdemo reads version {VERSION}"
+        )
 
 
-def _rebuild(path: Path, meta: dict[str, Any], config: RunConfig, classes: ClassSet,
-             tensors: dict[str, torch.Tensor]) -> Checkpoint:
+def _rebuild(
+    path: Path, meta: dict[str, Any], config: RunConfig, classes: ClassSet, tensors: dict[str, torch.Tensor]
+) -> Checkpoint:
     model = build_model(config.model)
     expected = model.state_dict()
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     for k, ref in expected.items():
         t = weights[k]
         if t.shape != ref.shape or t.dtype != ref.dtype:  # the table said so; the bytes must agree
-            raise CheckpointError(f"{path.name}: tensor {k} is {tuple(t.shape)} {t.dtype}, expected "
-                                  f"{tuple(ref.shape)} {ref.dtype}")
+            raise CheckpointError(
+                f"{path.name}: tensor {k} is {tuple(t.shape)} {t.dtype}, expected {tuple(ref.shape)} {ref.dtype}"
+            )
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"{path.name}: tensor {k} holds NaN or infinite values; the run diverged. "
-                                  "Use an earlier checkpoint or a lower learning rate")
+            raise CheckpointError(
+                f"{path.name}: tensor {k} holds NaN or infinite values; the run diverged. "
+                "Use an earlier checkpoint or a lower learning rate"
+            )
     model.load_state_dict(weights, strict=True)
     model.eval()
     extra = {k: v for k, v in tensors.items() if not k.startswith("model.")}

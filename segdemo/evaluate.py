@@ -33,8 +33,14 @@ def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1)
 
 
-def forward_small(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
-                  autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
+def forward_small(
+    model: nn.Module,
+    images: list[np.ndarray],
+    config: RunConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
     """(N, C, s, s) float32 logits for images resized to the training size s."""
     size = config.data.image_size
     x = to_tensor(np.stack([eval_resize(im, size) for im in images]), config.data.mean, config.data.std).to(device)
@@ -45,8 +51,14 @@ def forward_small(model: nn.Module, images: list[np.ndarray], config: RunConfig,
     return logits.float()
 
 
-def forward_resized(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
-                    autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[torch.Tensor]:
+def forward_resized(
+    model: nn.Module,
+    images: list[np.ndarray],
+    config: RunConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> list[torch.Tensor]:
     """Run the model on images resized to the training size; return float32 logits at each image's own size.
 
     Full-size scores take classes x pixels x 4 bytes: labels_at_size() gets the labels in bounded memory."""

@@ -124,8 +124,10 @@ def export_model(checkpoint_path: str | Path, out_dir: str | Path, fmt: str = "o
             write(wrapped, example, tmp)
             diff = check_export(ck.model, tmp, fmt, [(size, size), odd])
         if diff is not None and diff > CHECK_TOLERANCE:
-            raise ExportError(f"the exported model's logits differ from PyTorch's by {diff:.2g} (more than "
-                              f"{CHECK_TOLERANCE:g}); nothing was written. Please report this with the checkpoint")
+            raise ExportError(
+                f"the exported model's logits differ from PyTorch's by {diff:.2g} (more than "
+                f"{CHECK_TOLERANCE:g}); nothing was written. Please report this with the checkpoint"
+            )
         os.replace(tmp, model_path)  # a model file is whole or absent, never half-written
     finally:
         tmp.unlink(missing_ok=True)
@@ -162,27 +164,45 @@ def export_meta(ck: Checkpoint, source: Path, fmt: str) -> dict[str, Any]:
     return {
         "format": fmt,
         "model_file": MODEL_FILES[fmt],
-        "input": {"name": "image", "shape": ["N", 3, "H", "W"], "dtype": "float32", "channels": "RGB",
-                  "min_size": multiple // 2 + 1 if (-cfg.data.image_size) % multiple < cfg.data.image_size else 1},
-        "output": {"name": "logits", "shape": ["N", cfg.model.num_classes, "H", "W"], "dtype": "float32",
-                   "binary": cfg.model.num_classes == 1},
+        "input": {
+            "name": "image",
+            "shape": ["N", 3, "H", "W"],
+            "dtype": "float32",
+            "channels": "RGB",
+            "min_size": multiple // 2 + 1 if (-cfg.data.image_size) % multiple < cfg.data.image_size else 1,
+        },
+        "output": {
+            "name": "logits",
+            "shape": ["N", cfg.model.num_classes, "H", "W"],
+            "dtype": "float32",
+            "binary": cfg.model.num_classes == 1,
+        },
         "classes": ck.classes.to_dict(),
         "ignore_index": IGNORE,  # in segdemo's masks; a prediction never holds it
         "preprocessing": {
             "image_size": cfg.data.image_size,
             "resize": "to image_size x image_size, OpenCV INTER_AREA (cv2.resize(image, (s, s), "
-                      "interpolation=cv2.INTER_AREA)), whatever the aspect ratio",
+            "interpolation=cv2.INTER_AREA)), whatever the aspect ratio",
             "max_value": 255,
             "mean": list(cfg.data.mean),
             "std": list(cfg.data.std),
             "formula": "x = (rgb_uint8 / max_value - mean) / std, float32, channels first",
         },
         "postprocessing": "logits up-sampled bilinearly (align_corners=False) to the image's own size, then "
-                          "argmax over classes (one channel: logit > 0 means class 1)",
-        "model": {"encoder": cfg.model.encoder, "depth": cfg.model.depth, "width": cfg.model.width,
-                  "upsampling": cfg.model.upsampling, "pad_multiple": multiple},
-        "source": {"checkpoint": source.name, "miou": ck.metrics.get("miou"), "epoch": ck.metrics.get("epoch"),
-                   "training_data": cfg.data.source},
+        "argmax over classes (one channel: logit > 0 means class 1)",
+        "model": {
+            "encoder": cfg.model.encoder,
+            "depth": cfg.model.depth,
+            "width": cfg.model.width,
+            "upsampling": cfg.model.upsampling,
+            "pad_multiple": multiple,
+        },
+        "source": {
+            "checkpoint": source.name,
+            "miou": ck.metrics.get("miou"),
+            "epoch": ck.metrics.get("epoch"),
+            "training_data": cfg.data.source,
+        },
         "segdemo_version": segdemo.__version__,
         "torch_version": torch.__version__,
         "opset": OPSET if fmt == "onnx" else None,
@@ -222,9 +242,17 @@ def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
     # onnxscript to the export extra. tests/test_export.py checks either way that odd sizes match PyTorch.
     axes = {0: "batch", 2: "height", 3: "width"}
     with torch.no_grad():
-        torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
-                          do_constant_folding=True)
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes},
+            do_constant_folding=True,
+        )
 
 
 def _export_torchscript(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -53,7 +53,12 @@ class Job:
     """One training run. Read `status`, `events`, `result`; wait with `wait_events`."""
 
     def __init__(
-        self, job_id: str, owner_key: str, config: RunConfig, run_dir: Path, splits: Splits | None = None,
+        self,
+        job_id: str,
+        owner_key: str,
+        config: RunConfig,
+        run_dir: Path,
+        splits: Splits | None = None,
         client_key: str | None = None,
     ):
         self.id = job_id
@@ -151,6 +156,7 @@ class Job:
             "message": self.message,
         }
 
+
 def default_max_run_s() -> float:
     """SEGDEMO_MAX_RUN_S, else 30 minutes: no run holds a training slot longer than this."""
     return float(os.environ.get("SEGDEMO_MAX_RUN_S") or 1800)
@@ -196,8 +202,9 @@ class JobManager:
         self.max_run_s = max_run_s  # server-wide time limit per run; None = none
         # a run that has trained this long yields its slot when another address's run waits, and goes on
         # (exactly where it paused) at its next turn: one long run can't hold a classroom's only slot
-        self.fair_slice_s = fair_slice_s if fair_slice_s is not None else \
-            float(os.environ.get("SEGDEMO_FAIR_SLICE_S", "90"))
+        self.fair_slice_s = (
+            fair_slice_s if fair_slice_s is not None else float(os.environ.get("SEGDEMO_FAIR_SLICE_S", "90"))
+        )
         self._served: dict[str, float] = {}  # training seconds each address has had
         self.memory_budget = memory_budget or budget.run_budget(self.max_concurrent)  # bytes one run may use
         self._durations: deque[float] = deque(maxlen=20)  # of recent runs, to say when a full queue frees up
@@ -477,8 +484,15 @@ class JobManager:
         else:
             from segdemo.trainer import Trainer
 
-            trainer = Trainer(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set,
-                              memory_budget=self.memory_budget, resume=resume, should_pause=should_pause)
+            trainer = Trainer(
+                job.config,
+                job.run_dir,
+                splits=job.splits,
+                should_stop=job.stop_event.is_set,
+                memory_budget=self.memory_budget,
+                resume=resume,
+                should_pause=should_pause,
+            )
         trainer.add_callback(lambda ev: self._from_trainer(job, ev))
         result = trainer.run()
         if not (isinstance(result, Done) and result.reason == "paused"):

@@ -52,8 +52,9 @@ class Predictor:
         return cls(load_checkpoint(resolve_checkpoint(path), max_predict_bytes=max_predict_bytes), device)
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray, target: np.ndarray | None = None, alpha: float = 0.5,
-                probabilities: bool = True) -> Prediction:
+    def predict(
+        self, image: np.ndarray, target: np.ndarray | None = None, alpha: float = 0.5, probabilities: bool = True
+    ) -> Prediction:
         """image: (H, W, 3) uint8 RGB of any size; target: optional (H, W) uint8 class ids with IGNORE.
 
         Memory stays bounded whatever the image size and class count: full-size labels are made in bands
@@ -69,12 +70,16 @@ class Predictor:
         pred = Prediction(mask, color, overlay(image, mask, self.classes, alpha, color), probs, share)
         if target is not None:
             if target.shape != mask.shape:
-                raise DataError(f"the ground-truth mask is {target.shape[1]}x{target.shape[0]} but the image is "
-                                f"{mask.shape[1]}x{mask.shape[0]}; upload the mask that belongs to this image")
+                raise DataError(
+                    f"the ground-truth mask is {target.shape[1]}x{target.shape[0]} but the image is "
+                    f"{mask.shape[1]}x{mask.shape[0]}; upload the mask that belongs to this image"
+                )
             bad = np.setdiff1d(np.unique(target), [*range(k), IGNORE])
             if bad.size:
-                raise DataError(f"the ground-truth mask holds labels {bad[:5].tolist()} but the model knows "
-                                f"{k} classes (0..{k - 1}); is it the mask for this model's dataset?")
+                raise DataError(
+                    f"the ground-truth mask holds labels {bad[:5].tolist()} but the model knows "
+                    f"{k} classes (0..{k - 1}); is it the mask for this model's dataset?"
+                )
             cm = confusion_matrix(torch.from_numpy(mask), torch.from_numpy(np.array(target)), k)  # may be read-only
             pred.metrics, pred.confusion = metrics_from_confusion(cm), cm
             pred.errors = error_map(mask, target)
@@ -120,12 +125,15 @@ class MaskIndex:
         """DataError when masks were given and none of them belongs to any of the images."""
         if self.masks and not any(self.mask_for(p) for p in images):
             names = ", ".join(Path(m).name for m in self.masks[:4])
-            raise DataError(f"none of the masks ({names}) matches an image by file name. Name each mask like its "
-                            "image (cat.png and cat.png, or cat_mask.png)")
+            raise DataError(
+                f"none of the masks ({names}) matches an image by file name. Name each mask like its "
+                "image (cat.png and cat.png, or cat_mask.png)"
+            )
 
 
-def load_ground_truth(path: str | Path, image_shape: tuple[int, ...], orientation: int, classes: ClassSet,
-                      image_name: str) -> np.ndarray:
+def load_ground_truth(
+    path: str | Path, image_shape: tuple[int, ...], orientation: int, classes: ClassSet, image_name: str
+) -> np.ndarray:
     """A mask file -> (H, W) uint8 class ids with IGNORE, decoded with the model's classes and fitted to its
     upright image (see imageio.align_mask); DataError names the file otherwise."""
     from segdemo.data.masks import decode_mask, detect_encoding
@@ -134,6 +142,5 @@ def load_ground_truth(path: str | Path, image_shape: tuple[int, ...], orientatio
     raw, mode = load_mask_raw(path, name)
     colors = list(classes.colors)
     enc = detect_encoding(raw, mode, classes.num_classes, colors)
-    ids = decode_mask(raw, enc, num_classes=classes.num_classes, colormap=colors, name=name,
-                      classes_from="the model")
+    ids = decode_mask(raw, enc, num_classes=classes.num_classes, colormap=colors, name=name, classes_from="the model")
     return align_mask(ids, image_shape, orientation, mask_name=name, image_name=image_name)

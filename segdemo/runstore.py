@@ -70,8 +70,9 @@ class RunStore:
         try:
             replace_file(run.run_dir / RECORD, json.dumps(doc).encode(), fsync=False)
         except OSError:
-            log.warning("could not write %s; this run will not be listed after a restart", run.run_dir / RECORD,
-                        exc_info=True)  # a convenience for restarts: the run itself goes on
+            log.warning(
+                "could not write %s; this run will not be listed after a restart", run.run_dir / RECORD, exc_info=True
+            )  # a convenience for restarts: the run itself goes on
 
     def load(self) -> list[StoredRun]:
         """Every run with a readable record. One that was queued or training when the server went down comes
@@ -88,14 +89,19 @@ class RunStore:
             if run_id != run_dir.name:
                 continue
             events = _rebuild_events(run_dir)
-            runs.append(StoredRun(
-                run_id, owner_key, config, run_dir,
-                created=float(doc.get("created") or rec_path.stat().st_mtime),
-                started=doc.get("started"),
-                finished=doc.get("finished") or rec_path.stat().st_mtime,
-                result=_result_from(doc.get("result") or {}, run_dir, events),
-                events=events,
-            ))
+            runs.append(
+                StoredRun(
+                    run_id,
+                    owner_key,
+                    config,
+                    run_dir,
+                    created=float(doc.get("created") or rec_path.stat().st_mtime),
+                    started=doc.get("started"),
+                    finished=doc.get("finished") or rec_path.stat().st_mtime,
+                    result=_result_from(doc.get("result") or {}, run_dir, events),
+                    events=events,
+                )
+            )
         return runs
 
     def delete(self, run_dir: Path) -> None:
@@ -185,8 +191,20 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
         meta = read_meta(best)
         classes = ClassSet.from_dict(meta["classes"])
         cfg = RunConfig.from_dict(meta["config"])
-        events.append(Started(str(run_dir), "?", "(restored after a server restart)", cfg.train.epochs, 1, 0, 0,
-                              list(classes.names), list(classes.colors), 0))
+        events.append(
+            Started(
+                str(run_dir),
+                "?",
+                "(restored after a server restart)",
+                cfg.train.epochs,
+                1,
+                0,
+                0,
+                list(classes.names),
+                list(classes.colors),
+                0,
+            )
+        )
     except Exception:  # no epoch finished (no best checkpoint), or one we cannot read: no history then
         if best.is_file():
             log.warning("could not read %s to restore its run's history", best, exc_info=True)
@@ -201,9 +219,21 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
             r = json.loads(line)
             is_best = r["miou"] > best_miou
             best_miou = max(best_miou, r["miou"])
-            events.append(EpochEnd(r["epoch"], cfg.train.epochs, r["train_loss"], r["val_loss"], r["miou"],
-                                   r["pixel_accuracy"], r["per_class_iou"], r["lr"], r["seconds"],
-                                   r["images_per_s"], is_best))
+            events.append(
+                EpochEnd(
+                    r["epoch"],
+                    cfg.train.epochs,
+                    r["train_loss"],
+                    r["val_loss"],
+                    r["miou"],
+                    r["pixel_accuracy"],
+                    r["per_class_iou"],
+                    r["lr"],
+                    r["seconds"],
+                    r["images_per_s"],
+                    is_best,
+                )
+            )
         except (ValueError, KeyError, TypeError):
             continue
     return events

@@ -26,9 +26,16 @@ def train_transform(cfg: DataConfig) -> A.Compose:
     if cfg.augment:
         steps += [
             A.HorizontalFlip(p=0.5),
-            A.Affine(scale=(0.85, 1.15), rotate=(-15, 15), translate_percent=(-0.05, 0.05),
-                     mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0,
-                     fill_mask=IGNORE, p=0.5),
+            A.Affine(
+                scale=(0.85, 1.15),
+                rotate=(-15, 15),
+                translate_percent=(-0.05, 0.05),
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=IGNORE,
+                p=0.5,
+            ),
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         ]
     return A.Compose(steps)

@@ -15,8 +15,19 @@ from segdemo.config import RunConfig  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # CamVid's 11 classes in label order (12th value, 11, is void), as ../shared/data/README.md lists them
-CAMVID_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
-                "Bicyclist"]
+CAMVID_NAMES = [
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+]
 
 
 def tiny_config(**train) -> RunConfig:

@@ -72,9 +72,7 @@ def test_all_problems_are_collected(tmp_path):
     assert not rep.ok and rep.pairs == {"all": 5}
     assert [m["mask"] for m in rep.size_mismatches] == ["masks/small.png"]
     assert rep.size_mismatches[0]["mask_size"] == [4, 2] and rep.size_mismatches[0]["image_size"] == [8, 8]
-    assert rep.out_of_range == [
-        {"file": "masks/range.png", "values": [5, 9], "reason": rep.out_of_range[0]["reason"]}
-    ]
+    assert rep.out_of_range == [{"file": "masks/range.png", "values": [5, 9], "reason": rep.out_of_range[0]["reason"]}]
     assert {u["file"] for u in rep.unreadable} == {"images/html.png", "masks/cut.png"}
     joined = " ".join(rep.problems)
     assert "masks/small.png is 4x2 but images/small.png is 8x8" in joined
@@ -172,9 +170,7 @@ def test_check_source_builtin():
     assert rep.pairs == {"train": 6, "val": 2} and abs(sum(rep.pixel_share.values()) - 1) < 1e-6
 
 
-@pytest.mark.skipif(
-    not (SHARED / "camvid" / "val").is_dir(), reason=f"CamVid not found at {SHARED / 'camvid'}"
-)
+@pytest.mark.skipif(not (SHARED / "camvid" / "val").is_dir(), reason=f"CamVid not found at {SHARED / 'camvid'}")
 def test_camvid_val_check(tmp_path):
     cls = tmp_path / "camvid.json"
     cls.write_text(json.dumps({"names": CAMVID_NAMES, "ignore_index": 11}))

@@ -15,18 +15,43 @@ from segdemo.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-TINY = ["--data", "builtin", "--image-size", "32", "--width", "4", "--depth", "3", "--batch-size", "8",
-        "--precision", "fp32", "--channels-last", "off"]
+TINY = [
+    "--data",
+    "builtin",
+    "--image-size",
+    "32",
+    "--width",
+    "4",
+    "--depth",
+    "3",
+    "--batch-size",
+    "8",
+    "--precision",
+    "fp32",
+    "--channels-last",
+    "off",
+]
 
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 
 
 def torchrun(out: Path, *args: str, nproc: int = 2) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "-m", "segdemo", "train", *TINY,
-           "--out", str(out), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group: a kill reaches every rank
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "segdemo",
+        "train",
+        *TINY,
+        "--out",
+        str(out),
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )  # its own process group: a kill reaches every rank
 
 
 def logged(out: Path) -> list[dict]:
@@ -48,8 +73,13 @@ def test_two_processes_train_one_run_and_score_like_one_process(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]  # written once, not once per process
 
     # the summed confusion matrix over two shards equals one process scoring the whole split
-    r = subprocess.run([sys.executable, "-m", "segdemo", "evaluate", str(out / "last.safetensors"), "--json"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "segdemo", "evaluate", str(out / "last.safetensors"), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     single = json.loads(r.stdout)
     assert single["miou"] == pytest.approx(records[-1]["miou"], abs=1e-6)

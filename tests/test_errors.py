@@ -18,8 +18,17 @@ def test_every_refusal_is_a_user_error_and_old_imports_still_work():
     from segdemo.limits import LimitError
     from segdemo.model import PretrainedUnavailable
 
-    for cls in (BudgetError, CheckpointError, CheckpointWriteError, DataError, ExportError, JobError, LimitError,
-                PretrainedUnavailable, ConfigError):
+    for cls in (
+        BudgetError,
+        CheckpointError,
+        CheckpointWriteError,
+        DataError,
+        ExportError,
+        JobError,
+        LimitError,
+        PretrainedUnavailable,
+        ConfigError,
+    ):
         assert issubclass(cls, UserError), cls
         assert getattr(errors, cls.__name__) is cls  # one class, rehomed, not a copy
     assert issubclass(CheckpointWriteError, OSError) and issubclass(DataError, ValueError)  # what they were

@@ -15,8 +15,20 @@ import pytest
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--image-size", "32", "--width", "4", "--depth", "3", "--precision", "fp32",
-        "--max-train-images", "16"]
+TINY = [
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--width",
+    "4",
+    "--depth",
+    "3",
+    "--precision",
+    "fp32",
+    "--max-train-images",
+    "16",
+]
 BUG = "deliberate bug in a training step"
 # Makes the training step's loss fail the way a bug in the loop would (the speed probe has its own loss).
 PLANT_BUG = textwrap.dedent(f"""
@@ -25,14 +37,20 @@ PLANT_BUG = textwrap.dedent(f"""
         raise RuntimeError({BUG!r})
     segdemo.losses.SegLoss.forward = forward
 """)
-ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PATH": "/usr/bin:/bin",
-       "HOME": str(Path.home()), "PYTHONUNBUFFERED": "1"}
+ENV = {
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "PATH": "/usr/bin:/bin",
+    "HOME": str(Path.home()),
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def cli_with_bug(*args) -> subprocess.CompletedProcess:
     code = PLANT_BUG + "import sys\nfrom segdemo.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV
+    )
 
 
 def test_a_bug_in_training_is_in_the_run_folders_log_and_one_line_on_stderr(tmp_path):
@@ -54,15 +72,23 @@ def test_verbose_shows_the_traceback_on_stderr(tmp_path):
 
 def test_a_bug_outside_the_trainer_points_to_verbose(tmp_path):
     """`segdemo predict` has no run folder: a bug says it is one, exits 1, and --verbose shows the traceback."""
-    code = ("import segdemo.predict as p\n"
-            "def predict(self, *a, **k):\n    raise ValueError('operands could not be broadcast')\n"
-            "p.Predictor.predict = predict\n"
-            "import sys\nfrom segdemo.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    code = (
+        "import segdemo.predict as p\n"
+        "def predict(self, *a, **k):\n    raise ValueError('operands could not be broadcast')\n"
+        "p.Predictor.predict = predict\n"
+        "import sys\nfrom segdemo.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     ckpt = ROOT / "checkpoints" / "shapes_unet.safetensors"
     image = ROOT / "examples" / "shapes_1.png"
     for verbose in ([], ["--verbose"]):
-        r = subprocess.run([sys.executable, "-c", code, "predict", str(ckpt), str(image), "--out", str(tmp_path),
-                            *verbose], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+        r = subprocess.run(
+            [sys.executable, "-c", code, "predict", str(ckpt), str(image), "--out", str(tmp_path), *verbose],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=ENV,
+        )
         assert r.returncode == 1, r.stderr
         assert "a bug in segdemo" in r.stderr and "ValueError" in r.stderr  # a bare ValueError is not advice
         assert ("Traceback" in r.stderr) == bool(verbose), r.stderr
@@ -93,8 +119,7 @@ def test_a_bug_in_training_and_in_a_handler_reach_the_server_log(tmp_path):
     """)
     log = tmp_path / "server.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=err)
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
     try:
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 120
@@ -103,9 +128,23 @@ def test_a_bug_in_training_and_in_a_handler_reach_the_server_log(tmp_path):
             time.sleep(0.5)
         c = Client(url, verbose=False, ssl_verify=False)
         token = c.predict(None, api_name="/session")
-        run_id, _ = c.predict(token, dataset="builtin", zip_file=None, preset="Quick: CPU, about a minute",
-                              image_size=32, epochs=1, batch_size=8, learning_rate=0.003, loss="ce_dice", width=4,
-                              depth=3, upsampling="transposed", augment=False, train_images=16, api_name="/train")
+        run_id, _ = c.predict(
+            token,
+            dataset="builtin",
+            zip_file=None,
+            preset="Quick: CPU, about a minute",
+            image_size=32,
+            epochs=1,
+            batch_size=8,
+            learning_rate=0.003,
+            loss="ce_dice",
+            width=4,
+            depth=3,
+            upsampling="transposed",
+            augment=False,
+            train_images=16,
+            api_name="/train",
+        )
         info = {}
         while time.monotonic() < deadline + 120:
             info = c.predict(token, run_id, api_name="/run_info")

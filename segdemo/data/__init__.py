@@ -76,9 +76,7 @@ def _extract_for_run(zip_path: Path, workdir: Path) -> tuple[Path, list[str]]:
             pass
         shutil.rmtree(dest)  # our own earlier extraction (it carries our marker), of another zip
     elif dest.exists() and any(dest.iterdir()):
-        raise DataError(
-            f"{dest} already exists and is not empty; use a new run folder to unpack {zip_path.name}"
-        )
+        raise DataError(f"{dest} already exists and is not empty; use a new run folder to unpack {zip_path.name}")
     skipped: list[str] = []
     root = extract_zip(zip_path, dest, skipped=skipped)
     replace_file(marker, json.dumps({**stamp, "skipped": skipped}).encode(), fsync=False)  # whole or absent
@@ -87,9 +85,7 @@ def _extract_for_run(zip_path: Path, workdir: Path) -> tuple[Path, list[str]]:
 
 def _skipped_note(zip_name: str, skipped: list[str]) -> str:
     shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-    return (
-        f"{len(skipped)} entries of {zip_name} were not unpacked (system files or nested archives): {shown}"
-    )
+    return f"{len(skipped)} entries of {zip_name} were not unpacked (system files or nested archives): {shown}"
 
 
 def _cap_train(splits: Splits, cfg: DataConfig) -> Splits:

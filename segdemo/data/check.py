@@ -52,9 +52,7 @@ class CheckReport:
     unpaired_images: list[str] = field(default_factory=list)
     unpaired_masks: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)  # not image files (README.txt, ...)
-    size_mismatches: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # mask, mask_size, image, image_size, reason
+    size_mismatches: list[dict[str, Any]] = field(default_factory=list)  # mask, mask_size, image, image_size, reason
     encoding: str = ""  # "ids", "binary", "palette", "rgb", or "mixed (...)"
     label_values: list[int] = field(default_factory=list)  # raw values found in grey/palette masks
     mask_colors: list[list[int]] = field(default_factory=list)  # colours found in colour-coded masks
@@ -84,8 +82,7 @@ class CheckReport:
             )
         elif self.total_pairs == 1 and "val" not in self.pairs:
             self.problems.append(
-                "only one image/mask pair was found; training needs at least two (one to "
-                "train on, one to validate)"
+                "only one image/mask pair was found; training needs at least two (one to train on, one to validate)"
             )
         elif self.pairs.get("train", 1) == 0:
             self.problems.append("the train/ folder has no image/mask pairs; put the training pairs there")
@@ -152,9 +149,7 @@ def _bad_values(labels: Labels, s: MaskSummary) -> list:
     """Raw values (or colours) of a mask that map to no class."""
     enc, k = labels.encoding(s.kind), labels.classes.num_classes
     if enc == "rgb":
-        known = {tuple(c) for c in labels.colormap or ()} | (
-            {labels.ignore_color} if labels.ignore_color else set()
-        )
+        known = {tuple(c) for c in labels.colormap or ()} | ({labels.ignore_color} if labels.ignore_color else set())
         return [list(map(int, c)) for c in s.values if tuple(int(v) for v in c) not in known]
     vals = [int(v) for v in s.values]
     if enc == "binary":
@@ -165,9 +160,7 @@ def _bad_values(labels: Labels, s: MaskSummary) -> list:
 def _out_of_range_reason(labels: Labels, file: str, bad: list) -> str:
     k = labels.classes.num_classes
     if bad and isinstance(bad[0], list):
-        shown = ", ".join(str(tuple(c)) for c in bad[:5]) + (
-            f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        )
+        shown = ", ".join(str(tuple(c)) for c in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         return (
             f'{file} has colours that are not class colours: {shown}; add them to "colors" in the classes '
             "file or repaint the mask"
@@ -235,13 +228,13 @@ def _check_folder(root: Path, cfg: DataConfig, name: str | None, max_pairs: int 
             EXIF_TURNED,
             f"{len(ambiguous)} images (e.g. {ambiguous[0]}) have an EXIF rotation or mirror that "
             "keeps their size, so their masks were turned with them, assuming the masks were drawn "
-            "on the stored pixels; look at one overlay to confirm"
+            "on the stored pixels; look at one overlay to confirm",
         )
     if jpeg_masks:
         rep.warn(
             JPEG_MASKS,
             f"{len(jpeg_masks)} masks are JPEG files (e.g. {jpeg_masks[0]}); JPEG compression "
-            "changes label values at edges, so save masks as PNG"
+            "changes label values at edges, so save masks as PNG",
         )
     if summaries:
         try:
@@ -269,39 +262,33 @@ def _report_files(rep: CheckReport, layout: Layout) -> None:
             rep.warn(
                 CASE_ONLY,
                 f"{layout.rel(img)} and {layout.rel(mask)} differ only in upper/lower case, so they "
-                "are not paired; rename one to match exactly"
+                "are not paired; rename one to match exactly",
             )
     if rep.unpaired_images:
         rep.warn(
             UNPAIRED_IMAGES,
             f"{len(rep.unpaired_images)} images have no mask and are skipped: "
-            + ", ".join(_capped(rep.unpaired_images))
+            + ", ".join(_capped(rep.unpaired_images)),
         )
     if rep.unpaired_masks:
         rep.warn(
             UNPAIRED_MASKS,
-            f"{len(rep.unpaired_masks)} masks have no image and are skipped: "
-            + ", ".join(_capped(rep.unpaired_masks))
+            f"{len(rep.unpaired_masks)} masks have no image and are skipped: " + ", ".join(_capped(rep.unpaired_masks)),
         )
     if rep.ignored_files:
         rep.warn(
             NOT_IMAGES,
-            f"{len(rep.ignored_files)} files are not images and are ignored: "
-            + ", ".join(_capped(rep.ignored_files))
+            f"{len(rep.ignored_files)} files are not images and are ignored: " + ", ".join(_capped(rep.ignored_files)),
         )
 
 
-def _report_labels(
-    rep: CheckReport, labels: Labels, summaries: list[tuple[str, MaskSummary]], derived: bool
-) -> None:
+def _report_labels(rep: CheckReport, labels: Labels, summaries: list[tuple[str, MaskSummary]], derived: bool) -> None:
     rep.class_names = list(labels.classes.names)
     kinds = sorted({labels.encoding(s.kind) for _, s in summaries})
     rep.encoding = kinds[0] if len(kinds) == 1 else f"mixed ({', '.join(kinds)})"
     grey = sorted({int(v) for _, s in summaries if s.kind != "rgb" for v in s.values})
     rep.label_values = grey
-    rep.mask_colors = sorted(
-        {tuple(int(v) for v in c) for _, s in summaries if s.kind == "rgb" for c in s.values}
-    )
+    rep.mask_colors = sorted({tuple(int(v) for v in c) for _, s in summaries if s.kind == "rgb" for c in s.values})
     rep.mask_colors = [list(c) for c in rep.mask_colors[:256]]
     hist = np.zeros(256, np.int64)
     for file, s in summaries:
@@ -317,7 +304,7 @@ def _report_labels(
         rep.warn(
             NO_CLASSES_FILE,
             f"no classes file: {labels.classes.num_classes} classes were inferred from the masks; add "
-            'classes.json to name them, or to mark a void value with "ignore_index"'
+            'classes.json to name them, or to mark a void value with "ignore_index"',
         )
 
 
@@ -325,9 +312,7 @@ def _shares(rep: CheckReport, hist: np.ndarray) -> None:
     k = len(rep.class_names)
     total, labelled = int(hist.sum()), int(hist[:k].sum())
     rep.ignore_share = float(hist[IGNORE] / total) if total else 0.0
-    rep.pixel_share = {
-        n: (float(hist[i] / labelled) if labelled else 0.0) for i, n in enumerate(rep.class_names)
-    }
+    rep.pixel_share = {n: (float(hist[i] / labelled) if labelled else 0.0) for i, n in enumerate(rep.class_names)}
     if total and labelled == 0:
         rep.problems.append(
             "every checked pixel is marked ignore (255 or ignore_index), so there is nothing to "
@@ -338,8 +323,7 @@ def _shares(rep: CheckReport, hist: np.ndarray) -> None:
     if absent and total:
         rep.warn(
             ABSENT_CLASSES,
-            f"{len(absent)} classes never appear in the checked masks: "
-            + ", ".join(_capped(absent, what="classes"))
+            f"{len(absent)} classes never appear in the checked masks: " + ", ".join(_capped(absent, what="classes")),
         )
 
 

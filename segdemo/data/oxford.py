@@ -70,19 +70,13 @@ def _read_split(base: Path, split: str) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise DataError(
-            f"{path} could not be read ({e.strerror}); the Oxford-IIIT Pet copy is incomplete"
-        ) from None
+        raise DataError(f"{path} could not be read ({e.strerror}); the Oxford-IIIT Pet copy is incomplete") from None
     return [ln.split()[0] for ln in lines if ln.strip() and not ln.startswith("#")]
 
 
 def _locate(root: Path) -> Path:
     """torchvision's root is the folder that holds oxford-iiit-pet/; accept the inner folder too."""
-    if (
-        root.name == "oxford-iiit-pet"
-        and (root / "images").is_dir()
-        and not (root / "oxford-iiit-pet").exists()
-    ):
+    if root.name == "oxford-iiit-pet" and (root / "images").is_dir() and not (root / "oxford-iiit-pet").exists():
         return root.parent
     return root
 
@@ -97,8 +91,7 @@ def _download(root: Path) -> None:
     except Exception as e:  # urllib, socket, checksum and torchvision's own errors all mean "no data"
         log.debug("downloading Oxford-IIIT Pet failed", exc_info=True)
         raise DataError(
-            f"could not download Oxford-IIIT Pet (no internet?): {type(e).__name__}: {e}; "
-            f"put a copy at {root}"
+            f"could not download Oxford-IIIT Pet (no internet?): {type(e).__name__}: {e}; put a copy at {root}"
         ) from None
 
 
@@ -118,9 +111,7 @@ def open_oxford_pet(root: str | Path, cfg: DataConfig) -> Splits:
         _download(root)
     trainval, test_ids = _read_split(base, "trainval"), _read_split(base, "test")
     if len(trainval) < 2:
-        raise DataError(
-            f"{base}/annotations/trainval.txt lists {len(trainval)} images; at least 2 are needed"
-        )
+        raise DataError(f"{base}/annotations/trainval.txt lists {len(trainval)} images; at least 2 are needed")
     whole = OxfordPetSource(base, trainval, cfg.pet_mode)
     tr, va = seeded_split(len(trainval), cfg.val_fraction, cfg.seed)
     test = OxfordPetSource(base, test_ids, cfg.pet_mode) if test_ids else None

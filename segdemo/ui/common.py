@@ -352,9 +352,7 @@ def safe_stem(name: str) -> str:
 def run_label(job) -> str:
     when = time.strftime("%H:%M", time.localtime(job.created))
     r = job.result
-    best = (
-        f"best val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
-    )
+    best = f"best val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
     return f"Your run from {when} ({job.status}, {best})"
 
 
@@ -405,9 +403,11 @@ def picture_patch_mismatch() -> str | None:
     from gradio import processing_utils as pu
 
     if gr.__version__ != PICTURE_PATCH_GRADIO:
-        return (f"segdemo's picture-cache patch (ui/common.py) was written for gradio {PICTURE_PATCH_GRADIO}, "
-                f"and this is gradio {gr.__version__}: check that processing_utils.save_pil_to_cache still "
-                "hashes, names and writes pictures the same way, then update PICTURE_PATCH_GRADIO")
+        return (
+            f"segdemo's picture-cache patch (ui/common.py) was written for gradio {PICTURE_PATCH_GRADIO}, "
+            f"and this is gradio {gr.__version__}: check that processing_utils.save_pil_to_cache still "
+            "hashes, names and writes pictures the same way, then update PICTURE_PATCH_GRADIO"
+        )
     params = list(inspect.signature(pu.save_pil_to_cache).parameters)
     if params[:4] != ["img", "cache_dir", "name", "format"]:
         return f"gradio's save_pil_to_cache takes {params}, not what segdemo's picture-cache patch replaces"

@@ -226,9 +226,9 @@ class PredictTab:
         )
         heavy = dict(concurrency_id=HEAVY)  # one limit for every listener that loads a model or predicts
         self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
-        self.images.change(
-            self.on_images, self.images, self.show, api_visibility="private", queue=False
-        ).then(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
+        self.images.change(self.on_images, self.images, self.show, api_visibility="private", queue=False).then(
+            self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy
+        ).then(**show)
         gr.on(
             [self.masks.change, self.show.input, self.alpha.release, self.probs.input],
             self.auto_predict,
@@ -245,7 +245,10 @@ class PredictTab:
             api_visibility="private",
             queue=False,
         ).then(
-            self.describe, [self.token, self.model, self.ckpt_file], self.model_info, api_visibility="private",
+            self.describe,
+            [self.token, self.model, self.ckpt_file],
+            self.model_info,
+            api_visibility="private",
             **heavy,
         ).success(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
         self.model.change(
@@ -259,23 +262,22 @@ class PredictTab:
             self.on_checkpoint, self.ckpt_file, [self.model, self.model_info], api_visibility="private", **heavy
         ).success(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
         self.export_btn.click(
-            self.export_onnx, [self.token, self.model, self.ckpt_file], self.export_file,
-            api_visibility="private", **heavy,
+            self.export_onnx,
+            [self.token, self.model, self.ckpt_file],
+            self.export_file,
+            api_visibility="private",
+            **heavy,
         )
         self.example_gallery.select(
             self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
         )
-        tab.select(
-            self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False
-        )
+        tab.select(self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False)
 
     @staticmethod
     def toggle(details):
         """Show the error map only with a ground truth, the probability maps only when asked for."""
         d = details if isinstance(details, dict) else {}
-        return gr.update(visible=bool(d.get("ground_truth"))), gr.update(
-            visible=bool(d.get("probability_maps"))
-        )
+        return gr.update(visible=bool(d.get("ground_truth"))), gr.update(visible=bool(d.get("probability_maps")))
 
     # -- handlers -------------------------------------------------------------------------------------
 
@@ -344,8 +346,7 @@ class PredictTab:
         d = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
         miou = metrics.get("miou")
         score = (
-            f" · val mIoU **{miou:.3f}** (epoch {md(metrics.get('epoch', '?'))}, from the checkpoint's "
-            "validation set)"
+            f" · val mIoU **{miou:.3f}** (epoch {md(metrics.get('epoch', '?'))}, from the checkpoint's validation set)"
             if isinstance(miou, int | float)
             else ""
         )
@@ -506,9 +507,7 @@ def _num(v) -> float | None:
 def _details(name: str, classes, p, ckpt_metrics: dict, probability_maps: bool) -> dict:
     """The numbers behind the table, for API clients (NaN -> None: undefined IoU)."""
     m = p.metrics
-    val = {
-        r.get("name"): r.get("iou") for r in (ckpt_metrics or {}).get("per_class", []) if isinstance(r, dict)
-    }
+    val = {r.get("name"): r.get("iou") for r in (ckpt_metrics or {}).get("per_class", []) if isinstance(r, dict)}
     return {
         "image": name,
         "ground_truth": m is not None,

@@ -123,34 +123,93 @@ def _train_images(cfg: RunConfig, v) -> None:
 
 # In the /train API's order, which is also the page's: rows of two, then one per row.
 SETTINGS = (
-    Setting("image_size", lambda v: gr.Slider(32, 512, v, step=32, label="Image size (px)", elem_id="image-size"),
-            lambda c: c.data.image_size, lambda c, v: setattr(c.data, "image_size", int(v))),
-    Setting("epochs", lambda v: gr.Slider(1, 100, v, step=1, label="Epochs", elem_id="epochs"),
-            lambda c: c.train.epochs, lambda c, v: setattr(c.train, "epochs", int(v))),
-    Setting("batch_size", lambda v: gr.Slider(1, 64, v, step=1, label="Batch size", elem_id="batch-size"),
-            lambda c: c.train.batch_size, lambda c, v: setattr(c.train, "batch_size", int(v))),
-    Setting("learning_rate", lambda v: gr.Number(v, label="Learning rate", minimum=1e-5, maximum=0.5, step=1e-4),
-            lambda c: c.train.lr, lambda c, v: setattr(c.train, "lr", float(v))),
-    Setting("loss", lambda v: gr.Dropdown(LOSSES, value=v, label="Loss", info="On imbalanced classes, Dice (or "
-                                          "CE + Dice) keeps small classes from being ignored; see Why? below."),
-            lambda c: c.train.loss, _loss),
-    Setting("width", lambda v: gr.Slider(4, 64, v, step=4, label="Width (channels of the first level)",
-                                         elem_id="width"),
-            lambda c: c.model.width, lambda c, v: setattr(c.model, "width", int(v))),
-    Setting("depth", lambda v: gr.Slider(2, 5, v, step=1, label="Depth (down-sampling steps)"),
-            lambda c: c.model.depth, lambda c, v: setattr(c.model, "depth", int(v))),
-    Setting("upsampling", lambda v: gr.Radio(UPSAMPLING, value=v, label="Up-sampling in the decoder",
-                                             info="Learned (transposed) or fixed (bilinear); see Why? below."),
-            lambda c: c.model.upsampling,
-            lambda c, v: setattr(c.model, "upsampling", "bilinear" if v == "bilinear" else "transposed")),
-    Setting("augment", lambda v: gr.Checkbox(v, label="Augmentation (flips, small turns, brightness)"),
-            lambda c: c.data.augment, lambda c, v: setattr(c.data, "augment", bool(v))),
-    Setting("train_images", lambda v: gr.Slider(16, 2000, v, step=16, label="Training images", elem_id="train-images",
-                                                info="Fewer = faster; for your own data it is a cap."),
-            lambda c: c.data.builtin_train, _train_images),
+    Setting(
+        "image_size",
+        lambda v: gr.Slider(32, 512, v, step=32, label="Image size (px)", elem_id="image-size"),
+        lambda c: c.data.image_size,
+        lambda c, v: setattr(c.data, "image_size", int(v)),
+    ),
+    Setting(
+        "epochs",
+        lambda v: gr.Slider(1, 100, v, step=1, label="Epochs", elem_id="epochs"),
+        lambda c: c.train.epochs,
+        lambda c, v: setattr(c.train, "epochs", int(v)),
+    ),
+    Setting(
+        "batch_size",
+        lambda v: gr.Slider(1, 64, v, step=1, label="Batch size", elem_id="batch-size"),
+        lambda c: c.train.batch_size,
+        lambda c, v: setattr(c.train, "batch_size", int(v)),
+    ),
+    Setting(
+        "learning_rate",
+        lambda v: gr.Number(v, label="Learning rate", minimum=1e-5, maximum=0.5, step=1e-4),
+        lambda c: c.train.lr,
+        lambda c, v: setattr(c.train, "lr", float(v)),
+    ),
+    Setting(
+        "loss",
+        lambda v: gr.Dropdown(
+            LOSSES,
+            value=v,
+            label="Loss",
+            info="On imbalanced classes, Dice (or CE + Dice) keeps small classes from being ignored; see Why? below.",
+        ),
+        lambda c: c.train.loss,
+        _loss,
+    ),
+    Setting(
+        "width",
+        lambda v: gr.Slider(4, 64, v, step=4, label="Width (channels of the first level)", elem_id="width"),
+        lambda c: c.model.width,
+        lambda c, v: setattr(c.model, "width", int(v)),
+    ),
+    Setting(
+        "depth",
+        lambda v: gr.Slider(2, 5, v, step=1, label="Depth (down-sampling steps)"),
+        lambda c: c.model.depth,
+        lambda c, v: setattr(c.model, "depth", int(v)),
+    ),
+    Setting(
+        "upsampling",
+        lambda v: gr.Radio(
+            UPSAMPLING,
+            value=v,
+            label="Up-sampling in the decoder",
+            info="Learned (transposed) or fixed (bilinear); see Why? below.",
+        ),
+        lambda c: c.model.upsampling,
+        lambda c, v: setattr(c.model, "upsampling", "bilinear" if v == "bilinear" else "transposed"),
+    ),
+    Setting(
+        "augment",
+        lambda v: gr.Checkbox(v, label="Augmentation (flips, small turns, brightness)"),
+        lambda c: c.data.augment,
+        lambda c, v: setattr(c.data, "augment", bool(v)),
+    ),
+    Setting(
+        "train_images",
+        lambda v: gr.Slider(
+            16,
+            2000,
+            v,
+            step=16,
+            label="Training images",
+            elem_id="train-images",
+            info="Fewer = faster; for your own data it is a cap.",
+        ),
+        lambda c: c.data.builtin_train,
+        _train_images,
+    ),
 )
-ROWS = (("image_size", "epochs"), ("batch_size", "learning_rate"), ("loss",), ("width", "depth"), ("upsampling",),
-        ("augment", "train_images"))
+ROWS = (
+    ("image_size", "epochs"),
+    ("batch_size", "learning_rate"),
+    ("loss",),
+    ("width", "depth"),
+    ("upsampling",),
+    ("augment", "train_images"),
+)
 
 
 def preset_values(name: str) -> dict[str, Any]:
@@ -315,8 +374,7 @@ class RunView:
         if not self.epochs:
             return None
         hist = [
-            {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss, "miou": e.miou}
-            for e in self.epochs
+            {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss, "miou": e.miou} for e in self.epochs
         ]
         return curves_figure(hist)  # a bare Figure: safe beside the job threads that draw too
 
@@ -327,9 +385,7 @@ class RunView:
         cols = ["class", f"IoU, epoch {last.epoch} (latest)", f"IoU, epoch {best.epoch} (best)"]
         rows = [
             [name, fmt_num(a, 3), fmt_num(b, 3)]
-            for name, a, b in zip(
-                self.started.class_names, last.per_class_iou, best.per_class_iou, strict=False
-            )
+            for name, a, b in zip(self.started.class_names, last.per_class_iou, best.per_class_iou, strict=False)
         ]
         rows.append(
             [
@@ -441,10 +497,15 @@ class TrainTab:
                     interactive=False,
                     elem_id="best-checkpoint",
                 )
-                self.export_btn = gr.Button("Download the best checkpoint as ONNX", size="sm",
-                                            elem_id="run-export-onnx")
-                self.export_file = gr.File(label="ONNX model, meta.json and predict_onnx.py", interactive=False,
-                                           visible=False, elem_id="run-export-file")
+                self.export_btn = gr.Button(
+                    "Download the best checkpoint as ONNX", size="sm", elem_id="run-export-onnx"
+                )
+                self.export_file = gr.File(
+                    label="ONNX model, meta.json and predict_onnx.py",
+                    interactive=False,
+                    visible=False,
+                    elem_id="run-export-file",
+                )
         self.watch_outputs = [self.status, self.curves, self.table, self.filmstrip, self.checkpoint]
 
     # -- wiring -----------------------------------------------------------------------------------------
@@ -505,8 +566,13 @@ class TrainTab:
             concurrency_limit=None,
             show_progress="hidden",
         )
-        self.export_btn.click(self.export_onnx, [self.token, self.run_id], self.export_file,
-                              api_visibility="private", concurrency_id=HEAVY)
+        self.export_btn.click(
+            self.export_onnx,
+            [self.token, self.run_id],
+            self.export_file,
+            api_visibility="private",
+            concurrency_id=HEAVY,
+        )
         gr.api(self.run_info, api_name="run_info", concurrency_limit=None)
         self.reattach_outputs = [self.run_id, *outs]
 
@@ -613,11 +679,11 @@ class TrainTab:
         if dataset in ("zip", "oxford"):
             report, _, _ = self._check(cfg)
             if not report.ok:
-                raise user_error("This data cannot be used yet: " + public(report.problems[0])
-                                 + " Fix it and choose the data again.")
+                raise user_error(
+                    "This data cannot be used yet: " + public(report.problems[0]) + " Fix it and choose the data again."
+                )
             num_classes = len(report.class_names) or None
-        job = self.ctx.jobs.submit(owner, cfg, data_file=data_file, client=client_of(request),
-                                   num_classes=num_classes)
+        job = self.ctx.jobs.submit(owner, cfg, data_file=data_file, client=client_of(request), num_classes=num_classes)
         pos = self.ctx.jobs.queue_position(job)
         return job.id, ("Waiting in line…" if pos > 1 else "Starting…")
 
@@ -706,8 +772,11 @@ class TrainTab:
             if over or once:
                 return
             if now - last_new > STREAM_IDLE_S and job.status != QUEUED:
-                yield [status + "\n\n*This live view paused (nothing new for a while). Reload the page to see "
-                       "the latest.*", *[gr.skip()] * 5]
+                yield [
+                    status + "\n\n*This live view paused (nothing new for a while). Reload the page to see "
+                    "the latest.*",
+                    *[gr.skip()] * 5,
+                ]
                 return
             await asyncio.sleep(0.25)
 
@@ -772,8 +841,10 @@ def _shrink_pair(image, mask):
     if f <= 1:
         return image, mask
     size = (max(1, round(w / f)), max(1, round(h / f)))
-    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
+    return (
+        cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+        cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST),
+    )
 
 
 def _report_markdown(report) -> str:
@@ -781,8 +852,7 @@ def _report_markdown(report) -> str:
     if "train" in pairs or "val" in pairs:
         count = (
             " + ".join(
-                f"{v} {'training' if k == 'train' else 'validation' if k == 'val' else k}"
-                for k, v in pairs.items()
+                f"{v} {'training' if k == 'train' else 'validation' if k == 'val' else k}" for k, v in pairs.items()
             )
             + " pairs"
         )
