@@ -13,9 +13,7 @@ import ast
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 from PIL import Image
 
 import segdemo
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_IN_WHEEL = "segdemo/assets/checkpoints/shapes_unet.safetensors"
@@ -153,14 +151,6 @@ def _listening(port: int) -> list[str]:
     return found
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def test_app_serves_and_predicts_with_the_shipped_model(venv):
     from gradio_client import Client, handle_file
 
@@ -176,11 +166,7 @@ def test_app_serves_and_predicts_with_the_shipped_model(venv):
         )
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 120
-        while not _answers(url):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+        wait_until_serving(url, proc, log)
         if Path("/proc/net/tcp").exists():
             assert _listening(port) == ["127.0.0.1"]  # this machine only, not 0.0.0.0
         assert "warning" not in log.read_text().lower()

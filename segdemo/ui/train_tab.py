@@ -121,95 +121,38 @@ def _train_images(cfg: RunConfig, v) -> None:
     cfg.data.max_train_images = n  # a cap; build_config turns it into the built-in data's size for "builtin"
 
 
-# In the /train API's order, which is also the page's: rows of two, then one per row.
+# In the /train API's order, which is also the page's. A table, laid out by hand: one setting per entry.
+# fmt: off
 SETTINGS = (
-    Setting(
-        "image_size",
-        lambda v: gr.Slider(32, 512, v, step=32, label="Image size (px)", elem_id="image-size"),
-        lambda c: c.data.image_size,
-        lambda c, v: setattr(c.data, "image_size", int(v)),
-    ),
-    Setting(
-        "epochs",
-        lambda v: gr.Slider(1, 100, v, step=1, label="Epochs", elem_id="epochs"),
-        lambda c: c.train.epochs,
-        lambda c, v: setattr(c.train, "epochs", int(v)),
-    ),
-    Setting(
-        "batch_size",
-        lambda v: gr.Slider(1, 64, v, step=1, label="Batch size", elem_id="batch-size"),
-        lambda c: c.train.batch_size,
-        lambda c, v: setattr(c.train, "batch_size", int(v)),
-    ),
-    Setting(
-        "learning_rate",
-        lambda v: gr.Number(v, label="Learning rate", minimum=1e-5, maximum=0.5, step=1e-4),
-        lambda c: c.train.lr,
-        lambda c, v: setattr(c.train, "lr", float(v)),
-    ),
-    Setting(
-        "loss",
-        lambda v: gr.Dropdown(
-            LOSSES,
-            value=v,
-            label="Loss",
-            info="On imbalanced classes, Dice (or CE + Dice) keeps small classes from being ignored; see Why? below.",
-        ),
-        lambda c: c.train.loss,
-        _loss,
-    ),
-    Setting(
-        "width",
-        lambda v: gr.Slider(4, 64, v, step=4, label="Width (channels of the first level)", elem_id="width"),
-        lambda c: c.model.width,
-        lambda c, v: setattr(c.model, "width", int(v)),
-    ),
-    Setting(
-        "depth",
-        lambda v: gr.Slider(2, 5, v, step=1, label="Depth (down-sampling steps)"),
-        lambda c: c.model.depth,
-        lambda c, v: setattr(c.model, "depth", int(v)),
-    ),
-    Setting(
-        "upsampling",
-        lambda v: gr.Radio(
-            UPSAMPLING,
-            value=v,
-            label="Up-sampling in the decoder",
-            info="Learned (transposed) or fixed (bilinear); see Why? below.",
-        ),
-        lambda c: c.model.upsampling,
-        lambda c, v: setattr(c.model, "upsampling", "bilinear" if v == "bilinear" else "transposed"),
-    ),
-    Setting(
-        "augment",
-        lambda v: gr.Checkbox(v, label="Augmentation (flips, small turns, brightness)"),
-        lambda c: c.data.augment,
-        lambda c, v: setattr(c.data, "augment", bool(v)),
-    ),
-    Setting(
-        "train_images",
-        lambda v: gr.Slider(
-            16,
-            2000,
-            v,
-            step=16,
-            label="Training images",
-            elem_id="train-images",
-            info="Fewer = faster; for your own data it is a cap.",
-        ),
-        lambda c: c.data.builtin_train,
-        _train_images,
-    ),
+    Setting("image_size", lambda v: gr.Slider(32, 512, v, step=32, label="Image size (px)", elem_id="image-size"),
+            lambda c: c.data.image_size, lambda c, v: setattr(c.data, "image_size", int(v))),
+    Setting("epochs", lambda v: gr.Slider(1, 100, v, step=1, label="Epochs", elem_id="epochs"),
+            lambda c: c.train.epochs, lambda c, v: setattr(c.train, "epochs", int(v))),
+    Setting("batch_size", lambda v: gr.Slider(1, 64, v, step=1, label="Batch size", elem_id="batch-size"),
+            lambda c: c.train.batch_size, lambda c, v: setattr(c.train, "batch_size", int(v))),
+    Setting("learning_rate", lambda v: gr.Number(v, label="Learning rate", minimum=1e-5, maximum=0.5, step=1e-4),
+            lambda c: c.train.lr, lambda c, v: setattr(c.train, "lr", float(v))),
+    Setting("loss", lambda v: gr.Dropdown(LOSSES, value=v, label="Loss", info="On imbalanced classes, Dice (or "
+                                          "CE + Dice) keeps small classes from being ignored; see Why? below."),
+            lambda c: c.train.loss, _loss),
+    Setting("width", lambda v: gr.Slider(4, 64, v, step=4, label="Width (channels of the first level)",
+                                         elem_id="width"),
+            lambda c: c.model.width, lambda c, v: setattr(c.model, "width", int(v))),
+    Setting("depth", lambda v: gr.Slider(2, 5, v, step=1, label="Depth (down-sampling steps)"),
+            lambda c: c.model.depth, lambda c, v: setattr(c.model, "depth", int(v))),
+    Setting("upsampling", lambda v: gr.Radio(UPSAMPLING, value=v, label="Up-sampling in the decoder",
+                                             info="Learned (transposed) or fixed (bilinear); see Why? below."),
+            lambda c: c.model.upsampling,
+            lambda c, v: setattr(c.model, "upsampling", "bilinear" if v == "bilinear" else "transposed")),
+    Setting("augment", lambda v: gr.Checkbox(v, label="Augmentation (flips, small turns, brightness)"),
+            lambda c: c.data.augment, lambda c, v: setattr(c.data, "augment", bool(v))),
+    Setting("train_images", lambda v: gr.Slider(16, 2000, v, step=16, label="Training images", elem_id="train-images",
+                                                info="Fewer = faster; for your own data it is a cap."),
+            lambda c: c.data.builtin_train, _train_images),
 )
-ROWS = (
-    ("image_size", "epochs"),
-    ("batch_size", "learning_rate"),
-    ("loss",),
-    ("width", "depth"),
-    ("upsampling",),
-    ("augment", "train_images"),
-)
+ROWS = (("image_size", "epochs"), ("batch_size", "learning_rate"), ("loss",), ("width", "depth"), ("upsampling",),
+        ("augment", "train_images"))
+# fmt: on
 
 
 def preset_values(name: str) -> dict[str, Any]:
