@@ -214,7 +214,11 @@ def _check_table(path: Path, table: dict[str, Any], expected: dict[str, tuple], 
 
 
 def _check_header_length(path: Path, head: bytes, size: int) -> int:
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # A safetensors file starts with its header's length, little-endian: one whose low byte is 0x80 (a header
+    # of 128, 384, 640... bytes) starts like a pickle, so only a length that cannot be a header means "pickle".
+    n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+    plausible = n is not None and 2 <= n <= min(MAX_HEADER_BYTES, size - 8)
+    if not plausible and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise CheckpointError(
             f"{path.name} looks like a PyTorch pickle (.pt/.pth). Pickles can run code when loaded, so "
             "segdemo refuses them; use a .safetensors checkpoint saved by segdemo"
