@@ -17,6 +17,7 @@ Nothing here imports gradio: the UI, tests and scripts drive the same manager.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import copy
 import dataclasses
 import hashlib
@@ -78,6 +79,9 @@ class Job:
         self.events: list[Event] = []
         self._cond = threading.Condition()
         self.thread: threading.Thread | None = None
+        # the submitter's context (in the app: Gradio's request for the Train click), so that on ZeroGPU each
+        # training chunk is asked for on behalf of the visitor who pressed Train (segdemo/zerogpu.py)
+        self.context = contextvars.copy_context()
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -482,17 +486,19 @@ class JobManager:
                 job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set
             )
         else:
+            from segdemo import zerogpu
             from segdemo.trainer import Trainer
 
-            trainer = Trainer(
-                job.config,
-                job.run_dir,
-                splits=job.splits,
-                should_stop=job.stop_event.is_set,
-                memory_budget=self.memory_budget,
-                resume=resume,
-                should_pause=should_pause,
-            )
+            if zerogpu.chunk_steps():  # ZeroGPU lends the GPU per call: train as a chain of short calls
+                result = zerogpu.train_in_chunks(job.config, job.run_dir, splits=job.splits, resume=resume,
+                                                 stop=job.stop_event, should_pause=should_pause,
+                                                 on_event=lambda ev: self._from_trainer(job, ev),
+                                                 memory_budget=self.memory_budget, context=job.context)
+                if not (isinstance(result, Done) and result.reason == "paused"):
+                    job.splits = None
+                return result
+            trainer = Trainer(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set,
+                              memory_budget=self.memory_budget, resume=resume, should_pause=should_pause)
         trainer.add_callback(lambda ev: self._from_trainer(job, ev))
         result = trainer.run()
         if not (isinstance(result, Done) and result.reason == "paused"):

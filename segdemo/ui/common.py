@@ -118,6 +118,7 @@ class AppContext:
 
     def predictor(self, path: str | Path):
         """A Predictor for a checkpoint file, kept in a small LRU keyed by path, size and mtime."""
+        from segdemo import zerogpu
         from segdemo.predict import Predictor
 
         p = Path(path)
@@ -127,7 +128,7 @@ class AppContext:
             if key in self._predictors:
                 self._predictors.move_to_end(key)
                 return self._predictors[key]
-        pred = Predictor.from_path(p, max_predict_bytes=self.predict_budget)
+        pred = Predictor.from_path(p, max_predict_bytes=self.predict_budget, device=zerogpu.app_device())
         with self._lock:
             self._predictors[key] = pred
             while len(self._predictors) > 6:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from segdemo import zerogpu
 from segdemo.checkpoint import read_meta
 from segdemo.imageio import IMAGE_SUFFIXES, load_image_oriented
 from segdemo.predict import MaskIndex, load_ground_truth
@@ -437,7 +438,8 @@ class PredictTab:
             alpha = min(1.0, max(0.0, float(alpha if alpha is not None else 0.5)))
         except (TypeError, ValueError, OverflowError):
             raise gr.Error("Overlay opacity is a number between 0 and 1.") from None
-        p = predictor.predict(image, target=target, alpha=alpha, probabilities=bool(probability_maps))
+        # inside a @spaces.GPU function: on ZeroGPU the GPU is lent for this call only
+        p = zerogpu.predict(predictor, image, target=target, alpha=alpha, probabilities=bool(probability_maps))
         classes = predictor.classes
         legend = legend_html(classes, p.pixel_share)
         if p.metrics is not None:
