@@ -490,15 +490,29 @@ class JobManager:
             from segdemo.trainer import Trainer
 
             if zerogpu.chunk_steps():  # ZeroGPU lends the GPU per call: train as a chain of short calls
-                result = zerogpu.train_in_chunks(job.config, job.run_dir, splits=job.splits, resume=resume,
-                                                 stop=job.stop_event, should_pause=should_pause,
-                                                 on_event=lambda ev: self._from_trainer(job, ev),
-                                                 memory_budget=self.memory_budget, context=job.context)
+                result = zerogpu.train_in_chunks(
+                    job.config,
+                    job.run_dir,
+                    splits=job.splits,
+                    resume=resume,
+                    stop=job.stop_event,
+                    should_pause=should_pause,
+                    on_event=lambda ev: self._from_trainer(job, ev),
+                    memory_budget=self.memory_budget,
+                    context=job.context,
+                )
                 if not (isinstance(result, Done) and result.reason == "paused"):
                     job.splits = None
                 return result
-            trainer = Trainer(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set,
-                              memory_budget=self.memory_budget, resume=resume, should_pause=should_pause)
+            trainer = Trainer(
+                job.config,
+                job.run_dir,
+                splits=job.splits,
+                should_stop=job.stop_event.is_set,
+                memory_budget=self.memory_budget,
+                resume=resume,
+                should_pause=should_pause,
+            )
         trainer.add_callback(lambda ev: self._from_trainer(job, ev))
         result = trainer.run()
         if not (isinstance(result, Done) and result.reason == "paused"):
