@@ -29,11 +29,12 @@ from segdemo import checkpoint as ckpt
 from segdemo.config import RunConfig
 from segdemo.data.base import IGNORE, ArraySource, CachedSource, ClassSet, DataError, PairSource, Splits
 from segdemo.distributed import World
+from segdemo.errors import ConfigError, UserError
 from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
 from segdemo.losses import SegLoss, class_weights_from_counts
 from segdemo.metrics import metrics_from_confusion
-from segdemo.model import PretrainedUnavailable, build_model, count_parameters
+from segdemo.model import build_model, count_parameters
 from segdemo.speedups import Speedups, choose_speedups, pick_device, prepare_model
 from segdemo.transforms import normalise, train_transform
 
@@ -93,7 +94,7 @@ def cpu_training_threads(world: World | None = None) -> int:
 
     A small U-Net gains little from the last core, but when another process wants it, every one of the
     hundreds of parallel ops per step waits for the thread that lost its core: on 2 busy cores a step
-    measured 6-9x slower with 2 threads than with 1 (bench/README.md). OMP_NUM_THREADS, when set, wins.
+    measured several times slower with 2 threads than with 1 (bench/README.md). OMP_NUM_THREADS, when set, wins.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return _PROCESS_THREADS
@@ -103,7 +104,7 @@ def cpu_training_threads(world: World | None = None) -> int:
 
 def warm_up(cfg: RunConfig | None = None) -> None:
     """Pay a first run's one-off costs ahead of time, so a server's first Train click starts at once:
-    torch.optim's first optimiser imports torch._dynamo (1.5-3 s here), and the built-in data takes ~2 s
+    torch.optim's first optimiser imports torch._dynamo (seconds), and the built-in data takes a few seconds
     to draw (then shared, read-only, by every run that asks for the same split). The app calls this in a
     background thread at start; it leaves torch's thread count alone."""
     from segdemo.config import quick_cpu_preset
@@ -230,7 +231,7 @@ class Trainer:
         try:
             yield from self._loop()
             return
-        except (DataError, ValueError, PretrainedUnavailable, ckpt.CheckpointError, ckpt.CheckpointWriteError) as e:
+        except UserError as e:  # the user's to fix: their sentence, no traceback
             log.info("training run in %s refused: %s", self.run_dir, e)
             ev = Failed(str(e), f"{type(e).__name__}: {e}")
         except Exception as e:
@@ -310,7 +311,7 @@ class Trainer:
             self.splits = open_dataset(cfg.data, self.run_dir)
         splits, classes = self.splits, self.splits.classes
         if cfg.train.loss == "bce" and classes.num_classes != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"the bce loss is for two-class data; this data has {classes.num_classes} classes. "
                 "Choose ce, weighted_ce, dice or ce_dice"
             )
@@ -460,7 +461,7 @@ class Trainer:
             logits = p.model(x)
         loss = p.loss_fn(logits, y)
         if not torch.isfinite(loss):
-            raise ValueError(
+            raise ConfigError(
                 f"the loss became {float(loss)} at epoch {epoch}; the learning rate "
                 f"{p.cfg.train.lr:g} is too high for this setup. Lower it and start again"
             )
@@ -597,7 +598,7 @@ class Trainer:
         if not ts:
             raise ckpt.CheckpointError(f"{self.last_path.name} has no training state to resume from")
         if self._resume_from.config.model != self.config.model:
-            raise ValueError(
+            raise ConfigError(
                 "the run's saved model settings differ from these; resume with the same settings "
                 "or start a new run folder"
             )
@@ -660,7 +661,7 @@ def _truncate_metrics_log(path: Path, last_epoch: int) -> None:
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-        except ValueError:
+        except json.JSONDecodeError:
             continue  # a line torn by a crash mid-write
         if (
             isinstance(rec, dict)

@@ -54,6 +54,20 @@ def torchrun(out: Path, *args: str, nproc: int = 2) -> subprocess.Popen:
     )  # its own process group: a kill reaches every rank
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below pid, read from /proc: torch elastic starts each rank in a session of its own."""
+    children = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                children.append(int(d.name))
+    return children + [g for c in children for g in descendants(c)]
+
+
 def logged(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -96,9 +110,15 @@ def test_a_run_killed_mid_epoch_resumes(tmp_path):
         time.sleep(0.1)
     assert logged(out), "no epoch finished in time"
     time.sleep(0.3)  # into epoch 2
-    os.killpg(p.pid, signal.SIGKILL)  # torchrun and both ranks, mid-epoch
+    for pid in [*descendants(p.pid), p.pid]:  # both ranks and torchrun, mid-epoch (each rank has its own session)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     p.wait(timeout=30)
     done = [r["epoch"] for r in logged(out)]
+    time.sleep(2)
+    assert [r["epoch"] for r in logged(out)] == done  # no rank lives on to write more
     assert done and done[-1] < 4
     c = load_checkpoint(out / "last.safetensors")  # the last complete checkpoint is intact
     assert c.meta["training_state"]["epoch"] == done[-1]
