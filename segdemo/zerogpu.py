@@ -31,6 +31,7 @@ from pathlib import Path
 
 from segdemo.config import RunConfig
 from segdemo.data.base import DataError, Splits
+from segdemo.errors import ConfigError
 from segdemo.events import Done, Event, Failed, Progress, Started
 
 try:  # the real package: on a ZeroGPU Space it lends the GPU; elsewhere its decorator returns the function
@@ -81,7 +82,7 @@ def chunk_steps(env: Mapping[str, str] | None = None) -> int | None:
         try:
             steps = int(raw)
         except ValueError:
-            raise ValueError(f"SEGDEMO_TRAIN_CHUNK_STEPS must be a whole number of steps, got {raw!r}") from None
+            raise ConfigError(f"SEGDEMO_TRAIN_CHUNK_STEPS must be a whole number of steps, got {raw!r}") from None
         return max(1, steps)
     return DEFAULT_CHUNK_STEPS if zero_gpu(env) else None
 
