@@ -91,34 +91,13 @@ def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: 
 
 def hostile_client(url: str, tmp: Path, stop: threading.Event, out: dict) -> None:
     """Floods trains, holds streams and sends memory payloads until `stop`; counts what it was refused."""
-    import json
-    import struct
-
     from gradio_client import handle_file
 
-    from segdemo.checkpoint import save_checkpoint
-    from segdemo.config import RunConfig
-    from segdemo.data.base import ClassSet
-    from segdemo.model import build_model
+    from tests.payloads import flat_image, lying_checkpoint, many_class_checkpoint
 
-    huge = tmp / "huge.safetensors"
-    cfg = RunConfig()
-    cfg.model.width, cfg.model.depth = 256, 6
-    meta = {
-        "format": "segdemo-checkpoint",
-        "version": 1,
-        "config": cfg.to_dict(),
-        "classes": ClassSet.default(["a", "b", "c", "d"]).to_dict(),
-        "metrics": {},
-    }
-    header = json.dumps({"__metadata__": {"segdemo": json.dumps(meta)}}).encode()
-    huge.write_bytes(struct.pack("<Q", len(header)) + header)
-    many = tmp / "k250.safetensors"
-    cfg = RunConfig()
-    cfg.model.width, cfg.model.depth, cfg.model.num_classes, cfg.data.image_size = 4, 2, 250, 32
-    save_checkpoint(many, build_model(cfg.model), cfg, ClassSet.default([f"c{i}" for i in range(250)]))
-    flat = tmp / "flat.png"
-    Image.fromarray(np.full((2048, 2048, 3), 128, np.uint8)).save(flat)
+    huge = lying_checkpoint(tmp / "huge.safetensors", 256, 6)
+    many = many_class_checkpoint(tmp / "k250.safetensors")
+    flat = flat_image(tmp / "flat.png")
     address = "192.0.2.66"
     out.update(refused=0, answered=0, streams=0)
     streams = []

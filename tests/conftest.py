@@ -42,6 +42,27 @@ def tiny_config(**train) -> RunConfig:
     return cfg
 
 
+def tiny_train_args(**over) -> dict:
+    """/train's arguments, by name, for a run of a few seconds: 32 built-in images at 32 px, width 4, 2 epochs."""
+    args = dict(
+        dataset="builtin",
+        zip_file=None,
+        preset="Quick: CPU, about a minute",
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        learning_rate=0.003,
+        loss="ce_dice",
+        width=4,
+        depth=3,
+        upsampling="transposed",
+        augment=True,
+        train_images=32,
+    )
+    args.update(over)
+    return args
+
+
 @pytest.fixture
 def tiny_cfg() -> RunConfig:
     return tiny_config()

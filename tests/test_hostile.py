@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import threading
@@ -30,38 +29,19 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segdemo.checkpoint import save_checkpoint  # noqa: E402
-from segdemo.config import RunConfig  # noqa: E402
-from segdemo.data.base import ClassSet  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
-from segdemo.model import build_model  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, tiny_train_args  # noqa: E402
+from tests.payloads import flat_image, lying_checkpoint, many_class_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shapes_1.png"
 GIB = 1 << 30
 XSS = '<img src=x onerror="window.__xss=1">'
-PRESET = "Quick: CPU, about a minute"
 
 
 def train_args(**over) -> dict:
-    args = dict(
-        dataset="builtin",
-        zip_file=None,
-        preset=PRESET,
-        image_size=32,
-        epochs=1,
-        batch_size=8,
-        learning_rate=0.003,
-        loss="ce_dice",
-        width=4,
-        depth=3,
-        upsampling="transposed",
-        augment=False,
-        train_images=32,
-    )
-    args.update(over)
-    return args
+    """One epoch, no augmentation: the attacks need a run, not a good one."""
+    return tiny_train_args(**{"epochs": 1, "augment": False, **over})
 
 
 @pytest.fixture(scope="module")
@@ -155,31 +135,6 @@ def refused(result, *words: str) -> str:
     return msg
 
 
-def lying_checkpoint(path: Path, width: int, depth: int) -> Path:
-    """~1 KB: a header whose config claims a huge U-Net, with no tensors behind it."""
-    cfg = RunConfig()
-    cfg.model.width, cfg.model.depth, cfg.model.num_classes = width, depth, 4
-    meta = {
-        "format": "segdemo-checkpoint",
-        "version": 1,
-        "config": cfg.to_dict(),
-        "classes": ClassSet.default(["a", "b", "c", "d"]).to_dict(),
-        "metrics": {},
-    }
-    header = json.dumps({"__metadata__": {"segdemo": json.dumps(meta)}}).encode()
-    path.write_bytes(struct.pack("<Q", len(header)) + header)
-    return path
-
-
-def many_class_checkpoint(path: Path, k: int = 250, names: list[str] | None = None) -> Path:
-    cfg = RunConfig()
-    cfg.model.width, cfg.model.depth, cfg.model.num_classes = 4, 2, k
-    cfg.data.image_size = 32
-    names = names or [f"c{i}" for i in range(k)]
-    save_checkpoint(path, build_model(cfg.model), cfg, ClassSet.default(names))
-    return path
-
-
 # -- 1. one request must not exhaust memory ------------------------------------------------------------
 
 
@@ -208,8 +163,7 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_before_building_it(server
 def test_many_classes_on_a_large_flat_image_predict_in_bounded_memory(server, tmp_path):
     url, _, _ = server
     ckpt = many_class_checkpoint(tmp_path / "k250.safetensors")
-    flat = tmp_path / "flat.png"
-    Image.fromarray(np.full((2048, 2048, 3), 128, np.uint8)).save(flat)
+    flat = flat_image(tmp_path / "flat.png")
     c, token = client(url, "203.0.113.2")
     out = attack(
         url,
