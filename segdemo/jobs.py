@@ -478,6 +478,13 @@ class JobManager:
         return None
 
     def _train(self, job: Job, resume: bool = False) -> Done | Failed:
+        """One turn of a run on a slot: to its end, a Stop, or a pause for another address (see fair_slice_s)."""
+        from segdemo import zerogpu
+        from segdemo.trainer import Trainer
+
+        def on_event(ev: Event) -> None:
+            self._from_trainer(job, ev)
+
         def should_pause() -> bool:
             return self._should_yield(job)
 
@@ -485,25 +492,21 @@ class JobManager:
             trainer = self._trainer_factory(
                 job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set
             )
+            trainer.add_callback(on_event)
+            result = trainer.run()
+        elif zerogpu.chunk_steps():  # ZeroGPU lends the GPU per call: train as a chain of short calls
+            result = zerogpu.train_in_chunks(
+                job.config,
+                job.run_dir,
+                splits=job.splits,
+                resume=resume,
+                stop=job.stop_event,
+                should_pause=should_pause,
+                on_event=on_event,
+                memory_budget=self.memory_budget,
+                context=job.context,
+            )
         else:
-            from segdemo import zerogpu
-            from segdemo.trainer import Trainer
-
-            if zerogpu.chunk_steps():  # ZeroGPU lends the GPU per call: train as a chain of short calls
-                result = zerogpu.train_in_chunks(
-                    job.config,
-                    job.run_dir,
-                    splits=job.splits,
-                    resume=resume,
-                    stop=job.stop_event,
-                    should_pause=should_pause,
-                    on_event=lambda ev: self._from_trainer(job, ev),
-                    memory_budget=self.memory_budget,
-                    context=job.context,
-                )
-                if not (isinstance(result, Done) and result.reason == "paused"):
-                    job.splits = None
-                return result
             trainer = Trainer(
                 job.config,
                 job.run_dir,
@@ -513,8 +516,8 @@ class JobManager:
                 resume=resume,
                 should_pause=should_pause,
             )
-        trainer.add_callback(lambda ev: self._from_trainer(job, ev))
-        result = trainer.run()
+            trainer.add_callback(on_event)
+            result = trainer.run()
         if not (isinstance(result, Done) and result.reason == "paused"):
             job.splits = None  # free the images; the event history keeps the previews
         return result

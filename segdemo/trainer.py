@@ -383,14 +383,13 @@ class Trainer:
     def _speedups(self, cfg: RunConfig, state: LoopState, world: World) -> Speedups:
         """Measure (or take what the run measured when it began: a resumed run keeps its precision, so a run
         in chunks computes what one run would); every process uses process 0's choice."""
-        sp = choose_speedups(cfg.model, cfg.train, cfg.data.image_size) if state.precision is None else None
-        if sp is not None and state.precision is None:
+        if state.precision is None:
+            sp = choose_speedups(cfg.model, cfg.train, cfg.data.image_size)
             state.precision = [None if sp.autocast_dtype is None else str(sp.autocast_dtype)[6:], sp.channels_last]
-        if sp is None:
+        else:
             dtype, cl = state.precision
-            device = pick_device(cfg.train.device)
             sp = Speedups(
-                device,
+                pick_device(cfg.train.device),
                 None if dtype is None else getattr(torch, dtype),
                 bool(cl),
                 f"{dtype or 'fp32'}{' + channels_last' if cl else ''} (kept from the run's start)",
