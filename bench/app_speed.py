@@ -94,14 +94,19 @@ def main() -> None:
         time.sleep(2)
         after_mb = rss_mb(proc.pid)
         print(f"at rest: {rest_mb:.0f} MB RSS after start-up, {after_mb:.0f} MB after {len(lat) + 3} predictions")
-        print(f"predict 512x512 via gradio_client, {len(lat)} calls: p50 {p50:.0f} ms, p95 {p95_ms:.0f} ms, "
-              f"min {lat[0]:.0f} ms | {load()}", flush=True)
+        print(
+            f"predict 512x512 via gradio_client, {len(lat)} calls: p50 {p50:.0f} ms, p95 {p95_ms:.0f} ms, "
+            f"min {lat[0]:.0f} ms | {load()}",
+            flush=True,
+        )
         line = f"predict_p50_ms={p50:.0f} predict_p95_ms={p95_ms:.0f} rest_rss_mb={rest_mb:.0f}"
         if not args.no_browser:
             r = first_epoch_row(url, proc.runs_dir)
-            print(f"first epoch row in Chromium {r['click_to_row_s']:.1f} s after pressing Train: start-up "
-                  f"{r['startup_s']:.1f} s + epoch {r['epoch_s']:.1f} s + to the page {r['logged_to_row_s']:.2f} s "
-                  f"| {load()}")
+            print(
+                f"first epoch row in Chromium {r['click_to_row_s']:.1f} s after pressing Train: start-up "
+                f"{r['startup_s']:.1f} s + epoch {r['epoch_s']:.1f} s + to the page {r['logged_to_row_s']:.2f} s "
+                f"| {load()}"
+            )
             line += f" first_row_beyond_epoch_s={r['beyond_epoch_s']:.1f}"
         peak = rss_mb(proc.pid, "VmHWM")
         print(f"server peak RSS {peak:.0f} MB")

@@ -46,12 +46,17 @@ def main() -> None:
     def on_event(ev):
         if isinstance(ev, Started):
             names.extend(ev.class_names)
-            print(f"{ev.n_train} train / {ev.n_val} val, {ev.parameters / 1e6:.2f}M parameters, "
-                  f"{ev.precision}", flush=True)
+            print(
+                f"{ev.n_train} train / {ev.n_val} val, {ev.parameters / 1e6:.2f}M parameters, {ev.precision}",
+                flush=True,
+            )
         elif isinstance(ev, EpochEnd):
-            print(f"  epoch {ev.epoch:2d}/{ev.epochs}  {ev.seconds:5.1f}s  {ev.images_per_s:5.1f} img/s  "
-                  f"loss {ev.train_loss:.3f}/{ev.val_loss:.3f}  mIoU {ev.miou:.4f}  "
-                  f"acc {ev.pixel_accuracy:.4f}  ({load()})", flush=True)
+            print(
+                f"  epoch {ev.epoch:2d}/{ev.epochs}  {ev.seconds:5.1f}s  {ev.images_per_s:5.1f} img/s  "
+                f"loss {ev.train_loss:.3f}/{ev.val_loss:.3f}  mIoU {ev.miou:.4f}  "
+                f"acc {ev.pixel_accuracy:.4f}  ({load()})",
+                flush=True,
+            )
             if ev.is_best:
                 best.update(epoch=ev.epoch, miou=ev.miou, acc=ev.pixel_accuracy, iou=ev.per_class_iou)
         elif isinstance(ev, Failed):
@@ -67,8 +72,10 @@ def main() -> None:
     print(f"best epoch {best['epoch']} of {done.epochs_done}; per-class IoU on val (void ignored):")
     for name, v in zip(names, best["iou"], strict=True):
         print(f"  {name:<11s} {'n/a' if v is None else f'{v:.3f}'}")
-    print(f"camvid_val_miou={best['miou']:.4f} pixel_acc={best['acc']:.4f} best_epoch={best['epoch']} "
-          f"wall_s={wall:.0f} epochs={args.epochs} image_size={args.image_size} width={args.width}")
+    print(
+        f"camvid_val_miou={best['miou']:.4f} pixel_acc={best['acc']:.4f} best_epoch={best['epoch']} "
+        f"wall_s={wall:.0f} epochs={args.epochs} image_size={args.image_size} width={args.width}"
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def peak_rss_mb(code: str, timeout: float = 600) -> float:
     """Run `code` in a fresh Python process (repo importable); return its peak resident memory (VmHWM), MB."""
     tail = "\nprint('VMHWM', *[ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')])"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", code + tail], capture_output=True, text=True, env=env,
-                         cwd=REPO, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-c", code + tail], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout
+    )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("VMHWM ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"child failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -85,8 +86,9 @@ def start_app(extra_env: dict[str, str] | None = None, timeout: float = 180) -> 
         "SEGDEMO_RUNS_DIR": tempfile.mkdtemp(prefix="segdemo-bench-runs-"),
         **(extra_env or {}),
     }
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
     proc.runs_dir = Path(env["SEGDEMO_RUNS_DIR"])  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + timeout

@@ -28,11 +28,35 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 def train(out: Path, nproc: int, threads: int, args) -> dict:
     batch = args.batch_size // nproc  # the same global batch, so the same steps and schedule
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT),
-           "GRADIO_ANALYTICS_ENABLED": "False", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "-m", "segdemo", "train",
-           "--data", "builtin", "--image-size", str(args.image_size), "--epochs", str(args.epochs),
-           "--batch-size", str(batch), "--precision", "fp32", "--channels-last", "off", "--out", str(out)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONPATH": str(ROOT),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "segdemo",
+        "train",
+        "--data",
+        "builtin",
+        "--image-size",
+        str(args.image_size),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(batch),
+        "--precision",
+        "fp32",
+        "--channels-last",
+        "off",
+        "--out",
+        str(out),
+    ]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}")
@@ -57,11 +81,15 @@ def main() -> None:
                 results[name].append(res)
                 print(f"round {r + 1} {name}: {res['img_s']:.1f} img/s, final mIoU {res['miou']:.4f}", flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("img_s", "miou")} for k, v in results.items()}
-    print(f"1 process, 2 threads: {med['1proc_2threads']['img_s']:.1f} img/s "
-          f"({med['2proc']['img_s'] / med['1proc_2threads']['img_s']:.2f}x of it for 2 processes)")
-    print(f"ddp_1proc_img_s={med['1proc']['img_s']:.1f} ddp_2proc_img_s={med['2proc']['img_s']:.1f} "
-          f"scaling={med['2proc']['img_s'] / med['1proc']['img_s']:.2f}x "
-          f"miou_1proc={med['1proc']['miou']:.4f} miou_2proc={med['2proc']['miou']:.4f}")
+    print(
+        f"1 process, 2 threads: {med['1proc_2threads']['img_s']:.1f} img/s "
+        f"({med['2proc']['img_s'] / med['1proc_2threads']['img_s']:.2f}x of it for 2 processes)"
+    )
+    print(
+        f"ddp_1proc_img_s={med['1proc']['img_s']:.1f} ddp_2proc_img_s={med['2proc']['img_s']:.1f} "
+        f"scaling={med['2proc']['img_s'] / med['1proc']['img_s']:.2f}x "
+        f"miou_1proc={med['1proc']['miou']:.4f} miou_2proc={med['2proc']['miou']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
     model, cfg, device = predictor.model, predictor.config, predictor.device
     t0 = time.perf_counter()
     result = export_model(args.checkpoint, out_dir, fmt="onnx")
-    print(f"exported {Path(args.checkpoint).name} in {time.perf_counter() - t0:.1f} s to {result.model} "
-          f"({result.model.stat().st_size / 2**20:.1f} MB; check: logits within {result.max_abs_diff:.1e})")
+    print(
+        f"exported {Path(args.checkpoint).name} in {time.perf_counter() - t0:.1f} s to {result.model} "
+        f"({result.model.stat().st_size / 2**20:.1f} MB; check: logits within {result.max_abs_diff:.1e})"
+    )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
     # onnxruntime's threads otherwise spin for a while after each run, starving the torch ops that follow in
@@ -84,8 +86,10 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
     script = load_script(result.script)
     meta = json.loads(result.meta.read_text())
     size = cfg.data.image_size
-    print(f"model: width {cfg.model.width}, depth {cfg.model.depth}, input {size}px; "
-          f"threads: torch {torch.get_num_threads()}, onnxruntime {opts.intra_op_num_threads}")
+    print(
+        f"model: width {cfg.model.width}, depth {cfg.model.depth}, input {size}px; "
+        f"threads: torch {torch.get_num_threads()}, onnxruntime {opts.intra_op_num_threads}"
+    )
 
     def torch_predict(image: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -95,8 +99,9 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
         logits = session.run(None, {"image": script.preprocess(image, meta)})[0][0]
         return script.to_mask(logits, *image.shape[:2])
 
-    x = to_tensor(eval_resize(make_sample(np.random.default_rng(1), size)[0], cfg.data)[None], cfg.data.mean,
-                  cfg.data.std)
+    x = to_tensor(
+        eval_resize(make_sample(np.random.default_rng(1), size)[0], cfg.data)[None], cfg.data.mean, cfg.data.std
+    )
 
     def torch_forward():
         with torch.inference_mode():
@@ -106,8 +111,13 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
         session.run(None, {"image": x.numpy()})
 
     image = make_sample(np.random.default_rng(0), args.size)[0]
-    runs = {"torch": lambda: torch_predict(image), "onnx": lambda: script_predict(image),
-            "torch_forward": torch_forward, "onnx_forward": onnx_forward, "predictor": lambda: predictor.predict(image)}
+    runs = {
+        "torch": lambda: torch_predict(image),
+        "onnx": lambda: script_predict(image),
+        "torch_forward": torch_forward,
+        "onnx_forward": onnx_forward,
+        "predictor": lambda: predictor.predict(image),
+    }
     for _ in range(3):
         for fn in runs.values():
             fn()
@@ -119,21 +129,29 @@ def run(args: argparse.Namespace, out_dir: Path) -> None:
             times[name].append(time.perf_counter() - t0)
     ms = {k: 1e3 * median(v) for k, v in times.items()}
     ratio = ms["onnx"] / ms["torch"]
-    print(f"{args.size}x{args.size} image -> mask, median of {args.repeats}: predict_onnx.py with onnxruntime "
-          f"{ms['onnx']:.2f} ms, PyTorch {ms['torch']:.2f} ms, ratio onnx/torch {ratio:.2f} | {load()}")
-    print(f"model call alone at {size}px: onnxruntime {ms['onnx_forward']:.2f} ms, PyTorch "
-          f"{ms['torch_forward']:.2f} ms (ratio {ms['onnx_forward'] / ms['torch_forward']:.2f}); "
-          f"Predictor.predict in full {ms['predictor']:.2f} ms")
+    print(
+        f"{args.size}x{args.size} image -> mask, median of {args.repeats}: predict_onnx.py with onnxruntime "
+        f"{ms['onnx']:.2f} ms, PyTorch {ms['torch']:.2f} ms, ratio onnx/torch {ratio:.2f} | {load()}"
+    )
+    print(
+        f"model call alone at {size}px: onnxruntime {ms['onnx_forward']:.2f} ms, PyTorch "
+        f"{ms['torch_forward']:.2f} ms (ratio {ms['onnx_forward'] / ms['torch_forward']:.2f}); "
+        f"Predictor.predict in full {ms['predictor']:.2f} ms"
+    )
 
     agreement = float((script_predict(image) == torch_predict(image)).mean())
     others = sorted((REPO / "examples").glob("shapes_*.png"))
     pets = REPO.parent / "shared" / "data" / "oxford-iiit-pet-mini" / "oxford-iiit-pet" / "images"
     others += sorted(pets.glob("*.jpg"))[:6] if pets.is_dir() else []
     worst = min(float((script_predict(im) == torch_predict(im)).mean()) for im in map(load_image, others))
-    print(f"argmax agreement with PyTorch: {agreement:.6f} on the {args.size}px image, lowest {worst:.6f} over "
-          f"{len(others)} more images (examples{', Oxford Pet photos' if pets.is_dir() else ''})")
-    print(f"onnx_ms={ms['onnx']:.2f} torch_ms={ms['torch']:.2f} ratio={ratio:.2f} argmax_agreement={agreement:.6f} "
-          f'cpu="{cpu}"')
+    print(
+        f"argmax agreement with PyTorch: {agreement:.6f} on the {args.size}px image, lowest {worst:.6f} over "
+        f"{len(others)} more images (examples{', Oxford Pet photos' if pets.is_dir() else ''})"
+    )
+    print(
+        f"onnx_ms={ms['onnx']:.2f} torch_ms={ms['torch']:.2f} ratio={ratio:.2f} argmax_agreement={agreement:.6f} "
+        f'cpu="{cpu}"'
+    )
 
 
 if __name__ == "__main__":

@@ -91,8 +91,11 @@ def main() -> None:
         forward()
         t_fwd.append(time.perf_counter() - t0)
     pred_ms, fwd_ms = 1e3 * median(t_pred), 1e3 * median(t_fwd)
-    print(f"predict {args.size}x{args.size}: median {pred_ms:.1f} ms (min {1e3 * min(t_pred):.1f}, "
-          f"max {1e3 * max(t_pred):.1f}); forward alone {fwd_ms:.2f} ms | {load()}", flush=True)
+    print(
+        f"predict {args.size}x{args.size}: median {pred_ms:.1f} ms (min {1e3 * min(t_pred):.1f}, "
+        f"max {1e3 * max(t_pred):.1f}); forward alone {fwd_ms:.2f} ms | {load()}",
+        flush=True,
+    )
     line = f"predict_ms={pred_ms:.1f} forward_ms={fwd_ms:.2f}"
     if not args.no_rss:
         train_mb = peak_rss_mb(TRAIN_ONE_EPOCH)

@@ -51,8 +51,23 @@ def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: 
     c = client(url, headers={"X-Forwarded-For": address})
     token = c.predict(None, api_name="/session")
     t_submit = time.time()
-    run_id, _ = c.predict(token, "zip", handle_file(str(zip_path)), "Quick: CPU, about a minute", 64, epochs, 8,
-                          0.003, "ce_dice", 8, 4, "transposed", True, 768, api_name="/train")
+    run_id, _ = c.predict(
+        token,
+        "zip",
+        handle_file(str(zip_path)),
+        "Quick: CPU, about a minute",
+        64,
+        epochs,
+        8,
+        0.003,
+        "ce_dice",
+        8,
+        4,
+        "transposed",
+        True,
+        768,
+        api_name="/train",
+    )
     positions = []
     while True:  # poll like a browser tab that watches its queue position
         info = c.predict(token, run_id, api_name="/run_info")
@@ -76,29 +91,13 @@ def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: 
 
 def hostile_client(url: str, tmp: Path, stop: threading.Event, out: dict) -> None:
     """Floods trains, holds streams and sends memory payloads until `stop`; counts what it was refused."""
-    import json
-    import struct
-
     from gradio_client import handle_file
 
-    from segdemo.checkpoint import save_checkpoint
-    from segdemo.config import RunConfig
-    from segdemo.data.base import ClassSet
-    from segdemo.model import build_model
+    from tests.payloads import flat_image, lying_checkpoint, many_class_checkpoint
 
-    huge = tmp / "huge.safetensors"
-    cfg = RunConfig()
-    cfg.model.width, cfg.model.depth = 256, 6
-    meta = {"format": "segdemo-checkpoint", "version": 1, "config": cfg.to_dict(),
-            "classes": ClassSet.default(["a", "b", "c", "d"]).to_dict(), "metrics": {}}
-    header = json.dumps({"__metadata__": {"segdemo": json.dumps(meta)}}).encode()
-    huge.write_bytes(struct.pack("<Q", len(header)) + header)
-    many = tmp / "k250.safetensors"
-    cfg = RunConfig()
-    cfg.model.width, cfg.model.depth, cfg.model.num_classes, cfg.data.image_size = 4, 2, 250, 32
-    save_checkpoint(many, build_model(cfg.model), cfg, ClassSet.default([f"c{i}" for i in range(250)]))
-    flat = tmp / "flat.png"
-    Image.fromarray(np.full((2048, 2048, 3), 128, np.uint8)).save(flat)
+    huge = lying_checkpoint(tmp / "huge.safetensors", 256, 6)
+    many = many_class_checkpoint(tmp / "k250.safetensors")
+    flat = flat_image(tmp / "flat.png")
     address = "192.0.2.66"
     out.update(refused=0, answered=0, streams=0)
     streams = []
@@ -118,17 +117,73 @@ def hostile_client(url: str, tmp: Path, stop: threading.Event, out: dict) -> Non
             out["refused"] += 1
             time.sleep(1)
             continue
-        attempt(lambda c=c, t=token: c.predict(t, "builtin", None, "Quick: CPU, about a minute", 64, 50, 8, 0.003,
-                                                "ce_dice", 8, 4, "transposed", True, 768, api_name="/train"))
-        attempt(lambda c=c, t=token: c.predict(t, "builtin", None, "Quick: CPU, about a minute", 512, 1, 64, 0.003,
-                                                "ce_dice", 64, 5, "transposed", True, 768, api_name="/train"))
+        attempt(
+            lambda c=c, t=token: c.predict(
+                t,
+                "builtin",
+                None,
+                "Quick: CPU, about a minute",
+                64,
+                50,
+                8,
+                0.003,
+                "ce_dice",
+                8,
+                4,
+                "transposed",
+                True,
+                768,
+                api_name="/train",
+            )
+        )
+        attempt(
+            lambda c=c, t=token: c.predict(
+                t,
+                "builtin",
+                None,
+                "Quick: CPU, about a minute",
+                512,
+                1,
+                64,
+                0.003,
+                "ce_dice",
+                64,
+                5,
+                "transposed",
+                True,
+                768,
+                api_name="/train",
+            )
+        )
         for _ in range(4):
             streams.append(c.submit(token, "", api_name="/watch"))
         out["streams"] = len(streams)
-        attempt(lambda c=c, t=token: c.predict(t, "upload", handle_file(str(huge)), [handle_file(str(flat))], None,
-                                                None, 0.5, False, api_name="/predict"))
-        attempt(lambda c=c, t=token: c.predict(t, "upload", handle_file(str(many)), [handle_file(str(flat))], None,
-                                                None, 0.5, True, api_name="/predict"))
+        attempt(
+            lambda c=c, t=token: c.predict(
+                t,
+                "upload",
+                handle_file(str(huge)),
+                [handle_file(str(flat))],
+                None,
+                None,
+                0.5,
+                False,
+                api_name="/predict",
+            )
+        )
+        attempt(
+            lambda c=c, t=token: c.predict(
+                t,
+                "upload",
+                handle_file(str(many)),
+                [handle_file(str(flat))],
+                None,
+                None,
+                0.5,
+                True,
+                api_name="/predict",
+            )
+        )
         time.sleep(2)
 
 
@@ -206,11 +261,16 @@ def main() -> None:
         if r.get("status") not in (None, "done"):
             print(f"session {i}: {r['status']}: {r.get('message')}")
         elif r.get("interval") and all(r["interval"]):
-            print(f"session {i}: submitted at {r['submitted'] - t0:.0f}s, waited {r['wait_s']:.1f}s, "
-                  f"trained {r['interval'][1] - r['interval'][0]:.1f}s", flush=True)
-    print(f"wall {wall:.0f}s; queue wait s: min {waits[0] if waits else 0:.1f} median "
-          f"{median(waits) if waits else 0:.1f} max {waits[-1] if waits else 0:.1f}; positions seen: "
-          f"{sorted({p for r in done for p in r['queue_positions']})}")
+            print(
+                f"session {i}: submitted at {r['submitted'] - t0:.0f}s, waited {r['wait_s']:.1f}s, "
+                f"trained {r['interval'][1] - r['interval'][0]:.1f}s",
+                flush=True,
+            )
+    print(
+        f"wall {wall:.0f}s; queue wait s: min {waits[0] if waits else 0:.1f} median "
+        f"{median(waits) if waits else 0:.1f} max {waits[-1] if waits else 0:.1f}; positions seen: "
+        f"{sorted({p for r in done for p in r['queue_positions']})}"
+    )
     print(f"most runs training at once: {max_overlap(intervals) if intervals else 'n/a'}")
     by_submit = sorted((r for r in done if r["interval"][0]), key=lambda r: r["submitted"])
     starts = [r["interval"][0] for r in by_submit]
@@ -218,10 +278,14 @@ def main() -> None:
     p50, p95_ms = (median(lat), p95(lat)) if lat else (float("nan"), float("nan"))
     rss = f"{sampler.peak_mb:.0f}" if sampler else "n/a"
     if args.hostile:
-        print(f"hostile client: {hostile.get('refused', 0)} requests refused, {hostile.get('answered', 0)} answered, "
-              f"{hostile.get('streams', 0)} streams opened")
-    print(f"sessions={honest_n} completed={len(done)} errors={honest_n - len(done)} "
-          f"p50_ms={p50:.0f} p95_ms={p95_ms:.0f} peak_rss_mb={rss}")
+        print(
+            f"hostile client: {hostile.get('refused', 0)} requests refused, {hostile.get('answered', 0)} answered, "
+            f"{hostile.get('streams', 0)} streams opened"
+        )
+    print(
+        f"sessions={honest_n} completed={len(done)} errors={honest_n - len(done)} "
+        f"p50_ms={p50:.0f} p95_ms={p95_ms:.0f} peak_rss_mb={rss}"
+    )
 
 
 if __name__ == "__main__":

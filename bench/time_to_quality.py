@@ -22,15 +22,22 @@ def run_once(args, seed: int) -> tuple[float | None, float, float]:
     """(seconds to target or None, best mIoU, total seconds) for one training seed."""
     cfg = quick_cpu_preset()
     cfg.train.seed = seed
-    for name, section, field in [("lr", "train", "lr"), ("batch", "train", "batch_size"),
-                                 ("epochs", "train", "epochs"), ("wd", "train", "weight_decay"),
-                                 ("loss", "train", "loss"), ("schedule", "train", "schedule"),
-                                 ("width", "model", "width"), ("depth", "model", "depth"),
-                                 ("image_size", "data", "image_size"), ("data_seed", "data", "seed")]:
+    for name, section, field in [
+        ("lr", "train", "lr"),
+        ("batch", "train", "batch_size"),
+        ("epochs", "train", "epochs"),
+        ("wd", "train", "weight_decay"),
+        ("loss", "train", "loss"),
+        ("schedule", "train", "schedule"),
+        ("width", "model", "width"),
+        ("depth", "model", "depth"),
+        ("image_size", "data", "image_size"),
+        ("data_seed", "data", "seed"),
+    ]:
         if getattr(args, name) is not None:
             setattr(getattr(cfg, section), field, getattr(args, name))
     if args.bilinear is not None:
-        cfg.model.bilinear = args.bilinear == "on"
+        cfg.model.upsampling = "bilinear" if args.bilinear == "on" else "transposed"
     if args.augment is not None:
         cfg.data.augment = args.augment == "on"
     reached, best, first_step = None, 0.0, None
@@ -47,10 +54,12 @@ def run_once(args, seed: int) -> tuple[float | None, float, float]:
                 best = max(best, ev.miou)
                 if reached is None and ev.miou >= args.target:
                     reached = t
-                print(f"  seed {seed} epoch {ev.epoch:2d}  t={t:5.1f}s  epoch {ev.seconds:4.1f}s  "
-                      f"{ev.images_per_s:5.0f} img/s  loss {ev.train_loss:.3f}  mIoU {ev.miou:.4f}  "
-                      f"per class {' '.join(f'{v:.2f}' for v in ev.per_class_iou if v is not None)}",
-                      flush=True)
+                print(
+                    f"  seed {seed} epoch {ev.epoch:2d}  t={t:5.1f}s  epoch {ev.seconds:4.1f}s  "
+                    f"{ev.images_per_s:5.0f} img/s  loss {ev.train_loss:.3f}  mIoU {ev.miou:.4f}  "
+                    f"per class {' '.join(f'{v:.2f}' for v in ev.per_class_iou if v is not None)}",
+                    flush=True,
+                )
             elif isinstance(ev, Failed):
                 print("  failed:", ev.message, ev.detail)
 
@@ -60,8 +69,11 @@ def run_once(args, seed: int) -> tuple[float | None, float, float]:
         total = time.perf_counter() - t0
     if isinstance(done, Done):
         at = "never" if reached is None else f"{reached:.1f}s"
-        print(f"  seed {seed}: data {t_data:.1f}s, first step done at {first_step:.1f}s, total {total:.1f}s, "
-              f"best mIoU {best:.4f}, reached {args.target} at {at}  ({load()})", flush=True)
+        print(
+            f"  seed {seed}: data {t_data:.1f}s, first step done at {first_step:.1f}s, total {total:.1f}s, "
+            f"best mIoU {best:.4f}, reached {args.target} at {at}  ({load()})",
+            flush=True,
+        )
     return reached, best, total
 
 
@@ -69,9 +81,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (one run each)")
     p.add_argument("--target", type=float, default=0.90, help="val mIoU to reach")
-    for name, kind in [("lr", float), ("batch", int), ("epochs", int), ("wd", float), ("loss", str),
-                       ("schedule", str), ("width", int), ("depth", int), ("image_size", int),
-                       ("data_seed", int)]:
+    for name, kind in [
+        ("lr", float),
+        ("batch", int),
+        ("epochs", int),
+        ("wd", float),
+        ("loss", str),
+        ("schedule", str),
+        ("width", int),
+        ("depth", int),
+        ("image_size", int),
+        ("data_seed", int),
+    ]:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help="override the preset")
     p.add_argument("--bilinear", choices=["on", "off"], default=None)
     p.add_argument("--augment", choices=["on", "off"], default=None)
@@ -83,11 +104,15 @@ def main() -> None:
     totals = median([r[2] for r in results])
     key = f"seconds_to_{args.target:.2f}"
     if all(t is not None for t in times):
-        print(f"{key}={max(times):.1f} worst_of={len(times)} median={median(times):.1f} "
-              f"min_best_miou={best:.4f} run_seconds={totals:.1f}")
+        print(
+            f"{key}={max(times):.1f} worst_of={len(times)} median={median(times):.1f} "
+            f"min_best_miou={best:.4f} run_seconds={totals:.1f}"
+        )
     else:
-        print(f"{key}=not_reached reached={sum(t is not None for t in times)}/{len(times)} "
-              f"best_miou={best:.4f} run_seconds={totals:.1f}")
+        print(
+            f"{key}=not_reached reached={sum(t is not None for t in times)}/{len(times)} "
+            f"best_miou={best:.4f} run_seconds={totals:.1f}"
+        )
 
 
 if __name__ == "__main__":

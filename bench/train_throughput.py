@@ -38,8 +38,9 @@ class TutorialDataset(Dataset):
 
     def __init__(self, source, cfg):
         self.source = source
-        self.tf = A.Compose([*train_transform(cfg.data).transforms, A.Normalize(cfg.data.mean, cfg.data.std),
-                             ToTensorV2()])
+        self.tf = A.Compose(
+            [*train_transform(cfg.data).transforms, A.Normalize(cfg.data.mean, cfg.data.std), ToTensorV2()]
+        )
 
     def __len__(self):
         return len(self.source)
@@ -55,12 +56,17 @@ class TutorialLoop:
         self.threads = torch.get_num_threads()  # torch's default; the Trainer sets its own while it runs
         torch.manual_seed(0)
         m = cfg.model
-        self.model = UNet(m.num_classes, depth=m.depth, width=m.width, bilinear=m.bilinear)
+        self.model = UNet(m.num_classes, depth=m.depth, width=m.width, bilinear=m.upsampling == "bilinear")
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
         self.crit = nn.CrossEntropyLoss(ignore_index=IGNORE)
-        self.loader = DataLoader(TutorialDataset(source, cfg), batch_size=cfg.train.batch_size, shuffle=True,
-                                 drop_last=True, num_workers=cfg.train.num_workers)
+        self.loader = DataLoader(
+            TutorialDataset(source, cfg),
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.train.num_workers,
+        )
         self.batches = self._forever()
         self.running_loss = 0.0
 
@@ -116,8 +122,11 @@ def main() -> None:
                 ours.append(args.steps * bs / state["time"])
                 theirs.append(tutorial.images_per_s(args.steps))
                 state.update(time=0.0, steps=0)
-                print(f"  round {len(ours) - 1}: trainer {ours[-1]:6.1f} img/s   tutorial "
-                      f"{theirs[-1]:6.1f} img/s   ({load()})", flush=True)
+                print(
+                    f"  round {len(ours) - 1}: trainer {ours[-1]:6.1f} img/s   tutorial "
+                    f"{theirs[-1]:6.1f} img/s   ({load()})",
+                    flush=True,
+                )
             state["t_last"] = time.perf_counter()
         elif isinstance(ev, EpochEnd):
             state["t_last"] = None  # the next epoch's first step includes building its loader: skip it
@@ -136,15 +145,21 @@ def main() -> None:
     if speedups.cpu_has_native_bf16():
         cands += ((torch.bfloat16, True), (torch.bfloat16, False))
     probe = speedups._measure_cpu(speedups._key(cfg.model), cfg.data.image_size, cands, state["threads"])
-    print("speedups probe (s per 4-image step):",
-          ", ".join(f"{speedups._label(d, c)} {t:.3f}" for (d, c), t in probe.items()))
+    print(
+        "speedups probe (s per 4-image step):",
+        ", ".join(f"{speedups._label(d, c)} {t:.3f}" for (d, c), t in probe.items()),
+    )
     ours, theirs = ours[1:], theirs[1:]  # drop the warm-up round
     ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-    print(f"{len(ours)} rounds of {args.steps} steps, batch {bs}, {cfg.data.image_size}px, "
-          f"width {cfg.model.width}, depth {cfg.model.depth}, bilinear {cfg.model.bilinear}, torch threads: "
-          f"trainer {state['threads']}, tutorial {tutorial.threads}, {args.busy} busy processes | {load()}")
-    print(f"trainer_img_s={median(ours):.1f} tutorial_img_s={median(theirs):.1f} "
-          f"ratio={median(ratios):.2f} ratio_min={min(ratios):.2f} ratio_max={max(ratios):.2f}")
+    print(
+        f"{len(ours)} rounds of {args.steps} steps, batch {bs}, {cfg.data.image_size}px, "
+        f"width {cfg.model.width}, depth {cfg.model.depth}, up-sampling {cfg.model.upsampling}, torch threads: "
+        f"trainer {state['threads']}, tutorial {tutorial.threads}, {args.busy} busy processes | {load()}"
+    )
+    print(
+        f"trainer_img_s={median(ours):.1f} tutorial_img_s={median(theirs):.1f} "
+        f"ratio={median(ratios):.2f} ratio_min={min(ratios):.2f} ratio_max={max(ratios):.2f}"
+    )
 
 
 if __name__ == "__main__":

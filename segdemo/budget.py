@@ -21,6 +21,7 @@ from functools import lru_cache
 import torch
 
 from segdemo.config import ModelConfig, RunConfig
+from segdemo.errors import BudgetError  # noqa: F401  (re-exported)
 
 FLOAT = 4  # bytes per float32
 TRAIN_ACTIVATION_FLOATS = 35  # per pixel per first-level channel, forward + saved for backward (fitted)
@@ -31,10 +32,6 @@ RESNET_WIDTH = 64  # a ResNet stem's channels at half resolution: count it like 
 MAX_PARAMETERS = 250_000_000  # a 1 GB checkpoint's worth (checkpoint.MAX_FILE_BYTES); ours are far smaller
 OUTPUT_BAND_BYTES = 64 << 20  # class scores are up-sampled to full size in bands of at most this
 PREDICT_CAP = 1 << 30
-
-
-class BudgetError(ValueError):
-    """A request needs more memory than this server allows; the message names the limit and what to lower."""
 
 
 def gib(n: float) -> str:
@@ -82,15 +79,15 @@ def parameter_count(cfg: ModelConfig) -> int:
 
 
 def _key(cfg: ModelConfig) -> tuple:
-    return cfg.encoder, cfg.depth, cfg.width, cfg.bilinear, cfg.num_classes
+    return cfg.encoder, cfg.depth, cfg.width, cfg.upsampling, cfg.num_classes
 
 
 @lru_cache(maxsize=64)
-def _describe(encoder: str, depth: int, width: int, bilinear: bool, num_classes: int) -> tuple[tuple, int]:
+def _describe(encoder: str, depth: int, width: int, upsampling: str, num_classes: int) -> tuple[tuple, int]:
     """(state dict as ((name, (shape, dtype)), ...), parameter count) of a model built on the meta device."""
     from segdemo.model import build_model
 
-    cfg = ModelConfig(encoder=encoder, depth=depth, width=width, bilinear=bilinear, num_classes=num_classes)
+    cfg = ModelConfig(encoder=encoder, depth=depth, width=width, upsampling=upsampling, num_classes=num_classes)
     with torch.device("meta"):  # shapes only: a 7 GB model costs nothing to describe here
         model = build_model(cfg)
     state = tuple((k, (tuple(v.shape), v.dtype)) for k, v in model.state_dict().items())
@@ -161,10 +158,14 @@ def check_model(cfg: RunConfig, budget: int | None, what: str = "this checkpoint
     """Refuse a model that is absurdly large or (with a budget) would not fit in it to predict one image."""
     n = parameter_count(cfg.model)
     if n > MAX_PARAMETERS:
-        raise BudgetError(f"{what} describes a model of {n / 1e6:.0f} M parameters; segdemo models have at most "
-                          f"{MAX_PARAMETERS / 1e6:.0f} M. It is not a segdemo checkpoint")
+        raise BudgetError(
+            f"{what} describes a model of {n / 1e6:.0f} M parameters; segdemo models have at most "
+            f"{MAX_PARAMETERS / 1e6:.0f} M. It is not a segdemo checkpoint"
+        )
     need = inference_bytes(cfg)
     if budget is not None and need > budget:
-        raise BudgetError(f"{what} needs about {gib(need)} of memory to predict one image, and this server "
-                          f"allows {gib(budget)} per prediction; use a smaller model (image size, width)")
+        raise BudgetError(
+            f"{what} needs about {gib(need)} of memory to predict one image, and this server "
+            f"allows {gib(budget)} per prediction; use a smaller model (image size, width)"
+        )
     return need

@@ -11,9 +11,9 @@ old file or the new one, never half of one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,22 +23,18 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from segdemo.atomic import fsync_folder, replace_file  # noqa: F401  (replace_file re-exported)
 from segdemo.config import RunConfig
 from segdemo.data.base import ClassSet
+from segdemo.errors import CheckpointError, CheckpointWriteError  # noqa: F401  (re-exported)
 from segdemo.model import build_model
+
+log = logging.getLogger(__name__)
 
 FORMAT = "segdemo-checkpoint"
 VERSION = 1
 MAX_FILE_BYTES = 1 << 30  # 1 GiB: far above any U-Net we build, far below a memory-exhaustion attack
 MAX_HEADER_BYTES = 4 << 20  # the JSON + tensor table; ours are a few KB
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable segdemo checkpoint; the message says why and what to do."""
-
-
-class CheckpointWriteError(OSError):
-    """Saving failed (disk full, permissions); the previous checkpoint at that path is untouched."""
 
 
 @dataclass
@@ -73,32 +69,18 @@ def save_checkpoint(
         "version": VERSION,
         "config": config.to_dict(),
         "classes": classes.to_dict(),
-        "normalization": {"mean": list(config.data.mean), "std": list(config.data.std),
-                          "image_size": config.data.image_size, "resize": config.data.resize,
-                          "window": config.data.window},  # the scale Predict reproduces (also in config)
+        "normalization": {
+            "mean": list(config.data.mean),
+            "std": list(config.data.std),
+            "image_size": config.data.image_size,
+            "resize": config.data.resize,
+            "window": config.data.window,
+        },  # the scale Predict reproduces (also in config)
         "metrics": metrics or {},
         "training_state": training_state,
     }
     data = st_save(tensors, metadata={"segdemo": json.dumps(meta)})
     return atomic_write_bytes(Path(path), data)
-
-
-def replace_file(path: Path, data: bytes, *, fsync: bool = True) -> Path:
-    """Write to a temp file in the same folder, then rename it over `path`: a reader sees the old file or the
-    new one, never a part. `fsync` first makes the bytes durable (checkpoints, logs; a cache needs not)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -107,14 +89,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
         replace_file(path, data)
     except OSError as e:
         raise CheckpointWriteError(
-            e.errno, f"could not save {path.name} ({e.strerror or e}); the previous checkpoint is kept. "
-            "Free some disk space and resume the run"
+            e.errno,
+            f"could not save {path.name} ({e.strerror or e}); the previous checkpoint is kept. "
+            "Free some disk space and resume the run",
         ) from e
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_folder(path.parent)
     return path
 
 
@@ -154,8 +133,10 @@ def load_checkpoint(path: str | Path, *, max_predict_bytes: int | None = None) -
         raise CheckpointError(f"no checkpoint at {path}")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise CheckpointError(f"{path.name} is {size / 2**20:.0f} MB; segdemo checkpoints are far smaller (limit "
-                              f"{MAX_FILE_BYTES / 2**20:.0f} MB)")
+        raise CheckpointError(
+            f"{path.name} is {size / 2**20:.0f} MB; segdemo checkpoints are far smaller (limit "
+            f"{MAX_FILE_BYTES / 2**20:.0f} MB)"
+        )
     table, meta = _read_header(path)
     config, classes = _config_from_meta(path, meta)
     try:
@@ -167,6 +148,7 @@ def load_checkpoint(path: str | Path, *, max_predict_bytes: int | None = None) -
     try:
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own error types for malformed files
+        log.debug("safetensors could not read %s", path, exc_info=True)
         raise CheckpointError(f"{path.name} is damaged ({e}); use another checkpoint") from e
     return _rebuild(path, meta, config, classes, tensors)
 
@@ -187,18 +169,29 @@ def _config_from_meta(path: Path, meta: dict[str, Any]) -> tuple[RunConfig, Clas
 
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
 _ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8}
-_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
-          "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def _check_table(path: Path, table: dict[str, Any], expected: dict[str, tuple], size: int) -> None:
     """The header's tensors are exactly the model's, with the right shapes and dtypes, inside the file."""
-    weights = {k[len("model."):]: v for k, v in table.items() if isinstance(k, str) and k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in table.items() if isinstance(k, str) and k.startswith("model.")}
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{path.name} does not match its own config: missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}")
+        raise CheckpointError(
+            f"{path.name} does not match its own config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     end = size - 8
     for k, (shape, dtype) in expected.items():
         entry = weights[k]
@@ -209,21 +202,24 @@ def _check_table(path: Path, table: dict[str, Any], expected: dict[str, tuple], 
             raise CheckpointError(f"{path.name}: the entry for tensor {k} is malformed") from e
         want = _DTYPES.get(dtype, str(dtype))
         if got_shape != shape or got_dtype != want:
-            raise CheckpointError(f"{path.name}: tensor {k} is {got_shape} {_NAMES.get(got_dtype, got_dtype)}, "
-                                  f"expected {shape} {_NAMES[want]}")
+            raise CheckpointError(
+                f"{path.name}: tensor {k} is {got_shape} {_NAMES.get(got_dtype, got_dtype)}, "
+                f"expected {shape} {_NAMES[want]}"
+            )
         n = 1
         for d in shape:
             n *= d
         if not 0 <= start <= stop <= end or stop - start != n * _ITEMSIZE.get(want, 4):
-            raise CheckpointError(f"{path.name}: tensor {k} points outside the file or has the wrong length; "
-                                  "the file is damaged")
+            raise CheckpointError(
+                f"{path.name}: tensor {k} points outside the file or has the wrong length; the file is damaged"
+            )
 
 
 def _check_header_length(path: Path, head: bytes, size: int) -> int:
-    n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-    # a safetensors header whose length ends in byte 0x80 (1 in 256 of them) starts like a pickle: only an
-    # implausible length marks a pickle or zip
-    plausible = 0 <= n <= min(MAX_HEADER_BYTES, size - 8)
+    # A safetensors file starts with its header's length, little-endian: one whose low byte is 0x80 (a header
+    # of 128, 384, 640... bytes) starts like a pickle, so only a length that cannot be a header means "pickle".
+    n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+    plausible = n is not None and 2 <= n <= min(MAX_HEADER_BYTES, size - 8)
     if not plausible and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise CheckpointError(
             f"{path.name} looks like a PyTorch pickle (.pt/.pth). Pickles can run code when loaded, so "
@@ -233,8 +229,10 @@ def _check_header_length(path: Path, head: bytes, size: int) -> int:
         raise CheckpointError(f"{path.name} is too short to be a checkpoint")
     (n,) = struct.unpack("<Q", head)
     if n > MAX_HEADER_BYTES or n > size - 8:
-        raise CheckpointError(f"{path.name} has a header of {n} bytes, which is oversized or past the end of the "
-                              "file; it is not a segdemo checkpoint")
+        raise CheckpointError(
+            f"{path.name} has a header of {n} bytes, which is oversized or past the end of the "
+            "file; it is not a segdemo checkpoint"
+        )
     return n
 
 
@@ -242,23 +240,28 @@ def _check_meta(path: Path, meta: Any) -> None:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is not a segdemo checkpoint")
     if meta.get("version") != VERSION:
-        raise CheckpointError(f"{path.name} is segdemo checkpoint version {meta.get('version')}; this segdemo "
-                              f"reads version {VERSION}")
+        raise CheckpointError(
+            f"{path.name} is segdemo checkpoint version {meta.get('version')}; this segdemo reads version {VERSION}"
+        )
 
 
-def _rebuild(path: Path, meta: dict[str, Any], config: RunConfig, classes: ClassSet,
-             tensors: dict[str, torch.Tensor]) -> Checkpoint:
+def _rebuild(
+    path: Path, meta: dict[str, Any], config: RunConfig, classes: ClassSet, tensors: dict[str, torch.Tensor]
+) -> Checkpoint:
     model = build_model(config.model)
     expected = model.state_dict()
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     for k, ref in expected.items():
         t = weights[k]
         if t.shape != ref.shape or t.dtype != ref.dtype:  # the table said so; the bytes must agree
-            raise CheckpointError(f"{path.name}: tensor {k} is {tuple(t.shape)} {t.dtype}, expected "
-                                  f"{tuple(ref.shape)} {ref.dtype}")
+            raise CheckpointError(
+                f"{path.name}: tensor {k} is {tuple(t.shape)} {t.dtype}, expected {tuple(ref.shape)} {ref.dtype}"
+            )
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"{path.name}: tensor {k} holds NaN or infinite values; the run diverged. "
-                                  "Use an earlier checkpoint or a lower learning rate")
+            raise CheckpointError(
+                f"{path.name}: tensor {k} holds NaN or infinite values; the run diverged. "
+                "Use an earlier checkpoint or a lower learning rate"
+            )
     model.load_state_dict(weights, strict=True)
     model.eval()
     extra = {k: v for k, v in tensors.items() if not k.startswith("model.")}

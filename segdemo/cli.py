@@ -5,38 +5,54 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from segdemo import logs
+from segdemo.errors import UserError, is_user_error
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it otherwise checks the internet for updates
-
-
-class UserError(Exception):
-    """A mistake the user can fix; printed as one line, exit code 2."""
+log = logging.getLogger("segdemo.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.log_file = None  # cmd_train sets it: the run folder's train.log
+    handlers = []
+    if args.verbose or args.command != "app":  # the app logs to stderr at INFO by itself (ui.launch)
+        handlers.append(logs.log_to_stderr(logging.DEBUG if args.verbose else logging.WARNING, tracebacks=args.verbose))
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # user-level errors become one line; bugs keep their traceback
-        if not _is_user_error(e):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # user mistakes (segdemo.errors) become one line; a bug is logged with its traceback
+        if is_user_error(e):
+            log.debug("refused", exc_info=True)  # where it came from, with --verbose
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        log.exception("segdemo %s failed", args.command)
+        print(
+            f"error: an unexpected {type(e).__name__} (a bug in segdemo, not in your input): {e}; "
+            f"{_where_the_traceback_is(args)}",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        for h in handlers + getattr(args, "log_handlers", []):
+            logs.remove(h)
 
 
-def _is_user_error(e: Exception) -> bool:
-    from segdemo.checkpoint import CheckpointError, CheckpointWriteError
-    from segdemo.data.base import DataError
-
-    return isinstance(e, UserError | DataError | CheckpointError | CheckpointWriteError | FileNotFoundError)
+def _where_the_traceback_is(args) -> str:
+    if args.verbose:
+        return "its traceback is above"
+    if args.log_file is not None:
+        return f"its traceback is in {args.log_file} (or run again with --verbose)"
+    return "run again with --verbose to see its traceback"
 
 
 # -- train ------------------------------------------------------------------------------------------
@@ -50,43 +66,77 @@ def cmd_train(args) -> int:
     cfg = gpu_preset() if args.preset == "gpu" else quick_cpu_preset()
     d, m, t = cfg.data, cfg.model, cfg.train
     d.source = args.data
-    _set(d, image_size=args.image_size, resize=args.resize, crop_size=args.crop_size, window=args.window,
-         scale_range=tuple(args.scale_range) if args.scale_range else None, seed=args.seed, classes_file=args.classes,
-         pet_mode=args.pet_mode,
-         max_train_images=args.max_train_images, val_fraction=args.val_fraction)
+    _set(
+        d,
+        image_size=args.image_size,
+        resize=args.resize,
+        crop_size=args.crop_size,
+        window=args.window,
+        scale_range=tuple(args.scale_range) if args.scale_range else None,
+        seed=args.seed,
+        classes_file=args.classes,
+        pet_mode=args.pet_mode,
+        max_train_images=args.max_train_images,
+        val_fraction=args.val_fraction,
+    )
     d.augment = not args.no_augment
     d.download = args.download
     _set(m, width=args.width, depth=args.depth, encoder=args.encoder)
     m.pretrained = args.pretrained
-    if args.upsample:
-        m.bilinear = args.upsample == "bilinear"
-    _set(t, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, seed=args.seed,
-         device=args.device, precision=args.precision, channels_last=args.channels_last,
-         time_limit_s=args.time_limit, num_workers=args.workers)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise UserError(str(e)) from e
+    _set(m, upsampling=args.upsampling)
+    _set(
+        t,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        loss=args.loss,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        time_limit_s=args.time_limit,
+        num_workers=args.workers,
+    )
+    cfg.validate()  # a ConfigError: one line, exit code 2
     out = Path(args.out)
     if not args.resume and (out / "last.safetensors").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    # Every run keeps its engine log, tracebacks included, beside its checkpoints (appended on --resume).
+    args.log_file = out / "train.log"
+    errors = logs.ErrorSeen()
+    logging.getLogger(logs.ROOT).addHandler(errors)
+    args.log_handlers = [logs.log_to_file(args.log_file), errors]
+    log.info("segdemo train into %s%s; config %s", out, " (resume)" if args.resume else "", json.dumps(cfg.to_dict()))
 
     tty = sys.stderr.isatty()
 
     def show(ev) -> None:
+        if isinstance(ev, Started | Done | Failed):  # the trainer logs each epoch itself
+            log.info("%s", _event_line(ev))
         if isinstance(ev, Started):
-            print(f"training on {ev.device}, {ev.precision}; {ev.n_train} train / {ev.n_val} val images; "
-                  f"{ev.parameters / 1e6:.2f}M parameters; classes: {', '.join(ev.class_names)}", flush=True)
+            print(
+                f"training on {ev.device}, {ev.precision}; {ev.n_train} train / {ev.n_val} val images; "
+                f"{ev.parameters / 1e6:.2f}M parameters; classes: {', '.join(ev.class_names)}",
+                flush=True,
+            )
         elif isinstance(ev, Progress) and tty:
             bar = "#" * int(20 * ev.batch / max(ev.n_batches, 1))
-            print(f"\r  epoch {ev.epoch} [{bar:<20}] {ev.batch}/{ev.n_batches} loss {ev.loss:.3f} "
-                  f"{ev.images_per_s:.0f} img/s", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r  epoch {ev.epoch} [{bar:<20}] {ev.batch}/{ev.n_batches} loss {ev.loss:.3f} "
+                f"{ev.images_per_s:.0f} img/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         elif isinstance(ev, EpochEnd):
             if tty:
                 print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
-            print(f"epoch {ev.epoch:>3}/{ev.epochs}  train_loss {ev.train_loss:.4f}  val_loss {ev.val_loss:.4f}  "
-                  f"mIoU {ev.miou:.4f}  acc {ev.pixel_accuracy:.4f}  lr {ev.lr:.2e}  {ev.images_per_s:.1f} img/s  "
-                  f"{ev.seconds:.1f}s{'  *best' if ev.is_best else ''}", flush=True)
+            print(
+                f"epoch {ev.epoch:>3}/{ev.epochs}  train_loss {ev.train_loss:.4f}  val_loss {ev.val_loss:.4f}  "
+                f"mIoU {ev.miou:.4f}  acc {ev.pixel_accuracy:.4f}  lr {ev.lr:.2e}  {ev.images_per_s:.1f} img/s  "
+                f"{ev.seconds:.1f}s{'  *best' if ev.is_best else ''}",
+                flush=True,
+            )
         elif isinstance(ev, Done):
             best = f"best mIoU {ev.best_miou:.4f} at epoch {ev.best_epoch}" if ev.best_miou is not None else "no epoch"
             print(f"{ev.reason} after {ev.epochs_done} epochs in {ev.seconds:.1f}s; {best}; checkpoints in {out}")
@@ -102,9 +152,16 @@ def cmd_train(args) -> int:
     finally:
         distributed.leave()
     if isinstance(result, Failed):
-        print(f"error: {result.message}", file=sys.stderr)
+        where = f" (the traceback is in {args.log_file}; --verbose shows it here)" if errors.seen else ""
+        print(f"error: {result.message}{where}", file=sys.stderr)
         return 2
     return 0
+
+
+def _event_line(ev) -> str:
+    """An event for train.log: its type and fields, without the preview pictures."""
+    fields = {k: v for k, v in vars(ev).items() if k != "previews"}
+    return f"{type(ev).__name__} {json.dumps(fields, default=str)}"
 
 
 def _set(obj, **values) -> None:
@@ -130,8 +187,10 @@ def cmd_evaluate(args) -> int:
     with tempfile.TemporaryDirectory(prefix="segdemo-eval-") as tmp:
         splits = open_dataset(cfg.data, Path(tmp))
         if splits.classes.names != ck.classes.names:
-            raise UserError(f"the data's classes ({', '.join(splits.classes.names)}) differ from the checkpoint's "
-                            f"({', '.join(ck.classes.names)}); evaluate on the dataset it was trained for")
+            raise UserError(
+                f"the data's classes ({', '.join(splits.classes.names)}) differ from the checkpoint's "
+                f"({', '.join(ck.classes.names)}); evaluate on the dataset it was trained for"
+            )
         source = {"val": splits.val, "train": splits.train, "test": splits.test}[args.split]
         if source is None or len(source) == 0:
             raise UserError(f"the data has no {args.split} split")
@@ -149,8 +208,9 @@ def _table(rows: list[dict]) -> str:
     fmt = lambda v: "  n/a" if v is None else f"{v:.3f}"  # noqa: E731
     width = max(len(r["name"]) for r in rows)
     lines = [f"{'class':<{width}}  {'IoU':>5}  {'Dice':>5}  {'share':>6}"]
-    lines += [f"{r['name']:<{width}}  {fmt(r['iou']):>5}  {fmt(r['dice']):>5}  {100 * r['pixel_share']:5.1f}%"
-              for r in rows]
+    lines += [
+        f"{r['name']:<{width}}  {fmt(r['iou']):>5}  {fmt(r['dice']):>5}  {100 * r['pixel_share']:5.1f}%" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -158,32 +218,81 @@ def _table(rows: list[dict]) -> str:
 
 
 def cmd_predict(args) -> int:
+    import torch
     from PIL import Image
 
-    from segdemo.imageio import load_image
-    from segdemo.predict import Predictor
+    from segdemo.imageio import load_image_oriented
+    from segdemo.metrics import metrics_from_confusion
+    from segdemo.predict import MaskIndex, Predictor, load_ground_truth
 
     predictor = Predictor.from_path(args.checkpoint)
+    names = predictor.classes.names
+    masks = _mask_files(args.masks) if args.masks else []
+    index = MaskIndex(masks, len(args.images))
+    if masks:
+        index.require_a_match(args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    failed, scored, total = 0, 0, torch.zeros(len(names), len(names), dtype=torch.int64)
     for path in args.images:
         try:
-            image = load_image(path)
+            image, orientation = load_image_oriented(path)
+            mask_path = index.mask_for(path)
+            target = (
+                None
+                if mask_path is None
+                else load_ground_truth(mask_path, image.shape, orientation, predictor.classes, Path(path).name)
+            )
+            p = predictor.predict(image, target=target, alpha=args.alpha, probabilities=False)
         except Exception as e:
-            if not _is_user_error(e):
+            if not is_user_error(e):
                 raise
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        p = predictor.predict(image, alpha=args.alpha)
         stem = Path(path).stem
         Image.fromarray(p.mask).save(out / f"{stem}_mask.png")  # class ids, not colours
         Image.fromarray(p.color).save(out / f"{stem}_color.png")
         Image.fromarray(p.overlay).save(out / f"{stem}_overlay.png")
-        shares = ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(predictor.classes.names, p.pixel_share, strict=True))
-        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / (stem + '_mask.png')} ({shares})")
+        shares = ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(names, p.pixel_share, strict=True))
+        score = ""
+        if p.metrics is not None:
+            total += p.confusion
+            scored += 1
+            score = f"; against {Path(mask_path).name}: mIoU {p.metrics.miou:.4f}"
+        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / (stem + '_mask.png')} ({shares}){score}")
+    if masks:
+        missing = len(args.images) - failed - scored
+        doc = metrics_from_confusion(total).to_dict(names)  # one confusion matrix over all scored images
+        print(
+            f"scored {scored} image(s) against their masks"
+            + (f" ({missing} had none)" if missing else "")
+            + f": mIoU {_fmt(doc['miou'])}  pixel accuracy {_fmt(doc['pixel_accuracy'])}"
+        )
+        print(_table(doc["per_class"]))
     return 2 if failed else 0
+
+
+def _mask_files(where: list[str]) -> list[str]:
+    """--masks: files, or folders whose image files are the masks."""
+    from segdemo.imageio import IMAGE_SUFFIXES
+
+    files = []
+    for w in where:
+        p = Path(w)
+        if p.is_dir():
+            files += sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise UserError(f"--masks {w} is neither a folder nor a file")
+    if not files:
+        raise UserError(f"--masks {' '.join(where)} holds no image files")
+    return files
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 # -- check ------------------------------------------------------------------------------------------
@@ -215,14 +324,14 @@ def cmd_app(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from segdemo.export import ExportError, export_model
+    from segdemo.export import export_model
 
-    try:
-        res = export_model(args.checkpoint, args.out, fmt=args.format)
-    except ExportError as e:
-        raise UserError(str(e)) from e
-    check = "not checked: onnxruntime is not installed" if res.max_abs_diff is None else (
-        f"logits within {res.max_abs_diff:.1e} of PyTorch")
+    res = export_model(args.checkpoint, args.out, fmt=args.format)  # ExportError: one line, exit code 2
+    check = (
+        "not checked: onnxruntime is not installed"
+        if res.max_abs_diff is None
+        else (f"logits within {res.max_abs_diff:.1e} of PyTorch")
+    )
     print(f"exported {args.checkpoint} as {res.format} ({check}):")
     for path in res.paths:
         print(f"  {path}")
@@ -258,7 +367,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from segdemo.config import gpu_preset, quick_cpu_preset
+    from segdemo.config import UPSAMPLINGS, gpu_preset, quick_cpu_preset
 
     presets = quick_cpu_preset(), gpu_preset()
 
@@ -269,66 +378,132 @@ def _parser() -> argparse.ArgumentParser:
 
     prog = "python -m segdemo" if Path(sys.argv[0]).name == "__main__.py" else "segdemo"
     fmt = dict(formatter_class=_HelpFormatter)
-    p = argparse.ArgumentParser(prog=prog, description="Train, evaluate and use a U-Net for semantic "
-                                "segmentation, or serve the web app.", **fmt)
+    p = argparse.ArgumentParser(
+        prog=prog, description="Train, evaluate and use a U-Net for semantic segmentation, or serve the web app.", **fmt
+    )
     p.add_argument("--version", action="version", version=f"segdemo {version()}")
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
+    sub = p.add_subparsers(required=True, metavar="COMMAND", dest="command")
+    # every command takes --verbose: engine logs on stderr, and the traceback of a bug
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="show the engine's log and any traceback on stderr"
+    )
+    fmt = dict(fmt, parents=[common])
 
     t = sub.add_parser("train", help="train a U-Net; writes checkpoints, metrics.jsonl and curves.png to --out", **fmt)
     t.add_argument("--data", default="builtin", help="builtin | a folder dataset | a .zip of one | oxford-pet[:ROOT]")
     t.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
-    t.add_argument("--preset", choices=["quick", "gpu"], default="quick",
-                   help="starting settings: quick (about a minute on a CPU) or gpu (bigger, longer)")
+    t.add_argument(
+        "--preset",
+        choices=["quick", "gpu"],
+        default="quick",
+        help="starting settings: quick (about a minute on a CPU) or gpu (bigger, longer)",
+    )
     t.add_argument("--epochs", type=int, help=preset("passes over the training images", lambda c: c.train.epochs))
     t.add_argument("--batch-size", type=int, help=preset("images per step", lambda c: c.train.batch_size))
     t.add_argument("--lr", type=float, help=preset("peak learning rate", lambda c: c.train.lr))
-    t.add_argument("--image-size", type=int,
-                   help=preset("training scale in pixels: the --resize side of every image becomes this, aspect "
-                               "ratio kept", lambda c: c.data.image_size))
-    t.add_argument("--resize", choices=["short", "long", "square"],
-                   help=preset("which side --image-size sets (square: squash, as checkpoints before aspect-kept "
-                               "geometry did)", lambda c: c.data.resize))
-    t.add_argument("--crop-size", type=int,
-                   help="square training crop in pixels, padded with the ignore index where the image is smaller "
-                        "(default: the image size)")
-    t.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                   help=preset("random scale jitter for training", lambda c: " ".join(map(str, c.data.scale_range))))
-    t.add_argument("--window", type=int,
-                   help="sliding window (pixels at the training scale) for evaluating and predicting images larger "
-                        "than it (default: the whole image in one pass)")
-    t.add_argument("--loss", choices=["ce", "weighted_ce", "dice", "ce_dice", "bce"],
-                   help=preset("training loss", lambda c: c.train.loss))
+    t.add_argument(
+        "--image-size",
+        type=int,
+        help=preset(
+            "training scale in pixels: the --resize side of every image becomes this, aspect ratio kept",
+            lambda c: c.data.image_size,
+        ),
+    )
+    t.add_argument(
+        "--resize",
+        choices=["short", "long", "square"],
+        help=preset(
+            "which side --image-size sets (square: squash, as checkpoints before aspect-kept geometry did)",
+            lambda c: c.data.resize,
+        ),
+    )
+    t.add_argument(
+        "--crop-size",
+        type=int,
+        help="square training crop in pixels, padded with the ignore index where the image is smaller "
+        "(default: the image size)",
+    )
+    t.add_argument(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help=preset("random scale jitter for training", lambda c: " ".join(map(str, c.data.scale_range))),
+    )
+    t.add_argument(
+        "--window",
+        type=int,
+        help="sliding window (pixels at the training scale) for evaluating and predicting images larger "
+        "than it (default: the whole image in one pass)",
+    )
+    t.add_argument(
+        "--loss",
+        choices=["ce", "weighted_ce", "dice", "ce_dice", "bce"],
+        help=preset("training loss", lambda c: c.train.loss),
+    )
     t.add_argument("--width", type=int, help=preset("channels of the first U-Net level", lambda c: c.model.width))
     t.add_argument("--depth", type=int, help=preset("number of down-sampling steps", lambda c: c.model.depth))
-    t.add_argument("--upsample", choices=["bilinear", "transposed"],
-                   help=preset("decoder up-sampling", lambda c: "bilinear" if c.model.bilinear else "transposed"))
-    t.add_argument("--encoder", choices=["unet", "resnet18", "resnet34"],
-                   help=preset("encoder: a plain U-Net or a torchvision ResNet", lambda c: c.model.encoder))
+    t.add_argument(
+        "--upsampling",
+        "--upsample",
+        choices=UPSAMPLINGS,  # --upsample: its name before 0.2
+        help=preset("decoder up-sampling", lambda c: c.model.upsampling),
+    )
+    t.add_argument(
+        "--encoder",
+        choices=["unet", "resnet18", "resnet34"],
+        help=preset("encoder: a plain U-Net or a torchvision ResNet", lambda c: c.model.encoder),
+    )
     t.add_argument("--pretrained", action="store_true", help="ImageNet weights for a ResNet encoder")
-    t.add_argument("--no-augment", action="store_true",
-                   help="train without the flips, scale/rotate and brightness/contrast changes")
-    t.add_argument("--classes", help="classes JSON for a folder dataset: names, colors, ignore_index (default: the "
-                   "dataset's classes.json, else classes found in the masks)")
-    t.add_argument("--pet-mode", choices=["trimap", "binary"],
-                   help=preset("Oxford-IIIT Pet labels: trimap, or binary with the border ignored",
-                               lambda c: c.data.pet_mode))
+    t.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="train without the flips, scale/rotate and brightness/contrast changes",
+    )
+    t.add_argument(
+        "--classes",
+        help="classes JSON for a folder dataset: names, colors, ignore_index (default: the "
+        "dataset's classes.json, else classes found in the masks)",
+    )
+    t.add_argument(
+        "--pet-mode",
+        choices=["trimap", "binary"],
+        help=preset("Oxford-IIIT Pet labels: trimap, or binary with the border ignored", lambda c: c.data.pet_mode),
+    )
     t.add_argument("--download", action="store_true", help="download Oxford-IIIT Pet if missing (needs internet)")
-    t.add_argument("--val-fraction", type=float, help=preset("share of the images held out for validation when the "
-                   "data has no val/ split", lambda c: c.data.val_fraction))
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        help=preset(
+            "share of the images held out for validation when the data has no val/ split", lambda c: c.data.val_fraction
+        ),
+    )
     t.add_argument("--max-train-images", type=int, help="train on at most this many images (default: all)")
-    t.add_argument("--seed", type=int,
-                   help=preset("seed for the built-in data, the split, the weights and augmentation",
-                               lambda c: c.train.seed))
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                   help=preset("where to train; auto takes CUDA when present", lambda c: c.train.device))
-    t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help=preset("number format; auto measures the options on the first steps",
-                               lambda c: c.train.precision))
-    t.add_argument("--channels-last", choices=["auto", "on", "off"],
-                   help=preset("memory layout; auto measures both on a CPU", lambda c: c.train.channels_last))
+    t.add_argument(
+        "--seed",
+        type=int,
+        help=preset("seed for the built-in data, the split, the weights and augmentation", lambda c: c.train.seed),
+    )
+    t.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help=preset("where to train; auto takes CUDA when present", lambda c: c.train.device),
+    )
+    t.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help=preset("number format; auto measures the options on the first steps", lambda c: c.train.precision),
+    )
+    t.add_argument(
+        "--channels-last",
+        choices=["auto", "on", "off"],
+        help=preset("memory layout; auto measures both on a CPU", lambda c: c.train.channels_last),
+    )
     t.add_argument("--workers", type=int, help=preset("data loading workers", lambda c: c.train.num_workers))
-    t.add_argument("--time-limit", type=float,
-                   help="stop after this many seconds, keeping the best checkpoint (default: no limit)")
+    t.add_argument(
+        "--time-limit", type=float, help="stop after this many seconds, keeping the best checkpoint (default: no limit)"
+    )
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.set_defaults(func=cmd_train)
 
@@ -336,42 +511,70 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
     e.add_argument("--data", default="builtin", help="builtin | a folder dataset | a .zip of one | oxford-pet[:ROOT]")
     e.add_argument("--split", choices=["val", "test", "train"], default="val", help="which part of the data")
-    e.add_argument("--classes", help="classes JSON for a folder dataset (default: the one the checkpoint was "
-                   "trained with, else the dataset's classes.json)")
+    e.add_argument(
+        "--classes",
+        help="classes JSON for a folder dataset (default: the one the checkpoint was "
+        "trained with, else the dataset's classes.json)",
+    )
     e.add_argument("--json", action="store_true", help="print miou, pixel_accuracy and per_class as JSON")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="write mask, colour mask and overlay PNGs for each image", **fmt)
     r.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
     r.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    r.add_argument("--out", required=True, help="folder for NAME_mask.png (class ids), NAME_color.png and "
-                   "NAME_overlay.png")
+    r.add_argument(
+        "--out", required=True, help="folder for NAME_mask.png (class ids), NAME_color.png and NAME_overlay.png"
+    )
     r.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0 to 1")
+    r.add_argument(
+        "--masks",
+        nargs="+",
+        metavar="DIR_OR_FILE",
+        help="ground-truth masks (a folder, or files) paired with the images by file name (cat.png or "
+        "cat_mask.png for cat.jpg): prints each image's mIoU and per-class IoU, Dice and mIoU over all",
+    )
     r.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("check", help="check a dataset folder or zip: pairs, sizes, labels, class shares", **fmt)
     c.add_argument("dir", help="a folder dataset (images/ + masks/, or train/ val/ test/) or a .zip of one")
-    c.add_argument("--classes", help="classes JSON (default: the dataset's classes.json, else classes found in "
-                   "the masks)")
+    c.add_argument(
+        "--classes", help="classes JSON (default: the dataset's classes.json, else classes found in the masks)"
+    )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=cmd_check)
 
-    x = sub.add_parser("export", help="write the model as ONNX or TorchScript, with meta.json and a predict script "
-                       "that needs no segdemo", **fmt)
+    x = sub.add_parser(
+        "export",
+        help="write the model as ONNX or TorchScript, with meta.json and a predict script that needs no segdemo",
+        **fmt,
+    )
     x.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors file")
-    x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
-                   help="onnx (runs with onnxruntime; needs the onnx package to export) or torchscript (plain torch)")
-    x.add_argument("--out", required=True, help="folder for model.onnx or model.torchscript.pt, meta.json and "
-                   "predict_onnx.py or predict_torchscript.py")
+    x.add_argument(
+        "--format",
+        choices=["onnx", "torchscript"],
+        default="onnx",
+        help="onnx (runs with onnxruntime; needs the onnx package to export) or torchscript (plain torch)",
+    )
+    x.add_argument(
+        "--out",
+        required=True,
+        help="folder for model.onnx or model.torchscript.pt, meta.json and predict_onnx.py or predict_torchscript.py",
+    )
     x.set_defaults(func=cmd_export)
 
     a = sub.add_parser("app", help="serve the web app (Train and Predict tabs) until Ctrl+C", **fmt)
-    a.add_argument("--host", help="address to listen on; 0.0.0.0 lets every machine that can reach this one use "
-                   "the app, with a warning (default: $GRADIO_SERVER_NAME, else 0.0.0.0 on a Hugging Face Space, "
-                   "else 127.0.0.1: this machine only)")
+    a.add_argument(
+        "--host",
+        help="address to listen on; 0.0.0.0 lets every machine that can reach this one use "
+        "the app, with a warning (default: $GRADIO_SERVER_NAME, else 0.0.0.0 on a Hugging Face Space, "
+        "else 127.0.0.1: this machine only)",
+    )
     a.add_argument("--port", type=int, help="port to listen on (default: $PORT or $GRADIO_SERVER_PORT, else 7860)")
-    a.add_argument("--share", action="store_true",
-                   help="also open a public gradio.live link (needs internet), with a warning: anyone with the "
-                   "link can use the app")
+    a.add_argument(
+        "--share",
+        action="store_true",
+        help="also open a public gradio.live link (needs internet), with a warning: anyone with the "
+        "link can use the app",
+    )
     a.set_defaults(func=cmd_app)
     return p

@@ -6,9 +6,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from segdemo.errors import ConfigError
+
 RESIZE_MODES = ("short", "long", "square")
+
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "bce")
 ENCODERS = ("unet", "resnet18", "resnet34")
+UPSAMPLINGS = ("transposed", "bilinear")  # the decoder's up-sampling: one name in the config, the UI and the CLI
 
 
 @dataclass
@@ -47,9 +51,9 @@ class ModelConfig:
     encoder: str = "unet"  # "unet" (plain, from scratch) or a torchvision "resnet18"/"resnet34" encoder
     depth: int = 4  # number of down-sampling steps; input is padded to a multiple of 2**depth
     width: int = 8  # channels of the first level, doubled at each level down
-    # Transposed conv (learned up-sampling) or bilinear + conv (smooth, no weights). On a CPU the
-    # transposed one trains about 1.5x faster: bilinear's backward pass is slow there.
-    bilinear: bool = False
+    # "transposed" conv (learned up-sampling) or "bilinear" + conv (smooth, no weights). On a CPU the
+    # transposed one trains faster: bilinear's backward pass is slow there (bench/README.md).
+    upsampling: str = "transposed"
     pretrained: bool = False  # ImageNet weights for a ResNet encoder, when they can be had
     num_classes: int = 4  # filled in from the data; 1 output channel for the "bce" loss
 
@@ -94,51 +98,64 @@ class RunConfig:
         """Rebuild from a dict; unknown keys are refused so a typo never passes silently."""
         return cls(
             data=_build(DataConfig, d.get("data", {})),
-            model=_build(ModelConfig, d.get("model", {})),
+            model=_build(ModelConfig, _upgrade_model(d.get("model", {}))),
             train=_build(TrainConfig, d.get("train", {})),
         )
 
     def validate(self) -> None:
-        """Raise ValueError with a sentence that says what to change."""
+        """Raise ConfigError with a sentence that says what to change."""
         t, m, dc = self.train, self.model, self.data
         if t.loss not in LOSSES:
-            raise ValueError(f"unknown loss {t.loss!r}; choose one of {', '.join(LOSSES)}")
+            raise ConfigError(f"unknown loss {t.loss!r}; choose one of {', '.join(LOSSES)}")
         if m.encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {m.encoder!r}; choose one of {', '.join(ENCODERS)}")
+            raise ConfigError(f"unknown encoder {m.encoder!r}; choose one of {', '.join(ENCODERS)}")
         if not 1 <= m.depth <= 6:
-            raise ValueError(f"model depth must be between 1 and 6, got {m.depth}")
+            raise ConfigError(f"model depth must be between 1 and 6, got {m.depth}")
         if m.encoder != "unet" and m.depth != 4:
-            raise ValueError("a ResNet encoder fixes the depth at 4; leave depth at 4")
+            raise ConfigError("a ResNet encoder fixes the depth at 4; leave depth at 4")
         if not 2 <= m.width <= 256:
-            raise ValueError(f"model width must be between 2 and 256, got {m.width}")
+            raise ConfigError(f"model width must be between 2 and 256, got {m.width}")
         if t.epochs < 1 or t.batch_size < 1:
-            raise ValueError("epochs and batch size must be at least 1")
+            raise ConfigError("epochs and batch size must be at least 1")
         if not 0 < t.lr < 1:
-            raise ValueError(f"learning rate must be between 0 and 1, got {t.lr}")
+            raise ConfigError(f"learning rate must be between 0 and 1, got {t.lr}")
         if not 32 <= dc.image_size <= 1024:
-            raise ValueError(f"image size must be between 32 and 1024, got {dc.image_size}")
+            raise ConfigError(f"image size must be between 32 and 1024, got {dc.image_size}")
         if dc.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {dc.resize!r}")
+            raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {dc.resize!r}")
         if dc.crop_size is not None and not 32 <= dc.crop_size <= 1024:
-            raise ValueError(f"crop size must be between 32 and 1024, got {dc.crop_size}")
+            raise ConfigError(f"crop size must be between 32 and 1024, got {dc.crop_size}")
         lo, hi = dc.scale_range
         if not 0.25 <= lo <= hi <= 4:
-            raise ValueError(f"scale range must satisfy 0.25 <= low <= high <= 4, got {lo}..{hi}")
+            raise ConfigError(f"scale range must satisfy 0.25 <= low <= high <= 4, got {lo}..{hi}")
         if dc.window is not None and not 32 <= dc.window <= 4096:
-            raise ValueError(f"sliding window must be between 32 and 4096 px, got {dc.window}")
+            raise ConfigError(f"sliding window must be between 32 and 4096 px, got {dc.window}")
         if t.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
         if t.channels_last not in ("auto", "on", "off"):
-            raise ValueError(f"channels_last must be auto, on or off, got {t.channels_last!r}")
+            raise ConfigError(f"channels_last must be auto, on or off, got {t.channels_last!r}")
+        if m.upsampling not in UPSAMPLINGS:
+            raise ConfigError(f"up-sampling must be {' or '.join(UPSAMPLINGS)}, got {m.upsampling!r}")
         if dc.pet_mode not in ("trimap", "binary"):
-            raise ValueError(f"pet mode must be trimap or binary, got {dc.pet_mode!r}")
+            raise ConfigError(f"pet mode must be trimap or binary, got {dc.pet_mode!r}")
+
+
+def _upgrade_model(d: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before `upsampling` (checkpoints, job records) said `bilinear: true/false`."""
+    if not isinstance(d, dict) or "bilinear" not in d:
+        return d
+    d = dict(d)
+    old = "bilinear" if d.pop("bilinear") else "transposed"
+    if d.setdefault("upsampling", old) != old:
+        raise ConfigError(f"the model config says both bilinear and upsampling={d['upsampling']!r}; keep one")
+    return d
 
 
 def _build(kind, d: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"unknown {kind.__name__} field(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown {kind.__name__} field(s): {', '.join(unknown)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return kind(**kwargs)
 
@@ -152,6 +169,6 @@ def gpu_preset() -> RunConfig:
     """A bigger net, longer, for a machine with a GPU."""
     return RunConfig(
         data=DataConfig(image_size=256),
-        model=ModelConfig(width=32, depth=4, bilinear=True),
+        model=ModelConfig(width=32, depth=4, upsampling="bilinear"),
         train=TrainConfig(epochs=30, batch_size=32, lr=2e-3, loss="ce_dice"),
     )

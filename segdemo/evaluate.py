@@ -34,8 +34,14 @@ def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1)
 
 
-def forward_scaled(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
-                   autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[torch.Tensor]:
+def forward_scaled(
+    model: nn.Module,
+    images: list[np.ndarray],
+    config: RunConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> list[torch.Tensor]:
     """Float32 logits (1, C, h, w) per image, each run whole at the training scale (transforms.scaled_size).
 
     Images of one scaled size share a forward pass, at most max_batch_pixels() pixels at a time; sizes differ
@@ -92,8 +98,14 @@ def sliding_window(model: nn.Module, x: torch.Tensor, window: int) -> torch.Tens
     return total / count
 
 
-def forward_resized(model: nn.Module, images: list[np.ndarray], config: RunConfig, device: torch.device,
-                    autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[torch.Tensor]:
+def forward_resized(
+    model: nn.Module,
+    images: list[np.ndarray],
+    config: RunConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> list[torch.Tensor]:
     """Run the model on each whole image at the training scale; return float32 logits at each image's own size.
 
     Full-size scores take classes x pixels x 4 bytes: labels_at_size() gets the labels in bounded memory."""

@@ -11,7 +11,7 @@ import numpy as np
 class Started:
     run_dir: str
     device: str
-    precision: str  # what "auto" chose, and why, e.g. "fp32 + channels_last (measured 1.5x)"
+    precision: str  # what "auto" chose, and why, e.g. "fp32 + channels_last (measured 1.2x)"
     epochs: int
     start_epoch: int  # > 1 when resuming
     n_train: int
@@ -23,7 +23,8 @@ class Started:
 
 @dataclass
 class Progress:
-    """Sent every few batches so a progress bar or an ETA can move between epochs."""
+    """Sent after every training batch, so a progress bar or an ETA can move between epochs (the app
+    redraws at most once a second; the CLI redraws its bar each time)."""
 
     epoch: int
     batch: int
@@ -34,8 +35,12 @@ class Progress:
 
 @dataclass
 class Preview:
+    """One validation image of the filmstrip: the picture at its own size, NOT resized to the training size,
+    with its true mask and the prediction at that size (as evaluation scores them); all three shrunk
+    together so the longest side is at most trainer.PREVIEW_MAX_SIDE."""
+
     name: str
-    image: np.ndarray  # (H, W, 3) uint8, as the model saw it
+    image: np.ndarray  # (H, W, 3) uint8 RGB
     target: np.ndarray  # (H, W) uint8 class ids, IGNORE kept
     pred: np.ndarray  # (H, W) uint8 class ids
 

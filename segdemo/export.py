@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import segdemo
-from segdemo.checkpoint import Checkpoint, load_checkpoint, replace_file, resolve_checkpoint
+from segdemo.atomic import replace_file
+from segdemo.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from segdemo.data.base import IGNORE
+from segdemo.errors import ConfigError, ExportError  # noqa: F401  (ExportError re-exported)
 from segdemo.model import UNet
 from segdemo.transforms import MAX_ASPECT
 
@@ -44,22 +46,18 @@ FORMATS = ("onnx", "torchscript")
 _AREA = "OpenCV INTER_AREA (cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))"
 _RESIZE_TEXT = {  # meta.json's sentence for each DataConfig.resize rule (transforms.scaled_size)
     "short": f"aspect ratio kept: the short side to image_size, the long side at most max_aspect x image_size; "
-             f"each side rounded to the nearest pixel; {_AREA}",
+    f"each side rounded to the nearest pixel; {_AREA}",
     "long": f"aspect ratio kept: the long side to image_size; each side rounded to the nearest pixel; {_AREA}",
     "square": f"to image_size x image_size, whatever the aspect ratio; {_AREA}",
 }
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 SCRIPTS = {"onnx": "predict_onnx.py", "torchscript": "predict_torchscript.py"}
 OPSET = 17
-# refuse an export whose logits differ more than this from PyTorch's: seen ~1e-5, tests hold 1e-4; looser here so
+# refuse an export whose logits differ more than this from PyTorch's (the tests hold 1e-4; README, Export); looser so
 # that another CPU's kernels never block an export, while a wrong pad or crop (whole units) is still caught
 CHECK_TOLERANCE = 1e-3
 INSTALL_HINT = 'pip install onnx==1.23.2 onnxruntime==1.31.1 (in a segdemo checkout: pip install ".[export]")'
 _SCRIPT_DIR = Path(__file__).resolve().parent / "export_scripts"
-
-
-class ExportError(RuntimeError):
-    """The export cannot be written (a package is missing, the result disagrees); the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -109,12 +107,12 @@ class PaddedModel(nn.Module):
 def export_model(checkpoint_path: str | Path, out_dir: str | Path, fmt: str = "onnx") -> ExportResult:
     """Write checkpoint_path (a .safetensors file or a run folder) to out_dir as fmt; see the module docstring.
 
-    Raises CheckpointError for a missing or bad checkpoint, ValueError for an unknown fmt, ExportError when
+    Raises CheckpointError for a missing or bad checkpoint, ConfigError for an unknown fmt, ExportError when
     ONNX export lacks the onnx package or the exported model disagrees with PyTorch. Files already in out_dir
     with the same names are replaced (each by rename, never left half-written).
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise ExportError(f"ONNX export needs the onnx package, which is not installed: {INSTALL_HINT}")
     source = resolve_checkpoint(checkpoint_path)
@@ -136,8 +134,10 @@ def export_model(checkpoint_path: str | Path, out_dir: str | Path, fmt: str = "o
             write(wrapped, example, tmp)
             diff = check_export(ck.model, tmp, fmt, [(size, size), odd])
         if diff is not None and diff > CHECK_TOLERANCE:
-            raise ExportError(f"the exported model's logits differ from PyTorch's by {diff:.2g} (more than "
-                              f"{CHECK_TOLERANCE:g}); nothing was written. Please report this with the checkpoint")
+            raise ExportError(
+                f"the exported model's logits differ from PyTorch's by {diff:.2g} (more than "
+                f"{CHECK_TOLERANCE:g}); nothing was written. Please report this with the checkpoint"
+            )
         os.replace(tmp, model_path)  # a model file is whole or absent, never half-written
     finally:
         tmp.unlink(missing_ok=True)
@@ -174,10 +174,19 @@ def export_meta(ck: Checkpoint, source: Path, fmt: str) -> dict[str, Any]:
     return {
         "format": fmt,
         "model_file": MODEL_FILES[fmt],
-        "input": {"name": "image", "shape": ["N", 3, "H", "W"], "dtype": "float32", "channels": "RGB",
-                  "min_size": multiple // 2 + 1 if (-cfg.data.image_size) % multiple < cfg.data.image_size else 1},
-        "output": {"name": "logits", "shape": ["N", cfg.model.num_classes, "H", "W"], "dtype": "float32",
-                   "binary": cfg.model.num_classes == 1},
+        "input": {
+            "name": "image",
+            "shape": ["N", 3, "H", "W"],
+            "dtype": "float32",
+            "channels": "RGB",
+            "min_size": multiple // 2 + 1 if (-cfg.data.image_size) % multiple < cfg.data.image_size else 1,
+        },
+        "output": {
+            "name": "logits",
+            "shape": ["N", cfg.model.num_classes, "H", "W"],
+            "dtype": "float32",
+            "binary": cfg.model.num_classes == 1,
+        },
         "classes": ck.classes.to_dict(),
         "ignore_index": IGNORE,  # in segdemo's masks; a prediction never holds it
         "preprocessing": {
@@ -192,11 +201,20 @@ def export_meta(ck: Checkpoint, source: Path, fmt: str) -> dict[str, Any]:
             "formula": "x = (rgb_uint8 / max_value - mean) / std, float32, channels first",
         },
         "postprocessing": "logits up-sampled bilinearly (align_corners=False) to the image's own size, then "
-                          "argmax over classes (one channel: logit > 0 means class 1)",
-        "model": {"encoder": cfg.model.encoder, "depth": cfg.model.depth, "width": cfg.model.width,
-                  "upsampling": "bilinear" if cfg.model.bilinear else "transposed", "pad_multiple": multiple},
-        "source": {"checkpoint": source.name, "miou": ck.metrics.get("miou"), "epoch": ck.metrics.get("epoch"),
-                   "training_data": cfg.data.source},
+        "argmax over classes (one channel: logit > 0 means class 1)",
+        "model": {
+            "encoder": cfg.model.encoder,
+            "depth": cfg.model.depth,
+            "width": cfg.model.width,
+            "upsampling": cfg.model.upsampling,
+            "pad_multiple": multiple,
+        },
+        "source": {
+            "checkpoint": source.name,
+            "miou": ck.metrics.get("miou"),
+            "epoch": ck.metrics.get("epoch"),
+            "training_data": cfg.data.source,
+        },
         "segdemo_version": segdemo.__version__,
         "torch_version": torch.__version__,
         "opset": OPSET if fmt == "onnx" else None,
@@ -229,16 +247,24 @@ def check_export(model: nn.Module, model_path: Path, fmt: str, sizes: list[tuple
 def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
     """ONNX through torch's TorchScript-based exporter (dynamo=False), opset 17, H, W and N dynamic."""
     # Why not dynamo=True, torch 2.13's default: it needs the onnxscript package (and onnx-ir) besides onnx,
-    # exports 15x slower (8 s against 0.5 s for the shipped model), writes the weights to a second .data file
+    # exports many times slower (bench/README.md), writes the weights to a second .data file
     # and fixes the batch at 1 unless told otherwise. Tried: with onnxscript installed, it matches PyTorch too.
     # The TorchScript-based exporter is deprecated but present and tested in torch 2.13 (pinned in
     # requirements.txt); when a torch release removes it, switch to dynamo=True with dynamic_shapes and add
     # onnxscript to the export extra. tests/test_export.py checks either way that odd sizes match PyTorch.
     axes = {0: "batch", 2: "height", 3: "width"}
     with torch.no_grad():
-        torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
-                          do_constant_folding=True)
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes},
+            do_constant_folding=True,
+        )
 
 
 def _export_torchscript(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:

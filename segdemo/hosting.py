@@ -43,12 +43,16 @@ def exposure_warning(host: str, share: bool = False, env: Mapping[str, str] | No
     if on_space(env):
         return None
     if share:
-        return ("warning: share=True opens a public gradio.live link; anyone who has it can use this app "
-                "(train on this machine, upload files) from the internet")
+        return (
+            "warning: share=True opens a public gradio.live link; anyone who has it can use this app "
+            "(train on this machine, upload files) from the internet"
+        )
     if not is_loopback(host):
-        return (f"warning: listening on {host}: any machine that can reach this one (the same Wi-Fi, say) can use "
-                f"this app, train on this machine and upload files; leave out --host and GRADIO_SERVER_NAME to "
-                f"keep it to this machine ({LOCAL})")
+        return (
+            f"warning: listening on {host}: any machine that can reach this one (the same Wi-Fi, say) can use "
+            f"this app, train on this machine and upload files; leave out --host and GRADIO_SERVER_NAME to "
+            f"keep it to this machine ({LOCAL})"
+        )
     return None
 
 

@@ -17,6 +17,7 @@ DataError sentence that names it. Conversions (documented here, tested in tests/
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import zlib
@@ -26,7 +27,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from segdemo.data.base import DataError
+from segdemo.errors import DataError  # not segdemo.data: data/ imports this module
+
+log = logging.getLogger(__name__)
 
 MAX_PIXELS = 40_000_000
 # Pillow format names Image.open may try (camera JPEGs come back as format "MPO", which is fine).
@@ -102,19 +105,14 @@ def _open(src: Source, name: str, max_pixels: int) -> tuple[Image.Image, BinaryI
             m = re.search(r"\((\d+) pixels\)", str(e))
             size = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
             raise DataError(
-                f"{name} claims {size}, more than the limit of {max_pixels:,} pixels; "
-                "resize it before using it"
+                f"{name} claims {size}, more than the limit of {max_pixels:,} pixels; resize it before using it"
             ) from None
         except Image.UnidentifiedImageError:
             if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-                raise DataError(
-                    f"{name} is truncated or corrupt (its header is damaged); re-export it"
-                ) from None
+                raise DataError(f"{name} is truncated or corrupt (its header is damaged); re-export it") from None
             kind = _sniff(head)
             what = f"it looks like {kind}" if kind else "unknown or unsupported format"
-            raise DataError(
-                f"{name} is not a supported image ({what}); save it as one of {ACCEPTED}"
-            ) from None
+            raise DataError(f"{name} is not a supported image ({what}); save it as one of {ACCEPTED}") from None
         except Image.DecompressionBombWarning as e:  # only raised when warnings are turned into errors
             raise DataError(f"{name} is too large to open safely ({e}); resize it before using it") from None
         except _DECODE_ERRORS as e:
@@ -151,9 +149,7 @@ def _decode(src: Source, name: str, max_pixels: int) -> tuple[Image.Image, int]:
         try:
             im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DataError(
-                f"{name} is too large to decode safely ({e}); resize it before using it"
-            ) from None
+            raise DataError(f"{name} is too large to decode safely ({e}); resize it before using it") from None
         except _DECODE_ERRORS as e:
             raise DataError(f"{name} is truncated or corrupt ({e}); re-export it") from None
         return im, _orientation(im)  # after load(): PNG's getexif() decodes and would hide a decode error
@@ -166,6 +162,7 @@ def _orientation(im: Image.Image) -> int:
     try:
         value = int(im.getexif().get(0x0112, 1))
     except Exception:  # broken EXIF must not make a readable image unreadable
+        log.debug("ignoring unreadable EXIF", exc_info=True)
         return 1
     return value if value in _ORIENT else 1
 
@@ -230,9 +227,7 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im, np.uint8)
 
 
-def load_image_oriented(
-    src: Source, name: str | None = None, max_pixels: int = MAX_PIXELS
-) -> tuple[np.ndarray, int]:
+def load_image_oriented(src: Source, name: str | None = None, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
     """Upright (H, W, 3) uint8 RGB plus the EXIF orientation that was applied (1 = none)."""
     label = _display_name(src, name)
     im, orientation = _decode(src, label, max_pixels)
@@ -250,9 +245,7 @@ def load_image(src: Source, name: str | None = None, max_pixels: int = MAX_PIXEL
     return load_image_oriented(src, name, max_pixels)[0]
 
 
-def load_mask_raw(
-    src: Source, name: str | None = None, max_pixels: int = MAX_PIXELS
-) -> tuple[np.ndarray, str]:
+def load_mask_raw(src: Source, name: str | None = None, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Raw label array and Pillow mode: P keeps palette indices, L values, I;16 int32, RGB(A) (H, W, 3)."""
     label = _display_name(src, name)
     im, _ = _decode(src, label, max_pixels)

@@ -2,15 +2,14 @@
 
 A Job owns one run: its thread, its stop flag, its event history and its run folder
 `root_dir/<job_id>/`. The JobManager keeps the registry, a fair FIFO queue and a server-wide cap
-on how many runs TRAIN at once; queued runs wait in their own thread for their turn.
+on how many runs TRAIN at once; queued runs wait in their own thread for their turn. Its two helpers
+have a file each: segdemo/tokens.py (signed owner tokens) and segdemo/runstore.py (run folders, job.json
+records, restoring runs after a restart, sweeping old folders).
 
 Ownership: every call names an owner (an opaque secret string the UI keeps per browser) and a
 job id (an unguessable token). Both must match: a wrong id and someone else's id get the same
 "no such run" error, so a run id alone never touches a run and nobody learns that another's exists.
 The manager stores only a SHA-256 of the owner, never the owner string itself (job.json on disk too).
-
-`issue_owner_token()` / `valid_owner_token()` make and check signed owner tokens, so the UI can
-refuse made-up ones (a client that picked "abc" could otherwise share runs with another that did).
 
 Nothing here imports gradio: the UI, tests and scripts drive the same manager.
 """
@@ -18,20 +17,16 @@ Nothing here imports gradio: the UI, tests and scripts drive the same manager.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextvars
 import copy
 import dataclasses
 import hashlib
 import hmac
-import json
 import logging
 import math
 import os
-import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -40,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from segdemo import budget
-from segdemo.checkpoint import replace_file
 from segdemo.config import RunConfig
-from segdemo.data.base import ClassSet, Splits
+from segdemo.data.base import Splits
+from segdemo.errors import JobError, UserError
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
+from segdemo.runstore import RunStore, default_root_dir
+from segdemo.tokens import OwnerTokens, hash_owner
 
 log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, STOPPED, FAILED = "queued", "running", "done", "stopped", "failed"
@@ -53,25 +50,16 @@ FINISHED = (DONE, STOPPED, FAILED)
 NO_SUCH_RUN = "No such run for this browser session: it may have expired or been deleted. Start a new run"
 
 
-class JobError(Exception):
-    """A refusal the user can act on; the message is one sentence saying what to do."""
-
-
-def _hash_owner(owner: str) -> str:
-    if not isinstance(owner, str) or not owner:
-        raise JobError("This browser session has no id yet; reload the page")
-    return hashlib.sha256(owner.encode()).hexdigest()
-
-
-def _b64(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-
 class Job:
     """One training run. Read `status`, `events`, `result`; wait with `wait_events`."""
 
     def __init__(
-        self, job_id: str, owner_key: str, config: RunConfig, run_dir: Path, splits: Splits | None = None,
+        self,
+        job_id: str,
+        owner_key: str,
+        config: RunConfig,
+        run_dir: Path,
+        splits: Splits | None = None,
         client_key: str | None = None,
     ):
         self.id = job_id
@@ -172,77 +160,6 @@ class Job:
             "message": self.message,
         }
 
-    def _save_record(self) -> None:
-        """job.json: enough to list this run again after a server restart (no owner secret in it)."""
-        doc = {
-            "id": self.id,
-            "owner_key": self.owner_key,
-            "status": self.status,
-            "created": self.created,
-            "started": self.started,
-            "finished": self.finished,
-            "config": self.config.to_dict(),
-            "result": _result_doc(self.result),
-        }
-        try:
-            replace_file(self.run_dir / "job.json", json.dumps(doc).encode(), fsync=False)
-        except OSError:
-            pass  # the record is a convenience for restarts; the run itself goes on
-
-
-def _result_doc(r: Done | Failed | None) -> dict | None:
-    if isinstance(r, Done):
-        return {"type": "done", **r.__dict__}
-    if isinstance(r, Failed):
-        return {"type": "failed", **r.__dict__}
-    return None
-
-
-_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16)
-
-
-def _looks_like_run_folder(d: Path) -> bool:
-    """Only folders we made are ever swept: a run-id name and a job record (or nothing at all) inside."""
-    try:
-        return (
-            d.is_dir()
-            and bool(_RUN_ID.match(d.name))
-            and ((d / "job.json").is_file() or not any(d.iterdir()))
-        )
-    except OSError:
-        return False
-
-
-def default_root_dir() -> tuple[Path, bool, bool]:
-    """(root folder for run folders, whether it survives a restart, whether this call created it fresh).
-
-    SEGDEMO_RUNS_DIR if set; else /data/segdemo-runs when /data exists and is writable (persistent
-    storage on Hugging Face Spaces); else a fresh temp folder, which a restart loses. Only a fresh temp
-    folder is ever deleted whole (at exit): a folder the host named may hold things the app never made.
-    """
-    env = os.environ.get("SEGDEMO_RUNS_DIR")
-    if env:
-        p = Path(env)
-        p.mkdir(parents=True, exist_ok=True)
-        return p, not _under_tmp(p), False
-    data = Path("/data")
-    if data.is_dir() and os.access(data, os.W_OK):
-        p = data / "segdemo-runs"
-        try:
-            p.mkdir(parents=True, exist_ok=True)
-            return p, True, False
-        except OSError:
-            pass
-    return Path(tempfile.mkdtemp(prefix="segdemo-runs-")), False, True
-
-
-def _under_tmp(p: Path) -> bool:
-    try:
-        p.resolve().relative_to(Path(tempfile.gettempdir()).resolve())
-        return True
-    except ValueError:
-        return False
-
 
 def default_max_run_s() -> float:
     """SEGDEMO_MAX_RUN_S, else 30 minutes: no run holds a training slot longer than this."""
@@ -279,7 +196,6 @@ class JobManager:
         fair_slice_s: float | None = None,
     ):
         self.root_dir = Path(root_dir)
-        self.root_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.max_concurrent = max(1, int(max_concurrent))
         self.ttl_s = float(ttl_s)
         self.max_queued = max_queued
@@ -290,19 +206,21 @@ class JobManager:
         self.max_run_s = max_run_s  # server-wide time limit per run; None = none
         # a run that has trained this long yields its slot when another address's run waits, and goes on
         # (exactly where it paused) at its next turn: one long run can't hold a classroom's only slot
-        self.fair_slice_s = fair_slice_s if fair_slice_s is not None else \
-            float(os.environ.get("SEGDEMO_FAIR_SLICE_S", "90"))
+        self.fair_slice_s = (
+            fair_slice_s if fair_slice_s is not None else float(os.environ.get("SEGDEMO_FAIR_SLICE_S", "90"))
+        )
         self._served: dict[str, float] = {}  # training seconds each address has had
         self.memory_budget = memory_budget or budget.run_budget(self.max_concurrent)  # bytes one run may use
         self._durations: deque[float] = deque(maxlen=20)  # of recent runs, to say when a full queue frees up
         self.on_forget: list[Callable[[Job], None]] = []  # called when a run and its folder are deleted
-        self.runs_persist = (not _under_tmp(self.root_dir)) if persist is None else persist
+        self.store = RunStore(self.root_dir, persist)
+        self.runs_persist = self.store.persist
         self._jobs: dict[str, Job] = {}
         self._queue: deque[Job] = deque()
         self._running: set[str] = set()
         self._lock = threading.Condition()
         self._closed = threading.Event()
-        self._secret = secret or self._load_secret()
+        self.tokens = OwnerTokens(secret, self.root_dir)
         self._trainer_factory = trainer_factory
         self._load_existing()
         self._reaper = None
@@ -320,39 +238,13 @@ class JobManager:
         kw.setdefault("max_run_s", default_max_run_s())
         return cls(root, default_max_concurrent(), ttl, persist=persist, **kw)
 
-    # -- owner tokens --------------------------------------------------------------------------------
-
-    def _load_secret(self) -> bytes:
-        env = os.environ.get("SEGDEMO_SECRET")
-        if env:
-            return env.encode()
-        path = self.root_dir / ".secret"
-        try:
-            if path.is_file():
-                s = path.read_bytes()
-                if len(s) >= 32:
-                    return s
-            s = secrets.token_bytes(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(s)
-            return s
-        except OSError:
-            return secrets.token_bytes(32)
+    # -- owner tokens (segdemo/tokens.py) --------------------------------------------------------------
 
     def issue_owner_token(self) -> str:
-        """A fresh owner token: 192 random bits plus an HMAC, so only this server's tokens are accepted."""
-        nonce = _b64(secrets.token_bytes(24))
-        return f"{nonce}.{self._sign(nonce)}"
+        return self.tokens.issue()
 
     def valid_owner_token(self, token: Any) -> bool:
-        if not isinstance(token, str) or token.count(".") != 1 or len(token) > 200:
-            return False
-        nonce, sig = token.split(".")
-        return bool(nonce) and hmac.compare_digest(sig, self._sign(nonce))
-
-    def _sign(self, nonce: str) -> str:
-        return _b64(hmac.new(self._secret, nonce.encode(), hashlib.sha256).digest()[:18])
+        return self.tokens.valid(token)
 
     # -- submitting and stopping -----------------------------------------------------------------------
 
@@ -374,13 +266,13 @@ class JobManager:
         copied into the run folder and becomes config.data.source, so the run never depends on an upload
         cache that may be cleaned while it waits.
         """
-        key = _hash_owner(owner)
+        key = hash_owner(owner)
         client_key = hashlib.sha256(client.encode()).hexdigest() if client else None
         config = copy.deepcopy(config)
         try:
             config.validate()
             budget.check_training(config, self.memory_budget, num_classes)
-        except ValueError as e:
+        except UserError as e:  # a ConfigError or BudgetError
             raise JobError(f"These settings cannot train: {e}") from None
         if self.max_run_s is not None:
             config.train.time_limit_s = min(config.train.time_limit_s or math.inf, self.max_run_s)
@@ -407,8 +299,7 @@ class JobManager:
                     f"{self._minutes_until_free()} minutes"
                 )
             job_id = secrets.token_urlsafe(16)
-            job = Job(job_id, key, config, self.root_dir / job_id, splits, client_key)
-            job.run_dir.mkdir(parents=True, mode=0o700)
+            job = Job(job_id, key, config, self.store.new_folder(job_id), splits, client_key)
             if data_file is not None:
                 src = Path(data_file)
                 dst = job.run_dir / "upload" / src.name
@@ -417,7 +308,7 @@ class JobManager:
                 config.data.source = str(dst)
             self._jobs[job_id] = job
             self._queue.append(job)
-            job._save_record()
+            self.store.save(job)
             old = sorted((j for j in mine if not j.is_active), key=lambda j: j.created)
             extra = old[: max(0, len(old) - (self.max_runs_per_owner - 1))]
             for j in extra:  # keep this owner's few latest runs; older ones free their disk now
@@ -451,7 +342,7 @@ class JobManager:
 
     def get(self, owner: str, job_id: str) -> Job:
         """The owner's job with that id; JobError(NO_SUCH_RUN) for a wrong id and for another's id alike."""
-        key = _hash_owner(owner)
+        key = hash_owner(owner)
         with self._lock:
             job = self._jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None or not hmac.compare_digest(job.owner_key, key):
@@ -460,7 +351,7 @@ class JobManager:
 
     def jobs_for(self, owner: str) -> list[Job]:
         """The owner's jobs, oldest first."""
-        key = _hash_owner(owner)
+        key = hash_owner(owner)
         with self._lock:
             return sorted(
                 (j for j in self._jobs.values() if hmac.compare_digest(j.owner_key, key)),
@@ -558,7 +449,7 @@ class JobManager:
             self._running.add(job.id)
             job.status, job.slice_started = RUNNING, time.time()
             job.started = job.started or job.slice_started
-            job._save_record()
+            self.store.save(job)
             self._lock.notify_all()
         job._notify()
         return True
@@ -581,12 +472,19 @@ class JobManager:
             job.paused, job.status = paused, QUEUED
             self._queue.append(job)
             self._lock.notify_all()
-        job._save_record()
+        self.store.save(job)
         job._notify()
         log.info("run %s paused for another address's run; it goes on at its next turn", job.id[:6])
         return None
 
     def _train(self, job: Job, resume: bool = False) -> Done | Failed:
+        """One turn of a run on a slot: to its end, a Stop, or a pause for another address (see fair_slice_s)."""
+        from segdemo import zerogpu
+        from segdemo.trainer import Trainer
+
+        def on_event(ev: Event) -> None:
+            self._from_trainer(job, ev)
+
         def should_pause() -> bool:
             return self._should_yield(job)
 
@@ -594,22 +492,32 @@ class JobManager:
             trainer = self._trainer_factory(
                 job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set
             )
+            trainer.add_callback(on_event)
+            result = trainer.run()
+        elif zerogpu.chunk_steps():  # ZeroGPU lends the GPU per call: train as a chain of short calls
+            result = zerogpu.train_in_chunks(
+                job.config,
+                job.run_dir,
+                splits=job.splits,
+                resume=resume,
+                stop=job.stop_event,
+                should_pause=should_pause,
+                on_event=on_event,
+                memory_budget=self.memory_budget,
+                context=job.context,
+            )
         else:
-            from segdemo import zerogpu
-            from segdemo.trainer import Trainer
-
-            if zerogpu.chunk_steps():  # ZeroGPU lends the GPU per call: train as a chain of short calls
-                result = zerogpu.train_in_chunks(job.config, job.run_dir, splits=job.splits, resume=resume,
-                                                 stop=job.stop_event, should_pause=should_pause,
-                                                 on_event=lambda ev: self._from_trainer(job, ev),
-                                                 memory_budget=self.memory_budget, context=job.context)
-                if not (isinstance(result, Done) and result.reason == "paused"):
-                    job.splits = None
-                return result
-            trainer = Trainer(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set,
-                              memory_budget=self.memory_budget, resume=resume, should_pause=should_pause)
-        trainer.add_callback(lambda ev: self._from_trainer(job, ev))
-        result = trainer.run()
+            trainer = Trainer(
+                job.config,
+                job.run_dir,
+                splits=job.splits,
+                should_stop=job.stop_event.is_set,
+                memory_budget=self.memory_budget,
+                resume=resume,
+                should_pause=should_pause,
+            )
+            trainer.add_callback(on_event)
+            result = trainer.run()
         if not (isinstance(result, Done) and result.reason == "paused"):
             job.splits = None  # free the images; the event history keeps the previews
         return result
@@ -630,14 +538,10 @@ class JobManager:
             job.finished = time.time()
             if job.started is not None:
                 self._durations.append(job.finished - job.started)
-            if isinstance(result, Failed):
-                job.status = FAILED
-            elif result.reason == "stopped":
-                job.status = STOPPED
-            else:
-                job.status = DONE
+            job.status = _status_of(result)
             job._cond.notify_all()
-        job._save_record()
+        self.store.save(job)
+        log.info("run %s %s: %s", job.id[:6], job.status, job.message)
 
     # -- expiry ------------------------------------------------------------------------------------------
 
@@ -652,23 +556,13 @@ class JobManager:
                     self._forget(job)
                     removed += 1
             known = set(self._jobs)
-        try:
-            entries = list(self.root_dir.iterdir())
-        except OSError:
-            return removed
-        for d in entries:
-            if d.name not in known and _looks_like_run_folder(d):
-                try:
-                    if now - d.stat().st_mtime > self.ttl_s:
-                        shutil.rmtree(d, ignore_errors=True)
-                except OSError:
-                    pass
+        self.store.sweep(known, self.ttl_s, now)
         return removed
 
     def _forget(self, job: Job) -> None:
         """Drop a finished job and its folder (call with the lock held)."""
         self._jobs.pop(job.id, None)
-        shutil.rmtree(job.run_dir, ignore_errors=True)
+        self.store.delete(job.run_dir)
         for fn in self.on_forget:  # e.g. the UI deletes the copies it handed out for download
             try:
                 fn(job)
@@ -699,100 +593,16 @@ class JobManager:
     # -- restart -----------------------------------------------------------------------------------------
 
     def _load_existing(self) -> None:
-        """Re-register finished runs found in root_dir (persistent storage after a restart).
-
-        Their events are rebuilt from metrics.jsonl and the best checkpoint's metadata (no previews).
-        A run that was queued or training when the server went down is listed as stopped/failed.
-        """
-        for rec_path in self.root_dir.glob("*/job.json"):
-            try:
-                doc = json.loads(rec_path.read_text())
-                job = Job(doc["id"], doc["owner_key"], RunConfig.from_stored(doc["config"]), rec_path.parent)
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if job.id != rec_path.parent.name:
-                continue
-            job.created = float(doc.get("created") or rec_path.stat().st_mtime)
-            job.started = doc.get("started")
-            job.finished = doc.get("finished") or rec_path.stat().st_mtime
-            job.events = _rebuild_events(job.run_dir)
-            res = doc.get("result") or {}
-            if res.get("type") == "done":
-                res.pop("type")
-                job.result = Done(**res)
-            elif res.get("type") == "failed":
-                res.pop("type")
-                job.result = Failed(**res)
-            else:
-                best = job.run_dir / "best.safetensors"
-                epochs = sum(isinstance(e, EpochEnd) for e in job.events)
-                job.result = (
-                    Done("stopped", epochs, None, None, str(best), None, 0.0)
-                    if best.is_file()
-                    else Failed("the server restarted while this run was waiting or training; start it again")
-                )
-            job.status = (
-                FAILED
-                if isinstance(job.result, Failed)
-                else STOPPED
-                if job.result.reason == "stopped"
-                else DONE
-            )
-            job.events.append(job.result)
+        """Re-register the runs found in root_dir (persistent storage after a restart), without previews."""
+        for r in self.store.load():
+            job = Job(r.id, r.owner_key, r.config, r.run_dir)
+            job.created, job.started, job.finished = r.created, r.started, r.finished
+            job.result, job.status = r.result, _status_of(r.result)
+            job.events = [*r.events, r.result]
             self._jobs[job.id] = job
 
 
-def _rebuild_events(run_dir: Path) -> list[Event]:
-    """Started + one EpochEnd per line of metrics.jsonl, without previews."""
-    events: list[Event] = []
-    best = run_dir / "best.safetensors"
-    try:
-        from segdemo.checkpoint import read_meta
-
-        meta = read_meta(best)
-        classes = ClassSet.from_dict(meta["classes"])
-        cfg = RunConfig.from_stored(meta["config"])
-        events.append(
-            Started(
-                str(run_dir),
-                "?",
-                "(restored after a server restart)",
-                cfg.train.epochs,
-                1,
-                0,
-                0,
-                list(classes.names),
-                list(classes.colors),
-                0,
-            )
-        )
-    except Exception:
-        return events
-    best_miou = -math.inf
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            r = json.loads(line)
-            is_best = r["miou"] > best_miou
-            best_miou = max(best_miou, r["miou"])
-            events.append(
-                EpochEnd(
-                    r["epoch"],
-                    cfg.train.epochs,
-                    r["train_loss"],
-                    r["val_loss"],
-                    r["miou"],
-                    r["pixel_accuracy"],
-                    r["per_class_iou"],
-                    r["lr"],
-                    r["seconds"],
-                    r["images_per_s"],
-                    is_best,
-                )
-            )
-        except (ValueError, KeyError, TypeError):
-            continue
-    return events
+def _status_of(result: Done | Failed) -> str:
+    if isinstance(result, Failed):
+        return FAILED
+    return STOPPED if result.reason == "stopped" else DONE

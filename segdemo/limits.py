@@ -14,6 +14,8 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Mapping
 
+from segdemo.errors import LimitError  # noqa: F401  (re-exported)
+
 
 def client_address(headers: Mapping[str, str], peer: str | None) -> str:
     """The address limits are keyed by: the TCP peer, or behind a reverse proxy (a Hugging Face Space) the
@@ -26,10 +28,6 @@ def client_address(headers: Mapping[str, str], peer: str | None) -> str:
         if len(forwarded) >= hops:
             return forwarded[-hops][:64]
     return (peer or "unknown")[:64]
-
-
-class LimitError(Exception):
-    """A fair-use limit was reached; the message says what to do and, where known, when to come back."""
 
 
 def _when(seconds: float) -> str:

@@ -3,11 +3,16 @@ and an optional torchvision ResNet-18/34 encoder."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from segdemo.config import ModelConfig
+from segdemo.errors import PretrainedUnavailable  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 class DoubleConv(nn.Module):
@@ -72,9 +77,7 @@ class UNet(nn.Module):
         chans = [width * 2**i for i in range(depth + 1)]
         self.inc = DoubleConv(in_ch, chans[0])
         self.downs = nn.ModuleList(Down(chans[i], chans[i + 1]) for i in range(depth))
-        self.ups = nn.ModuleList(
-            Up(chans[i + 1], chans[i], chans[i], bilinear) for i in reversed(range(depth))
-        )
+        self.ups = nn.ModuleList(Up(chans[i + 1], chans[i], chans[i], bilinear) for i in reversed(range(depth)))
         self.outc = nn.Conv2d(chans[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +95,14 @@ class UNet(nn.Module):
 class ResNetUNet(nn.Module):
     """U-Net decoder over a torchvision ResNet-18/34 encoder (features at strides 2, 4, 8, 16, 32)."""
 
-    def __init__(self, num_classes: int, encoder: str = "resnet18", width: int = 16, bilinear: bool = True,
-                 pretrained: bool = False):
+    def __init__(
+        self,
+        num_classes: int,
+        encoder: str = "resnet18",
+        width: int = 16,
+        bilinear: bool = True,
+        pretrained: bool = False,
+    ):
         super().__init__()
         self.encoder = _resnet(encoder, pretrained)
         enc = [64, 64, 128, 256, 512]  # stem, layer1..layer4
@@ -119,10 +128,6 @@ class ResNetUNet(nn.Module):
         return self.outc(y)[..., :h, :w]
 
 
-class PretrainedUnavailable(RuntimeError):
-    """ImageNet weights were asked for but could not be had (offline, or not in the cache)."""
-
-
 def _resnet(name: str, pretrained: bool) -> nn.Module:
     import torchvision
 
@@ -135,6 +140,7 @@ def _resnet(name: str, pretrained: bool) -> nn.Module:
     try:
         return ctor(weights=weights)
     except Exception as e:  # URLError, socket errors, hash mismatch: all mean "no weights here"
+        log.debug("loading ImageNet weights for %s failed", name, exc_info=True)
         raise PretrainedUnavailable(
             f"could not load ImageNet weights for {name} ({type(e).__name__}: {e}). Offline? Put "
             f"{weights.url.rsplit('/', 1)[-1]} in {torch.hub.get_dir()}/checkpoints, or train without "
@@ -154,9 +160,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.encoder == "unet":
-        return UNet(cfg.num_classes, depth=cfg.depth, width=cfg.width, bilinear=cfg.bilinear)
-    return ResNetUNet(cfg.num_classes, encoder=cfg.encoder, width=cfg.width, bilinear=cfg.bilinear,
-                      pretrained=cfg.pretrained)
+        return UNet(cfg.num_classes, depth=cfg.depth, width=cfg.width, bilinear=cfg.upsampling == "bilinear")
+    return ResNetUNet(
+        cfg.num_classes,
+        encoder=cfg.encoder,
+        width=cfg.width,
+        bilinear=cfg.upsampling == "bilinear",
+        pretrained=cfg.pretrained,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

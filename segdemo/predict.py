@@ -1,4 +1,5 @@
-"""Image -> mask with a model rebuilt from its checkpoint alone."""
+"""Image -> mask with a model rebuilt from its checkpoint alone; a ground-truth mask paired by file name and
+decoded with the model's classes scores it (the app's Predict tab and `segdemo predict --masks`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import numpy as np
 import torch
 
 from segdemo.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
-from segdemo.data.base import IGNORE, DataError
+from segdemo.data.base import IGNORE, ClassSet, DataError
 from segdemo.evaluate import forward_scaled, labels_at_size, upsample
+from segdemo.imageio import align_mask, load_mask_raw
 from segdemo.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
 from segdemo.viz import colorize, error_map, overlay
 
 PROB_MAX_SIDE = 512  # probability maps are for looking at: no need for 250 full-size float images
 PROB_MAX_VALUES = 16 << 20
+MASK_SUFFIXES = ("", "_mask", "-mask", "_gt", "-gt", "_label", "_labels")  # cat.png -> cat.png, cat_mask.png...
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Prediction:
     pixel_share: list[float]  # predicted share of each class
     metrics: SegMetrics | None = None  # when a ground truth was given
     errors: np.ndarray | None = None  # (H, W, 3) error map, when a ground truth was given
+    confusion: torch.Tensor | None = None  # (C, C) int64, rows = truth: sum these for a set's metrics
 
 
 class Predictor:
@@ -48,8 +52,9 @@ class Predictor:
         return cls(load_checkpoint(resolve_checkpoint(path), max_predict_bytes=max_predict_bytes), device)
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray, target: np.ndarray | None = None, alpha: float = 0.5,
-                probabilities: bool = True) -> Prediction:
+    def predict(
+        self, image: np.ndarray, target: np.ndarray | None = None, alpha: float = 0.5, probabilities: bool = True
+    ) -> Prediction:
         """image: (H, W, 3) uint8 RGB of any size; target: optional (H, W) uint8 class ids with IGNORE.
 
         Memory stays bounded whatever the image size and class count: full-size labels are made in bands
@@ -65,14 +70,18 @@ class Predictor:
         pred = Prediction(mask, color, overlay(image, mask, self.classes, alpha, color), probs, share)
         if target is not None:
             if target.shape != mask.shape:
-                raise DataError(f"the ground-truth mask is {target.shape[1]}x{target.shape[0]} but the image is "
-                                f"{mask.shape[1]}x{mask.shape[0]}; upload the mask that belongs to this image")
+                raise DataError(
+                    f"the ground-truth mask is {target.shape[1]}x{target.shape[0]} but the image is "
+                    f"{mask.shape[1]}x{mask.shape[0]}; upload the mask that belongs to this image"
+                )
             bad = np.setdiff1d(np.unique(target), [*range(k), IGNORE])
             if bad.size:
-                raise DataError(f"the ground-truth mask holds labels {bad[:5].tolist()} but the model knows "
-                                f"{k} classes (0..{k - 1}); is it the mask for this model's dataset?")
+                raise DataError(
+                    f"the ground-truth mask holds labels {bad[:5].tolist()} but the model knows "
+                    f"{k} classes (0..{k - 1}); is it the mask for this model's dataset?"
+                )
             cm = confusion_matrix(torch.from_numpy(mask), torch.from_numpy(np.array(target)), k)  # may be read-only
-            pred.metrics = metrics_from_confusion(cm)
+            pred.metrics, pred.confusion = metrics_from_confusion(cm), cm
             pred.errors = error_map(mask, target)
         return pred
 
@@ -86,3 +95,52 @@ class Predictor:
         else:
             probs = lg.softmax(0)
         return probs.cpu().numpy().astype(np.float32, copy=False)
+
+
+# -- ground truth -----------------------------------------------------------------------------------
+
+
+class MaskIndex:
+    """Ground-truth masks by file stem, built once: pairing n images with m masks is O(n + m)."""
+
+    def __init__(self, masks: list[str], n_images: int):
+        self.masks, self.n_images = list(masks), n_images
+        self.by_stem: dict[str, str] = {}
+        for m in self.masks:
+            self.by_stem.setdefault(Path(m).stem.lower(), m)
+
+    def mask_for(self, image_path: str) -> str | None:
+        """An image's mask: same file stem (or stem + _mask/_gt...); with one image and one mask, that one."""
+        if not self.masks:
+            return None
+        stem = Path(image_path).stem.lower()
+        for suffix in MASK_SUFFIXES:
+            if stem + suffix in self.by_stem:
+                return self.by_stem[stem + suffix]
+        if self.n_images == 1 and len(self.masks) == 1:
+            return self.masks[0]
+        return None
+
+    def require_a_match(self, images: list[str]) -> None:
+        """DataError when masks were given and none of them belongs to any of the images."""
+        if self.masks and not any(self.mask_for(p) for p in images):
+            names = ", ".join(Path(m).name for m in self.masks[:4])
+            raise DataError(
+                f"none of the masks ({names}) matches an image by file name. Name each mask like its "
+                "image (cat.png and cat.png, or cat_mask.png)"
+            )
+
+
+def load_ground_truth(
+    path: str | Path, image_shape: tuple[int, ...], orientation: int, classes: ClassSet, image_name: str
+) -> np.ndarray:
+    """A mask file -> (H, W) uint8 class ids with IGNORE, decoded with the model's classes and fitted to its
+    upright image (see imageio.align_mask); DataError names the file otherwise."""
+    from segdemo.data.masks import decode_mask, detect_encoding
+
+    name = Path(path).name
+    raw, mode = load_mask_raw(path, name)
+    colors = list(classes.colors)
+    enc = detect_encoding(raw, mode, classes.num_classes, colors)
+    ids = decode_mask(raw, enc, num_classes=classes.num_classes, colormap=colors, name=name, classes_from="the model")
+    return align_mask(ids, image_shape, orientation, mask_name=name, image_name=image_name)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdemo.config import ModelConfig, TrainConfig
+from segdemo.errors import ConfigError
 from segdemo.model import build_model
 
 
@@ -36,7 +37,7 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no GPU is visible; use --device cpu or auto")
+        raise ConfigError("device 'cuda' was asked for but no GPU is visible; use --device cpu or auto")
     return torch.device(name)
 
 
@@ -92,16 +93,16 @@ def _label(dtype, cl: bool) -> str:
 
 
 def _key(cfg: ModelConfig) -> tuple:
-    return (cfg.encoder, cfg.depth, cfg.width, cfg.bilinear, cfg.num_classes)
+    return (cfg.encoder, cfg.depth, cfg.width, cfg.upsampling, cfg.num_classes)
 
 
 @functools.lru_cache(maxsize=32)  # a measurement of this machine, not user state: safe to share
 def _measure_cpu(model_key: tuple, image_size: int, candidates: tuple, threads: int = 0) -> dict:
     """Seconds per 4-image training step for each candidate; `threads` only keys the cache (the answer
     depends on how many threads torch uses, which the caller has set)."""
-    encoder, depth, width, bilinear, num_classes = model_key
+    encoder, depth, width, upsampling, num_classes = model_key
     base = build_model(
-        ModelConfig(encoder=encoder, depth=depth, width=width, bilinear=bilinear, num_classes=num_classes)
+        ModelConfig(encoder=encoder, depth=depth, width=width, upsampling=upsampling, num_classes=num_classes)
     )
     size = min(image_size, 128)
     gen = torch.Generator().manual_seed(0)

@@ -29,11 +29,12 @@ from segdemo import checkpoint as ckpt
 from segdemo.config import RunConfig
 from segdemo.data.base import IGNORE, ArraySource, CachedSource, ClassSet, DataError, PairSource, Splits
 from segdemo.distributed import World
+from segdemo.errors import ConfigError, UserError
 from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
 from segdemo.losses import SegLoss, class_weights_from_counts
 from segdemo.metrics import metrics_from_confusion
-from segdemo.model import PretrainedUnavailable, build_model, count_parameters
+from segdemo.model import build_model, count_parameters
 from segdemo.speedups import Speedups, choose_speedups, pick_device, prepare_model
 from segdemo.transforms import normalise, train_transform
 
@@ -93,7 +94,7 @@ def cpu_training_threads(world: World | None = None) -> int:
 
     A small U-Net gains little from the last core, but when another process wants it, every one of the
     hundreds of parallel ops per step waits for the thread that lost its core: on 2 busy cores a step
-    measured 6-9x slower with 2 threads than with 1 (bench/README.md). OMP_NUM_THREADS, when set, wins.
+    measured several times slower with 2 threads than with 1 (bench/README.md). OMP_NUM_THREADS, when set, wins.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return _PROCESS_THREADS
@@ -103,7 +104,7 @@ def cpu_training_threads(world: World | None = None) -> int:
 
 def warm_up(cfg: RunConfig | None = None) -> None:
     """Pay a first run's one-off costs ahead of time, so a server's first Train click starts at once:
-    torch.optim's first optimiser imports torch._dynamo (1.5-3 s here), and the built-in data takes ~2 s
+    torch.optim's first optimiser imports torch._dynamo (seconds), and the built-in data takes a few seconds
     to draw (then shared, read-only, by every run that asks for the same split). The app calls this in a
     background thread at start; it leaves torch's thread count alone."""
     from segdemo.config import quick_cpu_preset
@@ -230,7 +231,7 @@ class Trainer:
         try:
             yield from self._loop()
             return
-        except (DataError, ValueError, PretrainedUnavailable, ckpt.CheckpointError, ckpt.CheckpointWriteError) as e:
+        except UserError as e:  # the user's to fix: their sentence, no traceback
             log.info("training run in %s refused: %s", self.run_dir, e)
             ev = Failed(str(e), f"{type(e).__name__}: {e}")
         except Exception as e:
@@ -239,8 +240,10 @@ class Trainer:
                 ev = Failed(OUT_OF_MEMORY, f"{type(e).__name__}: {e}")
             else:  # a bug: keep its traceback in the log and say so plainly rather than hang the job
                 log.exception("training run in %s failed", self.run_dir)
-                ev = Failed(f"training failed unexpectedly ({type(e).__name__}); the log has details",
-                            f"{type(e).__name__}: {e}")
+                ev = Failed(
+                    f"training failed unexpectedly ({type(e).__name__}); the log has details",
+                    f"{type(e).__name__}: {e}",
+                )
         finally:
             torch.set_num_threads(_PROCESS_THREADS)  # training leaves one core free
         yield ev
@@ -251,9 +254,18 @@ class Trainer:
         t_start = time.perf_counter()
         p, state = self._setup()
         self.t_start, self.seconds_before = t_start, state.seconds
-        yield Started(str(self.run_dir), str(p.sp.device), p.sp.note, p.cfg.train.epochs, state.epoch + 1,
-                      len(p.splits.train), len(p.splits.val), list(p.classes.names), list(p.classes.colors),
-                      count_parameters(p.net))
+        yield Started(
+            str(self.run_dir),
+            str(p.sp.device),
+            p.sp.note,
+            p.cfg.train.epochs,
+            state.epoch + 1,
+            len(p.splits.train),
+            len(p.splits.val),
+            list(p.classes.names),
+            list(p.classes.colors),
+            count_parameters(p.net),
+        )
         reason, steps_left = "finished", self.max_steps
         for epoch in range(state.epoch + 1, p.cfg.train.epochs + 1):
             train = yield from self._train_epoch(p, state, epoch, steps_left)
@@ -274,9 +286,15 @@ class Trainer:
                 reason = "paused"
                 break
         distributed.barrier(p.world)  # no process leaves while process 0 still writes
-        yield Done(reason, state.epoch, state.best_miou, state.best_epoch,
-                   str(self.best_path) if self.best_path.exists() else None,
-                   str(self.last_path) if self.last_path.exists() else None, time.perf_counter() - t_start)
+        yield Done(
+            reason,
+            state.epoch,
+            state.best_miou,
+            state.best_epoch,
+            str(self.best_path) if self.best_path.exists() else None,
+            str(self.last_path) if self.last_path.exists() else None,
+            time.perf_counter() - t_start,
+        )
 
     def _setup(self) -> tuple[Parts, LoopState]:
         """Check the settings against the data and the memory budget, then build model, optimiser and loss."""
@@ -293,16 +311,19 @@ class Trainer:
             self.splits = open_dataset(cfg.data, self.run_dir)
         splits, classes = self.splits, self.splits.classes
         if cfg.train.loss == "bce" and classes.num_classes != 2:
-            raise ValueError(f"the bce loss is for two-class data; this data has {classes.num_classes} classes. "
-                             "Choose ce, weighted_ce, dice or ce_dice")
+            raise ConfigError(
+                f"the bce loss is for two-class data; this data has {classes.num_classes} classes. "
+                "Choose ce, weighted_ce, dice or ce_dice"
+            )
         if len(splits.train) == 0 or len(splits.val) == 0:
             raise DataError("the dataset needs at least one training and one validation pair")
         cfg.model.num_classes = 1 if cfg.train.loss == "bce" else classes.num_classes
         mem = budget.check_training(cfg, self.memory_budget or budget.server_budget())
         if not isinstance(splits.train, ArraySource):  # decode files once, not every epoch, within the budget
             room = max(0, (self.memory_budget or budget.server_budget()) - mem)
-            splits = replace(splits, train=CachedSource(splits.train, room * 3 // 4),
-                             val=CachedSource(splits.val, room // 4))
+            splits = replace(
+                splits, train=CachedSource(splits.train, room * 3 // 4), val=CachedSource(splits.val, room // 4)
+            )
 
         net = build_model(cfg.model)  # the same seed everywhere: every process starts from the same weights
         device = pick_device(cfg.train.device)
@@ -316,8 +337,12 @@ class Trainer:
         if sp.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels once
         # fused: one kernel for all parameters instead of ~10 small ops each; same maths, same state keys
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                fused=sp.device.type in ("cpu", "cuda"))
+        opt = torch.optim.AdamW(
+            net.parameters(),
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
+            fused=sp.device.type in ("cpu", "cuda"),
+        )
         if self.resume:
             self._restore(net, opt, sp.device)
         model = net
@@ -336,40 +361,66 @@ class Trainer:
         steps_per_epoch = max(1, math.ceil(len(splits.train) / world.size) // bs)
         if world.is_main:
             _truncate_metrics_log(self.run_dir / "metrics.jsonl", state.epoch)
-        p = Parts(cfg, splits, classes, model, net, opt, loss_fn, scaler, sp, world, bs, steps_per_epoch,
-                  steps_per_epoch * cfg.train.epochs, TrainDataset(splits.train, cfg),
-                  preview_indices(len(splits.val), cfg.train.preview_images))
+        p = Parts(
+            cfg,
+            splits,
+            classes,
+            model,
+            net,
+            opt,
+            loss_fn,
+            scaler,
+            sp,
+            world,
+            bs,
+            steps_per_epoch,
+            steps_per_epoch * cfg.train.epochs,
+            TrainDataset(splits.train, cfg),
+            preview_indices(len(splits.val), cfg.train.preview_images),
+        )
         return p, state
 
     def _speedups(self, cfg: RunConfig, state: LoopState, world: World) -> Speedups:
         """Measure (or take what the run measured when it began: a resumed run keeps its precision, so a run
         in chunks computes what one run would); every process uses process 0's choice."""
-        sp = choose_speedups(cfg.model, cfg.train, cfg.data.crop) if state.precision is None else None
-        if sp is not None and state.precision is None:
+        if state.precision is None:
+            sp = choose_speedups(cfg.model, cfg.train, cfg.data.crop)
             state.precision = [None if sp.autocast_dtype is None else str(sp.autocast_dtype)[6:], sp.channels_last]
-        if sp is None:
+        else:
             dtype, cl = state.precision
-            device = pick_device(cfg.train.device)
-            sp = Speedups(device, None if dtype is None else getattr(torch, dtype), bool(cl),
-                          f"{dtype or 'fp32'}{' + channels_last' if cl else ''} (kept from the run's start)")
+            sp = Speedups(
+                pick_device(cfg.train.device),
+                None if dtype is None else getattr(torch, dtype),
+                bool(cl),
+                f"{dtype or 'fp32'}{' + channels_last' if cl else ''} (kept from the run's start)",
+            )
         return distributed.from_main(sp, world)
 
     def _loader(self, p: Parts, epoch: int, skip_batches: int) -> DataLoader:
         """This process's batches of `epoch`, in the same order on every resume: the shuffle is seeded by the
         epoch, augmentations by (epoch, image), so a run paused after `skip_batches` goes on exactly."""
         p.dataset.epoch = epoch
-        sampler = DistributedSampler(p.dataset, num_replicas=p.world.size, rank=p.world.rank, shuffle=True,
-                                     seed=p.cfg.train.seed * 1_000_003)
+        sampler = DistributedSampler(
+            p.dataset, num_replicas=p.world.size, rank=p.world.rank, shuffle=True, seed=p.cfg.train.seed * 1_000_003
+        )
         sampler.set_epoch(epoch)
         order = list(sampler)[skip_batches * p.batch_size :]
-        return DataLoader(p.dataset, batch_size=p.batch_size, sampler=order, drop_last=True,
-                          num_workers=p.cfg.train.num_workers, pin_memory=p.sp.device.type == "cuda")
+        return DataLoader(
+            p.dataset,
+            batch_size=p.batch_size,
+            sampler=order,
+            drop_last=True,
+            num_workers=p.cfg.train.num_workers,
+            pin_memory=p.sp.device.type == "cuda",
+        )
 
     def _train_epoch(self, p: Parts, state: LoopState, epoch: int, steps_left: int | None):
         """Train one epoch (or its rest, after a pause), yielding Progress; returns an EpochTrain."""
         t0 = time.perf_counter()
-        done_before, out = state.batch, EpochTrain(state.epoch_loss, state.epoch_images, state.epoch_seconds,
-                                                   p.opt.param_groups[0]["lr"])
+        done_before, out = (
+            state.batch,
+            EpochTrain(state.epoch_loss, state.epoch_images, state.epoch_seconds, p.opt.param_groups[0]["lr"]),
+        )
         p.model.train()
         for b, (images, masks) in enumerate(self._loader(p, epoch, done_before), start=done_before):
             if self._stop_everywhere(p):
@@ -385,8 +436,12 @@ class Trainer:
             out.loss_sum += loss * len(images)
             out.images += len(images)
             seconds = out.seconds + time.perf_counter() - t0
-            state.batch, state.epoch_loss, state.epoch_images, state.epoch_seconds = \
-                b + 1, out.loss_sum, out.images, seconds
+            state.batch, state.epoch_loss, state.epoch_images, state.epoch_seconds = (
+                b + 1,
+                out.loss_sum,
+                out.images,
+                seconds,
+            )
             yield Progress(epoch, b + 1, p.steps_per_epoch, out.loss_sum / out.images, out.images / seconds)
         out.seconds += time.perf_counter() - t0
         return out
@@ -399,13 +454,16 @@ class Trainer:
         if p.sp.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = masks.to(p.sp.device, non_blocking=True)
-        with torch.autocast(p.sp.device.type, dtype=p.sp.autocast_dtype or torch.float32,
-                            enabled=p.sp.autocast_dtype is not None):
+        with torch.autocast(
+            p.sp.device.type, dtype=p.sp.autocast_dtype or torch.float32, enabled=p.sp.autocast_dtype is not None
+        ):
             logits = p.model(x)
         loss = p.loss_fn(logits, y)
         if not torch.isfinite(loss):
-            raise ValueError(f"the loss became {float(loss)} at epoch {epoch}; the learning rate "
-                             f"{p.cfg.train.lr:g} is too high for this setup. Lower it and start again")
+            raise ConfigError(
+                f"the loss became {float(loss)} at epoch {epoch}; the learning rate "
+                f"{p.cfg.train.lr:g} is too high for this setup. Lower it and start again"
+            )
         p.opt.zero_grad(set_to_none=True)
         if p.scaler:
             p.scaler.scale(loss).backward()
@@ -421,22 +479,40 @@ class Trainer:
         w, dev, t_eval = p.world, p.sp.device, time.perf_counter()
         share = list(range(w.rank, len(p.splits.val), w.size)) if w.distributed else None
         distributed.share_buffers(p.net, w)
-        res = evaluate_model(p.net, p.splits.val, p.cfg, p.classes, p.loss_fn, device=dev, batch_size=p.batch_size,
-                             preview_indices=p.previews_at if w.is_main else [], autocast_dtype=p.sp.autocast_dtype,
-                             channels_last=p.sp.channels_last, indices=share)
+        res = evaluate_model(
+            p.net,
+            p.splits.val,
+            p.cfg,
+            p.classes,
+            p.loss_fn,
+            device=dev,
+            batch_size=p.batch_size,
+            preview_indices=p.previews_at if w.is_main else [],
+            autocast_dtype=p.sp.autocast_dtype,
+            channels_last=p.sp.channels_last,
+            indices=share,
+        )
         # every process computes the same metrics from the summed counts
         cm = distributed.sum_all(res.confusion, w, dev)
-        sums = distributed.sum_all(torch.tensor([res.loss_sum, res.loss_count, train.loss_sum, train.images],
-                                                dtype=torch.float64), w, dev).tolist()
+        sums = distributed.sum_all(
+            torch.tensor([res.loss_sum, res.loss_count, train.loss_sum, train.images], dtype=torch.float64), w, dev
+        ).tolist()
         m = metrics_from_confusion(cm)
         val_loss, train_loss = sums[0] / max(sums[1], 1), sums[2] / max(sums[3], 1)
         is_best = state.best_miou is None or m.miou > state.best_miou
         state.epoch, state.batch, state.epoch_loss, state.epoch_images, state.epoch_seconds = epoch, 0, 0.0, 0, 0.0
         seconds = train.seconds + time.perf_counter() - t_eval
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "miou": m.miou,
-                  "pixel_accuracy": m.pixel_accuracy, "lr": train.lr, "seconds": seconds,
-                  "images_per_s": sums[3] / max(train.seconds, 1e-9),
-                  "per_class_iou": [None if math.isnan(v) else v for v in m.iou]}
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "miou": m.miou,
+            "pixel_accuracy": m.pixel_accuracy,
+            "lr": train.lr,
+            "seconds": seconds,
+            "images_per_s": sums[3] / max(train.seconds, 1e-9),
+            "per_class_iou": [None if math.isnan(v) else v for v in m.iou],
+        }
         state.history.append(record)
         if is_best:
             state.best_miou, state.best_epoch = m.miou, epoch
@@ -447,14 +523,29 @@ class Trainer:
             self._save_last(p, state)
             _append_jsonl(self.run_dir / "metrics.jsonl", record)
             _draw_curves(self.run_dir / "curves.png", state.history)
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, mIoU %.4f", epoch, p.cfg.train.epochs,
-                 train_loss, val_loss, m.miou)
+        log.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, mIoU %.4f",
+            epoch,
+            p.cfg.train.epochs,
+            train_loss,
+            val_loss,
+            m.miou,
+        )
         return EpochEnd(
-            epoch=epoch, epochs=p.cfg.train.epochs, train_loss=train_loss, val_loss=val_loss, miou=m.miou,
-            pixel_accuracy=m.pixel_accuracy, per_class_iou=record["per_class_iou"], lr=train.lr,
-            seconds=record["seconds"], images_per_s=record["images_per_s"], is_best=is_best,
-            previews=[Preview(n, _small(im, False), _small(t, True), _small(pr, True))
-                      for n, im, t, pr in res.previews],
+            epoch=epoch,
+            epochs=p.cfg.train.epochs,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            miou=m.miou,
+            pixel_accuracy=m.pixel_accuracy,
+            per_class_iou=record["per_class_iou"],
+            lr=train.lr,
+            seconds=record["seconds"],
+            images_per_s=record["images_per_s"],
+            is_best=is_best,
+            previews=[
+                Preview(n, _small(im, False), _small(t, True), _small(pr, True)) for n, im, t, pr in res.previews
+            ],
         )
 
     def _elapsed(self) -> float:
@@ -482,10 +573,21 @@ class Trainer:
         for g in p.opt.param_groups:
             groups.append({k: v for k, v in g.items() if k != "params"})
         extra["rng.torch"] = torch.get_rng_state()
-        training_state = {**asdict(state), "param_groups": groups, "rng_numpy": _np_random_state(),
-                          "rng_python": _py_random_state()}
-        ckpt.save_checkpoint(self.last_path, p.net, p.cfg, p.classes, metrics=state.last_metrics,
-                             training_state=training_state, extra_tensors=extra)
+        training_state = {
+            **asdict(state),
+            "param_groups": groups,
+            "rng_numpy": _np_random_state(),
+            "rng_python": _py_random_state(),
+        }
+        ckpt.save_checkpoint(
+            self.last_path,
+            p.net,
+            p.cfg,
+            p.classes,
+            metrics=state.last_metrics,
+            training_state=training_state,
+            extra_tensors=extra,
+        )
 
     def _read_state(self) -> LoopState:
         if not self.last_path.exists():
@@ -495,8 +597,10 @@ class Trainer:
         if not ts:
             raise ckpt.CheckpointError(f"{self.last_path.name} has no training state to resume from")
         if self._resume_from.config.model != self.config.model:
-            raise ValueError("the run's saved model settings differ from these; resume with the same settings "
-                             "or start a new run folder")
+            raise ConfigError(
+                "the run's saved model settings differ from these; resume with the same settings "
+                "or start a new run folder"
+            )
         known = {f.name for f in fields(LoopState)}
         return LoopState(**{k: v for k, v in ts.items() if k in known})
 
@@ -556,10 +660,13 @@ def _truncate_metrics_log(path: Path, last_epoch: int) -> None:
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-        except ValueError:
+        except json.JSONDecodeError:
             continue  # a line torn by a crash mid-write
-        if isinstance(rec, dict) and rec.get("epoch", 0) <= last_epoch and rec.get("epoch") not in \
-                {r["epoch"] for r in keep}:
+        if (
+            isinstance(rec, dict)
+            and rec.get("epoch", 0) <= last_epoch
+            and rec.get("epoch") not in {r["epoch"] for r in keep}
+        ):
             keep.append(rec)
     ckpt.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 

@@ -75,8 +75,14 @@ def train_transform(cfg: DataConfig) -> A.Compose:
     steps = [_rescale(cfg)]
     lo, hi = cfg.scale_range
     steps += [
-        A.PadIfNeeded(c, c, position="random" if cfg.augment else "center", border_mode=cv2.BORDER_CONSTANT,
-                      fill=0, fill_mask=IGNORE),
+        A.PadIfNeeded(
+            c,
+            c,
+            position="random" if cfg.augment else "center",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=IGNORE,
+        ),
         A.RandomCrop(c, c) if cfg.augment else A.CenterCrop(c, c),
     ]
     if cfg.augment:
@@ -84,9 +90,16 @@ def train_transform(cfg: DataConfig) -> A.Compose:
             A.HorizontalFlip(p=0.5),
             # scale jitter, a small rotation and shift in one step, on half the crops: measured on the shapes,
             # a separate always-on rescale before the crop cost mIoU (bench/README.md)
-            A.Affine(scale=(lo, hi), rotate=(-15, 15), translate_percent=(-0.05, 0.05),
-                     mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0,
-                     fill_mask=IGNORE, p=0.5),
+            A.Affine(
+                scale=(lo, hi),
+                rotate=(-15, 15),
+                translate_percent=(-0.05, 0.05),
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=IGNORE,
+                p=0.5,
+            ),
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         ]
     return A.Compose(steps)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from segdemo.config import RunConfig
 from segdemo.data.base import DataError, Splits
+from segdemo.errors import ConfigError
 from segdemo.events import Done, Event, Failed, Progress, Started
 
 try:  # the real package: on a ZeroGPU Space it lends the GPU; elsewhere its decorator returns the function
@@ -56,8 +57,10 @@ def zero_gpu(env: Mapping[str, str] | None = None) -> bool:
 
 
 if zero_gpu() and spaces is None:
-    log.warning("SPACES_ZERO_GPU is set but the spaces package is missing, so no GPU will be lent: "
-                "install requirements-spaces.txt on the Space")
+    log.warning(
+        "SPACES_ZERO_GPU is set but the spaces package is missing, so no GPU will be lent: "
+        "install requirements-spaces.txt on the Space"
+    )
 
 
 def gpu(duration: int | Callable[..., int] | None = None):
@@ -79,7 +82,7 @@ def chunk_steps(env: Mapping[str, str] | None = None) -> int | None:
         try:
             steps = int(raw)
         except ValueError:
-            raise ValueError(f"SEGDEMO_TRAIN_CHUNK_STEPS must be a whole number of steps, got {raw!r}") from None
+            raise ConfigError(f"SEGDEMO_TRAIN_CHUNK_STEPS must be a whole number of steps, got {raw!r}") from None
         return max(1, steps)
     return DEFAULT_CHUNK_STEPS if zero_gpu(env) else None
 
@@ -93,8 +96,10 @@ def max_call_s(env: Mapping[str, str] | None = None) -> int:
 # -- quota and other refusals from ZeroGPU ---------------------------------------------------------------
 
 
-QUOTA_TODO = ("wait until your daily GPU quota resets, log in to Hugging Face for a larger quota, or run "
-              "segdemo on your own computer (pip install it, see the README)")
+QUOTA_TODO = (
+    "wait until your daily GPU quota resets, log in to Hugging Face for a larger quota, or run "
+    "segdemo on your own computer (pip install it, see the README)"
+)
 
 
 def is_quota_error(e: BaseException) -> bool:
@@ -129,7 +134,6 @@ def app_device() -> str:
     @spaces.GPU functions (a model moved to "cuda" from a request's thread fails there) and the worker moves
     its copy to the GPU; else "auto", the GPU when there is one."""
     return "cpu" if zero_gpu() else "auto"
-
 
 
 @gpu(duration=PREDICT_S)
@@ -189,8 +193,15 @@ def train_chunk(chunk: Chunk) -> Iterator[Event]:
     from segdemo.trainer import Trainer
 
     stop = Path(chunk.run_dir) / STOP_FILE
-    trainer = Trainer(chunk.config, chunk.run_dir, splits=chunk.splits, should_stop=stop.exists,
-                      resume=chunk.resume, memory_budget=chunk.memory_budget, max_steps=chunk.max_steps)
+    trainer = Trainer(
+        chunk.config,
+        chunk.run_dir,
+        splits=chunk.splits,
+        should_stop=stop.exists,
+        resume=chunk.resume,
+        memory_budget=chunk.memory_budget,
+        max_steps=chunk.max_steps,
+    )
     yield from trainer.events()
 
 
@@ -273,8 +284,12 @@ def train_in_chunks(
                     raise
                 return finish(_refused(e, paused))
             if last is None:
-                return finish(Failed("the training worker ended without a result; start the run again",
-                                     "chunk yielded no Done or Failed"))
+                return finish(
+                    Failed(
+                        "the training worker ended without a result; start the run again",
+                        "chunk yielded no Done or Failed",
+                    )
+                )
             if isinstance(last, Failed) or last.reason != "paused":
                 return finish(last)
             if trained and t_started is not None:  # time per step measured on this chunk, for the next call
@@ -309,8 +324,9 @@ def _refused(e: BaseException, paused: Done | None) -> Failed:
         kept = "training did not start"
     if is_quota_error(e):
         return Failed(quota_message(e, kept), f"ZeroGPU: {e}")
-    return Failed(f"The Space's GPU service refused to go on ({e}), so {kept}; press Train to try again later",
-                  f"ZeroGPU: {e}")
+    return Failed(
+        f"The Space's GPU service refused to go on ({e}), so {kept}; press Train to try again later", f"ZeroGPU: {e}"
+    )
 
 
 class _StopWatcher:
@@ -320,8 +336,7 @@ class _StopWatcher:
     def __init__(self, stop: threading.Event, stop_file: Path):
         self._closed = False
         self._stop = stop
-        self._thread = threading.Thread(target=self._loop, args=(stop_file,), name="segdemo-stop-watcher",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(stop_file,), name="segdemo-stop-watcher", daemon=True)
         self._thread.start()
 
     def _loop(self, stop_file: Path) -> None:

@@ -24,33 +24,16 @@ from segdemo.checkpoint import load_checkpoint  # noqa: E402
 from segdemo.imageio import load_image  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.predict import Predictor  # noqa: E402
-from tests.conftest import free_port
+from tests.conftest import free_port, tiny_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shapes_3.png"
 EXAMPLE_MASK = ROOT / "examples" / "masks" / "shapes_3.png"
-PRESET = "Quick: CPU, about a minute"
 
 
 def tiny(**over) -> dict:
     """/train arguments for a run of a few seconds: 32 built-in images at 32 px, width 4, 2 epochs."""
-    args = dict(
-        dataset="builtin",
-        zip_file=None,
-        preset=PRESET,
-        image_size=32,
-        epochs=2,
-        batch_size=8,
-        learning_rate=0.003,
-        loss="ce_dice",
-        width=4,
-        depth=3,
-        upsampling="transposed",
-        augment=True,
-        train_images=32,
-    )
-    args.update(over)
-    return args
+    return tiny_train_args(**over)
 
 
 @pytest.fixture(scope="module")

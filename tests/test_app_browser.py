@@ -29,9 +29,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: browser test skipped"
-)
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: browser test skipped")
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +46,7 @@ def app_url(tmp_path_factory):
         "NO_ALBUMENTATIONS_UPDATE": "1",
     }
     log = open(tmp / "app.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while True:

@@ -133,3 +133,31 @@ def test_failed_write_keeps_the_previous_checkpoint(saved, tmp_path, monkeypatch
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
+
+
+def test_configs_saved_with_the_old_upsampling_name_still_load():
+    """Checkpoints and job records from before `upsampling` say `bilinear: true/false`."""
+    from pathlib import Path
+
+    from segdemo.config import RunConfig
+    from segdemo.errors import ConfigError
+
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_unet.safetensors"
+    assert read_meta(shipped)["config"]["model"]["bilinear"] is False  # saved under the old name
+    assert load_checkpoint(shipped).config.model.upsampling == "transposed"
+    assert RunConfig.from_dict({"model": {"bilinear": True}}).model.upsampling == "bilinear"
+    with pytest.raises(ConfigError, match="keep one"):
+        RunConfig.from_dict({"model": {"bilinear": True, "upsampling": "transposed"}})
+
+
+def test_a_header_whose_length_starts_like_a_pickle_still_loads(tmp_path):
+    """A header length with 0x80 as its low byte makes the file start with the pickle opcode: still ours."""
+    cfg = tiny_config()
+    model = build_model(cfg.model)
+    for pad in range(300):  # grow the JSON header a byte at a time until its length is 0x80 modulo 256
+        path = save_checkpoint(tmp_path / "c.safetensors", model, cfg, CLASSES, metrics={"note": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no header length ended in 0x80")
+    assert load_checkpoint(path).classes == CLASSES

@@ -17,9 +17,14 @@ TINY = ["--epochs", "1", "--image-size", "32", "--width", "4", "--depth", "3", "
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "segdemo", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin",
-                                                       "HOME": str(Path.home())})
+    return subprocess.run(
+        [sys.executable, "-m", "segdemo", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
 
 
 def assert_one_line_error(r, *words):
@@ -109,18 +114,30 @@ def test_every_command_argument_and_option_has_help():
 
     (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(sub.choices) == {"train", "evaluate", "predict", "check", "export", "app"}
-    missing = [f"{name} {a.option_strings or a.dest}" for name, p in sub.choices.items() for a in p._actions
-               if not a.help]
+    missing = [
+        f"{name} {a.option_strings or a.dest}" for name, p in sub.choices.items() for a in p._actions if not a.help
+    ]
     assert not missing, f"add help= to {missing}"
 
 
 def test_train_on_camvid_subset(tmp_path):
     camvid = shared_data("camvid")
-    r = cli("train", "--data", camvid, "--classes", ROOT / "segdemo/data/camvid_classes.json",
-            "--max-train-images", "8", "--out", tmp_path / "cv", *TINY)
+    r = cli(
+        "train",
+        "--data",
+        camvid,
+        "--classes",
+        ROOT / "segdemo/data/camvid_classes.json",
+        "--max-train-images",
+        "8",
+        "--out",
+        tmp_path / "cv",
+        *TINY,
+    )
     assert r.returncode == 0, r.stderr
-    r = cli("evaluate", tmp_path / "cv", "--data", camvid, "--classes", ROOT / "segdemo/data/camvid_classes.json",
-            "--json")
+    r = cli(
+        "evaluate", tmp_path / "cv", "--data", camvid, "--classes", ROOT / "segdemo/data/camvid_classes.json", "--json"
+    )
     doc = json.loads(r.stdout)
     assert len(doc["per_class"]) == 11 and doc["images"] == 101
 
@@ -130,3 +147,33 @@ def test_train_on_oxford_pet_mini(tmp_path):
     r = cli("train", "--data", f"oxford-pet:{root}", "--pet-mode", "binary", "--out", tmp_path / "pet", *TINY)
     assert r.returncode == 0, r.stderr
     assert "background, pet" in r.stdout
+
+
+def test_predict_scores_against_masks_paired_by_name(tmp_path):
+    """--masks: each image against its mask, then one confusion matrix over all of them (as the app's Predict)."""
+    import torch
+
+    from segdemo.imageio import load_image_oriented
+    from segdemo.metrics import metrics_from_confusion
+    from segdemo.predict import Predictor, load_ground_truth
+
+    ckpt, ex = ROOT / "checkpoints" / "shapes_unet.safetensors", ROOT / "examples"
+    images = [ex / "shapes_1.png", ex / "shapes_3.png"]
+    r = cli("predict", ckpt, *images, "--masks", ex / "masks", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    assert "scored 2 image(s) against their masks" in r.stdout
+    overall = float(r.stdout.split("scored 2 image(s) against their masks: mIoU ")[1].split()[0])
+    predictor, cm = Predictor.from_path(ckpt), 0
+    for path in images:
+        image, orientation = load_image_oriented(path)
+        target = load_ground_truth(ex / "masks" / path.name, image.shape, orientation, predictor.classes, path.name)
+        cm = cm + predictor.predict(image, target=target).confusion
+    assert overall == pytest.approx(metrics_from_confusion(cm).miou, abs=1e-4) and overall > 0.5
+    assert isinstance(cm, torch.Tensor)
+    for name in predictor.classes.names:
+        assert any(line.startswith(name) for line in r.stdout.splitlines())  # the per-class table
+    other = tmp_path / "other_mask.png"
+    other.write_bytes((ex / "masks" / "shapes_1.png").read_bytes())
+    assert_one_line_error(
+        cli("predict", ckpt, *images, "--masks", other, "--out", tmp_path / "o"), "matches an image by file name"
+    )

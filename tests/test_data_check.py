@@ -40,7 +40,7 @@ def test_clean_dataset_is_ok_with_shares(tmp_path):
     assert rep.class_names == ["class 0", "class 1", "class 2"]
     assert rep.pixel_share == pytest.approx({"class 0": 4 / 7, "class 1": 2 / 7, "class 2": 1 / 7})
     assert rep.ignore_share == pytest.approx(1 / 8)
-    assert any("no classes file" in w for w in rep.warnings)
+    assert any("no classes file" in w.text for w in rep.warnings)
     text = rep.to_text()
     assert text.startswith("Dataset check: OK") and "class 0 57.1%" in text and "pairs: all 2" in text
     json.dumps(rep.to_dict())
@@ -54,7 +54,7 @@ def test_images_without_masks_are_reported(tmp_path):
     rep = check_dataset(tmp_path, DataConfig())
     assert rep.ok  # unpaired files are skipped, not fatal
     assert rep.unpaired_images == ["images/lonely.jpg"] and rep.unpaired_masks == ["masks/orphan.png"]
-    assert any("1 images have no mask and are skipped: images/lonely.jpg" in w for w in rep.warnings)
+    assert any("1 images have no mask and are skipped: images/lonely.jpg" in w.text for w in rep.warnings)
 
 
 def test_all_problems_are_collected(tmp_path):
@@ -72,9 +72,7 @@ def test_all_problems_are_collected(tmp_path):
     assert not rep.ok and rep.pairs == {"all": 5}
     assert [m["mask"] for m in rep.size_mismatches] == ["masks/small.png"]
     assert rep.size_mismatches[0]["mask_size"] == [4, 2] and rep.size_mismatches[0]["image_size"] == [8, 8]
-    assert rep.out_of_range == [
-        {"file": "masks/range.png", "values": [5, 9], "reason": rep.out_of_range[0]["reason"]}
-    ]
+    assert rep.out_of_range == [{"file": "masks/range.png", "values": [5, 9], "reason": rep.out_of_range[0]["reason"]}]
     assert {u["file"] for u in rep.unreadable} == {"images/html.png", "masks/cut.png"}
     joined = " ".join(rep.problems)
     assert "masks/small.png is 4x2 but images/small.png is 8x8" in joined
@@ -172,9 +170,7 @@ def test_check_source_builtin():
     assert rep.pairs == {"train": 6, "val": 2} and abs(sum(rep.pixel_share.values()) - 1) < 1e-6
 
 
-@pytest.mark.skipif(
-    not (SHARED / "camvid" / "val").is_dir(), reason=f"CamVid not found at {SHARED / 'camvid'}"
-)
+@pytest.mark.skipif(not (SHARED / "camvid" / "val").is_dir(), reason=f"CamVid not found at {SHARED / 'camvid'}")
 def test_camvid_val_check(tmp_path):
     cls = tmp_path / "camvid.json"
     cls.write_text(json.dumps({"names": CAMVID_NAMES, "ignore_index": 11}))

@@ -68,8 +68,7 @@ def test_jpeg_image_with_png_mask_and_case_sensitive_stems(tmp_path):
     (tmp_path / "masks" / "Y3.png").rename(tmp_path / "masks" / "y3.png")  # differs only in case: not paired
     splits = open_folder(tmp_path, DataConfig())
     names = sorted(
-        [splits.train.name(i) for i in range(len(splits.train))]
-        + [splits.val.name(i) for i in range(len(splits.val))]
+        [splits.train.name(i) for i in range(len(splits.train))] + [splits.val.name(i) for i in range(len(splits.val))]
     )
     assert names == ["x1", "x2"]
 
@@ -173,9 +172,7 @@ def test_rgb_masks_with_unknown_colour_fail_at_open(tmp_path):
     rgb = np.array([[[0, 0, 0], [1, 2, 3]]], np.uint8)
     for stem in ("a", "b"):
         _pair(tmp_path, stem, 0, size=(2, 1), mask=rgb)
-    (tmp_path / "classes.json").write_text(
-        json.dumps({"names": ["bg", "x"], "colors": [[0, 0, 0], [9, 9, 9]]})
-    )
+    (tmp_path / "classes.json").write_text(json.dumps({"names": ["bg", "x"], "colors": [[0, 0, 0], [9, 9, 9]]}))
     with pytest.raises(DataError, match=r"masks/a.png has colours that are not class colours: \(1, 2, 3\)"):
         open_folder(tmp_path, DataConfig())
 
@@ -187,9 +184,7 @@ def test_classes_file_ignore_index_and_override(tmp_path):
     (tmp_path / "classes.json").write_text(json.dumps({"names": ["a", "b", "c", "d"]}))
     other = tmp_path / "elsewhere.json"
     other.write_text(json.dumps({"names": ["sky", "road", "car"], "ignore_index": 11}))
-    with pytest.raises(
-        DataError, match=r"found values \[11\] in masks/a.png but the classes file classes.json"
-    ):
+    with pytest.raises(DataError, match=r"found values \[11\] in masks/a.png but the classes file classes.json"):
         open_folder(tmp_path, DataConfig())  # classes.json in the root: 11 is out of range
     splits = open_folder(tmp_path, DataConfig(classes_file=str(other)))
     assert splits.classes.names == ("sky", "road", "car")
@@ -305,9 +300,7 @@ def test_missing_empty_and_unpaired_folders(tmp_path):
     (tmp_path / "np" / "masks").mkdir()
     Image.new("RGB", (2, 2)).save(tmp_path / "np" / "images" / "a.png")
     Image.new("L", (2, 2)).save(tmp_path / "np" / "masks" / "b.png")
-    with pytest.raises(
-        DataError, match=r"no image/mask pairs in .*np \(1 images and 1 masks without a partner\)"
-    ):
+    with pytest.raises(DataError, match=r"no image/mask pairs in .*np \(1 images and 1 masks without a partner\)"):
         open_folder(tmp_path / "np", DataConfig())
     (tmp_path / "half" / "val" / "images").mkdir(parents=True)
     with pytest.raises(DataError, match="no train/ folder"):
@@ -384,17 +377,13 @@ def test_parse_source():
 # -- real data ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not (CAMVID / "train").is_dir(), reason=f"CamVid not found at {CAMVID} (shared data absent)"
-)
+@pytest.mark.skipif(not (CAMVID / "train").is_dir(), reason=f"CamVid not found at {CAMVID} (shared data absent)")
 def test_camvid_folder_with_classes_file(tmp_path):
     cf = tmp_path / "camvid.json"
     cf.write_text(json.dumps({"names": CAMVID_NAMES, "ignore_index": 11}))
     splits = open_folder(CAMVID, DataConfig(classes_file=str(cf)))
     assert (len(splits.train), len(splits.val)) == (367, 101)
     img, m = splits.train.load(0)
-    assert (
-        img.shape == (360, 480, 3) and img.dtype == np.uint8 and m.shape == (360, 480) and m.dtype == np.uint8
-    )
+    assert img.shape == (360, 480, 3) and img.dtype == np.uint8 and m.shape == (360, 480) and m.dtype == np.uint8
     values = set(np.unique(m).tolist())
     assert values <= set(range(11)) | {IGNORE} and len(values) > 3

@@ -276,9 +276,7 @@ def test_align_mask_rules():
     already = np.zeros((60, 40), np.uint8)
     assert align_mask(already, upright, 6, mask_name="m.png", image_name="i.jpg") is already
     with pytest.raises(DataError) as e:
-        align_mask(
-            np.zeros((10, 10), np.uint8), upright, 6, mask_name="masks/m.png", image_name="images/i.jpg"
-        )
+        align_mask(np.zeros((10, 10), np.uint8), upright, 6, mask_name="masks/m.png", image_name="images/i.jpg")
     msg = str(e.value)
     assert msg.startswith("masks/m.png is 10x10 but images/i.jpg is 40x60") and "EXIF" in msg
     with pytest.raises(DataError, match="masks must match their image's size"):

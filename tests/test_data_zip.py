@@ -131,9 +131,7 @@ def test_duplicate_entry_is_refused(tmp_path):
 
 def test_too_many_entries_refused_before_extracting(tmp_path):
     # Stands in for a 100k-entry zip: the count is checked on the central directory, before any write.
-    z = _zip(
-        tmp_path / "many.zip", [(f"images/{i}.png", b"") for i in range(6000)], method=zipfile.ZIP_STORED
-    )
+    z = _zip(tmp_path / "many.zip", [(f"images/{i}.png", b"") for i in range(6000)], method=zipfile.ZIP_STORED)
     _refuse(tmp_path, z, "6,000 entries, more than the limit of 5,000")
 
 
@@ -148,9 +146,7 @@ def test_bytes_are_counted_while_reading(tmp_path, monkeypatch):
     """Even if the declared sizes pass, the running count stops the stream at the cap."""
     z = _zip(tmp_path / "bomb.zip", [("images/a.png", b"small"), ("images/zeros.png", bytes(50_000_000))])
     real_vet = zipdata._vet
-    monkeypatch.setattr(
-        zipdata, "_vet", lambda zn, infos, me, mt, mb, sk: real_vet(zn, infos, me, 10**12, 10**12, sk)
-    )
+    monkeypatch.setattr(zipdata, "_vet", lambda zn, infos, me, mt, mb, sk: real_vet(zn, infos, me, 10**12, 10**12, sk))
     _refuse(tmp_path, z, "looks like a zip bomb", max_total_bytes=3_000_000)
     _refuse(tmp_path, z, "looks like a zip bomb", max_entry_bytes=3_000_000)
 

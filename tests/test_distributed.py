@@ -15,18 +15,57 @@ from segdemo.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-TINY = ["--data", "builtin", "--image-size", "32", "--width", "4", "--depth", "3", "--batch-size", "8",
-        "--precision", "fp32", "--channels-last", "off"]
+TINY = [
+    "--data",
+    "builtin",
+    "--image-size",
+    "32",
+    "--width",
+    "4",
+    "--depth",
+    "3",
+    "--batch-size",
+    "8",
+    "--precision",
+    "fp32",
+    "--channels-last",
+    "off",
+]
 
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 
 
 def torchrun(out: Path, *args: str, nproc: int = 2) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "-m", "segdemo", "train", *TINY,
-           "--out", str(out), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group: a kill reaches every rank
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "segdemo",
+        "train",
+        *TINY,
+        "--out",
+        str(out),
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )  # its own process group: a kill reaches every rank
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid, read from /proc: torch elastic starts each rank in a session of its own."""
+    children = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                children.append(int(d.name))
+    return children + [g for c in children for g in descendants(c)]
 
 
 def logged(out: Path) -> list[dict]:
@@ -48,8 +87,13 @@ def test_two_processes_train_one_run_and_score_like_one_process(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]  # written once, not once per process
 
     # the summed confusion matrix over two shards equals one process scoring the whole split
-    r = subprocess.run([sys.executable, "-m", "segdemo", "evaluate", str(out / "last.safetensors"), "--json"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "segdemo", "evaluate", str(out / "last.safetensors"), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     single = json.loads(r.stdout)
     assert single["miou"] == pytest.approx(records[-1]["miou"], abs=1e-6)
@@ -66,9 +110,15 @@ def test_a_run_killed_mid_epoch_resumes(tmp_path):
         time.sleep(0.1)
     assert logged(out), "no epoch finished in time"
     time.sleep(0.3)  # into epoch 2
-    os.killpg(p.pid, signal.SIGKILL)  # torchrun and both ranks, mid-epoch
+    for pid in [*descendants(p.pid), p.pid]:  # both ranks and torchrun, mid-epoch (each rank has its own session)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     p.wait(timeout=30)
     done = [r["epoch"] for r in logged(out)]
+    time.sleep(2)
+    assert [r["epoch"] for r in logged(out)] == done  # no rank lives on to write more
     assert done and done[-1] < 4
     c = load_checkpoint(out / "last.safetensors")  # the last complete checkpoint is intact
     assert c.meta["training_state"]["epoch"] == done[-1]

@@ -58,8 +58,9 @@ FORMAT_PARAMS = [pytest.param("onnx", marks=ONNX_ONLY), "torchscript"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """The shipped checkpoint exported once per format (ONNX only where onnxruntime is here)."""
-    return {fmt: export_model(SHIPPED, tmp_path_factory.mktemp(fmt), fmt=fmt)
-            for fmt in FORMATS if fmt != "onnx" or HAS_ORT}
+    return {
+        fmt: export_model(SHIPPED, tmp_path_factory.mktemp(fmt), fmt=fmt) for fmt in FORMATS if fmt != "onnx" or HAS_ORT
+    }
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,9 @@ def runner(result):
 def odd_crops() -> list[tuple[str, np.ndarray]]:
     """The examples cropped to sizes that are not multiples of 16 (nor of 2), and not square."""
     boxes = [(3, 104, 5, 82), (0, 127, 0, 93), (10, 61, 7, 128), (1, 100, 2, 101)]
-    return [(f"{p.stem}_{b - t}x{r - q}", load_image(p)[t:b, q:r])
-            for p, (t, b, q, r) in zip(EXAMPLES, boxes, strict=True)]
+    return [
+        (f"{p.stem}_{b - t}x{r - q}", load_image(p)[t:b, q:r]) for p, (t, b, q, r) in zip(EXAMPLES, boxes, strict=True)
+    ]
 
 
 def pet_photos(n: int = 4) -> list[Path]:
@@ -101,8 +103,14 @@ def run_script(result, images: list[Path], out: Path) -> subprocess.CompletedPro
     """The written script as a user runs it: its own process, from its folder, the repository not importable."""
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    r = subprocess.run([sys.executable, str(result.script), *map(str, images), "--out", str(out)],
-                       cwd=result.script.parent, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(result.script), *map(str, images), "--out", str(out)],
+        cwd=result.script.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return r
 
@@ -136,8 +144,9 @@ def test_exported_model_matches_pytorch_on_odd_sizes(exported, predictor, fmt):
 def test_exported_model_matches_pytorch_on_real_photos(exported, predictor, fmt):
     photos = pet_photos()
     run, cfg = runner(exported[fmt]), predictor.config
-    batch = torch.cat([to_tensor(eval_resize(load_image(p), cfg.data)[None], cfg.data.mean,
-                                 cfg.data.std) for p in photos])  # a batch of 4: N is free too
+    batch = torch.cat(
+        [to_tensor(eval_resize(load_image(p), cfg.data)[None], cfg.data.mean, cfg.data.std) for p in photos]
+    )  # a batch of 4: N is free too
     with torch.inference_mode():
         assert_logits_match(run(batch), predictor.model(batch), f"{fmt}, {len(photos)} photos resized")
         x = to_tensor(np.array(load_image(photos[0])[None]), cfg.data.mean, cfg.data.std)
@@ -188,11 +197,19 @@ def test_script_resizing_matches_opencv_and_torch():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     rng = np.random.default_rng(0)
-    for h, w, size in [(128, 128, 64), (375, 500, 64), (333, 487, 128), (512, 512, 64), (101, 77, 64),
-                       (40, 50, 64), (17, 33, 32)]:
+    for h, w, size in [
+        (128, 128, 64),
+        (375, 500, 64),
+        (333, 487, 128),
+        (512, 512, 64),
+        (101, 77, 64),
+        (40, 50, 64),
+        (17, 33, 32),
+    ]:
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        diff = np.abs(script.resize_area(image, size).astype(int) - cv2.resize(image, (size, size),
-                                                                               interpolation=cv2.INTER_AREA))
+        diff = np.abs(
+            script.resize_area(image, size).astype(int) - cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        )
         assert diff.max() <= 1, (h, w, size)
         assert (diff > 0).mean() <= (0.001 if h >= size and w >= size else 0.1), (h, w, size)
     logits = torch.randn(4, 64, 64)
@@ -220,10 +237,14 @@ def test_meta_json_holds_what_a_script_needs(exported):
     assert result.max_abs_diff == 0.0  # traced TorchScript runs the same kernels
 
 
-@pytest.mark.parametrize("kind, fmt", [
-    *[pytest.param(k, "onnx", marks=ONNX_ONLY) for k in ("binary_bilinear", "deep_small", "resnet18")],
-    ("binary_bilinear", "torchscript"), ("deep_small", "torchscript"),  # ResNet-18 takes 3 s a build: ONNX only
-])
+@pytest.mark.parametrize(
+    "kind, fmt",
+    [
+        *[pytest.param(k, "onnx", marks=ONNX_ONLY) for k in ("binary_bilinear", "deep_small", "resnet18")],
+        ("binary_bilinear", "torchscript"),
+        ("deep_small", "torchscript"),  # ResNet-18 takes 3 s a build: ONNX only
+    ],
+)
 def test_other_nets_export_and_match(kind, fmt, tmp_path):
     """A 1-channel BCE net with bilinear up-sampling, a depth-6 net on 32 px images (it pads 32 more rows, which
     reflection cannot give, so it replicates), a ResNet-18 encoder: random weights, the same contracts."""
@@ -231,7 +252,7 @@ def test_other_nets_export_and_match(kind, fmt, tmp_path):
     classes = ClassSet.default(["background", "circle", "square", "triangle"])
     if kind == "binary_bilinear":
         classes = ClassSet.default(["background", "object"])
-        cfg.train.loss, cfg.model.bilinear, cfg.model.num_classes = "bce", True, 1
+        cfg.train.loss, cfg.model.upsampling, cfg.model.num_classes = "bce", "bilinear", 1
     elif kind == "deep_small":
         cfg.model.depth, cfg.data.image_size, cfg.model.num_classes = 6, 32, 4
     else:
@@ -279,16 +300,25 @@ def test_onnx_without_the_onnx_package_says_how_to_install(monkeypatch, tmp_path
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "segdemo", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "segdemo", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+    )
 
 
 def test_cli_export_writes_three_files_and_refuses_a_bad_path(tmp_path):
     r = cli("export", SHIPPED, "--format", "torchscript", "--out", tmp_path / "ts")
     assert r.returncode == 0, r.stderr
     assert "logits within 0.0e+00 of PyTorch" in r.stdout and "predict_torchscript.py" in r.stdout
-    assert {p.name for p in (tmp_path / "ts").iterdir()} == {"model.torchscript.pt", "meta.json",
-                                                             "predict_torchscript.py"}
+    assert {p.name for p in (tmp_path / "ts").iterdir()} == {
+        "model.torchscript.pt",
+        "meta.json",
+        "predict_torchscript.py",
+    }
     r = cli("export", tmp_path / "nope", "--format", "torchscript", "--out", tmp_path / "x")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: no checkpoint or run folder at {tmp_path / 'nope'}"]

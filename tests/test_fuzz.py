@@ -5,6 +5,7 @@ import io
 import zipfile
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -13,8 +14,12 @@ from segdemo.data.base import DataError
 from segdemo.data.zipdata import extract_zip
 from segdemo.imageio import load_image, load_mask_raw
 
-FUZZ = settings(max_examples=500, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=500,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _encoded(fmt: str, mode: str = "RGB") -> bytes:
@@ -24,15 +29,25 @@ def _encoded(fmt: str, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
-SEEDS = [_encoded("PNG"), _encoded("JPEG"), _encoded("PNG", "P"), _encoded("GIF"), _encoded("BMP"),
-         _encoded("TIFF"), _encoded("WEBP")]
+SEEDS = [
+    _encoded("PNG"),
+    _encoded("JPEG"),
+    _encoded("PNG", "P"),
+    _encoded("GIF"),
+    _encoded("BMP"),
+    _encoded("TIFF"),
+    _encoded("WEBP"),
+]
 
 
 def mutated(seeds):
     """A valid file with some bytes overwritten, a piece cut out, or its tail cut off."""
-    return st.tuples(st.sampled_from(seeds), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
-                                                      max_size=8),
-                     st.integers(0, 10**6), st.booleans()).map(_mutate)
+    return st.tuples(
+        st.sampled_from(seeds),
+        st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+        st.integers(0, 10**6),
+        st.booleans(),
+    ).map(_mutate)
 
 
 def _mutate(t):
@@ -47,6 +62,7 @@ def _mutate(t):
 
 @FUZZ
 @given(st.one_of(mutated(SEEDS), st.binary(max_size=2048)))
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")  # mangled TIFFs: Pillow says so, then we refuse
 def test_image_reader_never_crashes(data):
     for reader in (load_image, lambda d, name: load_mask_raw(d, name)[0]):
         try:

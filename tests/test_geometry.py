@@ -70,7 +70,7 @@ def test_mask_stays_aligned_with_its_image_through_scale_crop_and_pad(resize, hw
         agree = (im.argmax(2)[labelled] == m[labelled]).mean()
         assert agree >= need, f"seed {seed}: mask and image agree on {agree:.3%} of interior pixels"
         pad = inside & (m == IGNORE)
-        grey = (im.max(2) == im.min(2))  # the black fill, after brightness jitter: no channel wins
+        grey = im.max(2) == im.min(2)  # the black fill, after brightness jitter: no channel wins
         assert grey[pad].all(), "padding and rotation borders are filled in the image, IGNORE in the mask"
         assert (m[inside & grey] == IGNORE).all(), "no padded pixel is ever given a class"
         padded_seen += int(pad.any())
@@ -228,8 +228,9 @@ def test_training_on_photos_of_mixed_sizes_stacks_fixed_crops(tmp_path):
     ds = TrainDataset(source, cfg)
     assert {tuple(ds[i][0].shape) for i in range(8)} == {(32, 32, 3)}
     classes = ClassSet.default(["red", "green", "blue"])
-    splits = Splits(train=source, val=ArraySource(source.images[:3], source.masks[:3], ["a", "b", "c"]),
-                    classes=classes)
+    splits = Splits(
+        train=source, val=ArraySource(source.images[:3], source.masks[:3], ["a", "b", "c"]), classes=classes
+    )
     result = Trainer(cfg, tmp_path, splits=splits).run()
     assert result.reason == "finished", result
     predictor = Predictor.from_path(tmp_path / "best.safetensors", device="cpu")

@@ -40,10 +40,33 @@ def test_trains_on_the_gpu_with_autocast_and_predicts_there(tmp_path):
 def test_two_processes_share_one_gpu_under_torchrun(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SEGDEMO_DIST_BACKEND": "gloo"}  # NCCL wants a GPU each
-    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "segdemo", "train", "--data",
-                        "builtin", "--image-size", "32", "--width", "4", "--depth", "3", "--epochs", "2",
-                        "--out", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "segdemo",
+            "train",
+            "--data",
+            "builtin",
+            "--image-size",
+            "32",
+            "--width",
+            "4",
+            "--depth",
+            "3",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "training on cuda" in r.stdout
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

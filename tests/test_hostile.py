@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import threading
@@ -30,26 +29,19 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segdemo.checkpoint import save_checkpoint  # noqa: E402
-from segdemo.config import RunConfig  # noqa: E402
-from segdemo.data.base import ClassSet  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
-from segdemo.model import build_model  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, tiny_train_args  # noqa: E402
+from tests.payloads import flat_image, lying_checkpoint, many_class_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shapes_1.png"
 GIB = 1 << 30
 XSS = '<img src=x onerror="window.__xss=1">'
-PRESET = "Quick: CPU, about a minute"
 
 
 def train_args(**over) -> dict:
-    args = dict(dataset="builtin", zip_file=None, preset=PRESET, image_size=32, epochs=1, batch_size=8,
-                learning_rate=0.003, loss="ce_dice", width=4, depth=3, upsampling="transposed", augment=False,
-                train_images=32)
-    args.update(over)
-    return args
+    """One epoch, no augmentation: the attacks need a run, not a good one."""
+    return tiny_train_args(**{"epochs": 1, "augment": False, **over})
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +60,14 @@ def server(tmp_path_factory):
     port = free_port()
     # a small upload quota so the test can reach it: 30 MB an hour per address
     guard = Middleware(RequestGuard, upload_bytes_per_hour=30 << 20)
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-           app_kwargs={"middleware": [guard]})
+    launch(
+        demo,
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        app_kwargs={"middleware": [guard]},
+    )
     yield f"http://127.0.0.1:{port}/", jobs, demo
     demo.close()
     jobs.close()
@@ -86,8 +84,7 @@ def client(url: str, address: str) -> tuple[Client, str]:
 
 def honest_predict(url: str) -> None:
     c, token = client(url, "198.51.100.10")
-    out = c.predict(token, "default", None, [handle_file(str(EXAMPLE))], None, None, 0.5, False,
-                    api_name="/predict")
+    out = c.predict(token, "default", None, [handle_file(str(EXAMPLE))], None, None, 0.5, False, api_name="/predict")
     assert out[9]["image"] == "shapes_1.png"
 
 
@@ -138,26 +135,6 @@ def refused(result, *words: str) -> str:
     return msg
 
 
-def lying_checkpoint(path: Path, width: int, depth: int) -> Path:
-    """~1 KB: a header whose config claims a huge U-Net, with no tensors behind it."""
-    cfg = RunConfig()
-    cfg.model.width, cfg.model.depth, cfg.model.num_classes = width, depth, 4
-    meta = {"format": "segdemo-checkpoint", "version": 1, "config": cfg.to_dict(),
-            "classes": ClassSet.default(["a", "b", "c", "d"]).to_dict(), "metrics": {}}
-    header = json.dumps({"__metadata__": {"segdemo": json.dumps(meta)}}).encode()
-    path.write_bytes(struct.pack("<Q", len(header)) + header)
-    return path
-
-
-def many_class_checkpoint(path: Path, k: int = 250, names: list[str] | None = None) -> Path:
-    cfg = RunConfig()
-    cfg.model.width, cfg.model.depth, cfg.model.num_classes = 4, 2, k
-    cfg.data.image_size = 32
-    names = names or [f"c{i}" for i in range(k)]
-    save_checkpoint(path, build_model(cfg.model), cfg, ClassSet.default(names))
-    return path
-
-
 # -- 1. one request must not exhaust memory ------------------------------------------------------------
 
 
@@ -166,19 +143,42 @@ def test_a_checkpoint_claiming_a_huge_model_is_refused_before_building_it(server
     url, _, _ = server
     ckpt = lying_checkpoint(tmp_path / "huge.safetensors", width, depth)
     c, token = client(url, "203.0.113.1")
-    result = attack(url, lambda: c.predict(token, "upload", handle_file(str(ckpt)), [handle_file(str(EXAMPLE))],
-                                           None, None, 0.5, False, api_name="/predict"))
+    result = attack(
+        url,
+        lambda: c.predict(
+            token,
+            "upload",
+            handle_file(str(ckpt)),
+            [handle_file(str(EXAMPLE))],
+            None,
+            None,
+            0.5,
+            False,
+            api_name="/predict",
+        ),
+    )
     refused(result, "huge.safetensors")
 
 
 def test_many_classes_on_a_large_flat_image_predict_in_bounded_memory(server, tmp_path):
     url, _, _ = server
     ckpt = many_class_checkpoint(tmp_path / "k250.safetensors")
-    flat = tmp_path / "flat.png"
-    Image.fromarray(np.full((2048, 2048, 3), 128, np.uint8)).save(flat)
+    flat = flat_image(tmp_path / "flat.png")
     c, token = client(url, "203.0.113.2")
-    out = attack(url, lambda: c.predict(token, "upload", handle_file(str(ckpt)), [handle_file(str(flat))], None,
-                                        None, 0.5, True, api_name="/predict"))
+    out = attack(
+        url,
+        lambda: c.predict(
+            token,
+            "upload",
+            handle_file(str(ckpt)),
+            [handle_file(str(flat))],
+            None,
+            None,
+            0.5,
+            True,
+            api_name="/predict",
+        ),
+    )
     assert not isinstance(out, Exception), out  # a valid request: answered, within the bound
     assert len(out[9]["per_class"]) == 250
 
@@ -186,8 +186,9 @@ def test_many_classes_on_a_large_flat_image_predict_in_bounded_memory(server, tm
 def test_train_settings_at_the_sliders_ends_are_refused_with_the_limit(server):
     url, jobs, _ = server
     c, token = client(url, "203.0.113.3")
-    result = attack(url, lambda: c.predict(token, **train_args(image_size=512, batch_size=64, width=64, depth=5),
-                                           api_name="/train"))
+    result = attack(
+        url, lambda: c.predict(token, **train_args(image_size=512, batch_size=64, width=64, depth=5), api_name="/train")
+    )
     msg = refused(result, "memory", "SEGDEMO_MEMORY_BUDGET_MB", "batch size")
     assert not jobs.jobs_for(token)  # nothing was queued
     assert "GB" in msg
@@ -248,13 +249,23 @@ def hostile_zip(path: Path) -> Path:
 def test_class_names_reach_the_page_escaped(server, tmp_path):
     url, _, _ = server
     c, token = client(url, "203.0.113.5")
-    report, classes_html, _ = c.predict("zip", handle_file(str(hostile_zip(tmp_path / "x.zip"))), 768,
-                                        api_name="/check_data")
+    report, classes_html, _ = c.predict(
+        "zip", handle_file(str(hostile_zip(tmp_path / "x.zip"))), 768, api_name="/check_data"
+    )
     assert "<img" not in classes_html and "&lt;img" in classes_html
     assert "<img" not in report
     ckpt = many_class_checkpoint(tmp_path / "named.safetensors", 2, ["a" + XSS, "b" + XSS])
-    out = c.predict(token, "upload", handle_file(str(ckpt)), [handle_file(str(EXAMPLE))], None, None, 0.5, False,
-                    api_name="/predict")
+    out = c.predict(
+        token,
+        "upload",
+        handle_file(str(ckpt)),
+        [handle_file(str(EXAMPLE))],
+        None,
+        None,
+        0.5,
+        False,
+        api_name="/predict",
+    )
     legend = out[3]
     assert "<img" not in legend and "&lt;img" in legend
 
@@ -270,8 +281,10 @@ def test_no_script_runs_in_the_browser_from_hostile_names(server, tmp_path):
     z = hostile_zip(tmp_path / ("bad" + '<img src=x onerror="window.__xss=2">' + ".zip"))
     ckpt = many_class_checkpoint(tmp_path / "named.safetensors", 2, ["a" + XSS, "b" + XSS])
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
         page = browser.new_page()
         page.goto(url)
         page.get_by_label("My own dataset").check()
@@ -384,8 +397,9 @@ def test_json_bodies_are_capped_and_nesting_refused(server):
     url, _, _ = server
 
     def post(body: bytes) -> int:
-        req = urllib.request.Request(url + "gradio_api/queue/join", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "gradio_api/queue/join", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status
@@ -404,10 +418,16 @@ def test_uploads_have_a_quota_per_address(server, tmp_path):
     c, _ = client(url, "203.0.113.9")
     codes = []
     for _ in range(4):  # 30 MB an hour in this server: the fourth 10 MB upload is refused
-        body = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"blob.png\"\r\n"
-                b"Content-Type: image/png\r\n\r\n" + blob.read_bytes() + b"\r\n--b--\r\n")
-        req = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST", headers={
-            "Content-Type": "multipart/form-data; boundary=b", "X-Forwarded-For": "203.0.113.9"})
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="files"; filename="blob.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + blob.read_bytes() + b"\r\n--b--\r\n"
+        )
+        req = urllib.request.Request(
+            url + "gradio_api/upload",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "multipart/form-data; boundary=b", "X-Forwarded-For": "203.0.113.9"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 codes.append(r.status)
@@ -420,7 +440,8 @@ def test_uploads_have_a_quota_per_address(server, tmp_path):
 
 def test_pairing_thousands_of_masks_is_refused_quickly(server, tmp_path):
     url, _, _ = server
-    from segdemo.ui.predict_tab import MAX_FILES, MaskIndex
+    from segdemo.predict import MaskIndex
+    from segdemo.ui.predict_tab import MAX_FILES
 
     c, token = client(url, "203.0.113.11")
     refs = [handle_file(str(EXAMPLE))] * (MAX_FILES + 1)
@@ -431,14 +452,17 @@ def test_pairing_thousands_of_masks_is_refused_quickly(server, tmp_path):
     assert index.mask_for("img/5999.png") == "m/5999.png"
 
 
-@pytest.mark.parametrize("over,words", [  # Gradio's own components check types and ranges first
-    (dict(image_size=[1, 2]), ""),
-    (dict(epochs=10**400), "maximum value"),
-    (dict(learning_rate="lots"), ""),
-    (dict(loss={"x": 1}), "list of choices"),
-    (dict(image_size=10**6), "maximum value"),
-    (dict(preset={"x": 1}), "list of choices"),
-])
+@pytest.mark.parametrize(
+    "over,words",
+    [  # Gradio's own components check types and ranges first
+        (dict(image_size=[1, 2]), ""),
+        (dict(epochs=10**400), "maximum value"),
+        (dict(learning_rate="lots"), ""),
+        (dict(loss={"x": 1}), "list of choices"),
+        (dict(image_size=10**6), "maximum value"),
+        (dict(preset={"x": 1}), "list of choices"),
+    ],
+)
 def test_crafted_train_inputs_get_sentences(server, over, words):
     url, _, _ = server
     c, token = client(url, "203.0.113.12")
@@ -451,11 +475,11 @@ def test_crafted_predict_inputs_get_sentences(server):
     url, _, _ = server
     c, token = client(url, "203.0.113.13")
     with pytest.raises(AppError) as e:
-        c.predict(token, "default", None, [handle_file(str(EXAMPLE))], None, None, "opaque", False,
-                  api_name="/predict")
+        c.predict(token, "default", None, [handle_file(str(EXAMPLE))], None, None, "opaque", False, api_name="/predict")
     refused(e.value)
-    out = c.predict(token, "default", None, [handle_file(str(EXAMPLE))], None, {"a": [1]}, 0.5, False,
-                    api_name="/predict")  # a nonsense "image to show" falls back to the first image
+    out = c.predict(
+        token, "default", None, [handle_file(str(EXAMPLE))], None, {"a": [1]}, 0.5, False, api_name="/predict"
+    )  # a nonsense "image to show" falls back to the first image
     assert out[9]["image"] == "shapes_1.png"
 
 
@@ -470,9 +494,13 @@ def test_the_checkpoint_link_ends_with_the_run(server):
     from gradio.utils import get_upload_folder
 
     data = Path(link).read_bytes()
-    served = [p for p in Path(get_upload_folder()).rglob(Path(link).name)
-              if p.stat().st_mtime >= t0 and p.read_bytes() == data  # this run's, not an earlier test process's
-              and p.resolve() != Path(link).resolve()]  # gradio_client downloads into the same folder
+    served = [
+        p
+        for p in Path(get_upload_folder()).rglob(Path(link).name)
+        if p.stat().st_mtime >= t0
+        and p.read_bytes() == data  # this run's, not an earlier test process's
+        and p.resolve() != Path(link).resolve()
+    ]  # gradio_client downloads into the same folder
     assert served  # where Gradio serves the link from
     job = jobs.get(token, run_id)
     assert oct(job.run_dir.stat().st_mode & 0o777) == oct(0o700)  # run files are the server's alone
@@ -499,6 +527,10 @@ def test_cache_folders_of_dead_servers_are_swept(tmp_path):
 def test_cpu_out_of_memory_is_recognised():
     from segdemo.trainer import is_out_of_memory
 
-    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not "
-                                         "enough memory: you tried to allocate 1099511627776 bytes."))
+    assert is_out_of_memory(
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not "
+            "enough memory: you tried to allocate 1099511627776 bytes."
+        )
+    )
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

@@ -44,11 +44,7 @@ class FakeTrainer:
             cls.peak = max(cls.peak, cls.active)
             cls.order.append(self.run_dir.name)
         try:
-            self.emit(
-                Started(
-                    str(self.run_dir), "cpu", "fp32", 1, 1, 8, 2, ["bg", "fg"], [(0, 0, 0), (255, 0, 0)], 10
-                )
-            )
+            self.emit(Started(str(self.run_dir), "cpu", "fp32", 1, 1, 8, 2, ["bg", "fg"], [(0, 0, 0), (255, 0, 0)], 10))
             for b in range(self.steps):
                 if self.should_stop():
                     done = Done("stopped", 0, None, None, None, None, 0.1)
@@ -347,8 +343,9 @@ def test_stop_mid_epoch_frees_the_run_and_the_next_one_starts(tmp_path):
 
 def test_one_address_runs_wait_behind_everyone_elses_first(tmp_path, fake):
     """Round robin by address: a client that queued three runs does not hold the slot before another's one."""
-    jm = JobManager(tmp_path, max_concurrent=1, reaper=False,
-                    trainer_factory=lambda *a, **k: fake(*a, **k, steps=6, step_s=0.03))
+    jm = JobManager(
+        tmp_path, max_concurrent=1, reaper=False, trainer_factory=lambda *a, **k: fake(*a, **k, steps=6, step_s=0.03)
+    )
     try:
         flood = [jm.submit(f"m{i}", tiny_config(), client="10.9.9.9") for i in range(3)]
         honest = jm.submit("alice", tiny_config(), client="bob's laptop")
@@ -381,5 +378,6 @@ def test_a_long_run_yields_its_slot_to_another_address_and_goes_on_exactly(tmp_p
         assert _wait(lambda: not ref.is_active, 120)
     finally:
         alone.close()
-    assert [e.miou for e in long.events if isinstance(e, EpochEnd)] == \
-        [e.miou for e in ref.events if isinstance(e, EpochEnd)]
+    assert [e.miou for e in long.events if isinstance(e, EpochEnd)] == [
+        e.miou for e in ref.events if isinstance(e, EpochEnd)
+    ]

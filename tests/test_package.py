@@ -13,9 +13,7 @@ import ast
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 from PIL import Image
 
 import segdemo
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_IN_WHEEL = "segdemo/assets/checkpoints/shapes_unet.safetensors"
@@ -59,8 +57,12 @@ def venv(wheel, tmp_path_factory) -> dict:
     assert r.returncode == 0, r.stderr
     cwd = base / "elsewhere"  # no app.py, no checkpoints/, no examples/ here
     cwd.mkdir()
-    env = {"PATH": f"{env_dir / 'bin'}:/usr/bin:/bin", "HOME": str(Path.home()), "NO_ALBUMENTATIONS_UPDATE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}  # no PYTHONPATH, GRADIO_SERVER_NAME or SPACE_ID
+    env = {
+        "PATH": f"{env_dir / 'bin'}:/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }  # no PYTHONPATH, GRADIO_SERVER_NAME or SPACE_ID
     return dict(python=python, segdemo=env_dir / "bin" / "segdemo", site=site, cwd=cwd, env=env)
 
 
@@ -104,8 +106,10 @@ def test_pyproject_dependencies_mirror_the_requirements_files():
 
 
 def test_installed_segdemo_and_its_assets_come_from_the_wheel(venv):
-    code = ("import segdemo; from segdemo.assets import asset; print(segdemo.__file__); "
-            "print(asset('checkpoints/shapes_unet.safetensors')); print(asset('examples'))")
+    code = (
+        "import segdemo; from segdemo.assets import asset; print(segdemo.__file__); "
+        "print(asset('checkpoints/shapes_unet.safetensors')); print(asset('examples'))"
+    )
     r = in_venv(venv, venv["python"], "-c", code)
     assert r.returncode == 0, r.stderr
     module, checkpoint, examples = map(Path, r.stdout.split())
@@ -147,37 +151,39 @@ def _listening(port: int) -> list[str]:
     return found
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def test_app_serves_and_predicts_with_the_shipped_model(venv):
     from gradio_client import Client, handle_file
 
     port = free_port()
     log = venv["cwd"] / "app.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(venv["segdemo"]), "app", "--port", str(port)], cwd=venv["cwd"],
-                                env=venv["env"] | {"PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(venv["segdemo"]), "app", "--port", str(port)],
+            cwd=venv["cwd"],
+            env=venv["env"] | {"PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 120
-        while not _answers(url):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+        wait_until_serving(url, proc, log)
         if Path("/proc/net/tcp").exists():
             assert _listening(port) == ["127.0.0.1"]  # this machine only, not 0.0.0.0
         assert "warning" not in log.read_text().lower()
         c = Client(url, verbose=False, ssl_verify=False)
         token = c.predict(None, api_name="/session")
         example = ROOT / "examples" / "shapes_1.png"  # the shipped model scores 0.95 mIoU on it
-        out = c.predict(token, "default", None, [handle_file(example)], [handle_file(example.parent / "masks" /
-                        example.name)], None, 0.5, False, api_name="/predict")
+        out = c.predict(
+            token,
+            "default",
+            None,
+            [handle_file(example)],
+            [handle_file(example.parent / "masks" / example.name)],
+            None,
+            0.5,
+            False,
+            api_name="/predict",
+        )
         details = out[-1]
         assert [p["name"] for p in details["per_class"]] == ["background", "circle", "square", "triangle"]
         assert details["ground_truth"] and details["miou"] > 0.9, details  # the shipped model, from package data

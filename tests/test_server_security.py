@@ -44,16 +44,19 @@ def status(url: str, method: str = "GET", data: bytes | None = None, headers=Non
         return e.code, e.read()
 
 
-@pytest.mark.parametrize("path", [
-    "../../../../etc/passwd",
-    "/etc/passwd",
-    "/ETC/PASSWD",
-    "..%2f..%2f..%2fetc%2fpasswd",
-    str(ROOT / "app.py"),
-    str(ROOT / "segdemo" / "checkpoint.py"),
-    str(ROOT / "EXAMPLES" / ".." / "app.py"),
-    str(ROOT / "examples" / ".." / "app.py"),
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../../../etc/passwd",
+        "/etc/passwd",
+        "/ETC/PASSWD",
+        "..%2f..%2f..%2fetc%2fpasswd",
+        str(ROOT / "app.py"),
+        str(ROOT / "segdemo" / "checkpoint.py"),
+        str(ROOT / "EXAMPLES" / ".." / "app.py"),
+        str(ROOT / "examples" / ".." / "app.py"),
+    ],
+)
 def test_file_route_does_not_serve_files_outside_the_app(url, path):
     code, body = status(f"{url}/gradio_api/file={path}")
     assert code in (403, 404), (code, body[:200])
@@ -71,10 +74,17 @@ def test_examples_are_served(url):
 def test_upload_over_the_limit_gets_413(url):
     boundary = "segdemoboundary"
     payload = b"\0" * (51 * 1024 * 1024)  # the app allows 50 MB
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.zip\"\r\n"
-            f"Content-Type: application/zip\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
-    code, _ = status(f"{url}/gradio_api/upload", "POST", body,
-                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.zip"\r\n'
+            f"Content-Type: application/zip\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    code, _ = status(
+        f"{url}/gradio_api/upload", "POST", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert code == 413
 
 
@@ -94,3 +104,17 @@ def test_errors_do_not_leak_paths_or_tracebacks(url, tmp_path):
     msg = str(err.value)
     assert "Traceback" not in msg and str(ROOT) not in msg and "/tmp/" not in msg
     assert "not-an-image.png" in msg  # it names the user's own file, by its name only
+
+
+def test_a_gradio_the_picture_patch_was_not_written_for_is_loud(monkeypatch, caplog):
+    import gradio as gr
+    from gradio import processing_utils as pu
+
+    from segdemo.ui import common
+
+    assert common.picture_patch_mismatch() is None  # the pinned gradio: the patch fits
+    monkeypatch.setattr(gr, "__version__", "7.0.0")
+    monkeypatch.setattr(pu, "save_pil_to_cache", lambda img, cache_dir, name="image", format="webp": "")  # unpatched
+    with pytest.warns(RuntimeWarning, match="written for gradio 6.31.0, and this is gradio 7.0.0"):
+        common.write_pictures_to_cache_atomically()
+    assert "written for gradio 6.31.0" in caplog.text

@@ -89,8 +89,7 @@ def test_resume_continues_at_next_epoch_with_same_result(tmp_path):
         return stop_after["n"] >= 2
 
     part_dir = tmp_path / "part"
-    tr = Trainer(tiny_config(epochs=3), part_dir, splits=open_builtin(tiny_config().data),
-                 should_stop=stop_at_epoch_2)
+    tr = Trainer(tiny_config(epochs=3), part_dir, splits=open_builtin(tiny_config().data), should_stop=stop_at_epoch_2)
     tr.add_callback(lambda e: stop_after.__setitem__("n", stop_after["n"] + isinstance(e, EpochEnd)))
     assert tr.run().epochs_done == 2
     resumed, ev_res = run(tiny_config(epochs=3), part_dir, resume=True)

@@ -90,10 +90,16 @@ def test_the_space_starts_with_gpu_functions_under_real_zerogpu_emulation(tmp_pa
         "print(len(d.decorated_cache), hasattr(zerogpu.train_chunk, 'zerogpu'),"
         " hasattr(zerogpu._predict_on_gpu, 'zerogpu'), out[0].device)\n"
     )
-    env = {**os.environ, "SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9",
-           "SEGDEMO_RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=180)
+    env = {
+        **os.environ,
+        "SPACES_ZERO_GPU": "true",
+        "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9",
+        "SEGDEMO_RUNS_DIR": str(tmp_path / "runs"),
+        "PYTHONPATH": str(ROOT),
+    }
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     # two functions, each cached under two keys; the app's own copy of a model stays on the CPU
     assert out.stdout.split()[-4:] == ["4", "True", "True", "cpu"]
@@ -253,8 +259,9 @@ def _stop_and_resume(job, whole):
     """A stopped run: a loadable checkpoint, and resuming it (in chunks) finishes it as one run would have."""
     assert job.status == STOPPED and job.result.reason == "stopped", job.message
     load_checkpoint(job.run_dir / "last.safetensors")
-    resumed = zerogpu.train_in_chunks(tiny_config(epochs=3), job.run_dir, resume=True, steps=4,
-                                      chunk_fn=REAL_TRAIN_CHUNK)
+    resumed = zerogpu.train_in_chunks(
+        tiny_config(epochs=3), job.run_dir, resume=True, steps=4, chunk_fn=REAL_TRAIN_CHUNK
+    )
     assert isinstance(resumed, Done) and resumed.reason == "finished" and resumed.epochs_done == 3, resumed
     assert _metrics(job.run_dir) == whole
 
@@ -272,7 +279,7 @@ def test_stop_within_a_chunk_acts_within_a_batch_or_two_then_resume_finishes(job
     job = jm.submit(OWNER, tiny_config(epochs=3))
     _finish(job)
     assert len(double.calls) == 2  # no chunk after the Stop
-    after = [ev for _, ev in double.produced[stopped_at["at"]:] if isinstance(ev, Progress)]
+    after = [ev for _, ev in double.produced[stopped_at["at"] :] if isinstance(ev, Progress)]
     assert len(after) <= 2, after  # the worker saw the stop file before its next batch or the one after
     assert job.result.epochs_done == 1
     _stop_and_resume(job, whole)
@@ -304,8 +311,9 @@ def test_out_of_quota_fails_with_the_visitors_sentence_and_keeps_the_checkpoint(
     assert "try again in 13:45:10" in msg and "after epoch 1" in msg
     assert "log in to Hugging Face" in msg and "your own computer" in msg
     assert job.best_checkpoint is not None and load_checkpoint(job.best_checkpoint).metrics["epoch"] == 1
-    resumed = zerogpu.train_in_chunks(tiny_config(epochs=3), job.run_dir, resume=True, steps=5,
-                                      chunk_fn=REAL_TRAIN_CHUNK)
+    resumed = zerogpu.train_in_chunks(
+        tiny_config(epochs=3), job.run_dir, resume=True, steps=5, chunk_fn=REAL_TRAIN_CHUNK
+    )
     assert resumed.reason == "finished" and _metrics(job.run_dir) == whole
 
 

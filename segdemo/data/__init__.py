@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segdemo.atomic import replace_file
 from segdemo.config import DataConfig
 from segdemo.data.base import IGNORE, ClassSet, DataError, PairSource, Splits, SubsetSource
 
@@ -75,20 +76,16 @@ def _extract_for_run(zip_path: Path, workdir: Path) -> tuple[Path, list[str]]:
             pass
         shutil.rmtree(dest)  # our own earlier extraction (it carries our marker), of another zip
     elif dest.exists() and any(dest.iterdir()):
-        raise DataError(
-            f"{dest} already exists and is not empty; use a new run folder to unpack {zip_path.name}"
-        )
+        raise DataError(f"{dest} already exists and is not empty; use a new run folder to unpack {zip_path.name}")
     skipped: list[str] = []
     root = extract_zip(zip_path, dest, skipped=skipped)
-    marker.write_text(json.dumps({**stamp, "skipped": skipped}))
+    replace_file(marker, json.dumps({**stamp, "skipped": skipped}).encode(), fsync=False)  # whole or absent
     return root, skipped
 
 
 def _skipped_note(zip_name: str, skipped: list[str]) -> str:
     shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-    return (
-        f"{len(skipped)} entries of {zip_name} were not unpacked (system files or nested archives): {shown}"
-    )
+    return f"{len(skipped)} entries of {zip_name} were not unpacked (system files or nested archives): {shown}"
 
 
 def _cap_train(splits: Splits, cfg: DataConfig) -> Splits:
@@ -160,6 +157,8 @@ def check_source(cfg: DataConfig, workdir: Path | None = None, max_pairs: int | 
 
 
 def _with_skipped(rep: CheckReport, zip_path: str, skipped: list[str]) -> CheckReport:
+    from segdemo.data.check import ZIP_SKIPPED
+
     if skipped:
-        rep.warnings.append(_skipped_note(Path(zip_path).name, skipped))
+        rep.warn(ZIP_SKIPPED, _skipped_note(Path(zip_path).name, skipped))
     return rep

@@ -75,7 +75,7 @@ def make_split(n: int, seed: int, size: int = 128, prefix: str = "shape") -> Arr
     return ArraySource([p[0] for p in pairs], [p[1] for p in pairs], [f"{prefix}_{i:04d}" for i in range(n)])
 
 
-@functools.lru_cache(maxsize=2)  # the app's runs mostly ask for the same split: draw it once (~2 s, ~50 MB)
+@functools.lru_cache(maxsize=2)  # the app's runs mostly ask for the same split: draw it once (bench/README.md)
 def _shared_split(n: int, seed: int, size: int, prefix: str) -> ArraySource:
     split = make_split(n, seed, size, prefix)
     for arr in (*split.images, *split.masks):

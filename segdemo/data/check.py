@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,32 @@ from segdemo.data.masks import MaskSummary, summarize_mask
 from segdemo.imageio import MAX_PIXELS, load_image_oriented, load_mask_raw, mask_alignment, mismatch_message
 
 CAP = 20  # names listed per kind of problem; the rest are counted
+BUILTIN_CHECK_PAIRS = 48  # the built-in data is drawn from a seed: a few dozen pairs show what all of them would
+
+# What a warning is about, for programs (the UI, tests); its text is for people.
+PARTIAL = "partial"  # only the first pairs of each split were read
+CASE_ONLY = "case_only"  # an image and a mask whose names differ only in case
+UNPAIRED_IMAGES, UNPAIRED_MASKS, NOT_IMAGES = "unpaired_images", "unpaired_masks", "not_images"
+EXIF_TURNED = "exif_turned"  # masks turned with an EXIF rotation that keeps the size
+JPEG_MASKS = "jpeg_masks"
+NO_CLASSES_FILE = "no_classes_file"
+ABSENT_CLASSES = "absent_classes"
+ZIP_SKIPPED = "zip_skipped"  # zip entries not unpacked (system files, nested archives)
 
 
 def _capped(items: list[str], cap: int = CAP, what: str = "files") -> list[str]:
     return items[:cap] + ([f"... and {len(items) - cap} more {what}"] if len(items) > cap else [])
+
+
+@dataclass(frozen=True)
+class CheckWarning:
+    """Something worth knowing that does not stop training: a code (the constants above) and a sentence."""
+
+    code: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass
@@ -30,9 +52,7 @@ class CheckReport:
     unpaired_images: list[str] = field(default_factory=list)
     unpaired_masks: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)  # not image files (README.txt, ...)
-    size_mismatches: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # mask, mask_size, image, image_size, reason
+    size_mismatches: list[dict[str, Any]] = field(default_factory=list)  # mask, mask_size, image, image_size, reason
     encoding: str = ""  # "ids", "binary", "palette", "rgb", or "mixed (...)"
     label_values: list[int] = field(default_factory=list)  # raw values found in grey/palette masks
     mask_colors: list[list[int]] = field(default_factory=list)  # colours found in colour-coded masks
@@ -43,8 +63,11 @@ class CheckReport:
     out_of_range: list[dict[str, Any]] = field(default_factory=list)  # file, values
     unreadable: list[dict[str, str]] = field(default_factory=list)  # file, reason
     problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[CheckWarning] = field(default_factory=list)
     ok: bool = False
+
+    def warn(self, code: str, text: str) -> None:
+        self.warnings.append(CheckWarning(code, text))
 
     @property
     def total_pairs(self) -> int:
@@ -59,8 +82,7 @@ class CheckReport:
             )
         elif self.total_pairs == 1 and "val" not in self.pairs:
             self.problems.append(
-                "only one image/mask pair was found; training needs at least two (one to "
-                "train on, one to validate)"
+                "only one image/mask pair was found; training needs at least two (one to train on, one to validate)"
             )
         elif self.pairs.get("train", 1) == 0:
             self.problems.append("the train/ folder has no image/mask pairs; put the training pairs there")
@@ -127,9 +149,7 @@ def _bad_values(labels: Labels, s: MaskSummary) -> list:
     """Raw values (or colours) of a mask that map to no class."""
     enc, k = labels.encoding(s.kind), labels.classes.num_classes
     if enc == "rgb":
-        known = {tuple(c) for c in labels.colormap or ()} | (
-            {labels.ignore_color} if labels.ignore_color else set()
-        )
+        known = {tuple(c) for c in labels.colormap or ()} | ({labels.ignore_color} if labels.ignore_color else set())
         return [list(map(int, c)) for c in s.values if tuple(int(v) for v in c) not in known]
     vals = [int(v) for v in s.values]
     if enc == "binary":
@@ -140,9 +160,7 @@ def _bad_values(labels: Labels, s: MaskSummary) -> list:
 def _out_of_range_reason(labels: Labels, file: str, bad: list) -> str:
     k = labels.classes.num_classes
     if bad and isinstance(bad[0], list):
-        shown = ", ".join(str(tuple(c)) for c in bad[:5]) + (
-            f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        )
+        shown = ", ".join(str(tuple(c)) for c in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         return (
             f'{file} has colours that are not class colours: {shown}; add them to "colors" in the classes '
             "file or repaint the mask"
@@ -204,17 +222,19 @@ def _check_folder(root: Path, cfg: DataConfig, name: str | None, max_pairs: int 
             elif how == "transpose" and (orientation in (2, 3, 4) or image.shape[0] == image.shape[1]):
                 ambiguous.append(iname)
     if max_pairs is not None and any(len(sf.pairs) > max_pairs for sf in layout.splits):
-        rep.warnings.append(f"only the first {max_pairs} pairs of each split were checked")
+        rep.warn(PARTIAL, f"only the first {max_pairs} pairs of each split were checked")
     if ambiguous:
-        rep.warnings.append(
+        rep.warn(
+            EXIF_TURNED,
             f"{len(ambiguous)} images (e.g. {ambiguous[0]}) have an EXIF rotation or mirror that "
             "keeps their size, so their masks were turned with them, assuming the masks were drawn "
-            "on the stored pixels; look at one overlay to confirm"
+            "on the stored pixels; look at one overlay to confirm",
         )
     if jpeg_masks:
-        rep.warnings.append(
+        rep.warn(
+            JPEG_MASKS,
             f"{len(jpeg_masks)} masks are JPEG files (e.g. {jpeg_masks[0]}); JPEG compression "
-            "changes label values at edges, so save masks as PNG"
+            "changes label values at edges, so save masks as PNG",
         )
     if summaries:
         try:
@@ -239,38 +259,36 @@ def _report_files(rep: CheckReport, layout: Layout) -> None:
             ]
         )
         for img, mask in sf.case_only[:CAP]:
-            rep.warnings.append(
+            rep.warn(
+                CASE_ONLY,
                 f"{layout.rel(img)} and {layout.rel(mask)} differ only in upper/lower case, so they "
-                "are not paired; rename one to match exactly"
+                "are not paired; rename one to match exactly",
             )
     if rep.unpaired_images:
-        rep.warnings.append(
+        rep.warn(
+            UNPAIRED_IMAGES,
             f"{len(rep.unpaired_images)} images have no mask and are skipped: "
-            + ", ".join(_capped(rep.unpaired_images))
+            + ", ".join(_capped(rep.unpaired_images)),
         )
     if rep.unpaired_masks:
-        rep.warnings.append(
-            f"{len(rep.unpaired_masks)} masks have no image and are skipped: "
-            + ", ".join(_capped(rep.unpaired_masks))
+        rep.warn(
+            UNPAIRED_MASKS,
+            f"{len(rep.unpaired_masks)} masks have no image and are skipped: " + ", ".join(_capped(rep.unpaired_masks)),
         )
     if rep.ignored_files:
-        rep.warnings.append(
-            f"{len(rep.ignored_files)} files are not images and are ignored: "
-            + ", ".join(_capped(rep.ignored_files))
+        rep.warn(
+            NOT_IMAGES,
+            f"{len(rep.ignored_files)} files are not images and are ignored: " + ", ".join(_capped(rep.ignored_files)),
         )
 
 
-def _report_labels(
-    rep: CheckReport, labels: Labels, summaries: list[tuple[str, MaskSummary]], derived: bool
-) -> None:
+def _report_labels(rep: CheckReport, labels: Labels, summaries: list[tuple[str, MaskSummary]], derived: bool) -> None:
     rep.class_names = list(labels.classes.names)
     kinds = sorted({labels.encoding(s.kind) for _, s in summaries})
     rep.encoding = kinds[0] if len(kinds) == 1 else f"mixed ({', '.join(kinds)})"
     grey = sorted({int(v) for _, s in summaries if s.kind != "rgb" for v in s.values})
     rep.label_values = grey
-    rep.mask_colors = sorted(
-        {tuple(int(v) for v in c) for _, s in summaries if s.kind == "rgb" for c in s.values}
-    )
+    rep.mask_colors = sorted({tuple(int(v) for v in c) for _, s in summaries if s.kind == "rgb" for c in s.values})
     rep.mask_colors = [list(c) for c in rep.mask_colors[:256]]
     hist = np.zeros(256, np.int64)
     for file, s in summaries:
@@ -283,9 +301,10 @@ def _report_labels(
         np.add.at(hist, labels.class_of_values(s, file).astype(np.int64), s.counts.astype(np.int64))
     _shares(rep, hist)
     if derived:
-        rep.warnings.append(
+        rep.warn(
+            NO_CLASSES_FILE,
             f"no classes file: {labels.classes.num_classes} classes were inferred from the masks; add "
-            'classes.json to name them, or to mark a void value with "ignore_index"'
+            'classes.json to name them, or to mark a void value with "ignore_index"',
         )
 
 
@@ -293,9 +312,7 @@ def _shares(rep: CheckReport, hist: np.ndarray) -> None:
     k = len(rep.class_names)
     total, labelled = int(hist.sum()), int(hist[:k].sum())
     rep.ignore_share = float(hist[IGNORE] / total) if total else 0.0
-    rep.pixel_share = {
-        n: (float(hist[i] / labelled) if labelled else 0.0) for i, n in enumerate(rep.class_names)
-    }
+    rep.pixel_share = {n: (float(hist[i] / labelled) if labelled else 0.0) for i, n in enumerate(rep.class_names)}
     if total and labelled == 0:
         rep.problems.append(
             "every checked pixel is marked ignore (255 or ignore_index), so there is nothing to "
@@ -304,9 +321,9 @@ def _shares(rep: CheckReport, hist: np.ndarray) -> None:
         return
     absent = [n for i, n in enumerate(rep.class_names) if hist[i] == 0]
     if absent and total:
-        rep.warnings.append(
-            f"{len(absent)} classes never appear in the checked masks: "
-            + ", ".join(_capped(absent, what="classes"))
+        rep.warn(
+            ABSENT_CLASSES,
+            f"{len(absent)} classes never appear in the checked masks: " + ", ".join(_capped(absent, what="classes")),
         )
 
 
@@ -362,6 +379,23 @@ def _check_splits(splits: Splits, source: str, max_pairs: int | None) -> CheckRe
             hist += counts
     rep.label_values = [int(v) for v in np.flatnonzero(hist)]
     if truncated:
-        rep.warnings.append(f"only the first {max_pairs} pairs of each split were checked")
+        rep.warn(PARTIAL, f"only the first {max_pairs} pairs of each split were checked")
     _shares(rep, hist)
     return rep.finish()
+
+
+def check_for_page(cfg: DataConfig, workdir: Path) -> tuple[CheckReport, DataConfig]:
+    """check_source as the app shows it before training: (the report, the config that was checked).
+
+    The built-in data is drawn from a seed, so it is checked on BUILTIN_CHECK_PAIRS pairs (the returned
+    config, also cheap to draw samples from) while the report gives the sizes the run will use and carries
+    no PARTIAL warning, which would be about the check and not about the data."""
+    from segdemo.data import check_source
+
+    if cfg.source != "builtin":
+        return check_source(cfg, workdir), cfg
+    small = replace(cfg, builtin_train=min(cfg.builtin_train, BUILTIN_CHECK_PAIRS), builtin_val=8)
+    report = check_source(small, workdir)
+    report.pairs = {"train": int(cfg.builtin_train), "val": int(cfg.builtin_val)}
+    report.warnings = [w for w in report.warnings if w.code != PARTIAL]
+    return report, small

@@ -47,9 +47,7 @@ class ClassesFile:
 
 
 def _color(v, what: str, path: Path) -> Color:
-    if not (
-        isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in v)
-    ):
+    if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in v)):
         raise DataError(f"{path.name}: {what} must be [r, g, b] with whole numbers 0..255, got {v!r}")
     return (v[0], v[1], v[2])
 
@@ -64,18 +62,14 @@ def read_classes_file(path: str | Path) -> ClassesFile:
     except json.JSONDecodeError as e:
         raise DataError(f"{path.name} is not valid JSON (line {e.lineno}: {e.msg}); fix it") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(
-            f"classes file {path} could not be read ({e}); check it is a UTF-8 JSON file"
-        ) from None
+        raise DataError(f"classes file {path} could not be read ({e}); check it is a UTF-8 JSON file") from None
     if isinstance(d, list):
         d = {"names": d}
     if not isinstance(d, dict) or not isinstance(d.get("names"), list):
         raise DataError(f'{path.name} needs a "names" list, e.g. {{"names": ["background", "cat"]}}')
     unknown = sorted(set(d) - {"names", "colors", "ignore_index", "ignore_color", "description"})
     if unknown:
-        raise DataError(
-            f"{path.name} has unknown keys {unknown}; use names, colors, ignore_index, ignore_color"
-        )
+        raise DataError(f"{path.name} has unknown keys {unknown}; use names, colors, ignore_index, ignore_color")
     names = tuple(str(n) for n in d["names"])
     if not 1 <= len(names) <= 254:
         raise DataError(f"{path.name} lists {len(names)} class names; give between 1 and 254")
@@ -83,14 +77,10 @@ def read_classes_file(path: str | Path) -> ClassesFile:
     if d.get("colors") is not None:
         if not isinstance(d["colors"], list) or len(d["colors"]) != len(names):
             n = len(d["colors"]) if isinstance(d["colors"], list) else "no"
-            raise DataError(
-                f"{path.name} has {len(names)} names but {n} colours; give one [r, g, b] per class"
-            )
+            raise DataError(f"{path.name} has {len(names)} names but {n} colours; give one [r, g, b] per class")
         colors = tuple(_color(c, f"colour of {names[i]!r}", path) for i, c in enumerate(d["colors"]))
         if len(set(colors)) != len(colors):
-            raise DataError(
-                f"{path.name} gives two classes the same colour; every class needs its own colour"
-            )
+            raise DataError(f"{path.name} gives two classes the same colour; every class needs its own colour")
     ignore_index = d.get("ignore_index")
     if ignore_index is not None:
         if not isinstance(ignore_index, int) or not 0 <= ignore_index <= 255:
@@ -104,9 +94,7 @@ def read_classes_file(path: str | Path) -> ClassesFile:
     if ignore_color is not None:
         ignore_color = _color(ignore_color, "ignore_color", path)
         if colors and ignore_color in colors:
-            raise DataError(
-                f"{path.name}: ignore_color {list(ignore_color)} is also a class colour; pick another"
-            )
+            raise DataError(f"{path.name}: ignore_color {list(ignore_color)} is also a class colour; pick another")
     return ClassesFile(path, names, colors, ignore_index, ignore_color)
 
 
@@ -184,9 +172,7 @@ def pair_files(split: str, images_dir: Path, masks_dir: Path) -> SplitFiles:
             sf.unpaired_images.append(images[stem])
     sf.unpaired_masks = [masks[s] for s in sorted(masks) if s not in images]
     lower_masks = {p.stem.lower(): p for p in sf.unpaired_masks}
-    sf.case_only = [
-        (p, lower_masks[p.stem.lower()]) for p in sf.unpaired_images if p.stem.lower() in lower_masks
-    ]
+    sf.case_only = [(p, lower_masks[p.stem.lower()]) for p in sf.unpaired_images if p.stem.lower() in lower_masks]
     return sf
 
 
@@ -210,8 +196,7 @@ def find_layout(root: str | Path) -> Layout:
             images, masks = _child_dir(d, ["images"]), _child_dir(d, ["masks"])
             if images is None or masks is None:
                 raise DataError(
-                    f"{d} needs both images/ and masks/ folders inside; "
-                    f"{LAYOUT_HINT.replace('ROOT', str(root))}"
+                    f"{d} needs both images/ and masks/ folders inside; {LAYOUT_HINT.replace('ROOT', str(root))}"
                 )
             splits.append(pair_files(split, images, masks))
     else:
@@ -312,9 +297,7 @@ def decide_labels(summaries: Sequence[tuple[str, MaskSummary]], cf: ClassesFile 
                 "many for class colours; save masks without anti-aliasing as PNG, or write classes.json "
                 "with the class colours"
             )
-        return Labels(
-            ClassSet(tuple(f"class {i}" for i in range(len(keys))), tuple(keys)), colormap=tuple(keys)
-        )
+        return Labels(ClassSet(tuple(f"class {i}" for i in range(len(keys))), tuple(keys)), colormap=tuple(keys))
     top, top_name = -1, ""
     for name, s in summaries:
         vals = [int(v) for v in s.values.tolist() if v != IGNORE]
@@ -386,9 +369,7 @@ def _raise_layout_problems(layout: Layout) -> None:
     for sf in layout.splits:
         if sf.duplicates:
             a, b = sf.duplicates[0]
-            raise DataError(
-                f"{layout.rel(a)} and {layout.rel(b)} share the name {a.stem!r}; keep only one of them"
-            )
+            raise DataError(f"{layout.rel(a)} and {layout.rel(b)} share the name {a.stem!r}; keep only one of them")
     if not any(sf.pairs for sf in layout.splits):
         n_img = sum(len(sf.unpaired_images) for sf in layout.splits)
         n_mask = sum(len(sf.unpaired_masks) for sf in layout.splits)
@@ -420,9 +401,7 @@ def open_folder(root: str | Path, cfg: DataConfig) -> Splits:
     if val_files is not None and val_files.pairs:
         train, val = src(train_files), src(val_files)
     elif len(train_files.pairs) < 2:
-        raise DataError(
-            f"{layout.root} has only one image/mask pair; training needs at least two (one to validate on)"
-        )
+        raise DataError(f"{layout.root} has only one image/mask pair; training needs at least two (one to validate on)")
     else:
         tr_idx, va_idx = seeded_split(len(train_files.pairs), cfg.val_fraction, cfg.seed)
         whole = src(train_files)

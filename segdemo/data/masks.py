@@ -26,11 +26,7 @@ Color = tuple[int, int, int]
 def color_keys(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 colours -> int32 keys r<<16 | g<<8 | b (one number per colour)."""
     rgb = np.asarray(rgb)
-    return (
-        (rgb[..., 0].astype(np.int32) << 16)
-        | (rgb[..., 1].astype(np.int32) << 8)
-        | rgb[..., 2].astype(np.int32)
-    )
+    return (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2].astype(np.int32)
 
 
 def key_to_color(key: int) -> Color:
@@ -39,9 +35,7 @@ def key_to_color(key: int) -> Color:
 
 def is_grey(raw: np.ndarray) -> bool:
     """True for a 3-channel array whose channels are equal everywhere."""
-    return raw.ndim == 3 and bool(
-        np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 0], raw[..., 2])
-    )
+    return raw.ndim == 3 and bool(np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 0], raw[..., 2]))
 
 
 def is_binary_values(values: Sequence[int] | np.ndarray, num_classes: int | None = None) -> bool:
@@ -86,9 +80,7 @@ def summarize_mask(
     if raw.ndim == 3:
         if (colormap and _all_known(raw, colormap, ignore_color)) or not is_grey(raw):
             keys, counts = np.unique(color_keys(raw), return_counts=True)
-            return MaskSummary(
-                "rgb", shape, np.array([key_to_color(k) for k in keys], np.uint8).reshape(-1, 3), counts
-            )
+            return MaskSummary("rgb", shape, np.array([key_to_color(k) for k in keys], np.uint8).reshape(-1, 3), counts)
         raw = raw[..., 0]
     return MaskSummary("grey", shape, *_unique(raw))
 
@@ -164,9 +156,7 @@ def decode_mask(
     return a.astype(np.uint8)
 
 
-def _decode_rgb(
-    raw: np.ndarray, colormap: Sequence[Color] | None, ignore_color: Color | None, name: str
-) -> np.ndarray:
+def _decode_rgb(raw: np.ndarray, colormap: Sequence[Color] | None, ignore_color: Color | None, name: str) -> np.ndarray:
     if raw.ndim != 3:
         raise DataError(
             f"{name} is a greyscale mask but the classes are colour-coded; save it with the "

@@ -11,6 +11,7 @@ were unsure. Val is a seeded split of the official trainval list; test is the of
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 from segdemo.config import DataConfig
 from segdemo.data.base import IGNORE, ClassSet, DataError, PairSource, Splits, SubsetSource, seeded_split
 from segdemo.imageio import align_mask, load_image_oriented, load_mask_raw
+
+log = logging.getLogger(__name__)
 
 ENV_ROOT = "SEGDEMO_OXFORD_ROOT"
 TRIMAP_CLASSES = ClassSet(("background", "pet", "border"), ((40, 40, 40), (230, 150, 40), (90, 170, 240)))
@@ -67,34 +70,28 @@ def _read_split(base: Path, split: str) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise DataError(
-            f"{path} could not be read ({e.strerror}); the Oxford-IIIT Pet copy is incomplete"
-        ) from None
+        raise DataError(f"{path} could not be read ({e.strerror}); the Oxford-IIIT Pet copy is incomplete") from None
     return [ln.split()[0] for ln in lines if ln.strip() and not ln.startswith("#")]
 
 
 def _locate(root: Path) -> Path:
     """torchvision's root is the folder that holds oxford-iiit-pet/; accept the inner folder too."""
-    if (
-        root.name == "oxford-iiit-pet"
-        and (root / "images").is_dir()
-        and not (root / "oxford-iiit-pet").exists()
-    ):
+    if root.name == "oxford-iiit-pet" and (root / "images").is_dir() and not (root / "oxford-iiit-pet").exists():
         return root.parent
     return root
 
 
 def _download(root: Path) -> None:
     """Let torchvision fetch the data into root/oxford-iiit-pet (the layout read here)."""
-    from torchvision.datasets import OxfordIIITPet  # ~2-5 s to import, so only when downloading
+    from torchvision.datasets import OxfordIIITPet  # slow to import, so only when downloading
 
     try:
         for split in ("trainval", "test"):
             OxfordIIITPet(root=str(root), split=split, target_types="segmentation", download=True)
     except Exception as e:  # urllib, socket, checksum and torchvision's own errors all mean "no data"
+        log.debug("downloading Oxford-IIIT Pet failed", exc_info=True)
         raise DataError(
-            f"could not download Oxford-IIIT Pet (no internet?): {type(e).__name__}: {e}; "
-            f"put a copy at {root}"
+            f"could not download Oxford-IIIT Pet (no internet?): {type(e).__name__}: {e}; put a copy at {root}"
         ) from None
 
 
@@ -114,9 +111,7 @@ def open_oxford_pet(root: str | Path, cfg: DataConfig) -> Splits:
         _download(root)
     trainval, test_ids = _read_split(base, "trainval"), _read_split(base, "test")
     if len(trainval) < 2:
-        raise DataError(
-            f"{base}/annotations/trainval.txt lists {len(trainval)} images; at least 2 are needed"
-        )
+        raise DataError(f"{base}/annotations/trainval.txt lists {len(trainval)} images; at least 2 are needed")
     whole = OxfordPetSource(base, trainval, cfg.pet_mode)
     tr, va = seeded_split(len(trainval), cfg.val_fraction, cfg.seed)
     test = OxfordPetSource(base, test_ids, cfg.pet_mode) if test_ids else None

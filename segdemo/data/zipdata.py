@@ -42,8 +42,7 @@ def _parts(zip_name: str, name: str) -> list[str] | None:
         raise DataError(f"{zip_name} has an entry with a NUL byte in its name; re-create the zip")
     if norm.startswith("/") or _DRIVE.match(norm):
         raise DataError(
-            f"{zip_name} has an entry with an absolute path ({name!r}); zip the dataset folder "
-            "with relative paths"
+            f"{zip_name} has an entry with an absolute path ({name!r}); zip the dataset folder with relative paths"
         )
     parts = [p for p in norm.split("/") if p not in ("", ".")]
     if ".." in parts:
@@ -54,14 +53,8 @@ def _parts(zip_name: str, name: str) -> list[str] | None:
     if any(":" in p for p in parts):
         raise DataError(f"{zip_name} has an entry with ':' in its name ({name!r}); rename it")
     if len(parts) > MAX_DEPTH:
-        raise DataError(
-            f"{zip_name} has an entry nested {len(parts)} folders deep ({name!r}); flatten the dataset"
-        )
-    if (
-        not parts
-        or any(p.startswith(".") or p == "__MACOSX" for p in parts)
-        or parts[-1].lower() in JUNK_NAMES
-    ):
+        raise DataError(f"{zip_name} has an entry nested {len(parts)} folders deep ({name!r}); flatten the dataset")
+    if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1].lower() in JUNK_NAMES:
         return None
     return parts
 
@@ -96,8 +89,7 @@ def _vet(
             raise DataError(f"{zip_name} contains a special file ({info.filename!r}); zip real files only")
         if info.flag_bits & 0x1:
             raise DataError(
-                f"{zip_name} is password-protected ({info.filename!r} is encrypted); zip it again "
-                "without a password"
+                f"{zip_name} is password-protected ({info.filename!r} is encrypted); zip it again without a password"
             )
         is_dir = _is_dir(info)
         if not is_dir and parts[-1].lower().endswith(NESTED_ARCHIVES):
@@ -166,8 +158,7 @@ def _write(
         fd = os.open(target, flags, 0o644)
     except FileExistsError:
         raise DataError(
-            f"cannot unpack {info.filename!r} from {zip_name}: {target.name} already exists in the "
-            "destination folder"
+            f"cannot unpack {info.filename!r} from {zip_name}: {target.name} already exists in the destination folder"
         ) from None
     created.append(target)
     written = 0
@@ -241,9 +232,7 @@ def extract_zip(
                     continue
                 parent = _safe_dir(dest, parts[:-1], created)
                 if not (parent / parts[-1]).resolve().is_relative_to(dest):
-                    raise DataError(
-                        f"{zip_name}: {info.filename!r} would land outside the destination folder"
-                    )
+                    raise DataError(f"{zip_name}: {info.filename!r} would land outside the destination folder")
                 try:
                     _write(
                         zf,
@@ -257,8 +246,7 @@ def extract_zip(
                     )
                 except (zipfile.BadZipFile, EOFError, zlib.error, ValueError) as e:
                     raise DataError(
-                        f"{zip_name} is not a valid zip file ({info.filename!r} is damaged: {e}); "
-                        "re-create it"
+                        f"{zip_name} is not a valid zip file ({info.filename!r} is damaged: {e}); re-create it"
                     ) from None
                 except NotImplementedError:
                     raise DataError(

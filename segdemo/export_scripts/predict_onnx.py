@@ -132,8 +132,9 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     for path in args.images:
         image = load_rgb(path)
-        logits = run_whole_or_windowed(lambda x: session.run(None, {meta["input"]["name"]: x})[0][0],
-                                       preprocess(image, meta), meta)
+        logits = run_whole_or_windowed(
+            lambda x: session.run(None, {meta["input"]["name"]: x})[0][0], preprocess(image, meta), meta
+        )
         mask = to_mask(logits, image.shape[0], image.shape[1])
         stem = Path(path).stem
         Image.fromarray(mask).save(out / f"{stem}_mask.png")

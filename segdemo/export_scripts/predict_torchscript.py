@@ -134,8 +134,9 @@ def main():
     for path in args.images:
         image = load_rgb(path)
         with torch.inference_mode():
-            logits = run_whole_or_windowed(lambda x: model(torch.from_numpy(x))[0].numpy(), preprocess(image, meta),
-                                           meta)
+            logits = run_whole_or_windowed(
+                lambda x: model(torch.from_numpy(x))[0].numpy(), preprocess(image, meta), meta
+            )
         mask = to_mask(logits, image.shape[0], image.shape[1])
         stem = Path(path).stem
         Image.fromarray(mask).save(out / f"{stem}_mask.png")

@@ -8,6 +8,7 @@ API (gradio_client), see README: `/session` -> owner token; `/check_data`; `/tra
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -16,6 +17,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import gradio as gr  # noqa: E402
 
+from segdemo import logs  # noqa: E402
 from segdemo.hosting import default_host, warn_if_exposed  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
@@ -100,6 +102,7 @@ def launch(demo: gr.Blocks, **kw):
         app_kwargs={"middleware": [Middleware(RequestGuard)]},  # body caps, upload quota per address
     )
     opts.update(kw)
+    logs.log_to_stderr(logging.INFO)  # the server's log: engine records and the tracebacks of bugs
     warn_if_exposed(opts["server_name"] or default_host(), bool(opts.get("share")))
     from segdemo.trainer import warm_up
 

@@ -3,8 +3,8 @@ token, turning engine errors into gr.Error sentences, and small picture helpers.
 
 Owner / session isolation
 -------------------------
-Each browser gets an owner token the SERVER issues (`JobManager.issue_owner_token`: 192 random bits
-plus an HMAC with a server secret). It lives in a gr.BrowserState (the browser's localStorage), so it
+Each browser gets an owner token the SERVER issues (segdemo/tokens.py: 192 random bits plus an HMAC
+with a server secret). It lives in a gr.BrowserState (the browser's localStorage), so it
 survives reloads and is shared by the tabs of one browser, and every event sends it back. Runs are
 registered under a hash of that token; every lookup needs the token AND the run id, and a wrong pair
 gets the same "no such run" as a made-up id. Tokens the server did not sign are refused, so a client
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import hashlib
-import hmac
 import inspect
 import logging
 import os
@@ -28,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -36,17 +35,16 @@ import numpy as np
 
 from segdemo import budget
 from segdemo.assets import EXAMPLES, SHIPPED_CHECKPOINT, asset
-from segdemo.checkpoint import CheckpointError, CheckpointWriteError, replace_file
-from segdemo.data.base import DataError
+from segdemo.atomic import replace_file
+from segdemo.errors import is_user_error
 from segdemo.escape import esc, md  # noqa: F401  (the UI's one way to put user text into HTML/Markdown)
-from segdemo.jobs import JobError, JobManager
+from segdemo.jobs import JobManager
 from segdemo.limits import LimitError, RateLimiter, Slots, client_address
 
 log = logging.getLogger("segdemo.ui")
 
 DEFAULT_CHECKPOINT = asset(SHIPPED_CHECKPOINT)  # package data when installed, else the source tree
 EXAMPLES_DIR = asset(EXAMPLES)
-USER_ERRORS = (JobError, DataError, CheckpointError, CheckpointWriteError, LimitError, budget.BudgetError)
 HEAVY = "heavy"  # concurrency id shared by every listener that loads a model or decodes data, public or private
 CHECK_CACHE_BYTES = 64 << 20  # sample pictures of recent data checks, all together
 STREAMS_PER_CLIENT = 6  # live views (Train's watch and the page-load reattach) one browser or address may hold
@@ -87,7 +85,7 @@ class AppContext:
         self.default_checkpoint = Path(default_checkpoint) if default_checkpoint else DEFAULT_CHECKPOINT
         # BrowserState "encrypts" with a key the page can read anyway; deriving it from the jobs secret
         # keeps a browser's token readable across restarts when the runs persist.
-        self.browser_secret = hmac.new(self.jobs._secret, b"browser-state", hashlib.sha256).hexdigest()[:32]
+        self.browser_secret = self.jobs.tokens.derive(b"browser-state")
         self._predictors: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
         self.check_cache: OrderedDict[tuple, tuple[object, int]] = OrderedDict()  # key -> (value, bytes)
@@ -247,7 +245,7 @@ def user_error(msg: str, title: str | None = None) -> gr.Error:
 def _to_gr_error(e: Exception) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
-    if isinstance(e, USER_ERRORS):
+    if is_user_error(e):  # the engine's vocabulary for mistakes a student can fix (segdemo.errors)
         return user_error(str(e))
     log.exception("unexpected error in a UI handler")
     return gr.Error(
@@ -355,9 +353,7 @@ def safe_stem(name: str) -> str:
 def run_label(job) -> str:
     when = time.strftime("%H:%M", time.localtime(job.created))
     r = job.result
-    best = (
-        f"best val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
-    )
+    best = f"best val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
     return f"Your run from {when} ({job.status}, {best})"
 
 
@@ -397,6 +393,28 @@ def tidy_paths(text: str, *places: tuple[Path | str, str]) -> str:
     return text
 
 
+PICTURE_PATCH_GRADIO = "6.31.0"  # the gradio whose save_pil_to_cache the patch below replaces
+
+
+def picture_patch_mismatch() -> str | None:
+    """Why the picture-cache patch may not fit this gradio (another version, or the function it replaces
+    changed shape), or None when it was written for exactly this one."""
+    import inspect
+
+    from gradio import processing_utils as pu
+
+    if gr.__version__ != PICTURE_PATCH_GRADIO:
+        return (
+            f"segdemo's picture-cache patch (ui/common.py) was written for gradio {PICTURE_PATCH_GRADIO}, "
+            f"and this is gradio {gr.__version__}: check that processing_utils.save_pil_to_cache still "
+            "hashes, names and writes pictures the same way, then update PICTURE_PATCH_GRADIO"
+        )
+    params = list(inspect.signature(pu.save_pil_to_cache).parameters)
+    if params[:4] != ["img", "cache_dir", "name", "format"]:
+        return f"gradio's save_pil_to_cache takes {params}, not what segdemo's picture-cache patch replaces"
+    return None
+
+
 def write_pictures_to_cache_atomically() -> None:
     """Make Gradio write the pictures it sends as a temp file renamed into place, as it already does for files.
 
@@ -410,6 +428,10 @@ def write_pictures_to_cache_atomically() -> None:
 
     if getattr(pu.save_pil_to_cache, "segdemo_atomic", False):
         return
+    mismatch = picture_patch_mismatch()
+    if mismatch:  # loud, every start: the patch replaces a gradio internal that may have moved on
+        log.warning("%s", mismatch)
+        warnings.warn(mismatch, RuntimeWarning, stacklevel=2)
 
     def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
         data = pu.encode_pil_to_bytes(img, format)

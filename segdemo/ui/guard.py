@@ -17,8 +17,13 @@ UPLOADS_PER_MINUTE = 300  # per address (gradio_client sends one request per fil
 
 
 class RequestGuard:
-    def __init__(self, app, max_body: int = MAX_BODY, upload_bytes_per_hour: int = UPLOAD_BYTES_PER_HOUR,
-                 uploads_per_minute: int = UPLOADS_PER_MINUTE):
+    def __init__(
+        self,
+        app,
+        max_body: int = MAX_BODY,
+        upload_bytes_per_hour: int = UPLOAD_BYTES_PER_HOUR,
+        uploads_per_minute: int = UPLOADS_PER_MINUTE,
+    ):
         self.app = app
         self.max_body = max_body
         self.upload_quota = ByteQuota(upload_bytes_per_hour, 3600)
@@ -88,6 +93,11 @@ async def _drain(receive, limit: int) -> None:
 
 async def _refuse(send, status: int, detail: str) -> None:
     data = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})

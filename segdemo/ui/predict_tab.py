@@ -12,9 +12,9 @@ import pandas as pd
 from PIL import Image
 
 from segdemo import zerogpu
-from segdemo.checkpoint import CheckpointError, read_meta
-from segdemo.data.base import DataError
-from segdemo.imageio import IMAGE_SUFFIXES, align_mask, load_image_oriented, load_mask_raw
+from segdemo.checkpoint import read_meta
+from segdemo.imageio import IMAGE_SUFFIXES, load_image_oriented
+from segdemo.predict import MaskIndex, load_ground_truth
 from segdemo.ui.common import (
     EXAMPLES_DIR,
     HEAVY,
@@ -25,14 +25,12 @@ from segdemo.ui.common import (
     md,
     model_choices,
     safe_stem,
-    user_error,
     user_errors,
 )
 from segdemo.viz import legend_html
 
 MAX_SIDE = 2048  # larger photos are shrunk before predicting: a 40-megapixel softmax would need gigabytes
 MAX_FILES = 200  # images (and masks) per request: Predict shows one at a time
-MASK_SUFFIXES = ("", "_mask", "-mask", "_gt", "-gt", "_label", "_labels")
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 
 
@@ -51,42 +49,6 @@ def _file_list(files, what: str) -> list[str]:
     if len(files) > MAX_FILES:
         raise gr.Error(f"{len(files)} {what} at once is more than {MAX_FILES}; send fewer.")
     return list(files)
-
-
-class MaskIndex:
-    """Ground-truth masks by file stem, built once per request: pairing n images with m masks is O(n + m)."""
-
-    def __init__(self, masks: list[str], n_images: int):
-        self.masks, self.n_images = masks, n_images
-        self.by_stem: dict[str, str] = {}
-        for m in masks:
-            self.by_stem.setdefault(Path(m).stem.lower(), m)
-
-    def mask_for(self, image_path: str) -> str | None:
-        """An image's mask: same file stem (or stem + _mask/_gt); with one image and one mask, that one."""
-        if not self.masks:
-            return None
-        stem = Path(image_path).stem.lower()
-        for suffix in MASK_SUFFIXES:
-            if stem + suffix in self.by_stem:
-                return self.by_stem[stem + suffix]
-        if self.n_images == 1 and len(self.masks) == 1:
-            return self.masks[0]
-        return None
-
-
-def load_ground_truth(path: str, image_shape: tuple[int, ...], orientation: int, classes, image_name: str):
-    """A mask file -> (H, W) class ids with IGNORE, decoded with the model's classes; else DataError."""
-    from segdemo.data.masks import decode_mask, detect_encoding
-
-    name = Path(path).name
-    raw, mode = load_mask_raw(path, name)
-    colors = list(classes.colors)
-    enc = detect_encoding(raw, mode, classes.num_classes, colors)
-    ids = decode_mask(
-        raw, enc, num_classes=classes.num_classes, colormap=colors, name=name, classes_from="the model"
-    )
-    return align_mask(ids, image_shape, orientation, mask_name=name, image_name=image_name)
 
 
 def heatmap(p: np.ndarray, cmap: str = "inferno") -> np.ndarray:
@@ -174,8 +136,8 @@ class PredictTab:
                 )
             with gr.Column(scale=3, min_width=420):
                 with gr.Row():
-                    # photos travel as JPEG: PNG-encoding a noisy 512x512 photo took ~150 ms of a request,
-                    # JPEG 2-4 ms (bench/README.md); the masks stay PNG so their colours stay exact
+                    # photos travel as JPEG: PNG-encoding a noisy photo took most of a request (bench/README.md,
+                    # app speed); the masks stay PNG so their colours stay exact
                     self.out_image = gr.Image(
                         label="Image", format="jpeg", interactive=False, height=260, elem_id="out-image"
                     )
@@ -265,9 +227,9 @@ class PredictTab:
         )
         heavy = dict(concurrency_id=HEAVY)  # one limit for every listener that loads a model or predicts
         self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
-        self.images.change(
-            self.on_images, self.images, self.show, api_visibility="private", queue=False
-        ).then(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
+        self.images.change(self.on_images, self.images, self.show, api_visibility="private", queue=False).then(
+            self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy
+        ).then(**show)
         gr.on(
             [self.masks.change, self.show.input, self.alpha.release, self.probs.input],
             self.auto_predict,
@@ -284,7 +246,10 @@ class PredictTab:
             api_visibility="private",
             queue=False,
         ).then(
-            self.describe, [self.token, self.model, self.ckpt_file], self.model_info, api_visibility="private",
+            self.describe,
+            [self.token, self.model, self.ckpt_file],
+            self.model_info,
+            api_visibility="private",
             **heavy,
         ).success(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
         self.model.change(
@@ -298,23 +263,22 @@ class PredictTab:
             self.on_checkpoint, self.ckpt_file, [self.model, self.model_info], api_visibility="private", **heavy
         ).success(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
         self.export_btn.click(
-            self.export_onnx, [self.token, self.model, self.ckpt_file], self.export_file,
-            api_visibility="private", **heavy,
+            self.export_onnx,
+            [self.token, self.model, self.ckpt_file],
+            self.export_file,
+            api_visibility="private",
+            **heavy,
         )
         self.example_gallery.select(
             self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
         )
-        tab.select(
-            self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False
-        )
+        tab.select(self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False)
 
     @staticmethod
     def toggle(details):
         """Show the error map only with a ground truth, the probability maps only when asked for."""
         d = details if isinstance(details, dict) else {}
-        return gr.update(visible=bool(d.get("ground_truth"))), gr.update(
-            visible=bool(d.get("probability_maps"))
-        )
+        return gr.update(visible=bool(d.get("ground_truth"))), gr.update(visible=bool(d.get("probability_maps")))
 
     # -- handlers -------------------------------------------------------------------------------------
 
@@ -383,12 +347,11 @@ class PredictTab:
         d = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
         miou = metrics.get("miou")
         score = (
-            f" · val mIoU **{miou:.3f}** (epoch {md(metrics.get('epoch', '?'))}, from the checkpoint's "
-            "validation set)"
+            f" · val mIoU **{miou:.3f}** (epoch {md(metrics.get('epoch', '?'))}, from the checkpoint's validation set)"
             if isinstance(miou, int | float)
             else ""
         )
-        up = "bilinear" if m.get("bilinear") else "transposed"
+        up = m.get("upsampling") or ("bilinear" if m.get("bilinear") else "transposed")  # the older name
         shown = ", ".join(md(n) for n in names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
         return (
             f"**{len(names)} classes:** {shown}{score}  \nU-Net width {md(m.get('width'))}, depth "
@@ -406,7 +369,7 @@ class PredictTab:
     def describe_quiet(self, token, model, ckpt_file):
         try:
             return self.describe(token, model, ckpt_file)
-        except Exception:
+        except gr.Error:  # a user mistake (user_errors made it a gr.Error; a bug was logged there)
             return gr.skip()
 
     @user_errors
@@ -427,17 +390,15 @@ class PredictTab:
 
     def auto_predict(self, token, model, ckpt_file, images, masks, show, alpha, probability_maps):
         if not images:
-            return [None, None, None, "", None, "", None, None, None, {}]
+            return {**dict.fromkeys(self.outputs), self.legend: "", self.summary: "", self.details: {}}
         no_model = model is None or (model == "default" and not self.ctx.default_checkpoint.is_file())
         if no_model or (model == "upload" and not ckpt_file):
-            out = [gr.skip()] * len(self.outputs)
-            out[5] = (
-                "**Choose a model above first**: upload a checkpoint file, or train a run in the Train tab "
-                "(it appears in the list when it ends)."
+            return {  # the other outputs keep what they show
+                self.summary: "**Choose a model above first**: upload a checkpoint file, or train a run in the Train "
+                "tab (it appears in the list when it ends)."
                 if no_model
                 else "**Upload the checkpoint file** (.safetensors) above, then the images are segmented."
-            )
-            return out
+            }
         return self.predict(token, model, ckpt_file, images, masks, show, alpha, probability_maps)
 
     @user_errors
@@ -464,17 +425,11 @@ class PredictTab:
         name = Path(path).name
         image, orientation = load_image_oriented(path, name)  # the student's own file is checked first
         ckpt = self.resolve(token, model, checkpoint_file)
-        try:
-            predictor = self.ctx.predictor(ckpt)
-        except CheckpointError as e:
-            raise user_error(str(e)) from None
+        predictor = self.ctx.predictor(ckpt)  # a CheckpointError becomes a sentence (user_errors)
         index = MaskIndex(masks, len(images))
         mask_path = index.mask_for(path)
-        if masks and mask_path is None and not any(index.mask_for(p) for p in images):
-            raise gr.Error(
-                f"None of the masks ({esc(', '.join(_names(masks)[:4]), quote=False)}) matches an image by file name. "
-                "Name each mask like its image (cat.png and cat.png, or cat_mask.png)."
-            )
+        if mask_path is None:
+            index.require_a_match(images)
         target = None
         if mask_path is not None:
             target = load_ground_truth(mask_path, image.shape, orientation, predictor.classes, name)
@@ -483,11 +438,8 @@ class PredictTab:
             alpha = min(1.0, max(0.0, float(alpha if alpha is not None else 0.5)))
         except (TypeError, ValueError, OverflowError):
             raise gr.Error("Overlay opacity is a number between 0 and 1.") from None
-        try:
-            # inside a @spaces.GPU function: on ZeroGPU the GPU is lent for this call only
-            p = zerogpu.predict(predictor, image, target=target, alpha=alpha, probabilities=bool(probability_maps))
-        except DataError as e:
-            raise user_error(str(e)) from None
+        # inside a @spaces.GPU function: on ZeroGPU the GPU is lent for this call only
+        p = zerogpu.predict(predictor, image, target=target, alpha=alpha, probabilities=bool(probability_maps))
         classes = predictor.classes
         legend = legend_html(classes, p.pixel_share)
         if p.metrics is not None:
@@ -536,18 +488,18 @@ class PredictTab:
         out_dir = self.ctx.scratch("predict")
         mask_png = out_dir / f"{safe_stem(name)}_mask.png"
         Image.fromarray(p.mask).save(mask_png)  # 2-D uint8: a greyscale PNG
-        return [
-            image,
-            p.color,
-            p.overlay,
-            legend,
-            table,
-            summary,
-            errors,
-            maps,
-            str(mask_png),
-            _details(name, classes, p, predictor.ckpt.metrics, bool(probability_maps)),
-        ]
+        return {
+            self.out_image: image,
+            self.out_color: p.color,
+            self.out_overlay: p.overlay,
+            self.legend: legend,
+            self.table: table,
+            self.summary: summary,
+            self.errors: errors,
+            self.prob_maps: maps,
+            self.mask_file: str(mask_png),
+            self.details: _details(name, classes, p, predictor.ckpt.metrics, bool(probability_maps)),
+        }
 
 
 def _num(v) -> float | None:
@@ -557,9 +509,7 @@ def _num(v) -> float | None:
 def _details(name: str, classes, p, ckpt_metrics: dict, probability_maps: bool) -> dict:
     """The numbers behind the table, for API clients (NaN -> None: undefined IoU)."""
     m = p.metrics
-    val = {
-        r.get("name"): r.get("iou") for r in (ckpt_metrics or {}).get("per_class", []) if isinstance(r, dict)
-    }
+    val = {r.get("name"): r.get("iou") for r in (ckpt_metrics or {}).get("per_class", []) if isinstance(r, dict)}
     return {
         "image": name,
         "ground_truth": m is not None,

@@ -7,14 +7,17 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 
 from segdemo.config import RunConfig, gpu_preset, quick_cpu_preset
 from segdemo.data.base import IGNORE, ClassSet
+from segdemo.errors import ConfigError, JobError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
 from segdemo.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
 from segdemo.limits import LimitError
@@ -83,59 +86,92 @@ memorise them. **Learning rate**: the size of each step; too high and the loss e
 """
 
 
-# -- settings -> config ---------------------------------------------------------------------------------
+# -- the Train settings, named once ------------------------------------------------------------------
 
 
-def preset_values(name: str) -> list:
-    """[image_size, epochs, batch_size, lr, loss, width, depth, upsampling, augment, train_images]."""
+@dataclass(frozen=True)
+class Setting:
+    """One Train setting: its name (the /train API parameter), its widget, and its place in the config."""
+
+    name: str
+    widget: Callable[[Any], gr.Component]  # the preset's value -> the component showing it
+    get: Callable[[RunConfig], Any]  # a preset's value
+    put: Callable[[RunConfig, Any], None]  # the page's value into a config; ValueError/TypeError for a non-number
+
+
+def _choice(options: list[tuple[str, str]], what: str) -> Callable[[Any], str]:
+    values = [v for _, v in options]
+
+    def check(v):
+        if v not in values:
+            raise ConfigError(f"Choose {what} from the list: {', '.join(values)}.")
+        return v
+
+    return check
+
+
+def _loss(cfg: RunConfig, v) -> None:
+    cfg.train.loss = _choice(LOSSES, "a loss")(v) if v not in (None, "") else cfg.train.loss  # empty: the preset's
+
+
+def _train_images(cfg: RunConfig, v) -> None:
+    n = int(v)
+    if n < 2:
+        raise ConfigError("Train on at least 2 images.")
+    cfg.data.max_train_images = n  # a cap; build_config turns it into the built-in data's size for "builtin"
+
+
+# In the /train API's order, which is also the page's. A table, laid out by hand: one setting per entry.
+# fmt: off
+SETTINGS = (
+    Setting("image_size", lambda v: gr.Slider(32, 512, v, step=32, label="Image size (px)", elem_id="image-size"),
+            lambda c: c.data.image_size, lambda c, v: setattr(c.data, "image_size", int(v))),
+    Setting("epochs", lambda v: gr.Slider(1, 100, v, step=1, label="Epochs", elem_id="epochs"),
+            lambda c: c.train.epochs, lambda c, v: setattr(c.train, "epochs", int(v))),
+    Setting("batch_size", lambda v: gr.Slider(1, 64, v, step=1, label="Batch size", elem_id="batch-size"),
+            lambda c: c.train.batch_size, lambda c, v: setattr(c.train, "batch_size", int(v))),
+    Setting("learning_rate", lambda v: gr.Number(v, label="Learning rate", minimum=1e-5, maximum=0.5, step=1e-4),
+            lambda c: c.train.lr, lambda c, v: setattr(c.train, "lr", float(v))),
+    Setting("loss", lambda v: gr.Dropdown(LOSSES, value=v, label="Loss", info="On imbalanced classes, Dice (or "
+                                          "CE + Dice) keeps small classes from being ignored; see Why? below."),
+            lambda c: c.train.loss, _loss),
+    Setting("width", lambda v: gr.Slider(4, 64, v, step=4, label="Width (channels of the first level)",
+                                         elem_id="width"),
+            lambda c: c.model.width, lambda c, v: setattr(c.model, "width", int(v))),
+    Setting("depth", lambda v: gr.Slider(2, 5, v, step=1, label="Depth (down-sampling steps)"),
+            lambda c: c.model.depth, lambda c, v: setattr(c.model, "depth", int(v))),
+    Setting("upsampling", lambda v: gr.Radio(UPSAMPLING, value=v, label="Up-sampling in the decoder",
+                                             info="Learned (transposed) or fixed (bilinear); see Why? below."),
+            lambda c: c.model.upsampling,
+            lambda c, v: setattr(c.model, "upsampling", "bilinear" if v == "bilinear" else "transposed")),
+    Setting("augment", lambda v: gr.Checkbox(v, label="Augmentation (flips, small turns, brightness)"),
+            lambda c: c.data.augment, lambda c, v: setattr(c.data, "augment", bool(v))),
+    Setting("train_images", lambda v: gr.Slider(16, 2000, v, step=16, label="Training images", elem_id="train-images",
+                                                info="Fewer = faster; for your own data it is a cap."),
+            lambda c: c.data.builtin_train, _train_images),
+)
+ROWS = (("image_size", "epochs"), ("batch_size", "learning_rate"), ("loss",), ("width", "depth"), ("upsampling",),
+        ("augment", "train_images"))
+# fmt: on
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The settings' values in a preset, by name."""
     c = PRESETS.get(name, quick_cpu_preset)()
-    return [
-        c.data.image_size,
-        c.train.epochs,
-        c.train.batch_size,
-        c.train.lr,
-        c.train.loss,
-        c.model.width,
-        c.model.depth,
-        "bilinear" if c.model.bilinear else "transposed",
-        c.data.augment,
-        c.data.builtin_train,
-    ]
+    return {s.name: s.get(c) for s in SETTINGS}
 
 
-def build_config(
-    preset: str,
-    dataset: str,
-    image_size,
-    epochs,
-    batch_size,
-    learning_rate,
-    loss,
-    width,
-    depth,
-    upsampling,
-    augment,
-    train_images,
-) -> RunConfig:
-    """The run config from the preset plus the settings on the page; gr.Error says what to change."""
+def build_config(preset: str, dataset: str, **values) -> RunConfig:
+    """The run config from the preset plus the settings on the page (by name); gr.Error says what to change."""
     cfg = PRESETS.get(preset if isinstance(preset, str) else QUICK, quick_cpu_preset)()
     try:
-        cfg.data.image_size = int(image_size)
-        cfg.train.epochs = int(epochs)
-        cfg.train.batch_size = int(batch_size)
-        cfg.train.lr = float(learning_rate)
-        cfg.model.width = int(width)
-        cfg.model.depth = int(depth)
-        n = int(train_images)
+        for s in SETTINGS:
+            s.put(cfg, values.get(s.name))
+    except ConfigError as e:
+        raise user_error(str(e)) from None
     except (TypeError, ValueError, OverflowError):
         raise gr.Error("Every setting needs a number; fill in the empty ones.") from None
-    if loss not in (None, "", *(v for _, v in LOSSES)):
-        raise gr.Error(f"Choose a loss from the list: {', '.join(v for _, v in LOSSES)}.")
-    cfg.train.loss = loss or cfg.train.loss
-    cfg.model.bilinear = upsampling == "bilinear"
-    cfg.data.augment = bool(augment)
-    if n < 2:
-        raise gr.Error("Train on at least 2 images.")
+    n, cfg.data.max_train_images = cfg.data.max_train_images, None
     if dataset == "builtin":
         cfg.data.source = "builtin"
         cfg.data.builtin_train, cfg.data.builtin_val = n, max(8, round(n / 6))
@@ -151,7 +187,7 @@ def build_config(
         raise gr.Error("Choose a dataset first.")
     try:
         cfg.validate()
-    except ValueError as e:
+    except ConfigError as e:
         raise user_error(str(e)) from None
     return cfg
 
@@ -281,8 +317,7 @@ class RunView:
         if not self.epochs:
             return None
         hist = [
-            {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss, "miou": e.miou}
-            for e in self.epochs
+            {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss, "miou": e.miou} for e in self.epochs
         ]
         return curves_figure(hist)  # a bare Figure: safe beside the job threads that draw too
 
@@ -293,9 +328,7 @@ class RunView:
         cols = ["class", f"IoU, epoch {last.epoch} (latest)", f"IoU, epoch {best.epoch} (best)"]
         rows = [
             [name, fmt_num(a, 3), fmt_num(b, 3)]
-            for name, a, b in zip(
-                self.started.class_names, last.per_class_iou, best.per_class_iou, strict=False
-            )
+            for name, a, b in zip(self.started.class_names, last.per_class_iou, best.per_class_iou, strict=False)
         ]
         rows.append(
             [
@@ -358,43 +391,13 @@ class TrainTab:
                     info="Sets everything below; change any of it afterwards.",
                 )
                 v = preset_values(QUICK)
-                with gr.Row():
-                    self.image_size = gr.Slider(
-                        32, 512, v[0], step=32, label="Image size (px)", elem_id="image-size"
-                    )
-                    self.epochs = gr.Slider(1, 100, v[1], step=1, label="Epochs", elem_id="epochs")
-                with gr.Row():
-                    self.batch_size = gr.Slider(1, 64, v[2], step=1, label="Batch size", elem_id="batch-size")
-                    self.lr = gr.Number(v[3], label="Learning rate", minimum=1e-5, maximum=0.5, step=1e-4)
-                self.loss = gr.Dropdown(
-                    LOSSES,
-                    value=v[4],
-                    label="Loss",
-                    info="On imbalanced classes, Dice (or CE + Dice) keeps small classes "
-                    "from being ignored; see Why? below.",
-                )
-                with gr.Row():
-                    self.width = gr.Slider(
-                        4, 64, v[5], step=4, label="Width (channels of the first level)", elem_id="width"
-                    )
-                    self.depth = gr.Slider(2, 5, v[6], step=1, label="Depth (down-sampling steps)")
-                self.upsampling = gr.Radio(
-                    UPSAMPLING,
-                    value=v[7],
-                    label="Up-sampling in the decoder",
-                    info="Learned (transposed) or fixed (bilinear); see Why? below.",
-                )
-                with gr.Row():
-                    self.augment = gr.Checkbox(v[8], label="Augmentation (flips, small turns, brightness)")
-                    self.train_images = gr.Slider(
-                        16,
-                        2000,
-                        v[9],
-                        step=16,
-                        label="Training images",
-                        info="Fewer = faster; for your own data it is a cap.",
-                        elem_id="train-images",
-                    )
+                widgets = {}
+                for row in ROWS:
+                    with gr.Row():
+                        for s in SETTINGS:
+                            if s.name in row:
+                                widgets[s.name] = s.widget(v[s.name])
+                self.settings: dict[str, gr.Component] = widgets  # by name, in SETTINGS order
                 with gr.Accordion("Why? Loss, up-sampling and the other settings", open=False):
                     gr.Markdown(WHY_LOSS + WHY_UPSAMPLING + WHY_OTHER)
             with gr.Column(scale=3, min_width=420):
@@ -437,27 +440,20 @@ class TrainTab:
                     interactive=False,
                     elem_id="best-checkpoint",
                 )
-                self.export_btn = gr.Button("Download the best checkpoint as ONNX", size="sm",
-                                            elem_id="run-export-onnx")
-                self.export_file = gr.File(label="ONNX model, meta.json and predict_onnx.py", interactive=False,
-                                           visible=False, elem_id="run-export-file")
+                self.export_btn = gr.Button(
+                    "Download the best checkpoint as ONNX", size="sm", elem_id="run-export-onnx"
+                )
+                self.export_file = gr.File(
+                    label="ONNX model, meta.json and predict_onnx.py",
+                    interactive=False,
+                    visible=False,
+                    elem_id="run-export-file",
+                )
         self.watch_outputs = [self.status, self.curves, self.table, self.filmstrip, self.checkpoint]
 
     # -- wiring -----------------------------------------------------------------------------------------
 
     def wire(self, demo: gr.Blocks, predict_model: gr.Dropdown) -> None:
-        settings = [
-            self.image_size,
-            self.epochs,
-            self.batch_size,
-            self.lr,
-            self.loss,
-            self.width,
-            self.depth,
-            self.upsampling,
-            self.augment,
-            self.train_images,
-        ]
         outs = [*self.watch_outputs, predict_model]
         self.dataset.change(
             lambda d: gr.update(visible=d == "zip"),
@@ -467,9 +463,9 @@ class TrainTab:
             queue=False,
         )
         gr.on(
-            [self.dataset.change, self.zip_file.change, self.train_images.change],
+            [self.dataset.change, self.zip_file.change, self.settings["train_images"].change],
             self.check_data,
-            [self.dataset, self.zip_file, self.train_images],
+            [self.dataset, self.zip_file, self.settings["train_images"]],
             [self.data_report, self.classes_html, self.samples],
             api_name="check_data",
             trigger_mode="always_last",
@@ -477,7 +473,7 @@ class TrainTab:
         )
         demo.load(
             self.check_data,
-            [self.dataset, self.zip_file, self.train_images],
+            [self.dataset, self.zip_file, self.settings["train_images"]],
             [self.data_report, self.classes_html, self.samples],
             api_visibility="private",
             concurrency_id=HEAVY,
@@ -485,26 +481,15 @@ class TrainTab:
         self.preset.input(
             self.apply_preset,
             self.preset,
-            [
-                self.image_size,
-                self.epochs,
-                self.batch_size,
-                self.lr,
-                self.loss,
-                self.width,
-                self.depth,
-                self.upsampling,
-                self.augment,
-                self.train_images,
-                self.status,
-            ],
+            [*self.settings.values(), self.status],
             api_visibility="private",
             queue=False,
         )
         self.train_btn.click(
             self.start,
-            [self.token, self.dataset, self.zip_file, self.preset, *settings],
+            [self.token, self.dataset, self.zip_file, self.preset],
             [self.run_id, self.status],
+            inputs_kwargs=self.settings,  # /train's parameters after preset, by name, in SETTINGS order
             api_name="train",
             concurrency_limit=4,
             concurrency_id="train",
@@ -524,8 +509,13 @@ class TrainTab:
             concurrency_limit=None,
             show_progress="hidden",
         )
-        self.export_btn.click(self.export_onnx, [self.token, self.run_id], self.export_file,
-                              api_visibility="private", concurrency_id=HEAVY)
+        self.export_btn.click(
+            self.export_onnx,
+            [self.token, self.run_id],
+            self.export_file,
+            api_visibility="private",
+            concurrency_id=HEAVY,
+        )
         gr.api(self.run_info, api_name="run_info", concurrency_limit=None)
         self.reattach_outputs = [self.run_id, *outs]
 
@@ -541,7 +531,8 @@ class TrainTab:
                     "Note: there is no GPU on this server: the GPU preset would take a long time here. "
                     "The Quick preset finishes in about a minute."
                 )
-        return [*preset_values(preset), note]
+        values = preset_values(preset)
+        return {**{self.settings[name]: v for name, v in values.items()}, self.status: note}
 
     @user_errors
     def check_data(self, dataset: str, zip_file: str | None, train_images):
@@ -554,9 +545,7 @@ class TrainTab:
                 "",
                 [],
             )
-        cfg = build_config(
-            QUICK, dataset, 64, 1, 8, 1e-3, "ce", 8, 4, "transposed", True, train_images or 768
-        )
+        cfg = build_config(QUICK, dataset, **{**preset_values(QUICK), "train_images": train_images or 768})
         if dataset == "zip":
             cfg.data.source = zip_file
         report, classes, samples = self._check(cfg)
@@ -564,7 +553,8 @@ class TrainTab:
 
     def _check(self, cfg: RunConfig):
         """(report, classes or None, sample pictures) for a data config; cached per source."""
-        from segdemo.data import check_source, open_dataset
+        from segdemo.data import open_dataset
+        from segdemo.data.check import check_for_page
 
         src = cfg.data.source
         key: tuple = (src, cfg.data.builtin_train, cfg.data.builtin_val, cfg.data.seed)
@@ -574,14 +564,12 @@ class TrainTab:
         hit = self.ctx.cache_get(key)
         if hit is not None:
             return hit
-        if src == "builtin":  # drawn from a seed: a few dozen pairs show the same as all of them
-            cfg.data.builtin_train, cfg.data.builtin_val = min(cfg.data.builtin_train, 48), 8
         work = self.ctx.scratch("checks")
         try:
-            report = check_source(cfg.data, work)
+            report, checked = check_for_page(cfg.data, work)
             classes, samples = None, []
             if report.ok:
-                splits = open_dataset(cfg.data, work)
+                splits = open_dataset(checked, work)
                 classes = splits.classes
                 for i in range(min(6, len(splits.train))):
                     image, mask = splits.train.load(i)
@@ -595,10 +583,7 @@ class TrainTab:
             label = Path(src).name if src.lower().endswith(".zip") else "the dataset"
             places = ((work / "data", label), (work, "the check folder"))
             report.problems = [tidy_paths(t, *places) for t in report.problems]
-            report.warnings = [tidy_paths(t, *places) for t in report.warnings]
-            if src == "builtin":
-                report.pairs = {"train": int(key[1]), "val": int(key[2])}
-                report.warnings = [w for w in report.warnings if "were checked" not in w]
+            report.warnings = [replace(w, text=tidy_paths(w.text, *places)) for w in report.warnings]
         finally:
             shutil.rmtree(work, ignore_errors=True)
         out = (report, classes, samples)
@@ -612,36 +597,14 @@ class TrainTab:
         dataset: str,
         zip_file: str | None,
         preset: str,
-        # numbers are checked by build_config, which answers any value with a sentence (a type hint here
-        # would make Gradio refuse a wrong type with a generic error instead)
-        image_size,
-        epochs,
-        batch_size,
-        learning_rate,
-        loss,
-        width,
-        depth,
-        upsampling,
-        augment,
-        train_images,
         request: gr.Request = None,
+        # the Train settings by name (SETTINGS), untyped: build_config answers any value with a sentence (a type
+        # hint would make Gradio refuse a wrong type with a generic error instead)
+        **settings,
     ):
         """Start a run for this browser; returns its run id (refused while one is queued or running)."""
         owner = self.ctx.owner(token)
-        cfg = build_config(
-            preset,
-            dataset,
-            image_size,
-            epochs,
-            batch_size,
-            learning_rate,
-            loss,
-            width,
-            depth,
-            upsampling,
-            augment,
-            train_images,
-        )
+        cfg = build_config(preset, dataset, **settings)
         active = self.ctx.jobs.active_for(owner)
         if active is not None:
             raise gr.Error(
@@ -659,11 +622,11 @@ class TrainTab:
         if dataset in ("zip", "oxford"):
             report, _, _ = self._check(cfg)
             if not report.ok:
-                raise user_error("This data cannot be used yet: " + public(report.problems[0])
-                                 + " Fix it and choose the data again.")
+                raise user_error(
+                    "This data cannot be used yet: " + public(report.problems[0]) + " Fix it and choose the data again."
+                )
             num_classes = len(report.class_names) or None
-        job = self.ctx.jobs.submit(owner, cfg, data_file=data_file, client=client_of(request),
-                                   num_classes=num_classes)
+        job = self.ctx.jobs.submit(owner, cfg, data_file=data_file, client=client_of(request), num_classes=num_classes)
         pos = self.ctx.jobs.queue_position(job)
         return job.id, ("Waiting in line…" if pos > 1 else "Starting…")
 
@@ -676,7 +639,7 @@ class TrainTab:
         if run_id:
             try:
                 job = jobs.get(owner, run_id)
-            except Exception:
+            except JobError:  # expired or not this browser's: stop its active run, if any
                 job = None
         target = job.id if job is not None and job.is_active else None
         jobs.stop(owner, target)  # None: this browser's active run, or "Nothing is running to stop"
@@ -752,8 +715,11 @@ class TrainTab:
             if over or once:
                 return
             if now - last_new > STREAM_IDLE_S and job.status != QUEUED:
-                yield [status + "\n\n*This live view paused (nothing new for a while). Reload the page to see "
-                       "the latest.*", *[gr.skip()] * 5]
+                yield [
+                    status + "\n\n*This live view paused (nothing new for a while). Reload the page to see "
+                    "the latest.*",
+                    *[gr.skip()] * 5,
+                ]
                 return
             await asyncio.sleep(0.25)
 
@@ -818,8 +784,10 @@ def _shrink_pair(image, mask):
     if f <= 1:
         return image, mask
     size = (max(1, round(w / f)), max(1, round(h / f)))
-    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
+    return (
+        cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+        cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST),
+    )
 
 
 def _report_markdown(report) -> str:
@@ -827,8 +795,7 @@ def _report_markdown(report) -> str:
     if "train" in pairs or "val" in pairs:
         count = (
             " + ".join(
-                f"{v} {'training' if k == 'train' else 'validation' if k == 'val' else k}"
-                for k, v in pairs.items()
+                f"{v} {'training' if k == 'train' else 'validation' if k == 'val' else k}" for k, v in pairs.items()
             )
             + " pairs"
         )
@@ -849,7 +816,7 @@ def _report_markdown(report) -> str:
     if report.warnings:
         lines.append("")
         lines.append("Worth knowing:")
-        lines += [f"- {md(public(w))}" for w in report.warnings[:8]]
+        lines += [f"- {md(public(w.text))}" for w in report.warnings[:8]]
     return "\n".join(lines)
 
 

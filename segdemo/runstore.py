@@ -1,0 +1,239 @@
+"""The run store: run folders under one root, their job.json records, what survives a server restart,
+and sweeping old folders. The queue (segdemo/jobs.py) decides WHEN a run expires; this decides what is on disk.
+
+A run folder is `root/<run id>/`; job.json in it holds enough to list the run again after a restart
+(owner hash, status, times, config, result), never the owner's token. Only folders that look like ours
+(a run-id name and a job record, or nothing, inside) are ever deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segdemo.atomic import replace_file
+from segdemo.config import RunConfig
+from segdemo.data.base import ClassSet
+from segdemo.events import Done, EpochEnd, Event, Failed, Started
+
+log = logging.getLogger(__name__)
+RECORD = "job.json"
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16)
+
+
+@dataclass
+class StoredRun:
+    """A run read back from its folder after a restart (its events rebuilt, without previews)."""
+
+    id: str
+    owner_key: str
+    config: RunConfig
+    run_dir: Path
+    created: float
+    started: float | None
+    finished: float
+    result: Done | Failed
+    events: list[Event] = field(default_factory=list)
+
+
+class RunStore:
+    def __init__(self, root: str | Path, persist: bool | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.persist = (not under_tmp(self.root)) if persist is None else persist  # survives a restart?
+
+    def new_folder(self, run_id: str) -> Path:
+        d = self.root / run_id
+        d.mkdir(parents=True, mode=0o700)
+        return d
+
+    def save(self, run: Any) -> None:
+        """Write run's job.json (a Job: id, owner_key, status, times, config, result)."""
+        doc = {
+            "id": run.id,
+            "owner_key": run.owner_key,
+            "status": run.status,
+            "created": run.created,
+            "started": run.started,
+            "finished": run.finished,
+            "config": run.config.to_dict(),
+            "result": _result_doc(run.result),
+        }
+        try:
+            replace_file(run.run_dir / RECORD, json.dumps(doc).encode(), fsync=False)
+        except OSError:
+            log.warning(
+                "could not write %s; this run will not be listed after a restart", run.run_dir / RECORD, exc_info=True
+            )  # a convenience for restarts: the run itself goes on
+
+    def load(self) -> list[StoredRun]:
+        """Every run with a readable record. One that was queued or training when the server went down comes
+        back stopped (with its best checkpoint) or failed."""
+        runs = []
+        for rec_path in self.root.glob(f"*/{RECORD}"):
+            try:
+                doc = json.loads(rec_path.read_text())
+                config = RunConfig.from_stored(doc["config"])
+                run_id, owner_key = doc["id"], doc["owner_key"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            run_dir = rec_path.parent
+            if run_id != run_dir.name:
+                continue
+            events = _rebuild_events(run_dir)
+            runs.append(
+                StoredRun(
+                    run_id,
+                    owner_key,
+                    config,
+                    run_dir,
+                    created=float(doc.get("created") or rec_path.stat().st_mtime),
+                    started=doc.get("started"),
+                    finished=doc.get("finished") or rec_path.stat().st_mtime,
+                    result=_result_from(doc.get("result") or {}, run_dir, events),
+                    events=events,
+                )
+            )
+        return runs
+
+    def delete(self, run_dir: Path) -> None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    def sweep(self, known: set[str], older_than_s: float, now: float) -> None:
+        """Delete folders no run owns whose last change is older than older_than_s (only ones we made)."""
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return
+        for d in entries:
+            if d.name not in known and _looks_like_run_folder(d):
+                try:
+                    if now - d.stat().st_mtime > older_than_s:
+                        shutil.rmtree(d, ignore_errors=True)
+                except OSError:
+                    pass
+
+
+def default_root_dir() -> tuple[Path, bool, bool]:
+    """(root folder for run folders, whether it survives a restart, whether this call created it fresh).
+
+    SEGDEMO_RUNS_DIR if set; else /data/segdemo-runs when /data exists and is writable (persistent
+    storage on Hugging Face Spaces); else a fresh temp folder, which a restart loses. Only a fresh temp
+    folder is ever deleted whole (at exit): a folder the host named may hold things the app never made.
+    """
+    env = os.environ.get("SEGDEMO_RUNS_DIR")
+    if env:
+        p = Path(env)
+        p.mkdir(parents=True, exist_ok=True)
+        return p, not under_tmp(p), False
+    data = Path("/data")
+    if data.is_dir() and os.access(data, os.W_OK):
+        p = data / "segdemo-runs"
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            return p, True, False
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix="segdemo-runs-")), False, True
+
+
+def under_tmp(p: Path) -> bool:
+    try:
+        p.resolve().relative_to(Path(tempfile.gettempdir()).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _looks_like_run_folder(d: Path) -> bool:
+    """Only folders we made are ever swept: a run-id name and a job record (or nothing at all) inside."""
+    try:
+        return d.is_dir() and bool(_RUN_ID.match(d.name)) and ((d / RECORD).is_file() or not any(d.iterdir()))
+    except OSError:
+        return False
+
+
+def _result_doc(r: Done | Failed | None) -> dict | None:
+    if isinstance(r, Done):
+        return {"type": "done", **r.__dict__}
+    if isinstance(r, Failed):
+        return {"type": "failed", **r.__dict__}
+    return None
+
+
+def _result_from(res: dict, run_dir: Path, events: list[Event]) -> Done | Failed:
+    kind = res.pop("type", None)
+    if kind == "done":
+        return Done(**res)
+    if kind == "failed":
+        return Failed(**res)
+    best = run_dir / "best.safetensors"  # it never ended: it was waiting or training at the restart
+    if best.is_file():
+        return Done("stopped", sum(isinstance(e, EpochEnd) for e in events), None, None, str(best), None, 0.0)
+    return Failed("the server restarted while this run was waiting or training; start it again")
+
+
+def _rebuild_events(run_dir: Path) -> list[Event]:
+    """Started + one EpochEnd per line of metrics.jsonl, without previews."""
+    events: list[Event] = []
+    best = run_dir / "best.safetensors"
+    try:
+        from segdemo.checkpoint import read_meta
+
+        meta = read_meta(best)
+        classes = ClassSet.from_dict(meta["classes"])
+        cfg = RunConfig.from_stored(meta["config"])
+        events.append(
+            Started(
+                str(run_dir),
+                "?",
+                "(restored after a server restart)",
+                cfg.train.epochs,
+                1,
+                0,
+                0,
+                list(classes.names),
+                list(classes.colors),
+                0,
+            )
+        )
+    except Exception:  # no epoch finished (no best checkpoint), or one we cannot read: no history then
+        if best.is_file():
+            log.warning("could not read %s to restore its run's history", best, exc_info=True)
+        return events
+    best_miou = -math.inf
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+            is_best = r["miou"] > best_miou
+            best_miou = max(best_miou, r["miou"])
+            events.append(
+                EpochEnd(
+                    r["epoch"],
+                    cfg.train.epochs,
+                    r["train_loss"],
+                    r["val_loss"],
+                    r["miou"],
+                    r["pixel_accuracy"],
+                    r["per_class_iou"],
+                    r["lr"],
+                    r["seconds"],
+                    r["images_per_s"],
+                    is_best,
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+    return events

@@ -1,0 +1,47 @@
+"""What a hostile visitor sends, built once for the hostile tests and the load benchmark's hostile client."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segdemo.checkpoint import save_checkpoint
+from segdemo.config import RunConfig
+from segdemo.data.base import ClassSet
+from segdemo.model import build_model
+
+
+def lying_checkpoint(path: Path, width: int, depth: int) -> Path:
+    """~1 KB: a header whose config claims a huge U-Net, with no tensors behind it."""
+    cfg = RunConfig()
+    cfg.model.width, cfg.model.depth, cfg.model.num_classes = width, depth, 4
+    meta = {
+        "format": "segdemo-checkpoint",
+        "version": 1,
+        "config": cfg.to_dict(),
+        "classes": ClassSet.default(["a", "b", "c", "d"]).to_dict(),
+        "metrics": {},
+    }
+    header = json.dumps({"__metadata__": {"segdemo": json.dumps(meta)}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    return path
+
+
+def many_class_checkpoint(path: Path, k: int = 250, names: list[str] | None = None) -> Path:
+    """A small valid model with k classes: its full-size scores on a large image would take gigabytes."""
+    cfg = RunConfig()
+    cfg.model.width, cfg.model.depth, cfg.model.num_classes = 4, 2, k
+    cfg.data.image_size = 32
+    names = names or [f"c{i}" for i in range(k)]
+    save_checkpoint(path, build_model(cfg.model), cfg, ClassSet.default(names))
+    return path
+
+
+def flat_image(path: Path, side: int = 2048) -> Path:
+    """A grey PNG of side x side: a few kilobytes on the wire, side^2 pixels to predict."""
+    Image.fromarray(np.full((side, side, 3), 128, np.uint8)).save(path)
+    return path
