@@ -31,6 +31,7 @@ def run_once(args, seed: int) -> tuple[float | None, float, float]:
         ("schedule", "train", "schedule"),
         ("width", "model", "width"),
         ("depth", "model", "depth"),
+        ("block", "model", "block"),
         ("image_size", "data", "image_size"),
         ("data_seed", "data", "seed"),
     ]:
@@ -90,6 +91,7 @@ def main() -> None:
         ("schedule", str),
         ("width", int),
         ("depth", int),
+        ("block", str),
         ("image_size", int),
         ("data_seed", int),
     ]:

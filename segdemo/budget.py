@@ -79,15 +79,18 @@ def parameter_count(cfg: ModelConfig) -> int:
 
 
 def _key(cfg: ModelConfig) -> tuple:
-    return cfg.encoder, cfg.depth, cfg.width, cfg.upsampling, cfg.num_classes
+    return cfg.encoder, cfg.depth, cfg.width, cfg.upsampling, cfg.num_classes, cfg.block
 
 
 @lru_cache(maxsize=64)
-def _describe(encoder: str, depth: int, width: int, upsampling: str, num_classes: int) -> tuple[tuple, int]:
-    """(state dict as ((name, (shape, dtype)), ...), parameter count) of a model built on the meta device."""
+def _describe(encoder: str, depth: int, width: int, upsampling: str, num_classes: int, block: str) -> tuple[tuple, int]:
+    """(state dict as ((name, (shape, dtype)), ...), parameter count) of a model built on the meta device
+    (never with pretrained weights: only the shapes matter)."""
     from segdemo.model import build_model
 
-    cfg = ModelConfig(encoder=encoder, depth=depth, width=width, upsampling=upsampling, num_classes=num_classes)
+    cfg = ModelConfig(
+        encoder=encoder, depth=depth, width=width, upsampling=upsampling, num_classes=num_classes, block=block
+    )
     with torch.device("meta"):  # shapes only: a 7 GB model costs nothing to describe here
         model = build_model(cfg)
     state = tuple((k, (tuple(v.shape), v.dtype)) for k, v in model.state_dict().items())

@@ -163,7 +163,7 @@ def _config_from_meta(path: Path, meta: dict[str, Any]) -> tuple[RunConfig, Clas
             raise ValueError("model output channels do not match the class list")
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
         raise CheckpointError(f"{path.name} has a broken config ({e})") from e
-    config.model.pretrained = False  # the weights come from the file, never from the internet
+    config.model.pretrained, config.model.weights = False, None  # the weights come from this file, never elsewhere
     return config, classes
 
 

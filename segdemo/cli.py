@@ -59,44 +59,15 @@ def _where_the_traceback_is(args) -> str:
 
 
 def cmd_train(args) -> int:
-    from segdemo.config import gpu_preset, quick_cpu_preset
+    from segdemo.config import quick_cpu_preset
     from segdemo.events import Done, EpochEnd, Failed, Progress, Started
     from segdemo.trainer import Trainer
 
-    cfg = gpu_preset() if args.preset == "gpu" else quick_cpu_preset()
-    d, m, t = cfg.data, cfg.model, cfg.train
-    d.source = args.data
-    _set(
-        d,
-        image_size=args.image_size,
-        resize=args.resize,
-        crop_size=args.crop_size,
-        window=args.window,
-        scale_range=tuple(args.scale_range) if args.scale_range else None,
-        seed=args.seed,
-        classes_file=args.classes,
-        pet_mode=args.pet_mode,
-        max_train_images=args.max_train_images,
-        val_fraction=args.val_fraction,
-    )
-    d.augment = not args.no_augment
-    d.download = args.download
-    _set(m, width=args.width, depth=args.depth, encoder=args.encoder)
-    m.pretrained = args.pretrained
-    _set(m, upsampling=args.upsampling)
-    _set(
-        t,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        loss=args.loss,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        time_limit_s=args.time_limit,
-        num_workers=args.workers,
-    )
+    cfg = quick_cpu_preset()
+    _apply_train_args(cfg, args)
+    out, splits, why = Path(args.out), None, None
+    if args.preset and not args.resume:  # a resumed run keeps the plan it began with (its stored config)
+        splits, cfg, why = _planned(cfg, args, out)
     cfg.validate()  # a ConfigError: one line, exit code 2
     out = Path(args.out)
     if not args.resume and (out / "last.safetensors").exists():
@@ -107,6 +78,8 @@ def cmd_train(args) -> int:
     logging.getLogger(logs.ROOT).addHandler(errors)
     args.log_handlers = [logs.log_to_file(args.log_file), errors]
     log.info("segdemo train into %s%s; config %s", out, " (resume)" if args.resume else "", json.dumps(cfg.to_dict()))
+    if why:
+        log.info("preset: %s", why)
 
     tty = sys.stderr.isatty()
 
@@ -145,8 +118,10 @@ def cmd_train(args) -> int:
 
     world = distributed.init_from_env(cfg.train.device)  # under torchrun: one process of N
     try:
-        trainer = Trainer(cfg, out, resume=args.resume)
+        trainer = Trainer(cfg, out, resume=args.resume, splits=splits)
         if world.is_main:  # one process speaks for the run
+            if why:
+                print(why, flush=True)
             trainer.add_callback(show)
         result = trainer.run()
     finally:
@@ -156,6 +131,62 @@ def cmd_train(args) -> int:
         print(f"error: {result.message}{where}", file=sys.stderr)
         return 2
     return 0
+
+
+def _apply_train_args(cfg, args) -> None:
+    """The options the user gave, onto a config (they win over the defaults and over a preset's plan)."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    d.source = args.data
+    _set(
+        d,
+        image_size=args.image_size,
+        resize=args.resize,
+        crop_size=args.crop_size,
+        window=args.window,
+        scale_range=tuple(args.scale_range) if args.scale_range else None,
+        seed=args.seed,
+        classes_file=args.classes,
+        pet_mode=args.pet_mode,
+        max_train_images=args.max_train_images,
+        val_fraction=args.val_fraction,
+    )
+    d.augment = not args.no_augment
+    d.download = args.download
+    _set(m, width=args.width, depth=args.depth, encoder=args.encoder, block=args.block, weights=args.weights)
+    m.pretrained = args.pretrained
+    _set(m, upsampling=args.upsampling)
+    _set(
+        t,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        loss=args.loss,
+        schedule=args.schedule,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        time_limit_s=args.time_limit,
+        num_workers=args.workers,
+    )
+
+
+def _planned(cfg, args, out: Path):
+    """(splits, config, why) for --preset: open the data, measure this machine, plan; the user's options win.
+
+    Under torchrun every process takes process 0's plan (each would measure a slightly different speed)."""
+    from segdemo import distributed, recipes
+    from segdemo.data import open_dataset
+
+    cfg.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    splits = open_dataset(cfg.data, out)  # a .zip is unpacked into the run folder, as the trainer would
+    plan = recipes.plan(recipes.preset(args.preset), recipes.DataShape.of(splits), base=cfg)
+    world = distributed.init_from_env(cfg.train.device)
+    planned, why = distributed.from_main((plan.config.to_dict(), plan.why), world)
+    cfg = type(cfg).from_dict(planned)
+    _apply_train_args(cfg, args)
+    return splits, cfg, why
 
 
 def _event_line(ev) -> str:
@@ -367,14 +398,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from segdemo.config import UPSAMPLINGS, gpu_preset, quick_cpu_preset
+    from segdemo import recipes
+    from segdemo.config import BLOCKS, SCHEDULES, UPSAMPLINGS, quick_cpu_preset
 
-    presets = quick_cpu_preset(), gpu_preset()
+    defaults = quick_cpu_preset()
 
     def preset(what: str, get) -> str:
-        """Help for a training setting whose default comes from --preset."""
-        quick, gpu = (get(c) for c in presets)
-        return f"{what} (default: {quick}" + (")" if quick == gpu else f" with --preset quick, {gpu} with gpu)")
+        """Help for a training setting: its default without --preset."""
+        return f"{what} (default: {get(defaults)})"
 
     prog = "python -m segdemo" if Path(sys.argv[0]).name == "__main__.py" else "segdemo"
     fmt = dict(formatter_class=_HelpFormatter)
@@ -395,9 +426,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
     t.add_argument(
         "--preset",
-        choices=["quick", "gpu"],
-        default="quick",
-        help="starting settings: quick (about a minute on a CPU) or gpu (bigger, longer)",
+        choices=list(recipes.BY_KEY),
+        help="a time budget: "
+        + "; ".join(f"{p.key}: {p.label.lower()}" for p in recipes.PRESETS)
+        + ". It measures this machine and the data and picks the scale, width and epochs so the run ends "
+        "(learning rate at its end, best checkpoint kept) when the budget does; options you give win. "
+        "Without it: the fixed settings below (--time-limit to bound them)",
     )
     t.add_argument("--epochs", type=int, help=preset("passes over the training images", lambda c: c.train.epochs))
     t.add_argument("--batch-size", type=int, help=preset("images per step", lambda c: c.train.batch_size))
@@ -442,6 +476,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=["ce", "weighted_ce", "dice", "ce_dice", "bce"],
         help=preset("training loss", lambda c: c.train.loss),
     )
+    t.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help=preset(
+            "learning rate over the run: warm-up + cosine decay, halve on a plateau of val mIoU, or constant",
+            lambda c: c.train.schedule,
+        ),
+    )
     t.add_argument("--width", type=int, help=preset("channels of the first U-Net level", lambda c: c.model.width))
     t.add_argument("--depth", type=int, help=preset("number of down-sampling steps", lambda c: c.model.depth))
     t.add_argument(
@@ -455,7 +497,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=["unet", "resnet18", "resnet34"],
         help=preset("encoder: a plain U-Net or a torchvision ResNet", lambda c: c.model.encoder),
     )
-    t.add_argument("--pretrained", action="store_true", help="ImageNet weights for a ResNet encoder")
+    t.add_argument(
+        "--block",
+        choices=BLOCKS,
+        help=preset("the U-Net's conv block: plain (two convs) or residual (plus a shortcut)", lambda c: c.model.block),
+    )
+    t.add_argument(
+        "--pretrained", action="store_true", help="ImageNet weights for a ResNet encoder (downloaded; see --weights)"
+    )
+    t.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="ImageNet weights for the ResNet encoder from a local file, offline: a torchvision state dict "
+        "(.pth, e.g. resnet18-f37072fd.pth) or .safetensors",
+    )
     t.add_argument(
         "--no-augment",
         action="store_true",

@@ -12,6 +12,8 @@ RESIZE_MODES = ("short", "long", "square")
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "bce")
 ENCODERS = ("unet", "resnet18", "resnet34")
+BLOCKS = ("plain", "residual")  # the U-Net's DoubleConv, or the same with a ResNet-style shortcut
+SCHEDULES = ("warmup_cosine", "plateau", "constant")  # "onecycle" was warmup_cosine's old name
 UPSAMPLINGS = ("transposed", "bilinear")  # the decoder's up-sampling: one name in the config, the UI and the CLI
 
 
@@ -55,6 +57,8 @@ class ModelConfig:
     # transposed one trains faster: bilinear's backward pass is slow there (bench/README.md).
     upsampling: str = "transposed"
     pretrained: bool = False  # ImageNet weights for a ResNet encoder, when they can be had
+    weights: str | None = None  # ...or from this local file (offline): a torchvision state dict or .safetensors
+    block: str = "plain"  # one of BLOCKS
     num_classes: int = 4  # filled in from the data; 1 output channel for the "bce" loss
 
 
@@ -65,7 +69,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     loss: str = "ce_dice"  # one of LOSSES
-    schedule: str = "onecycle"  # "onecycle" (warm-up then cosine decay) or "constant"
+    schedule: str = "warmup_cosine"  # one of SCHEDULES (trainer.lr_at says what each does)
     precision: str = "auto"  # "auto" (measure fp32 vs bf16 on this device), "fp32", "bf16", "fp16"
     channels_last: str = "auto"  # "auto" (measure), "on", "off"
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda"
@@ -99,7 +103,7 @@ class RunConfig:
         return cls(
             data=_build(DataConfig, d.get("data", {})),
             model=_build(ModelConfig, _upgrade_model(d.get("model", {}))),
-            train=_build(TrainConfig, d.get("train", {})),
+            train=_build(TrainConfig, _upgrade_train(d.get("train", {}))),
         )
 
     def validate(self) -> None:
@@ -111,6 +115,10 @@ class RunConfig:
             raise ConfigError(f"unknown encoder {m.encoder!r}; choose one of {', '.join(ENCODERS)}")
         if not 1 <= m.depth <= 6:
             raise ConfigError(f"model depth must be between 1 and 6, got {m.depth}")
+        if m.block not in BLOCKS:
+            raise ConfigError(f"unknown block {m.block!r}; choose one of {', '.join(BLOCKS)}")
+        if m.weights and m.encoder == "unet":
+            raise ConfigError("encoder weights are for a ResNet encoder; choose resnet18 or resnet34 with them")
         if m.encoder != "unet" and m.depth != 4:
             raise ConfigError("a ResNet encoder fixes the depth at 4; leave depth at 4")
         if not 2 <= m.width <= 256:
@@ -134,10 +142,21 @@ class RunConfig:
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
         if t.channels_last not in ("auto", "on", "off"):
             raise ConfigError(f"channels_last must be auto, on or off, got {t.channels_last!r}")
+        if t.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {t.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if t.time_limit_s is not None and not t.time_limit_s > 0:
+            raise ConfigError(f"the time limit must be a positive number of seconds, got {t.time_limit_s}")
         if m.upsampling not in UPSAMPLINGS:
             raise ConfigError(f"up-sampling must be {' or '.join(UPSAMPLINGS)}, got {m.upsampling!r}")
         if dc.pet_mode not in ("trimap", "binary"):
             raise ConfigError(f"pet mode must be trimap or binary, got {dc.pet_mode!r}")
+
+
+def _upgrade_train(d: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before the schedules were named for what they do said "onecycle" (warm-up + cosine)."""
+    if isinstance(d, dict) and d.get("schedule") == "onecycle":
+        d = {**d, "schedule": "warmup_cosine"}
+    return d
 
 
 def _upgrade_model(d: dict[str, Any]) -> dict[str, Any]:

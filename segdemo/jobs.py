@@ -306,6 +306,12 @@ class JobManager:
                 dst.parent.mkdir()
                 shutil.copyfile(src, dst)
                 config.data.source = str(dst)
+            if config.model.weights:  # uploaded encoder weights: the run keeps its own copy, as of the data
+                src = Path(config.model.weights)
+                dst = job.run_dir / "upload" / f"encoder-{src.name}"
+                dst.parent.mkdir(exist_ok=True)
+                shutil.copyfile(src, dst)
+                config.model.weights = str(dst)
             self._jobs[job_id] = job
             self._queue.append(job)
             self.store.save(job)

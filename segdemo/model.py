@@ -16,31 +16,43 @@ log = logging.getLogger(__name__)
 
 
 class DoubleConv(nn.Module):
-    """(convolution => [BN] => ReLU) * 2"""
+    """(convolution => [BN] => ReLU) * 2; residual: the input, through a 1x1 conv where the channels change,
+    is added before the last ReLU (a ResNet basic block), which lets gradients skip the convolutions."""
 
-    def __init__(self, in_ch: int, out_ch: int, mid_ch: int | None = None):
+    def __init__(self, in_ch: int, out_ch: int, mid_ch: int | None = None, residual: bool = False):
         super().__init__()
         mid_ch = mid_ch or out_ch
-        self.block = nn.Sequential(
+        layers = [
             nn.Conv2d(in_ch, mid_ch, 3, padding=1, bias=False),
             nn.BatchNorm2d(mid_ch),
             nn.ReLU(inplace=True),
             nn.Conv2d(mid_ch, out_ch, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_ch),
-            nn.ReLU(inplace=True),
-        )
+        ]
+        self.residual = residual
+        if residual:
+            self.shortcut = (
+                nn.Identity()
+                if in_ch == out_ch
+                else nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
+            )
+        else:
+            layers.append(nn.ReLU(inplace=True))
+        self.block = nn.Sequential(*layers)  # the same parameter names either way
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.residual:
+            return F.relu(self.block(x) + self.shortcut(x))
         return self.block(x)
 
 
 class Down(nn.Module):
     """Max-pool by 2, then DoubleConv."""
 
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, out_ch: int, residual: bool = False):
         super().__init__()
         self.pool = nn.MaxPool2d(2)
-        self.conv = DoubleConv(in_ch, out_ch)
+        self.conv = DoubleConv(in_ch, out_ch, residual=residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x))
@@ -49,7 +61,7 @@ class Down(nn.Module):
 class Up(nn.Module):
     """Up-sample by 2 (bilinear or transposed conv), concatenate the skip, then DoubleConv."""
 
-    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, bilinear: bool):
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, bilinear: bool, residual: bool = False):
         super().__init__()
         if bilinear:
             # Smooth and weight-free; the following conv learns the detail.
@@ -59,7 +71,7 @@ class Up(nn.Module):
             # Learned up-sampling; can show checkerboard artefacts early in training.
             self.up = nn.ConvTranspose2d(in_ch, in_ch // 2, kernel_size=2, stride=2)
             up_ch = in_ch // 2
-        self.conv = DoubleConv(up_ch + skip_ch, out_ch)
+        self.conv = DoubleConv(up_ch + skip_ch, out_ch, residual=residual)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
@@ -71,13 +83,23 @@ class Up(nn.Module):
 class UNet(nn.Module):
     """Plain U-Net. Input (N, 3, H, W) float of any H, W; output (N, C, H, W) logits."""
 
-    def __init__(self, num_classes: int, depth: int = 4, width: int = 16, bilinear: bool = True, in_ch: int = 3):
+    def __init__(
+        self,
+        num_classes: int,
+        depth: int = 4,
+        width: int = 16,
+        bilinear: bool = True,
+        in_ch: int = 3,
+        residual: bool = False,
+    ):
         super().__init__()
         self.depth = depth
         chans = [width * 2**i for i in range(depth + 1)]
-        self.inc = DoubleConv(in_ch, chans[0])
-        self.downs = nn.ModuleList(Down(chans[i], chans[i + 1]) for i in range(depth))
-        self.ups = nn.ModuleList(Up(chans[i + 1], chans[i], chans[i], bilinear) for i in reversed(range(depth)))
+        self.inc = DoubleConv(in_ch, chans[0], residual=residual)
+        self.downs = nn.ModuleList(Down(chans[i], chans[i + 1], residual) for i in range(depth))
+        self.ups = nn.ModuleList(
+            Up(chans[i + 1], chans[i], chans[i], bilinear, residual) for i in reversed(range(depth))
+        )
         self.outc = nn.Conv2d(chans[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,14 +124,16 @@ class ResNetUNet(nn.Module):
         width: int = 16,
         bilinear: bool = True,
         pretrained: bool = False,
+        weights: str | None = None,
+        residual: bool = False,
     ):
         super().__init__()
-        self.encoder = _resnet(encoder, pretrained)
+        self.encoder = _resnet(encoder, pretrained, weights)
         enc = [64, 64, 128, 256, 512]  # stem, layer1..layer4
         dec = [width * 2**i for i in range(5)]
-        self.center = DoubleConv(enc[4], dec[4])
-        self.ups = nn.ModuleList(Up(dec[i + 1], enc[i], dec[i], bilinear) for i in reversed(range(4)))
-        self.final_up = Up(dec[0], 3, dec[0], bilinear)
+        self.center = DoubleConv(enc[4], dec[4], residual=residual)
+        self.ups = nn.ModuleList(Up(dec[i + 1], enc[i], dec[i], bilinear, residual) for i in reversed(range(4)))
+        self.final_up = Up(dec[0], 3, dec[0], bilinear, residual)
         self.outc = nn.Conv2d(dec[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,10 +152,14 @@ class ResNetUNet(nn.Module):
         return self.outc(y)[..., :h, :w]
 
 
-def _resnet(name: str, pretrained: bool) -> nn.Module:
+def _resnet(name: str, pretrained: bool, weights_file: str | None = None) -> nn.Module:
     import torchvision
 
     ctor = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models.resnet34}[name]
+    if weights_file:
+        net = ctor(weights=None)
+        load_encoder_weights(net, weights_file, name)
+        return net
     if not pretrained:
         return ctor(weights=None)
     weights = {"resnet18": torchvision.models.ResNet18_Weights, "resnet34": torchvision.models.ResNet34_Weights}[
@@ -148,6 +176,54 @@ def _resnet(name: str, pretrained: bool) -> nn.Module:
         ) from e
 
 
+MAX_WEIGHTS_BYTES = 512 << 20  # resnet34's ImageNet file is 83 MB
+
+
+def load_encoder_weights(net: nn.Module, path: str, name: str) -> None:
+    """A torchvision ImageNet state dict from a local file (offline pretrained weights) into a ResNet.
+
+    .pth files are read with torch.load(weights_only=True): tensors only, never code. The classifier head
+    (fc.*) may be missing or any size: the U-Net does not use it. Anything else must match exactly."""
+    from pathlib import Path
+
+    from segdemo.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"no weights file at {path}")
+    if p.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise ConfigError(f"{p.name} is {p.stat().st_size >> 20} MB; ImageNet weights for {name} are under 100 MB")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle with code, truncated file, not a tensor file: all "not usable weights"
+        raise ConfigError(
+            f"{p.name} is not a weights file torch can read safely ({type(e).__name__}); give a state dict "
+            f"saved with torch.save(model.state_dict()) or safetensors"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint that wraps its state dict
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{p.name} holds no state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    missing = sorted(set(own) - set(state))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or wrong or set(state) - set(own):
+        what = f"{len(missing)} missing" if missing else f"{len(wrong)} of another shape" if wrong else "extra ones"
+        first = (missing or wrong or sorted(set(state) - set(own)))[0]
+        raise ConfigError(
+            f"{p.name} does not fit a {name} encoder: {what} tensors (first: {first}). Give torchvision's "
+            f"{name} ImageNet weights"
+        )
+    net.load_state_dict(state, strict=False)  # strict except the unused fc head
+    log.info("loaded %s encoder weights from %s", name, p.name)
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Reflect-pad the bottom/right so H and W are multiples of `multiple` (crop the output back)."""
     h, w = x.shape[-2:]
@@ -159,14 +235,23 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
+    residual = cfg.block == "residual"
     if cfg.encoder == "unet":
-        return UNet(cfg.num_classes, depth=cfg.depth, width=cfg.width, bilinear=cfg.upsampling == "bilinear")
+        return UNet(
+            cfg.num_classes,
+            depth=cfg.depth,
+            width=cfg.width,
+            bilinear=cfg.upsampling == "bilinear",
+            residual=residual,
+        )
     return ResNetUNet(
         cfg.num_classes,
         encoder=cfg.encoder,
         width=cfg.width,
         bilinear=cfg.upsampling == "bilinear",
         pretrained=cfg.pretrained,
+        weights=cfg.weights,
+        residual=residual,
     )
 
 

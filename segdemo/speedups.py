@@ -20,6 +20,9 @@ from segdemo.config import ModelConfig, TrainConfig
 from segdemo.errors import ConfigError
 from segdemo.model import build_model
 
+PROBE_IMAGES = 4  # a timed probe step's batch
+PROBE_MAX_SIDE = 128  # and its largest side: bigger runs are estimated from it by pixel count
+
 
 @dataclass(frozen=True)
 class Speedups:
@@ -27,6 +30,8 @@ class Speedups:
     autocast_dtype: torch.dtype | None  # None = plain fp32
     channels_last: bool
     note: str  # what was chosen and why, shown to the user
+    step_s: float | None = None  # the measured seconds of one PROBE_IMAGES-image step at probe_side, if timed
+    probe_side: int = 0
 
     @property
     def use_grad_scaler(self) -> bool:
@@ -77,13 +82,31 @@ def choose_speedups(model_cfg: ModelConfig, train_cfg: TrainConfig, image_size: 
     if len(candidates) == 1:
         d, c = candidates[0]
         return Speedups(device, d, c, _label(d, c) + " (only candidate)")
-    timings = _measure_cpu(_key(model_cfg), image_size, tuple(candidates), torch.get_num_threads())
+    side = min(image_size, PROBE_MAX_SIDE)
+    timings = _measure_cpu(_key(model_cfg), side, tuple(candidates), torch.get_num_threads())
     best = min(timings, key=timings.get)
     base = timings[(None, False)] if (None, False) in timings else max(timings.values())
     why = "" if cpu_has_native_bf16() else "; bf16 skipped: this CPU has no native bf16"
     return Speedups(
-        device, best[0], best[1], f"{_label(*best)} on CPU (measured {base / timings[best]:.2f}x vs plain fp32{why})"
+        device,
+        best[0],
+        best[1],
+        f"{_label(*best)} on CPU (measured {base / timings[best]:.2f}x vs plain fp32{why})",
+        timings[best],
+        side,
     )
+
+
+def measured_step_seconds(model_cfg: ModelConfig, sp: Speedups, image_size: int) -> tuple[int, int, float]:
+    """(side, images, seconds) of one timed training step of this model in sp's mode: what choose_speedups
+    measured, else a probe of that one mode (cached per model and size)."""
+    side = min(image_size, PROBE_MAX_SIDE)
+    if sp.step_s is not None and sp.probe_side == side:
+        return side, PROBE_IMAGES, sp.step_s
+    mode = (sp.autocast_dtype, sp.channels_last)
+    if sp.device.type == "cuda":
+        return side, PROBE_IMAGES, _measure_cuda(_key(model_cfg), side, mode)
+    return side, PROBE_IMAGES, _measure_cpu(_key(model_cfg), side, (mode,), torch.get_num_threads())[mode]
 
 
 def _label(dtype, cl: bool) -> str:
@@ -93,21 +116,17 @@ def _label(dtype, cl: bool) -> str:
 
 
 def _key(cfg: ModelConfig) -> tuple:
-    return (cfg.encoder, cfg.depth, cfg.width, cfg.upsampling, cfg.num_classes)
+    return (cfg.encoder, cfg.depth, cfg.width, cfg.upsampling, cfg.num_classes, cfg.block)
 
 
 @functools.lru_cache(maxsize=32)  # a measurement of this machine, not user state: safe to share
-def _measure_cpu(model_key: tuple, image_size: int, candidates: tuple, threads: int = 0) -> dict:
-    """Seconds per 4-image training step for each candidate; `threads` only keys the cache (the answer
-    depends on how many threads torch uses, which the caller has set)."""
-    encoder, depth, width, upsampling, num_classes = model_key
-    base = build_model(
-        ModelConfig(encoder=encoder, depth=depth, width=width, upsampling=upsampling, num_classes=num_classes)
-    )
-    size = min(image_size, 128)
+def _measure_cpu(model_key: tuple, size: int, candidates: tuple, threads: int = 0) -> dict:
+    """Seconds per PROBE_IMAGES-image training step at size x size for each candidate; `threads` only keys
+    the cache (the answer depends on how many threads torch uses, which the caller has set)."""
+    base = _probe_model(model_key)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 3, size, size, generator=gen)
-    y = torch.randint(0, max(num_classes, 2), (4, size, size), generator=gen)
+    x = torch.randn(PROBE_IMAGES, 3, size, size, generator=gen)
+    y = torch.randint(0, max(model_key[4], 2), (PROBE_IMAGES, size, size), generator=gen)
     out = {}
     for dtype, cl in candidates:
         model = copy.deepcopy(base).train()
@@ -130,6 +149,36 @@ def _measure_cpu(model_key: tuple, image_size: int, candidates: tuple, threads: 
                 break  # hopeless (emulated bf16): don't spend seconds confirming it
         out[(dtype, cl)] = min(times[1:] or times)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _measure_cuda(model_key: tuple, size: int, mode: tuple) -> float:
+    """Seconds per PROBE_IMAGES-image training step on the GPU (synchronised; the fastest of 5 after warm-up)."""
+    dtype, cl = mode
+    model = _probe_model(model_key).cuda().train()
+    x = torch.randn(PROBE_IMAGES, 3, size, size, device="cuda")
+    y = torch.randint(0, max(model_key[4], 2), (PROBE_IMAGES, size, size), device="cuda")
+    if cl:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    times = []
+    for _ in range(6):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        F.cross_entropy(logits.float(), y.clamp(max=logits.shape[1] - 1)).backward()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def _probe_model(model_key: tuple) -> nn.Module:
+    encoder, depth, width, upsampling, num_classes, block = model_key
+    return build_model(
+        ModelConfig(
+            encoder=encoder, depth=depth, width=width, upsampling=upsampling, num_classes=num_classes, block=block
+        )
+    )
 
 
 def prepare_model(model: nn.Module, sp: Speedups) -> nn.Module:

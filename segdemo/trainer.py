@@ -77,15 +77,40 @@ class TrainDataset(Dataset):
         return torch.from_numpy(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
 
 
-def lr_at(step: int, total: int, base_lr: float, schedule: str) -> float:
-    """One-cycle: linear warm-up over the first 10% of steps, then cosine down to 1% of base_lr."""
+WARMUP = 0.1  # share of the run (steps or time, whichever is further along) spent warming the rate up
+PLATEAU_PATIENCE, PLATEAU_FACTOR = 2, 0.5  # as torch's ReduceLROnPlateau(mode="max", patience=2, factor=0.5)
+
+
+def schedule_progress(step: int, total_steps: int, elapsed_s: float, time_limit_s: float | None) -> float:
+    """How far through its schedule a run is, 0..1: by steps, or by time when a time budget ends it first,
+    so the learning rate reaches its end exactly at the budget (a preset's run) as well as at the last step."""
+    by_steps = step / max(1, total_steps)
+    return min(1.0, max(by_steps, elapsed_s / time_limit_s if time_limit_s else 0.0))
+
+
+def lr_at(progress: float, base_lr: float, schedule: str, plateau_scale: float = 1.0) -> float:
+    """The learning rate at `progress` (0..1) of the run.
+
+    warmup_cosine: linear warm-up over the first 10%, then a cosine down to 1% of base_lr.
+    plateau: the same warm-up, then base_lr times plateau_scale, which halves after 3 epochs without a
+    better val mIoU (Trainer._plateau). constant: base_lr throughout.
+    """
     if schedule == "constant":
         return base_lr
-    warm = max(1, int(0.1 * total))
-    if step < warm:
-        return base_lr * (0.1 + 0.9 * step / warm)
-    t = min(1.0, (step - warm) / max(1, total - warm))
+    if progress < WARMUP:
+        return base_lr * (0.1 + 0.9 * progress / WARMUP)
+    if schedule == "plateau":
+        return base_lr * plateau_scale
+    t = (progress - WARMUP) / (1 - WARMUP)
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _plateau(state: LoopState, improved: bool) -> None:
+    """ReduceLROnPlateau on val mIoU, kept in the loop state so a resumed run goes on with it."""
+    state.plateau_bad = 0 if improved else state.plateau_bad + 1
+    if state.plateau_bad > PLATEAU_PATIENCE:
+        state.plateau_scale *= PLATEAU_FACTOR
+        state.plateau_bad = 0
 
 
 def cpu_training_threads(world: World | None = None) -> int:
@@ -151,6 +176,8 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
     precision: list | None = None  # [dtype name or None, channels_last] chosen at the start, kept on resume
     last_metrics: dict | None = None  # the newest epoch's validation metrics, saved beside every checkpoint
+    plateau_scale: float = 1.0  # the "plateau" schedule's factor on the learning rate, and its count of
+    plateau_bad: int = 0  # epochs since the best val mIoU
 
 
 @dataclass
@@ -429,7 +456,11 @@ class Trainer:
             if (steps_left is not None and out.steps >= steps_left) or (out.steps and self.should_pause()):
                 out.paused = True
                 break
-            out.lr = lr_at(state.step, p.total_steps, p.cfg.train.lr, p.cfg.train.schedule)
+            t = p.cfg.train
+            # a time budget ends the schedule by the clock (each process's own: they start together, and
+            # under torchrun a rate a few milliseconds apart does no harm)
+            progress = schedule_progress(state.step, p.total_steps, self._elapsed(), t.time_limit_s)
+            out.lr = lr_at(progress, t.lr, t.schedule, state.plateau_scale)
             loss = self._step(p, images, masks, out.lr, epoch)
             state.step += 1
             out.steps += 1
@@ -516,6 +547,8 @@ class Trainer:
         state.history.append(record)
         if is_best:
             state.best_miou, state.best_epoch = m.miou, epoch
+        if p.cfg.train.schedule == "plateau":
+            _plateau(state, is_best)
         state.last_metrics = {"epoch": epoch, **m.to_dict(p.classes.names), "val_loss": val_loss}
         if w.is_main:
             if is_best:

@@ -47,7 +47,7 @@ def tiny_train_args(**over) -> dict:
     args = dict(
         dataset="builtin",
         zip_file=None,
-        preset="Quick: CPU, about a minute",
+        preset="minute",
         image_size=32,
         epochs=2,
         batch_size=8,

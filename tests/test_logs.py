@@ -16,7 +16,7 @@ from tests.conftest import free_port, wait_until_serving
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "--epochs 1 --image-size 32 --width 4 --depth 3 --precision fp32 --max-train-images 16".split()
 BUG = "deliberate bug in a training step"
-PRESET = "Quick: CPU, about a minute"
+PRESET = "minute"
 # Makes the training step's loss fail the way a bug in the loop would (the speed probe has its own loss).
 PLANT_BUG = textwrap.dedent(f"""
     import segdemo.losses
@@ -109,7 +109,7 @@ def test_a_bug_in_training_and_in_a_handler_reach_the_server_log(tmp_path):
         args = (
             "builtin",
             None,
-            "Quick: CPU, about a minute",
+            "minute",
             32,
             1,
             8,

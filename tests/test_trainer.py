@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from segdemo.checkpoint import load_checkpoint
+from segdemo.config import RunConfig
 from segdemo.data.builtin import open_builtin
+from segdemo.errors import ConfigError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
-from segdemo.trainer import Trainer, lr_at
+from segdemo.trainer import LoopState, Trainer, _plateau, lr_at, schedule_progress
 from tests.conftest import tiny_config
 
 
@@ -110,10 +112,43 @@ def test_bad_settings_fail_with_a_sentence(tmp_path):
     assert isinstance(result, Failed) and "two-class" in result.message
 
 
-def test_one_cycle_schedule_shape():
-    lrs = [lr_at(s, 100, 1.0, "onecycle") for s in range(100)]
+def test_warmup_cosine_schedule_shape():
+    lrs = [lr_at(s / 100, 1.0, "warmup_cosine") for s in range(100)]
     assert lrs[0] < lrs[10] and max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.05
     assert np.argmax(lrs) == 10
+    assert lr_at(0.5, 1.0, "constant") == 1.0
+    assert lr_at(0.5, 1.0, "plateau", plateau_scale=0.25) == 0.25
+
+
+def test_a_time_budget_ends_the_schedule_by_the_clock():
+    """Whichever runs out first, steps or time, sets how far along the schedule is."""
+    assert schedule_progress(10, 100, 30.0, None) == pytest.approx(0.1)
+    assert schedule_progress(10, 100, 30.0, 60.0) == pytest.approx(0.5)
+    assert schedule_progress(90, 100, 30.0, 60.0) == pytest.approx(0.9)
+    assert schedule_progress(10, 100, 90.0, 60.0) == 1.0
+
+
+def test_plateau_halves_the_rate_after_three_epochs_without_a_better_miou(tmp_path):
+    state = LoopState()
+    for improved in (True, False, False):
+        _plateau(state, improved)
+    assert state.plateau_scale == 1.0
+    _plateau(state, False)  # the third epoch without progress
+    assert state.plateau_scale == 0.5 and state.plateau_bad == 0
+    cfg = tiny_config(epochs=2)
+    cfg.train.schedule = "plateau"
+    result, events = run(cfg, tmp_path)
+    assert result.reason == "finished"
+    ends = [e for e in events if isinstance(e, EpochEnd)]
+    assert ends[1].lr == pytest.approx(cfg.train.lr)  # warm-up over, no plateau yet
+
+
+def test_configs_saved_with_the_old_schedule_name_load():
+    cfg = RunConfig.from_dict({"train": {"schedule": "onecycle"}})
+    assert cfg.train.schedule == "warmup_cosine"
+    cfg.train.schedule = "cyclic"
+    with pytest.raises(ConfigError, match="warmup_cosine, plateau, constant"):
+        cfg.validate()
 
 
 def test_a_run_in_chunks_of_steps_equals_one_run(tmp_path):

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from segdemo.config import DataConfig
 from segdemo.data.base import ArraySource, ClassSet, Splits
 
+IMAGE_SIZE = 128  # the shapes are drawn at this size; cfg.image_size rescales them in the transforms
 CLASSES = ClassSet(
     names=("background", "circle", "square", "triangle"),
     colors=((30, 30, 30), (230, 25, 75), (60, 180, 75), (0, 130, 200)),
@@ -85,7 +86,7 @@ def _shared_split(n: int, seed: int, size: int, prefix: str) -> ArraySource:
 
 def open_builtin(cfg: DataConfig) -> Splits:
     """Same seed, same data; train and val come from separate seed streams so they never overlap."""
-    size = 128  # the data is drawn at 128 px; cfg.image_size rescales it in the transforms
+    size = IMAGE_SIZE
     train = _shared_split(cfg.builtin_train, cfg.seed * 2 + 1, size, "train")
     val = _shared_split(cfg.builtin_val, cfg.seed * 2 + 2, size, "val")
     return Splits(

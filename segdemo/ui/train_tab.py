@@ -15,7 +15,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from segdemo.config import RunConfig, gpu_preset, quick_cpu_preset
+from segdemo import recipes
+from segdemo.config import RunConfig, quick_cpu_preset
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import ConfigError, JobError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
@@ -41,8 +42,8 @@ from segdemo.ui.common import (
 from segdemo.viz import colorize, curves_figure, legend_html, overlay
 
 log = logging.getLogger(__name__)
-PRESETS = {"Quick: CPU, about a minute": quick_cpu_preset, "GPU: bigger, longer": gpu_preset}
-QUICK = next(iter(PRESETS))
+PRESET_CHOICES = [(p.label, p.key) for p in recipes.PRESETS]
+QUICK = recipes.DEFAULT  # the preset a page opens with
 DATASETS = [
     ("Built-in shapes (made on the fly, works offline)", "builtin"),
     ("My own dataset: a .zip with images/ and masks/", "zip"),
@@ -58,6 +59,17 @@ UPSAMPLING = [
     ("Transposed convolution (learned)", "transposed"),
     ("Bilinear + convolution (smooth)", "bilinear"),
 ]
+SCHEDULES = [
+    ("Warm-up, then cosine decay (default)", "warmup_cosine"),
+    ("Halve when val mIoU stops improving (plateau)", "plateau"),
+    ("Constant", "constant"),
+]
+ENCODERS = [
+    ("U-Net, from scratch (the tutorial's)", "unet"),
+    ("ResNet-18 encoder", "resnet18"),
+    ("ResNet-34 encoder", "resnet34"),
+]
+BLOCKS = [("Plain (two convolutions)", "plain"), ("Residual (plus a shortcut)", "residual")]
 TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the best epoch"]
 STREAM_IDLE_S = 600  # a live view ends when its run has sent nothing new for this long (reload to reattach)
 SAMPLE_MAX_SIDE = 320  # data-check sample pictures: enough to see, small enough to cache
@@ -114,6 +126,22 @@ def _loss(cfg: RunConfig, v) -> None:
     cfg.train.loss = _choice(LOSSES, "a loss")(v) if v not in (None, "") else cfg.train.loss  # empty: the preset's
 
 
+def _time_budget(cfg: RunConfig, v) -> None:
+    minutes = float(v) if v not in (None, "") else 0.0
+    if minutes < 0:
+        raise ConfigError("The time budget cannot be negative; 0 means no limit.")
+    cfg.train.time_limit_s = minutes * 60 or None
+
+
+def _weights(cfg: RunConfig, v) -> None:
+    path = v.get("path") if isinstance(v, dict) else v  # a FileData dict from the API, or a path
+    if path in (None, ""):
+        return
+    if not str(path).lower().endswith((".pth", ".pt", ".safetensors")):
+        raise ConfigError("Encoder weights must be a .pth, .pt or .safetensors file (a torchvision state dict).")
+    cfg.model.weights = str(path)
+
+
 def _train_images(cfg: RunConfig, v) -> None:
     n = int(v)
     if n < 2:
@@ -149,21 +177,51 @@ SETTINGS = (
     Setting("train_images", lambda v: gr.Slider(16, 2000, v, step=16, label="Training images", elem_id="train-images",
                                                 info="Fewer = faster; for your own data it is a cap."),
             lambda c: c.data.builtin_train, _train_images),
+    Setting("time_budget", lambda v: gr.Slider(0, 60, v, step=0.25, label="Time budget (minutes)",
+                                               elem_id="time-budget", info="The run stops here with its best "
+                                               "checkpoint, and the learning rate reaches its end here. 0: no limit."),
+            lambda c: round((c.train.time_limit_s or 0) / 60, 2), _time_budget),
+    Setting("schedule", lambda v: gr.Dropdown(SCHEDULES, value=v, label="Learning-rate schedule"),
+            lambda c: c.train.schedule, lambda c, v: setattr(c.train, "schedule", _choice(SCHEDULES, "a schedule")(v))),
+    Setting("encoder", lambda v: gr.Dropdown(ENCODERS, value=v, label="Encoder", elem_id="encoder"),
+            lambda c: c.model.encoder, lambda c, v: setattr(c.model, "encoder", _choice(ENCODERS, "an encoder")(v))),
+    Setting("block", lambda v: gr.Radio(BLOCKS, value=v, label="Conv block"),
+            lambda c: c.model.block, lambda c, v: setattr(c.model, "block", _choice(BLOCKS, "a block")(v))),
+    Setting("pretrained", lambda v: gr.Checkbox(v, label="ImageNet weights for a ResNet encoder (downloaded; needs "
+                                                "internet, or upload them below)"),
+            lambda c: c.model.pretrained, lambda c, v: setattr(c.model, "pretrained", bool(v))),
+    Setting("encoder_weights", lambda v: gr.File(v, label="ResNet encoder weights, offline (.pth/.safetensors: "
+                                                 "torchvision's ImageNet state dict)", file_types=[".pth", ".pt",
+                                                 ".safetensors"], elem_id="encoder-weights", height=90),
+            lambda c: None, _weights),
 )
-ROWS = (("image_size", "epochs"), ("batch_size", "learning_rate"), ("loss",), ("width", "depth"), ("upsampling",),
-        ("augment", "train_images"))
+ROWS = (("image_size", "epochs"), ("batch_size", "learning_rate"), ("time_budget", "schedule"), ("loss",),
+        ("width", "depth"), ("upsampling",), ("augment", "train_images"), ("encoder", "block"),
+        ("pretrained", "encoder_weights"))
 # fmt: on
 
 
-def preset_values(name: str) -> dict[str, Any]:
-    """The settings' values in a preset, by name."""
-    c = PRESETS.get(name, quick_cpu_preset)()
+def preset_values(cfg: RunConfig | None = None) -> dict[str, Any]:
+    """The settings' values in a config (a preset's plan; by default the fixed defaults), by name."""
+    c = cfg or quick_cpu_preset()
     return {s.name: s.get(c) for s in SETTINGS}
 
 
+def preset_key(preset) -> str:
+    """A preset's key from the page or the API (Gradio has checked it is one of the choices)."""
+    return preset if isinstance(preset, str) and preset in recipes.BY_KEY else QUICK
+
+
 def build_config(preset: str, dataset: str, **values) -> RunConfig:
-    """The run config from the preset plus the settings on the page (by name); gr.Error says what to change."""
-    cfg = PRESETS.get(preset if isinstance(preset, str) else QUICK, quick_cpu_preset)()
+    """The run config from the preset plus the settings on the page (by name); gr.Error says what to change.
+
+    The page holds the preset's plan (apply_preset), so the settings carry it; the preset itself adds only
+    where it trains (the GPU preset on CUDA, when there is one)."""
+    cfg = quick_cpu_preset()
+    p = recipes.BY_KEY[preset_key(preset)]
+    import torch
+
+    cfg.train.device = "cuda" if p.gpu and torch.cuda.is_available() else cfg.train.device
     try:
         for s in SETTINGS:
             s.put(cfg, values.get(s.name))
@@ -385,12 +443,15 @@ class TrainTab:
                 )
                 gr.Markdown("### 2. Settings")
                 self.preset = gr.Dropdown(
-                    list(PRESETS),
+                    PRESET_CHOICES,
                     value=QUICK,
-                    label="Preset",
-                    info="Sets everything below; change any of it afterwards.",
+                    label="Preset: a time budget",
+                    info="Plans everything below for the chosen data and this server's measured speed; "
+                    "change any of it afterwards.",
+                    elem_id="preset",
                 )
-                v = preset_values(QUICK)
+                self.preset_why = gr.Markdown("", elem_id="preset-why")
+                v = preset_values()
                 widgets = {}
                 for row in ROWS:
                     with gr.Row():
@@ -462,7 +523,7 @@ class TrainTab:
             api_visibility="private",
             queue=False,
         )
-        gr.on(
+        checked = gr.on(
             [self.dataset.change, self.zip_file.change, self.settings["train_images"].change],
             self.check_data,
             [self.dataset, self.zip_file, self.settings["train_images"]],
@@ -471,20 +532,18 @@ class TrainTab:
             trigger_mode="always_last",
             concurrency_id=HEAVY,
         )
-        demo.load(
+        loaded = demo.load(
             self.check_data,
             [self.dataset, self.zip_file, self.settings["train_images"]],
             [self.data_report, self.classes_html, self.samples],
             api_visibility="private",
             concurrency_id=HEAVY,
         )
-        self.preset.input(
-            self.apply_preset,
-            self.preset,
-            [*self.settings.values(), self.status],
-            api_visibility="private",
-            queue=False,
-        )
+        plan_inputs = [self.preset, self.dataset, self.zip_file, self.settings["train_images"]]
+        plan_outputs = [*self.settings.values(), self.preset_why]
+        self.preset.input(self.apply_preset, plan_inputs, plan_outputs, api_name="plan", concurrency_id=HEAVY)
+        checked.then(self.apply_preset, plan_inputs, plan_outputs, api_visibility="private", concurrency_id=HEAVY)
+        loaded.then(self.apply_preset, plan_inputs, plan_outputs, api_visibility="private", concurrency_id=HEAVY)
         self.train_btn.click(
             self.start,
             [self.token, self.dataset, self.zip_file, self.preset],
@@ -521,18 +580,26 @@ class TrainTab:
 
     # -- handlers -------------------------------------------------------------------------------------
 
-    def apply_preset(self, preset: str):
-        note = gr.skip()
-        if preset != QUICK:
-            import torch
-
-            if not torch.cuda.is_available():
-                note = (
-                    "Note: there is no GPU on this server: the GPU preset would take a long time here. "
-                    "The Quick preset finishes in about a minute."
-                )
-        values = preset_values(preset)
-        return {**{self.settings[name]: v for name, v in values.items()}, self.status: note}
+    @user_errors
+    def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
+        """Plan the preset for the chosen data on this server: every setting, and one line saying why."""
+        p = recipes.BY_KEY[preset_key(preset)]
+        cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
+        if dataset == "builtin":
+            shape = recipes.builtin_shape(cfg.data)
+        elif dataset == "zip" and not zip_file:
+            return {self.preset_why: "Upload your data and the preset will be planned for it."}
+        else:
+            if dataset == "zip":
+                cfg.data.source = zip_file
+            _, _, _, shape = self._check(cfg)
+            if shape is None:  # the data has problems: the report says which
+                return {self.preset_why: "Fix the data (see the check above) and the preset will be planned for it."}
+        plan = recipes.plan(p, shape, base=cfg)
+        values = preset_values(plan.config)
+        values.pop("train_images")  # the data's choice, not the preset's
+        values.pop("encoder_weights")
+        return {**{self.settings[name]: v for name, v in values.items()}, self.preset_why: esc(plan.why)}
 
     @user_errors
     def check_data(self, dataset: str, zip_file: str | None, train_images):
@@ -545,14 +612,14 @@ class TrainTab:
                 "",
                 [],
             )
-        cfg = build_config(QUICK, dataset, **{**preset_values(QUICK), "train_images": train_images or 768})
+        cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
         if dataset == "zip":
             cfg.data.source = zip_file
-        report, classes, samples = self._check(cfg)
+        report, classes, samples, _ = self._check(cfg)
         return _report_markdown(report), _classes_html(report, classes), samples
 
     def _check(self, cfg: RunConfig):
-        """(report, classes or None, sample pictures) for a data config; cached per source."""
+        """(report, classes or None, sample pictures, DataShape or None) for a data config; cached per source."""
         from segdemo.data import open_dataset
         from segdemo.data.check import check_for_page
 
@@ -567,10 +634,10 @@ class TrainTab:
         work = self.ctx.scratch("checks")
         try:
             report, checked = check_for_page(cfg.data, work)
-            classes, samples = None, []
+            classes, samples, shape = None, [], None
             if report.ok:
                 splits = open_dataset(checked, work)
-                classes = splits.classes
+                classes, shape = splits.classes, recipes.DataShape.of(splits)
                 for i in range(min(6, len(splits.train))):
                     image, mask = splits.train.load(i)
                     image, mask = _shrink_pair(image, mask)
@@ -586,7 +653,7 @@ class TrainTab:
             report.warnings = [replace(w, text=tidy_paths(w.text, *places)) for w in report.warnings]
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        out = (report, classes, samples)
+        out = (report, classes, samples, shape)
         self.ctx.cache_put(key, out, sum(p.nbytes for p, _ in samples) + 4096)
         return out
 
@@ -620,7 +687,7 @@ class TrainTab:
             cfg.data.source = data_file = zip_file
         num_classes = 4 if dataset == "builtin" else None
         if dataset in ("zip", "oxford"):
-            report, _, _ = self._check(cfg)
+            report, _, _, _ = self._check(cfg)
             if not report.ok:
                 raise user_error(
                     "This data cannot be used yet: " + public(report.problems[0]) + " Fix it and choose the data again."

@@ -1,0 +1,180 @@
+"""Presets as time budgets: from the data's image sizes and this machine's measured speed, pick the scale,
+crop, width and epochs of a run that ends when its budget does.
+
+A preset names a budget ("about a minute", "about 10 minutes", "GPU") and a few fixed choices (width,
+batch, learning rate). The rest is planned per dataset: the training scale is the largest one (a multiple
+of 32, at most the images' own short side and the preset's cap) at which the budget still buys the
+preset's minimum number of epochs, measured by timing a few real training steps of the model on this
+machine (speedups.py; cached, so planning twice costs nothing). The run's time limit is the budget, and
+the learning-rate schedule follows elapsed time as well as steps, so it reaches its end at the budget
+whichever comes first (trainer.schedule_progress).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from segdemo.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from segdemo.data.base import PairSource, Splits
+
+
+@dataclass(frozen=True)
+class Preset:
+    key: str  # the CLI's --preset and the /train API's value
+    label: str  # what the Train tab shows
+    seconds: float  # the time budget: the run stops here with its best checkpoint, the schedule ends here
+    width: int
+    batch_size: int
+    lr: float
+    max_scale: int  # largest training scale (short side, px) it will choose
+    min_epochs: int  # the scale comes down until the budget buys at least this many epochs
+    gpu: bool = False
+    device: str = "auto"
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset("minute", "About a minute (CPU)", 60, width=8, batch_size=8, lr=3e-3, max_scale=128, min_epochs=8),
+    Preset("10min", "About 10 minutes (CPU)", 600, width=16, batch_size=8, lr=3e-3, max_scale=256, min_epochs=25),
+    Preset(
+        "gpu", "GPU, about 10 minutes", 600, width=32, batch_size=16, lr=2e-3, max_scale=512, min_epochs=40, gpu=True
+    ),
+)
+BY_KEY = {p.key: p for p in PRESETS}
+DEFAULT = "minute"
+SETUP_S = 4.0  # opening the data, the speed probe, building the model: spent before the first step
+EVAL_COST = 0.35  # a validation image costs about this share of a training image of the same pixels
+STEP_OVERHEAD = 1.35  # a real step (data, augmentation, optimiser) over the probe's forward + backward
+PROBE_SIDE = 128  # one timed probe at this size (or the top scale, if smaller) prices every scale
+SAMPLE_IMAGES = 24  # images read to learn the data's sizes
+
+
+def preset(key: str) -> Preset:
+    from segdemo.errors import ConfigError
+
+    try:
+        return BY_KEY[key]
+    except KeyError:
+        raise ConfigError(f"unknown preset {key!r}; choose one of {', '.join(BY_KEY)}") from None
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What planning needs to know of a dataset: how many images, how big (medians of a sample)."""
+
+    n_train: int
+    n_val: int
+    short: int
+    long: int
+
+    @classmethod
+    def of(cls, splits: Splits) -> DataShape:
+        short, long = _median_sides(splits.train)
+        return cls(len(splits.train), len(splits.val), short, long)
+
+
+def _median_sides(source: PairSource) -> tuple[int, int]:
+    n = len(source)
+    idx = np.linspace(0, n - 1, min(n, SAMPLE_IMAGES)).round().astype(int) if n else []
+    sides = [sorted(source.load(int(i))[0].shape[:2]) for i in dict.fromkeys(idx)]
+    if not sides:
+        return 128, 128
+    a = np.array(sides)
+    return int(np.median(a[:, 0])), int(np.median(a[:, 1]))
+
+
+@dataclass
+class Plan:
+    config: RunConfig
+    why: str  # one line for the page and the CLI
+    epoch_s: float  # the estimate behind it
+
+
+def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> float:
+    """Training seconds per image pixel on this machine, from one timed probe at side x side (cached).
+
+    Per-pixel cost falls a little as images grow (fixed costs per step spread thinner), so estimates for
+    scales above the probe's are slightly pessimistic: the run then ends by its time limit, not early."""
+    import torch
+
+    from segdemo.speedups import choose_speedups, measured_step_seconds, pick_device
+    from segdemo.trainer import cpu_training_threads
+
+    before = torch.get_num_threads()
+    if pick_device(train.device).type == "cpu":
+        torch.set_num_threads(cpu_training_threads())  # measure with the threads a run will use
+    try:
+        sp = choose_speedups(model, train, side)
+        probe_side, probe_images, step_s = measured_step_seconds(model, sp, side)
+    finally:
+        torch.set_num_threads(before)
+    return STEP_OVERHEAD * step_s / (probe_images * probe_side**2)
+
+
+def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: float | None = None) -> Plan:
+    """The run config for preset p on data of this shape: base's data source and classes, the preset's model
+    and optimiser, and the largest scale whose epochs fit the budget at least p.min_epochs times.
+
+    per_pixel: training seconds per pixel; measured on this machine when not given."""
+    cfg = copy.deepcopy(base) if base is not None else RunConfig()
+    cfg.model.width, cfg.model.depth = p.width, 4
+    t = cfg.train
+    t.batch_size, t.lr, t.time_limit_s, t.schedule = p.batch_size, p.lr, float(p.seconds), "warmup_cosine"
+    import torch
+
+    no_gpu = p.gpu and not torch.cuda.is_available()
+    t.device = "cuda" if p.gpu and not no_gpu else t.device
+    cfg.data.resize, cfg.data.crop_size = "short", None
+    usable = max(1.0, p.seconds * 0.95 - SETUP_S)
+    aspect = shape.long / max(shape.short, 1)
+    ladder = _scales(min(shape.short, p.max_scale))
+    if per_pixel is None:
+        per_pixel = seconds_per_pixel(cfg.model, t, min(ladder[0], PROBE_SIDE))
+    chosen = None
+    for scale in ladder:
+        per_image = per_pixel * scale**2
+        epoch_s = shape.n_train * per_image + shape.n_val * per_image * aspect * EVAL_COST
+        epochs = int(usable // epoch_s)
+        chosen = (scale, epochs, epoch_s, per_image)
+        if epochs >= p.min_epochs:
+            break
+    scale, epochs, epoch_s, per_image = chosen
+    cfg.data.image_size = scale
+    t.epochs = max(1, min(epochs, 400))
+    natural = shape.short
+    if scale < min(natural, p.max_scale):
+        bigger = ladder[max(0, ladder.index(scale) - 1)]
+        reason = f"{bigger} px would allow fewer than {p.min_epochs} epochs"
+    elif natural <= p.max_scale:
+        reason = "the images' own size"
+    else:
+        reason = f"this preset's largest scale (the images are {natural} px on the short side)"
+    why = (
+        f"{p.label}: {scale} px on the short side ({reason}), {t.epochs} epochs of {shape.n_train} images "
+        f"at about {1 / per_image:.0f} img/s measured here, width {p.width}; the learning rate ends at "
+        f"{_minutes(p.seconds)}, when the run stops with its best checkpoint."
+        + (" No GPU here: planned for this CPU." if no_gpu else "")
+    )
+    return Plan(cfg, why, epoch_s)
+
+
+def _scales(top: int) -> list[int]:
+    """Multiples of 32 from top down to 32 (top itself first when it is not one)."""
+    top = max(32, top)
+    out = [top] if top % 32 else []
+    out += list(range(top - top % 32, 31, -32))
+    return out
+
+
+def _minutes(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{math.ceil(s / 60)} minutes"
+
+
+def builtin_shape(d: DataConfig) -> DataShape:
+    """The built-in shapes without drawing them: 128 px squares."""
+    from segdemo.data.builtin import IMAGE_SIZE
+
+    return DataShape(d.builtin_train, d.builtin_val, IMAGE_SIZE, IMAGE_SIZE)
