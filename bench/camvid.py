@@ -1,20 +1,26 @@
-"""A CamVid recipe on this CPU: train on camvid/train, evaluate on camvid/val with the shipped class file
-(11 classes, void ignored). Images are resized to a square --image-size for the model; evaluation
-up-samples the logits to each mask's full 480x360 resolution. Reports the best epoch's val mIoU,
-per-class IoU and pixel accuracy (void excluded), and the wall time from start to end.
+"""CamVid with a time-budget preset on this machine: train on camvid/train, evaluate on camvid/val with the
+shipped class file (11 classes, void ignored), every image whole at the training scale and scored at its
+full 480x360 resolution. The preset plans scale, width and epochs from the data and a timed probe of this
+machine (segdemo/recipes.py); --minutes sets its budget. Options override the plan, for experiments.
 
-    python bench/camvid.py [--data ../shared/data/camvid] [--epochs 15] [--image-size 128] [--width 16]
+    python bench/camvid.py [--data ../shared/data/camvid] [--minutes 20] [--preset 10min] [--out RUN_DIR]
+
+Last line: val_miou=... pixel_acc=... minutes=... zero_classes=... (the best checkpoint's, which is what the
+run hands over; the last epoch's mIoU is printed above it).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 
 from common import DEFAULT_DATA, REPO, load, machine
 
-from segdemo.config import quick_cpu_preset
+from segdemo import recipes
+from segdemo.config import RunConfig
+from segdemo.data import open_dataset
 from segdemo.events import Done, EpochEnd, Failed, Started
 from segdemo.trainer import Trainer
 
@@ -23,58 +29,74 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA / "camvid"), help="folder with train/ and val/")
     p.add_argument("--classes", default=str(REPO / "segdemo" / "data" / "camvid_classes.json"))
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--loss", default="ce_dice")
+    p.add_argument("--preset", default="10min", choices=list(recipes.BY_KEY))
+    p.add_argument("--minutes", type=float, default=20.0, help="the time budget (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder to keep (default: a temporary one)")
+    for name, kind in [("image_size", int), ("crop_size", int), ("width", int), ("epochs", int), ("batch", int),
+                       ("lr", float), ("loss", str), ("block", str), ("schedule", str)]:  # fmt: skip
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help="override the plan")
     args = p.parse_args()
     print(machine(), "|", load(), flush=True)
 
-    cfg = quick_cpu_preset()
-    cfg.data.source, cfg.data.classes_file, cfg.data.image_size = args.data, args.classes, args.image_size
-    cfg.model.width, cfg.model.depth = args.width, args.depth
-    t = cfg.train
-    t.epochs, t.batch_size, t.lr, t.loss, t.seed = args.epochs, args.batch, args.lr, args.loss, args.seed
-    best: dict = {}
-    names: list[str] = []
-
-    def on_event(ev):
-        if isinstance(ev, Started):
-            names.extend(ev.class_names)
-            print(
-                f"{ev.n_train} train / {ev.n_val} val, {ev.parameters / 1e6:.2f}M parameters, {ev.precision}",
-                flush=True,
-            )
-        elif isinstance(ev, EpochEnd):
-            print(
-                f"  epoch {ev.epoch:2d}/{ev.epochs}  {ev.seconds:5.1f}s  {ev.images_per_s:5.1f} img/s  "
-                f"loss {ev.train_loss:.3f}/{ev.val_loss:.3f}  mIoU {ev.miou:.4f}  "
-                f"acc {ev.pixel_accuracy:.4f}  ({load()})",
-                flush=True,
-            )
-            if ev.is_best:
-                best.update(epoch=ev.epoch, miou=ev.miou, acc=ev.pixel_accuracy, iou=ev.per_class_iou)
-        elif isinstance(ev, Failed):
-            raise SystemExit(f"training failed: {ev.message} ({ev.detail})")
-
+    t0 = time.perf_counter()  # "pressing train": opening the data and planning count against the budget
+    base = RunConfig()
+    base.data.source, base.data.classes_file, base.train.seed = args.data, args.classes, args.seed
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        trainer = Trainer(cfg, args.out or tmp)
+        run_dir = args.out or tmp
+        splits = open_dataset(base.data, run_dir)
+        preset = dataclasses.replace(recipes.preset(args.preset), seconds=args.minutes * 60)
+        plan = recipes.plan(preset, recipes.DataShape.of(splits), base=base)
+        cfg = plan.config
+        for name, section, field in [("image_size", "data", "image_size"), ("crop_size", "data", "crop_size"),
+                                     ("width", "model", "width"), ("epochs", "train", "epochs"),
+                                     ("batch", "train", "batch_size"), ("lr", "train", "lr"),
+                                     ("loss", "train", "loss"), ("block", "model", "block"),
+                                     ("schedule", "train", "schedule")]:  # fmt: skip
+            if getattr(args, name) is not None:
+                setattr(getattr(cfg, section), field, getattr(args, name))
+        cfg.train.time_limit_s = args.minutes * 60 - (time.perf_counter() - t0)  # planning spent some already
+        print(plan.why, flush=True)
+        print(
+            f"config: scale {cfg.data.image_size} ({cfg.data.resize} side), crop {cfg.data.crop}, width "
+            f"{cfg.model.width}, block {cfg.model.block}, {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, "
+            f"lr {cfg.train.lr}, loss {cfg.train.loss}, schedule {cfg.train.schedule}",
+            flush=True,
+        )
+        best: dict = {}
+        last: dict = {}
+        names: list[str] = []
+
+        def on_event(ev):
+            if isinstance(ev, Started):
+                names.extend(ev.class_names)
+                print(f"{ev.n_train} train / {ev.n_val} val, {ev.parameters / 1e6:.2f}M parameters, {ev.precision}")
+            elif isinstance(ev, EpochEnd):
+                print(
+                    f"  epoch {ev.epoch:3d}/{ev.epochs}  t={time.perf_counter() - t0:6.0f}s  {ev.images_per_s:5.1f} "
+                    f"img/s  loss {ev.train_loss:.3f}/{ev.val_loss:.3f}  lr {ev.lr:.1e}  mIoU {ev.miou:.4f}  "
+                    f"acc {ev.pixel_accuracy:.4f}  ({load()})",
+                    flush=True,
+                )
+                last.update(epoch=ev.epoch, miou=ev.miou)
+                if ev.is_best:
+                    best.update(epoch=ev.epoch, miou=ev.miou, acc=ev.pixel_accuracy, iou=ev.per_class_iou)
+            elif isinstance(ev, Failed):
+                raise SystemExit(f"training failed: {ev.message} ({ev.detail})")
+
+        trainer = Trainer(cfg, run_dir, splits=splits)
         trainer.add_callback(on_event)
         done = trainer.run()
         wall = time.perf_counter() - t0
     assert isinstance(done, Done) and best
-    print(f"best epoch {best['epoch']} of {done.epochs_done}; per-class IoU on val (void ignored):")
+    zero = [n for n, v in zip(names, best["iou"], strict=True) if v is not None and v < 0.005]
+    print(f"{done.reason} after {done.epochs_done} epochs; last epoch mIoU {last['miou']:.4f}")
+    print(f"best epoch {best['epoch']}; per-class IoU on val (void ignored):")
     for name, v in zip(names, best["iou"], strict=True):
         print(f"  {name:<11s} {'n/a' if v is None else f'{v:.3f}'}")
     print(
-        f"camvid_val_miou={best['miou']:.4f} pixel_acc={best['acc']:.4f} best_epoch={best['epoch']} "
-        f"wall_s={wall:.0f} epochs={args.epochs} image_size={args.image_size} width={args.width}"
+        f"val_miou={best['miou']:.4f} pixel_acc={best['acc']:.4f} minutes={wall / 60:.1f} "
+        f"zero_classes={len(zero)}{' (' + ','.join(zero) + ')' if zero else ''}"
     )
 
 

@@ -63,7 +63,8 @@ def test_image(size: int) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "shapes_unet.safetensors"))
-    p.add_argument("--size", type=int, default=512, help="side of the square RGB test image")
+    p.add_argument("--size", default="512", help="the RGB test image: a side (square) or WxH, e.g. 480x360")
+    p.add_argument("--image", help="a real photo to predict instead of a drawn one (e.g. a CamVid frame)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--no-rss", action="store_true", help="skip the two peak-memory subprocesses")
     args = p.parse_args()
@@ -72,8 +73,19 @@ def main() -> None:
     predictor, source = make_predictor(args.checkpoint)
     cfg = predictor.config
     print(f"model: {source}; width {cfg.model.width}, depth {cfg.model.depth}, input {cfg.data.image_size}px")
-    image = test_image(args.size)
-    x = torch.randn(1, 3, cfg.data.image_size, cfg.data.image_size)
+    w, _, h = args.size.partition("x")
+    w, h = int(w), int(h or w)
+    if args.image:
+        from segdemo.imageio import load_image
+
+        image = load_image(args.image)
+        h, w = image.shape[:2]
+    else:
+        image = test_image(max(w, h))[:h, :w]
+    from segdemo.transforms import eval_resize
+
+    scaled = eval_resize(image, cfg.data)  # the model's input: the whole image at the training scale
+    x = torch.randn(1, 3, *scaled.shape[:2])
 
     def forward():
         with torch.inference_mode():
@@ -92,14 +104,15 @@ def main() -> None:
         t_fwd.append(time.perf_counter() - t0)
     pred_ms, fwd_ms = 1e3 * median(t_pred), 1e3 * median(t_fwd)
     print(
-        f"predict {args.size}x{args.size}: median {pred_ms:.1f} ms (min {1e3 * min(t_pred):.1f}, "
+        f"predict {w}x{h} (model input {scaled.shape[1]}x{scaled.shape[0]}): median {pred_ms:.1f} ms "
+        f"(min {1e3 * min(t_pred):.1f}, "
         f"max {1e3 * max(t_pred):.1f}); forward alone {fwd_ms:.2f} ms | {load()}",
         flush=True,
     )
     line = f"predict_ms={pred_ms:.1f} forward_ms={fwd_ms:.2f}"
     if not args.no_rss:
         train_mb = peak_rss_mb(TRAIN_ONE_EPOCH)
-        pred_mb = peak_rss_mb(PREDICT_ONCE.format(checkpoint=args.checkpoint, size=args.size))
+        pred_mb = peak_rss_mb(PREDICT_ONCE.format(checkpoint=args.checkpoint, size=max(w, h)))
         print(f"peak RSS: training 1 epoch {train_mb:.0f} MB, predicting once {pred_mb:.0f} MB | {load()}")
         line += f" train_peak_rss_mb={train_mb:.0f} predict_peak_rss_mb={pred_mb:.0f}"
     print(line)

@@ -17,9 +17,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from segdemo.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from segdemo.data.base import PairSource, Splits
+from segdemo.speedups import Speedups
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,12 @@ class Plan:
     epoch_s: float  # the estimate behind it
 
 
-def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> float:
-    """Training seconds per image pixel on this machine, from one timed probe at side x side (cached).
+def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> tuple[float, Speedups]:
+    """Training seconds per image pixel on this machine, from one timed probe at side x side (cached), and
+    the precision and memory format the probe found fastest.
 
     Per-pixel cost falls a little as images grow (fixed costs per step spread thinner), so estimates for
     scales above the probe's are slightly pessimistic: the run then ends by its time limit, not early."""
-    import torch
-
     from segdemo.speedups import choose_speedups, measured_step_seconds, pick_device
     from segdemo.trainer import cpu_training_threads
 
@@ -111,7 +112,7 @@ def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> floa
         probe_side, probe_images, step_s = measured_step_seconds(model, sp, side)
     finally:
         torch.set_num_threads(before)
-    return STEP_OVERHEAD * step_s / (probe_images * probe_side**2)
+    return STEP_OVERHEAD * step_s / (probe_images * probe_side**2), sp
 
 
 def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: float | None = None) -> Plan:
@@ -123,8 +124,6 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
     cfg.model.width, cfg.model.depth = p.width, 4
     t = cfg.train
     t.batch_size, t.lr, t.time_limit_s, t.schedule = p.batch_size, p.lr, float(p.seconds), "warmup_cosine"
-    import torch
-
     no_gpu = p.gpu and not torch.cuda.is_available()
     t.device = "cuda" if p.gpu and not no_gpu else t.device
     cfg.data.resize, cfg.data.crop_size = "short", None
@@ -132,7 +131,12 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
     aspect = shape.long / max(shape.short, 1)
     ladder = _scales(min(shape.short, p.max_scale))
     if per_pixel is None:
-        per_pixel = seconds_per_pixel(cfg.model, t, min(ladder[0], PROBE_SIDE))
+        per_pixel, sp = seconds_per_pixel(cfg.model, t, min(ladder[0], PROBE_SIDE))
+        # the run uses what the probe chose instead of measuring again before its first step
+        if t.precision == "auto":
+            t.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[sp.autocast_dtype]
+        if t.channels_last == "auto":
+            t.channels_last = "on" if sp.channels_last else "off"
     chosen = None
     for scale in ladder:
         per_image = per_pixel * scale**2

@@ -281,6 +281,32 @@ def test_data_check_explains_a_zip_without_masks(server, tmp_path):
     assert time.time() - t < 30
 
 
+def test_presets_are_planned_for_the_chosen_data(server, tmp_path):
+    """The Train tab's preset adapts: the built-in 128 px shapes and a zip of large photos get different
+    scales, each with a line saying why; a preset the server does not know is refused."""
+    url, _ = server
+    c, _ = session(url)
+    rng = np.random.default_rng(0)
+    z = tmp_path / "photos.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for i in range(12):
+            photo, mask = tmp_path / f"p{i}.png", tmp_path / f"m{i}.png"
+            Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(photo)
+            Image.fromarray((rng.random((600, 800)) > 0.5).astype(np.uint8)).save(mask)
+            f.write(photo, f"images/p{i}.png")
+            f.write(mask, f"masks/p{i}.png")
+    names = [s.name for s in __import__("segdemo.ui.train_tab", fromlist=["SETTINGS"]).SETTINGS]
+    shapes = dict(zip([*names, "why"], c.predict("10min", "builtin", None, 768, api_name="/plan"), strict=True))
+    photos = dict(zip([*names, "why"], c.predict("10min", "zip", handle_file(str(z)), 768, api_name="/plan"),
+                      strict=True))  # fmt: skip
+    assert shapes["image_size"] <= 128 and "10 minutes" in shapes["why"] and "img/s measured here" in shapes["why"]
+    assert shapes["time_budget"] == 10 and photos["time_budget"] == 10
+    assert f"{photos['image_size']} px" in photos["why"] and f"{photos['epochs']} epochs of 12 images" in photos["why"]
+    assert photos["image_size"] > shapes["image_size"]  # 12 big photos afford a larger scale than 768 small ones
+    with pytest.raises(AppError):
+        c.predict("an hour", "builtin", None, 768, api_name="/plan")
+
+
 def test_a_picture_sent_again_is_never_rewritten_under_a_reader(tmp_path):
     """Gradio names output pictures by a hash of their bytes; sending one again must never truncate the
     copy a browser is reading (segdemo.ui.common.write_pictures_to_cache_atomically). Gradio's own

@@ -90,11 +90,19 @@ learns how to up-sample (it has weights, and early in training it can leave a fa
 slightly fewer parameters, but its backward pass is slower on a CPU (about 1.5x here).
 """
 WHY_OTHER = """
-**Image size**: the net sees every image squashed to this square; bigger shows finer detail but costs
-about size² time. **Width**: channels of the first level, doubled at each level down (the net's
+**Image size** is the training scale: every image is resized so that its short side is this many
+pixels (its shape kept), and training sees random square crops of that; validation and Predict see the
+whole image at that scale, and masks come back at the photo's own size. Bigger shows finer detail but
+costs about size² time. **Width**: channels of the first level, doubled at each level down (the net's
 capacity). **Depth**: how many times the image is halved; deeper sees more context. **Augmentation**:
-random flips, small rotations and brightness changes of the training images so the net cannot just
-memorise them. **Learning rate**: the size of each step; too high and the loss explodes.
+random flips, small rotations, scale changes and brightness changes of the training images so the net
+cannot just memorise them. **Learning rate**: the size of each step; too high and the loss explodes.
+**Time budget**: a preset plans for it; the run stops there with its best checkpoint and the learning
+rate has decayed to its end by then. **Schedule**: *warm-up + cosine* starts gently, peaks, then glides
+down; *plateau* halves the rate when val mIoU has not improved for 3 epochs; *constant* never changes it.
+**Encoder**: the tutorial U-Net learns everything from scratch; a *ResNet* encoder is bigger and, with
+ImageNet weights (downloaded, or uploaded as a file), already knows edges and textures. **Residual
+blocks** add a shortcut around each pair of convolutions, which helps deeper or longer training.
 """
 
 
