@@ -39,14 +39,16 @@ class Preset:
 
 
 PRESETS: tuple[Preset, ...] = (
-    Preset("minute", "About a minute (CPU)", 60, width=8, batch_size=8, lr=3e-3, max_scale=128, min_epochs=8),
-    Preset("10min", "About 10 minutes (CPU)", 600, width=16, batch_size=8, lr=3e-3, max_scale=256, min_epochs=25),
+    Preset("minute", "About a minute (CPU)", 60, width=8, batch_size=8, lr=3e-3, max_scale=128, min_epochs=6),
+    Preset("10min", "About 10 minutes (CPU)", 600, width=16, batch_size=8, lr=3e-3, max_scale=256, min_epochs=20),
     Preset(
         "gpu", "GPU, about 10 minutes", 600, width=32, batch_size=16, lr=2e-3, max_scale=512, min_epochs=40, gpu=True
     ),
 )
 BY_KEY = {p.key: p for p in PRESETS}
 DEFAULT = "minute"
+MAX_EPOCHS = 100  # a plan never asks for more (the Train tab's slider ends here): tiny data then ends early
+MIN_SCALE = 64  # below this a depth-4 U-Net sees a 4x4 (or smaller) bottleneck: more epochs cannot make up for it
 SETUP_S = 4.0  # opening the data, the speed probe, building the model: spent before the first step
 EVAL_COST = 0.35  # a validation image costs about this share of a training image of the same pixels
 STEP_OVERHEAD = 1.35  # a real step (data, augmentation, optimiser) over the probe's forward + backward
@@ -129,7 +131,7 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
     cfg.data.resize, cfg.data.crop_size = "short", None
     usable = max(1.0, p.seconds * 0.95 - SETUP_S)
     aspect = shape.long / max(shape.short, 1)
-    ladder = _scales(min(shape.short, p.max_scale))
+    ladder = _scales(min(shape.short, p.max_scale), min(shape.short, MIN_SCALE))
     if per_pixel is None:
         per_pixel, sp = seconds_per_pixel(cfg.model, t, min(ladder[0], PROBE_SIDE))
         # the run uses what the probe chose instead of measuring again before its first step
@@ -147,7 +149,7 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
             break
     scale, epochs, epoch_s, per_image = chosen
     cfg.data.image_size = scale
-    t.epochs = max(1, min(epochs, 400))
+    t.epochs = max(1, min(epochs, MAX_EPOCHS))
     natural = shape.short
     if scale < min(natural, p.max_scale):
         bigger = ladder[max(0, ladder.index(scale) - 1)]
@@ -160,17 +162,18 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
         f"{p.label}: {scale} px on the short side ({reason}), {t.epochs} epochs of {shape.n_train} images "
         f"at about {1 / per_image:.0f} img/s measured here, width {p.width}; the learning rate ends at "
         f"{_minutes(p.seconds)}, when the run stops with its best checkpoint."
+        + (f" {MAX_EPOCHS} epochs are enough here: it may end sooner." if epochs > MAX_EPOCHS else "")
         + (" No GPU here: planned for this CPU." if no_gpu else "")
     )
     return Plan(cfg, why, epoch_s)
 
 
-def _scales(top: int) -> list[int]:
-    """Multiples of 32 from top down to 32 (top itself first when it is not one)."""
-    top = max(32, top)
+def _scales(top: int, bottom: int) -> list[int]:
+    """Multiples of 32 from top down to bottom (top and bottom themselves too when they are not)."""
+    top, bottom = max(32, top), max(32, min(bottom, top))
     out = [top] if top % 32 else []
-    out += list(range(top - top % 32, 31, -32))
-    return out
+    out += [s for s in range(top - top % 32, bottom - 1, -32) if s > 0]
+    return out if out and out[-1] == bottom else [*out, bottom]
 
 
 def _minutes(s: float) -> str:

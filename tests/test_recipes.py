@@ -45,6 +45,11 @@ def test_a_faster_machine_or_smaller_data_gets_a_larger_scale_never_above_the_im
     assert "own size" in recipes.plan(p, DataShape(20, 6, 50, 70), per_pixel=QUICK_CPU / 8).why
 
 
+def test_a_slow_machine_gets_fewer_epochs_never_a_scale_too_small_to_see_anything():
+    cfg = recipes.plan(recipes.preset("minute"), SHAPES, per_pixel=QUICK_CPU * 20).config
+    assert cfg.data.image_size == recipes.MIN_SCALE and cfg.train.epochs >= 1
+
+
 def test_presets_keep_the_data_settings_they_are_given_and_unknown_ones_are_refused():
     base = RunConfig()
     base.data.source, base.data.classes_file = "some/folder", "classes.json"

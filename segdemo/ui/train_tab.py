@@ -607,7 +607,10 @@ class TrainTab:
         values = preset_values(plan.config)
         values.pop("train_images")  # the data's choice, not the preset's
         values.pop("encoder_weights")
-        return {**{self.settings[name]: v for name, v in values.items()}, self.preset_why: esc(plan.why)}
+        return {
+            **{self.settings[name]: v for name, v in values.items()},
+            self.preset_why: plan.why,
+        }  # numbers only: no user text
 
     @user_errors
     def check_data(self, dataset: str, zip_file: str | None, train_images):
@@ -673,13 +676,14 @@ class TrainTab:
         zip_file: str | None,
         preset: str,
         request: gr.Request = None,
+        encoder_weights=None,  # named, with its default, so the API may leave out the one file setting
         # the Train settings by name (SETTINGS), untyped: build_config answers any value with a sentence (a type
         # hint would make Gradio refuse a wrong type with a generic error instead)
         **settings,
     ):
         """Start a run for this browser; returns its run id (refused while one is queued or running)."""
         owner = self.ctx.owner(token)
-        cfg = build_config(preset, dataset, **settings)
+        cfg = build_config(preset, dataset, encoder_weights=encoder_weights, **settings)
         active = self.ctx.jobs.active_for(owner)
         if active is not None:
             raise gr.Error(
