@@ -528,9 +528,9 @@ class JobManager:
             return
         if isinstance(ev, Started) and job.last(Started) is not None:
             return
-        if isinstance(ev, EpochEnd) and ev.previews:
-            _save_filmstrip_frame(job, ev)
         job._append(ev)
+        if isinstance(ev, EpochEnd) and ev.previews:  # after the page has the epoch: drawing takes ~20-50 ms
+            _save_filmstrip_frame(job, ev)
 
     def _finish(self, job: Job, result: Done | Failed) -> None:
         if not any(ev is result for ev in job.events[-3:]):  # the trainer usually emitted it already
