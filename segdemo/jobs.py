@@ -36,7 +36,7 @@ from typing import Any
 
 from segdemo import budget
 from segdemo.config import RunConfig
-from segdemo.data.base import Splits
+from segdemo.data.base import ClassSet, Splits
 from segdemo.errors import JobError, UserError
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
 from segdemo.runstore import RunStore, default_root_dir
@@ -535,6 +535,8 @@ class JobManager:
         if isinstance(ev, Started) and job.last(Started) is not None:
             return
         job._append(ev)
+        if isinstance(ev, EpochEnd) and ev.previews:  # after the page has the epoch: drawing takes ~20-50 ms
+            _save_filmstrip_frame(job, ev)
 
     def _finish(self, job: Job, result: Done | Failed) -> None:
         if not any(ev is result for ev in job.events[-3:]):  # the trainer usually emitted it already
@@ -606,6 +608,21 @@ class JobManager:
             job.result, job.status = r.result, _status_of(r.result)
             job.events = [*r.events, r.result]
             self._jobs[job.id] = job
+
+
+def _save_filmstrip_frame(job: Job, ev: EpochEnd) -> None:
+    """Keep this epoch's filmstrip as a small picture in the run folder (the job keeps only the latest previews
+    in memory), for the run's animated GIF. A frame that cannot be written costs the GIF a frame, never the run."""
+    from segdemo import filmstrip
+
+    started = job.last(Started)
+    if started is None:
+        return
+    try:
+        classes = ClassSet(tuple(started.class_names), tuple(tuple(c) for c in started.class_colors))
+        filmstrip.save_frame(job.run_dir, ev, classes)
+    except Exception:
+        log.warning("could not save run %s's filmstrip frame for epoch %d", job.id[:6], ev.epoch, exc_info=True)
 
 
 def _status_of(result: Done | Failed) -> str:

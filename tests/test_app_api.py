@@ -91,7 +91,14 @@ def test_tiny_run_streams_its_epochs_in_order(finished_run, server):
     assert "Finished" in statuses[-1] and "best val mIoU" in statuses[-1]
     status, plot, table, filmstrip, checkpoint, model_choice = last
     assert "epoch 2" in " ".join(table["headers"])  # the last table is the last epoch's
-    assert plot and table["data"][-1][0] == "mean (mIoU)" and len(table["data"]) == 5
+    assert table["data"][-1][0] == "mean (mIoU)" and len(table["data"]) == 5
+    # the curves travel as data (a gr.LinePlot drawn by the browser): three curves, a point per epoch each
+    points = [dict(zip(plot["value"]["columns"], row, strict=True)) for row in plot["value"]["data"]]
+    assert {(p["curve"], p["epoch"]) for p in points} == {
+        (c, e) for c in ("train loss", "val loss", "val mIoU") for e in (1, 2)
+    }
+    mious = [p["value"] for p in points if p["curve"] == "val mIoU"]
+    assert mious == pytest.approx([e["miou"] for e in info["epochs"]], abs=1e-9)  # JSON keeps 10 digits
     assert float(table["data"][-1][1]) == pytest.approx(info["epochs"][-1]["miou"], abs=6e-4)
     assert len(filmstrip) == 3 * 8  # image, truth, prediction for each of the 8 validation images
     assert load_checkpoint(checkpoint).classes.num_classes == 4  # the download is a real checkpoint

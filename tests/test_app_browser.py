@@ -146,7 +146,8 @@ def _student_session(app_url, page):
     # after the first epoch: a per-class row, the curves and the filmstrip
     expect(page.locator("#iou-table")).to_contain_text("mean (mIoU)", timeout=120_000)
     expect(page.locator("#iou-table")).to_contain_text("triangle")
-    expect(page.locator("#curves img").first).to_be_visible()
+    expect(page.locator("#curves svg").first).to_be_visible()  # a gr.LinePlot, drawn by the browser
+    expect(page.locator("#curves")).to_contain_text("val mIoU")  # its legend
     expect(page.locator("#filmstrip img").first).to_be_visible()
     assert page.locator("#filmstrip img").count() >= 3
     expect(status).to_contain_text("Epoch")

@@ -1,9 +1,10 @@
-"""The Gradio app: `build_demo()` assembles the Train and Predict tabs; `launch()` starts it safely.
+"""The Gradio app: `build_demo()` assembles the Train, Predict and Compare tabs; `launch()` starts it safely.
 
 Widgets and wiring only: training, prediction, checks and checkpoints all live in the engine.
 
 API (gradio_client), see README: `/session` -> owner token; `/check_data`; `/train` -> run id;
-`/watch` (streams); `/stop`; `/run_info` (JSON); `/predict`.
+`/watch` (streams); `/stop`; `/run_info` (JSON); `/filmstrip_gif`; `/predict`; `/my_runs`, `/compare`, `/ablate`
+(ui/compare_tab.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from segdemo import logs  # noqa: E402
 from segdemo.hosting import default_host, warn_if_exposed  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
+from segdemo.ui.compare_tab import CompareTab  # noqa: E402
 from segdemo.ui.predict_tab import PredictTab  # noqa: E402
 from segdemo.ui.train_tab import TrainTab  # noqa: E402
 
@@ -64,8 +66,11 @@ def build_demo(
                 train = TrainTab(ctx, token)
             with gr.Tab("Predict", id="predict") as predict_tab:
                 predict = PredictTab(ctx, token)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                compare = CompareTab(ctx, token)
         train.wire(demo, predict.model)
         predict.wire(demo, predict_tab)
+        compare.wire(demo, compare_tab, train, predict.model)
         demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).success(
             train.reattach,
             token,

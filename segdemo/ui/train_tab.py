@@ -39,7 +39,7 @@ from segdemo.ui.common import (
     user_error,
     user_errors,
 )
-from segdemo.viz import colorize, curves_figure, legend_html, overlay
+from segdemo.viz import colorize, legend_html, overlay
 
 log = logging.getLogger(__name__)
 PRESET_CHOICES = [(p.label, p.key) for p in recipes.PRESETS]
@@ -71,6 +71,8 @@ ENCODERS = [
 ]
 BLOCKS = [("Plain (two convolutions)", "plain"), ("Residual (plus a shortcut)", "residual")]
 TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the best epoch"]
+CURVE_COLUMNS = ["epoch", "value", "curve"]
+CURVE_COLORS = {"train loss": "#1f77b4", "val loss": "#ff7f0e", "val mIoU": "#2ca02c"}  # matplotlib's, as curves.png
 STREAM_IDLE_S = 600  # a live view ends when its run has sent nothing new for this long (reload to reattach)
 SAMPLE_MAX_SIDE = 320  # data-check sample pictures: enough to see, small enough to cache
 
@@ -380,12 +382,20 @@ class RunView:
         return f"✓ **{word}**: {end.epochs_done} epochs{took}; {tail}"
 
     def figure(self):
+        """The curves as data for the page's gr.LinePlot, which draws them in the browser: epoch, value, curve.
+        The epoch axis spans the whole run from the start (at least 5 wide, or Vega's ticks go fractional).
+
+        None until the first epoch: Gradio 6.31 builds the chart (column types, colours, legend) when a plot gets
+        data after having none, and afterwards only swaps the data, so it must first see real columns."""
         if not self.epochs:
             return None
-        hist = [
-            {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss, "miou": e.miou} for e in self.epochs
+        rows = [
+            {"epoch": e.epoch, "value": float(v), "curve": name}
+            for e in self.epochs
+            for name, v in (("train loss", e.train_loss), ("val loss", e.val_loss), ("val mIoU", e.miou))
         ]
-        return curves_figure(hist)  # a bare Figure: safe beside the job threads that draw too
+        planned = self.started.epochs if self.started else 1
+        return gr.update(value=pd.DataFrame(rows, columns=CURVE_COLUMNS), x_lim=[1, max(5, planned)])
 
     def table(self) -> pd.DataFrame:
         if not self.epochs or self.started is None:
@@ -478,11 +488,23 @@ class TrainTab:
                 self.status = gr.Markdown(
                     "Choose data and settings, then press **Train**.", elem_id="run-status", label="status"
                 )
-                self.curves = gr.Plot(
+                self.curves = gr.LinePlot(
+                    x="epoch",
+                    y="value",
+                    color="curve",
+                    color_map=CURVE_COLORS,
+                    x_title="epoch",
+                    y_title="loss · mIoU",
+                    x_axis_format="d",
+                    x_lim=[1, 5],
+                    y_lim=[0, None],
+                    height=280,
+                    # a title inside the chart, not a label above it: Gradio 6.31 cuts the legend off by the
+                    # label's height
+                    title="Loss and validation mIoU per epoch (lines from the second epoch on)",
                     label="Loss and validation mIoU per epoch",
-                    format="png",
-                    elem_id="curves",
                     show_label=False,
+                    elem_id="curves",
                 )
                 self.table = gr.Dataframe(
                     value=pd.DataFrame(columns=TABLE_COLUMNS),
@@ -517,6 +539,13 @@ class TrainTab:
                     interactive=False,
                     visible=False,
                     elem_id="run-export-file",
+                )
+                self.gif_btn = gr.Button("Download the filmstrip as an animated GIF", size="sm", elem_id="run-gif")
+                self.gif_file = gr.File(
+                    label="The filmstrip, one frame per epoch (for slides)",
+                    interactive=False,
+                    visible=False,
+                    elem_id="run-gif-file",
                 )
         self.watch_outputs = [self.status, self.curves, self.table, self.filmstrip, self.checkpoint]
 
@@ -582,6 +611,9 @@ class TrainTab:
             self.export_file,
             api_visibility="private",
             concurrency_id=HEAVY,
+        )
+        self.gif_btn.click(
+            self.filmstrip_gif, [self.token, self.run_id], self.gif_file, api_name="filmstrip_gif", concurrency_id=HEAVY
         )
         gr.api(self.run_info, api_name="run_info", concurrency_limit=None)
         self.reattach_outputs = [self.run_id, *outs]
@@ -808,6 +840,26 @@ class TrainTab:
         if job.best_checkpoint is None:
             raise gr.Error("This run has no checkpoint yet: one is saved when its first epoch ends.")
         return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint))), visible=True)
+
+    @user_errors
+    def filmstrip_gif(self, token: str, run_id: str):
+        """This browser's run's filmstrip history as an animated GIF: one frame per epoch (up to
+        filmstrip.MAX_GIF_FRAMES, spread evenly), for slides."""
+        from segdemo import filmstrip
+
+        owner = self.ctx.owner(token)
+        job = self.ctx.jobs.get(owner, run_id) if run_id else self.ctx.jobs.latest_for(owner)
+        if job is None:
+            raise gr.Error("There is no run yet: press Train. Its filmstrip is kept after every epoch.")
+        when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))
+        work = self.ctx.scratch("filmstrips")
+        try:
+            gif = filmstrip.write_gif(job.run_dir, work / "filmstrip.gif")
+            # served until the run expires, like the checkpoint
+            path = self.ctx.download_copy(job, gif, f"segdemo-run-{when}-filmstrip.gif")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return gr.update(value=path, visible=True)
 
     def _checkpoint_copy(self, job: Job) -> str | None:
         """The best checkpoint, copied where Gradio can serve it (run folders never are), until the run expires."""
