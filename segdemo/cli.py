@@ -399,7 +399,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _parser() -> argparse.ArgumentParser:
     from segdemo import recipes
-    from segdemo.config import BLOCKS, SCHEDULES, UPSAMPLINGS, quick_cpu_preset
+    from segdemo.config import BLOCKS, LOSSES, SCHEDULES, UPSAMPLINGS, quick_cpu_preset
 
     defaults = quick_cpu_preset()
 
@@ -473,7 +473,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--loss",
-        choices=["ce", "weighted_ce", "dice", "ce_dice", "bce"],
+        choices=LOSSES,
         help=preset("training loss", lambda c: c.train.loss),
     )
     t.add_argument(

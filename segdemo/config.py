@@ -10,7 +10,7 @@ from segdemo.errors import ConfigError
 
 RESIZE_MODES = ("short", "long", "square")
 
-LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "bce")
+LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "weighted_ce_dice", "bce")
 ENCODERS = ("unet", "resnet18", "resnet34")
 BLOCKS = ("plain", "residual")  # the U-Net's DoubleConv, or the same with a ResNet-style shortcut
 SCHEDULES = ("warmup_cosine", "plateau", "constant")  # "onecycle" was warmup_cosine's old name

@@ -31,13 +31,16 @@ def soft_dice_loss(
     return 1 - ((2 * inter + eps) / (denom + eps)).mean()
 
 
+WEIGHTED = ("weighted_ce", "weighted_ce_dice")  # the losses that weigh classes by median frequency
+
+
 class SegLoss(nn.Module):
-    """One of: ce, weighted_ce, dice, ce_dice, bce (the last expects logits (N, 1, H, W))."""
+    """One of: ce, weighted_ce, dice, ce_dice, weighted_ce_dice, bce (the last expects logits (N, 1, H, W))."""
 
     def __init__(self, kind: str, class_weights: torch.Tensor | None = None, ignore_index: int = IGNORE):
         super().__init__()
         self.kind, self.ignore_index = kind, ignore_index
-        self.register_buffer("class_weights", class_weights if kind == "weighted_ce" else None)
+        self.register_buffer("class_weights", class_weights if kind in WEIGHTED else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.kind == "bce":
@@ -53,6 +56,8 @@ class SegLoss(nn.Module):
             return soft_dice_loss(logits, target, self.ignore_index)
         if self.kind == "ce_dice":
             return ce() + soft_dice_loss(logits, target, self.ignore_index)
+        if self.kind == "weighted_ce_dice":
+            return ce(self.class_weights) + soft_dice_loss(logits, target, self.ignore_index)
         raise ValueError(f"unknown loss {self.kind!r}")
 
 

@@ -32,7 +32,7 @@ from segdemo.distributed import World
 from segdemo.errors import ConfigError, UserError
 from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
-from segdemo.losses import SegLoss, class_weights_from_counts
+from segdemo.losses import WEIGHTED, SegLoss, class_weights_from_counts
 from segdemo.metrics import metrics_from_confusion
 from segdemo.model import build_model, count_parameters
 from segdemo.speedups import Speedups, choose_speedups, pick_device, prepare_model
@@ -340,7 +340,7 @@ class Trainer:
         if cfg.train.loss == "bce" and classes.num_classes != 2:
             raise ConfigError(
                 f"the bce loss is for two-class data; this data has {classes.num_classes} classes. "
-                "Choose ce, weighted_ce, dice or ce_dice"
+                "Choose ce, weighted_ce, dice, ce_dice or weighted_ce_dice"
             )
         if len(splits.train) == 0 or len(splits.val) == 0:
             raise DataError("the dataset needs at least one training and one validation pair")
@@ -378,7 +378,7 @@ class Trainer:
 
             model = DistributedDataParallel(net, device_ids=[sp.device.index] if sp.device.type == "cuda" else None)
         weights = None
-        if cfg.train.loss == "weighted_ce":
+        if cfg.train.loss in WEIGHTED:
             weights = class_weights_from_counts(pixel_counts(splits.train, classes.num_classes)).to(sp.device)
         loss_fn = SegLoss(cfg.train.loss, weights).to(sp.device)
         scaler = torch.amp.GradScaler("cuda") if sp.use_grad_scaler else None

@@ -36,7 +36,7 @@ def test_bce_for_one_channel_binary():
     assert SegLoss("bce")(-logits, target).item() > 5
 
 
-@pytest.mark.parametrize("kind", ["ce", "weighted_ce", "dice", "ce_dice"])
+@pytest.mark.parametrize("kind", ["ce", "weighted_ce", "dice", "ce_dice", "weighted_ce_dice"])
 def test_every_loss_has_gradients(kind):
     logits = torch.randn(2, 4, 8, 8, requires_grad=True)
     target = torch.randint(0, 4, (2, 8, 8))

@@ -54,6 +54,7 @@ LOSSES = [
     ("Weighted CE: rare classes count more", "weighted_ce"),
     ("Dice: overlap per class, small classes count as much", "dice"),
     ("CE + Dice: steady and balanced (default)", "ce_dice"),
+    ("Weighted CE + Dice: for rare classes", "weighted_ce_dice"),
 ]
 UPSAMPLING = [
     ("Transposed convolution (learned)", "transposed"),
