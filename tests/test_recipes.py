@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,26 @@ def test_a_faster_machine_or_smaller_data_gets_a_larger_scale_never_above_the_im
     tiny_images = recipes.plan(p, DataShape(20, 6, 50, 70), per_pixel=QUICK_CPU / 8).config
     assert tiny_images.data.image_size == 50  # never up-scaled past the images' own short side
     assert "own size" in recipes.plan(p, DataShape(20, 6, 50, 70), per_pixel=QUICK_CPU / 8).why
+
+
+def test_rare_classes_get_a_weighted_loss():
+    rare = recipes.plan(recipes.preset("10min"), DataShape(367, 101, 360, 480, rarest=0.001), per_pixel=QUICK_CPU)
+    common = recipes.plan(recipes.preset("10min"), DataShape(367, 101, 360, 480, rarest=0.05), per_pixel=QUICK_CPU)
+    assert rare.config.train.loss == "weighted_ce" and "0.1% of the pixels" in rare.why
+    assert common.config.train.loss == RunConfig().train.loss and "rarest" not in common.why
+
+
+def test_the_sample_reads_sizes_and_class_shares(tmp_path):
+    from segdemo.data.base import ArraySource, ClassSet, Splits
+
+    images = [np.zeros((h, w, 3), np.uint8) for h, w in [(30, 40), (50, 60), (70, 20)]]
+    masks = [np.zeros(im.shape[:2], np.uint8) for im in images]
+    masks[0][0, :4] = 1  # 4 pixels of class 1 in 30*40 + 50*60 + 70*20 = 5600
+    masks[1][:, :] = 255  # ignore: not counted
+    src = ArraySource(images, masks, ["a", "b", "c"])
+    shape = DataShape.of(Splits(src, src, ClassSet.default(["bg", "thing"])))
+    assert (shape.n_train, shape.short, shape.long) == (3, 30, 60)
+    assert shape.rarest == pytest.approx(4 / (1200 + 1400))
 
 
 def test_a_slow_machine_gets_fewer_epochs_never_a_scale_too_small_to_see_anything():
