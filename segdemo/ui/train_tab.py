@@ -367,11 +367,10 @@ class RunView:
         ev = self.diagnosis_from
         if ev is None:
             return []
-        out = []
-        for p in ev.worst:
-            out.append((upscale(p.image), f"{p.name}: mIoU {p.miou:.2f}"))
-            out.append((upscale(error_map(p.pred, p.target)), "errors"))
-        return out
+        return [
+            (strip(upscale(p.image), upscale(error_map(p.pred, p.target))), f"{p.name}: mIoU {p.miou:.2f}")
+            for p in ev.worst
+        ]
 
 
 class TrainTab:
@@ -467,8 +466,8 @@ class TrainTab:
                 self.worst = gr.Gallery(
                     label="Worst validation images",
                     show_label=False,
-                    columns=8,
-                    height=200,
+                    columns=2,
+                    height=440,
                     format="png",
                     object_fit="contain",
                     elem_id="worst-images",
