@@ -318,6 +318,38 @@ def test_no_script_runs_in_the_browser_from_hostile_names(server, tmp_path):
 # -- 3. lock-out -----------------------------------------------------------------------------------------
 
 
+def test_one_browser_cannot_keep_the_cpu_busy_redrawing(server):
+    """/redraw skips the queue (it must answer a slider in tens of ms): each browser has a rate cap, and the
+    pictures it redraws are at most 1024 px (segdemo/ui/views.py), so no redraw is expensive."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _, _ = server
+    c, token = client(url, "203.0.113.20")
+    out = c.predict(token, "default", None, [handle_file(str(EXAMPLE))], None, None, 0.5, False, api_name="/predict")
+    view = out[-1]
+
+    def flood(i: int) -> list[object]:
+        fc = Client(  # pictures not fetched: only the server's work is asked for, as fast as a client can ask
+            url, verbose=False, ssl_verify=False, headers={"X-Forwarded-For": "203.0.113.20"}, download_files=False
+        )
+        answers = []
+        for k in range(15):
+            try:
+                answers.append(fc.predict(token, view, (i * 15 + k) % 20 / 20, [], api_name="/redraw"))
+            except AppError as e:
+                answers.append(e)
+        return answers
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        answers = [a for batch in pool.map(flood, range(8)) for a in batch]
+    refusals = [a for a in answers if isinstance(a, AppError)]
+    drawn = len(answers) - len(refusals)
+    assert refusals and all(refused(a, "too many redraws", "this browser") for a in refusals)
+    assert drawn <= 30 * (time.monotonic() - t0 + 1)  # never more than the cap let through
+    honest_predict(url)
+
+
 def test_one_address_cannot_mint_sessions_without_end(server):
     url, _, _ = server
     from segdemo.ui.common import NEW_SESSIONS_PER_10_MIN

@@ -185,23 +185,30 @@ def test_a_job_keeps_pictures_and_confusion_of_the_newest_epoch_only(tmp_path: P
 def test_kept_predictions_are_bounded_and_only_their_owner_finds_them():
     from segdemo.errors import UserError
     from segdemo.tokens import OwnerTokens
-    from segdemo.ui.views import ViewCache
+    from segdemo.ui.views import View, ViewCache
 
     tokens = OwnerTokens(b"x" * 32)
     a, b = tokens.issue(), tokens.issue()
     classes = ClassSet.default(["bg", "fg"])
     pic = np.zeros((10, 10, 3), np.uint8)  # 300 bytes + a 100-byte mask: 400 bytes a view
     cache = ViewCache(max_bytes=1500, per_owner=2)
-    ids = [cache.put(a, pic, np.zeros((10, 10), np.uint8), None, classes) for _ in range(3)]
+    ids = [cache.put(a, View(pic, np.zeros((10, 10), np.uint8), None, classes)) for _ in range(3)]
     with pytest.raises(UserError, match="no longer kept"):
         cache.get(a, ids[0])  # a browser keeps its newest two
     assert cache.get(a, ids[2]).mask.shape == (10, 10)
     with pytest.raises(UserError, match="no longer kept"):
         cache.get(b, ids[2])  # another browser: the same words as a made-up id
     for _ in range(2):
-        cache.put(b, pic, np.zeros((10, 10), np.uint8), np.zeros((10, 10), np.uint8), classes)  # 500 bytes each
+        cache.put(b, View(pic, np.zeros((10, 10), np.uint8), np.zeros((10, 10), np.uint8), classes))  # 500 bytes
     assert len(cache) == 3  # 2 x 400 + 2 x 500 > 1500: the oldest went
     with pytest.raises(UserError):
         cache.get(a, ids[1])
     left, right = cache.get(a, ids[2]).pair(0.5)
     assert left is pic and right.shape == (10, 10, 3)  # no truth: the image beside the prediction
+    # kept at display size: a big photo shrinks, its masks by nearest neighbour (class ids stay ids)
+    big = View.for_display(
+        np.zeros((3000, 1500, 3), np.uint8), np.full((3000, 1500), 3, np.uint8), np.full((3000, 1500), 255, np.uint8),
+        classes,
+    )  # fmt: skip
+    assert big.image.shape == (1024, 512, 3) and big.mask.shape == big.target.shape == (1024, 512)
+    assert set(np.unique(big.mask)) == {3} and set(np.unique(big.target)) == {255}

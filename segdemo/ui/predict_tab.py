@@ -17,7 +17,9 @@ from PIL import Image
 from segdemo import zerogpu
 from segdemo.checkpoint import read_meta
 from segdemo.imageio import IMAGE_SUFFIXES, load_image_oriented
+from segdemo.limits import LimitError, RateLimiter
 from segdemo.predict import MaskIndex, load_ground_truth
+from segdemo.tokens import hash_owner
 from segdemo.ui.common import (
     EXAMPLES_DIR,
     HEAVY,
@@ -34,6 +36,7 @@ from segdemo.ui.views import View, ViewCache
 from segdemo.viz import confusion_html, legend_html
 
 SLIDER_LABEL = "Left: the image, or the true mask overlaid when there is one · right: the prediction overlaid"
+REDRAWS_PER_S = 30  # per browser; a hand on the slider, one redraw after another, stays well under it
 MAX_SIDE = 2048  # larger photos are shrunk before predicting: a 40-megapixel softmax would need gigabytes
 MAX_FILES = 200  # images (and masks) per request: Predict shows one at a time
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
@@ -95,9 +98,12 @@ class PredictTab:
     def __init__(self, ctx: AppContext, token: gr.BrowserState):
         self.ctx, self.token = ctx, token
         self.views = ViewCache()  # the last predictions per browser: opacity and class toggles redraw them
+        # redraws skip the queue (a queued one took ~35 ms more): a cap per browser keeps a flood off the CPU
+        self.redraws = RateLimiter(REDRAWS_PER_S, 1.0, "redraws")
         gr.Markdown(
-            "Segment new images with a trained model. Add the true mask (same file name) to score the "
-            "prediction; without one you see how much of the image each class covers."
+            "Segment new images (or a webcam photo) with a trained model. Add the true mask (same file name) to "
+            "score the prediction and see where it fails; without one you see how much of the image each class "
+            "covers. The opacity slider and the class ticks redraw at once, without running the model again."
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
@@ -515,11 +521,9 @@ class PredictTab:
             "Predict: the model ran on a %dx%d image (%.0f ms)", *image.shape[1::-1], 1e3 * (time.perf_counter() - t0)
         )
         classes = predictor.classes
-        view = View("", image, p.mask, target, classes)
+        view = View.for_display(image, p.mask, target, classes)
         # kept for this browser's opacity and class toggles (an API client without a token gets no view)
-        view_id = (
-            self.views.put(token, image, p.mask, target, classes) if self.ctx.jobs.valid_owner_token(token) else ""
-        )
+        view_id = self.views.put(token, view) if self.ctx.jobs.valid_owner_token(token) else ""
         legend = legend_html(classes, p.pixel_share)
         if p.metrics is not None:
             m = p.metrics
@@ -594,6 +598,10 @@ class PredictTab:
         owner = self.ctx.owner(token)
         if not view:
             return gr.skip()  # nothing segmented yet
+        try:
+            self.redraws.hit(hash_owner(owner))
+        except LimitError:
+            raise gr.Error("Too many redraws at once from this browser; move the slider again in a second.") from None
         v = self.views.get(owner, view)
         return v.pair(_alpha(alpha), _hidden(shown, v.classes.num_classes))
 

@@ -1,6 +1,7 @@
 """Predict's last pictures per browser, kept on the server so that moving the opacity slider or hiding a class
-redraws them without running the model again. Bounded: a few per browser, a byte cap for the whole server
-(the oldest go first); a view is found only with its id AND the browser's token that made it."""
+redraws them without running the model again. Bounded: kept at display size (DISPLAY_MAX_SIDE), a few per
+browser, a byte cap for the whole server (the oldest go first); a view is found only with its id AND the
+browser's token that made it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import hmac
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 
 from segdemo.data.base import ClassSet
@@ -17,7 +19,8 @@ from segdemo.errors import UserError
 from segdemo.tokens import hash_owner
 from segdemo.viz import overlay
 
-VIEWS_BYTES = 256 << 20  # all browsers together: a dozen 2048 px photos, or hundreds of 512 px ones
+VIEWS_BYTES = 256 << 20  # all browsers together: 50 views of 1024 px photos with masks, hundreds of 512 px ones
+DISPLAY_MAX_SIDE = 1024  # the slider's pictures: a page shows them smaller still, and a redraw stays ~10 ms
 VIEWS_PER_OWNER = 4  # a browser's newest predictions (tabs of one browser share its token)
 GONE = "This picture is no longer kept on the server; press Segment to draw it again"
 
@@ -26,11 +29,24 @@ GONE = "This picture is no longer kept on the server; press Segment to draw it a
 class View:
     """What a redraw needs: the picture, the predicted ids, the true ids when there were some, the classes."""
 
-    owner_key: str
-    image: np.ndarray  # (H, W, 3) uint8, as predicted (after any shrinking)
+    image: np.ndarray  # (H, W, 3) uint8, longest side at most DISPLAY_MAX_SIDE
     mask: np.ndarray  # (H, W) uint8 predicted class ids
     target: np.ndarray | None  # (H, W) uint8 true class ids with IGNORE, or None
     classes: ClassSet
+    owner_key: str = ""  # set when kept (ViewCache.put)
+
+    @classmethod
+    def for_display(cls, image, mask, target, classes: ClassSet) -> View:
+        """A prediction at display size: the image shrunk by area, the masks by nearest neighbour."""
+        h, w = image.shape[:2]
+        f = max(h, w) / DISPLAY_MAX_SIDE
+        if f > 1:
+            size = (max(1, round(w / f)), max(1, round(h / f)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+            if target is not None:
+                target = cv2.resize(target, size, interpolation=cv2.INTER_NEAREST)
+        return cls(image, mask, target, classes)
 
     @property
     def nbytes(self) -> int:
@@ -51,9 +67,9 @@ class ViewCache:
         self._views: OrderedDict[str, View] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
 
-    def put(self, owner: str, image, mask, target, classes: ClassSet) -> str:
-        """Keep a prediction for `owner` (a valid token); returns its id."""
-        view = View(hash_owner(owner), image, mask, target, classes)
+    def put(self, owner: str, view: View) -> str:
+        """Keep a view for `owner` (a valid token); returns its id."""
+        view = replace(view, owner_key=hash_owner(owner))
         view_id = secrets.token_urlsafe(16)
         with self._lock:
             self._views[view_id] = view
