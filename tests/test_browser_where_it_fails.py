@@ -153,6 +153,11 @@ def test_a_webcam_photo_is_segmented(app):
                 runs = _model_runs(log)
                 page.get_by_text("Or take a photo with the webcam").click()
                 page.get_by_text("Click to Access Webcam").click()
+                page.wait_for_function(  # the camera streams frames before the shutter means anything
+                    "() => { const v = document.querySelector('#webcam video');"
+                    " return v && v.readyState >= 2 && v.currentTime > 0; }",
+                    timeout=30_000,
+                )
                 page.locator("#webcam button[aria-label='capture photo']").click()
                 expect(page.locator("#predict-images")).to_contain_text("image", timeout=30_000)  # the photo
                 expect(page.locator("#predict-table")).to_contain_text("share of predicted pixels", timeout=60_000)
