@@ -3,7 +3,7 @@
 Widgets and wiring only: training, prediction, checks and checkpoints all live in the engine.
 
 API (gradio_client), see README: `/session` -> owner token; `/check_data`; `/train` -> run id;
-`/watch` (streams); `/stop`; `/run_info` (JSON); `/predict`.
+`/watch` (streams); `/stop`; `/run_info` (JSON); `/predict`; `/redraw` (Predict's pictures again, no model).
 """
 
 from __future__ import annotations
