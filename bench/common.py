@@ -69,8 +69,14 @@ def busy_processes(n: int):
             p.wait()
 
 
-def start_app(extra_env: dict[str, str] | None = None, timeout: float = 180) -> tuple[str, subprocess.Popen]:
-    """`python app.py` on a free local port, runs in a fresh temporary folder; returns (url, process)."""
+def start_app(
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 180,
+    repo: Path = REPO,
+    log: Path | None = None,
+) -> tuple[str, subprocess.Popen]:
+    """`python app.py` of `repo` (this checkout, or another to compare with) on a free local port, runs in a
+    fresh temporary folder, its output in `log` if given; returns (url, process)."""
     import socket
     import tempfile
 
@@ -86,9 +92,8 @@ def start_app(extra_env: dict[str, str] | None = None, timeout: float = 180) -> 
         "SEGDEMO_RUNS_DIR": tempfile.mkdtemp(prefix="segdemo-bench-runs-"),
         **(extra_env or {}),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it; closed at exit
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
     proc.runs_dir = Path(env["SEGDEMO_RUNS_DIR"])  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + timeout

@@ -190,8 +190,8 @@ def _planned(cfg, args, out: Path):
 
 
 def _event_line(ev) -> str:
-    """An event for train.log: its type and fields, without the preview pictures."""
-    fields = {k: v for k, v in vars(ev).items() if k != "previews"}
+    """An event for train.log: its type and fields, without the pictures and the confusion matrix."""
+    fields = {k: v for k, v in vars(ev).items() if k not in ("previews", "worst", "confusion")}
     return f"{type(ev).__name__} {json.dumps(fields, default=str)}"
 
 
@@ -209,6 +209,7 @@ def cmd_evaluate(args) -> int:
     from segdemo.checkpoint import load_checkpoint, resolve_checkpoint
     from segdemo.data import open_dataset
     from segdemo.evaluate import evaluate_model
+    from segdemo.metrics import confusion_to_dict
 
     ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
     cfg = ck.config
@@ -226,12 +227,22 @@ def cmd_evaluate(args) -> int:
         if source is None or len(source) == 0:
             raise UserError(f"the data has no {args.split} split")
         res = evaluate_model(ck.model, source, cfg, ck.classes, batch_size=8)
-    doc = {**res.metrics.to_dict(ck.classes.names), "split": args.split, "images": len(source)}
+    names = ck.classes.names
+    doc = {
+        **res.metrics.to_dict(names),
+        "split": args.split,
+        "images": len(source),
+        "confusion": confusion_to_dict(res.confusion, names),
+    }
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
     print(f"{args.split}: {len(source)} images  mIoU {doc['miou']:.4f}  pixel accuracy {doc['pixel_accuracy']:.4f}")
     print(_table(doc["per_class"]))
+    pairs = doc["confusion"]["most_confused"]
+    if pairs:
+        print("most confused (share of the true class's pixels):")
+        print("\n".join(f"  {p['sentence']}" for p in pairs))
     return 0
 
 
@@ -571,7 +582,11 @@ def _parser() -> argparse.ArgumentParser:
         help="classes JSON for a folder dataset (default: the one the checkpoint was "
         "trained with, else the dataset's classes.json)",
     )
-    e.add_argument("--json", action="store_true", help="print miou, pixel_accuracy and per_class as JSON")
+    e.add_argument(
+        "--json",
+        action="store_true",
+        help="print miou, pixel_accuracy, per_class and the confusion (counts, row shares, most confused) as JSON",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="write mask, colour mask and overlay PNGs for each image", **fmt)

@@ -3,7 +3,9 @@ one confusion matrix."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -13,8 +15,19 @@ from torch import nn
 from segdemo.budget import OUTPUT_BAND_BYTES as BAND_BYTES
 from segdemo.config import RunConfig
 from segdemo.data.base import IGNORE, ClassSet, PairSource
-from segdemo.metrics import ConfusionMeter, SegMetrics
+from segdemo.metrics import ConfusionMeter, SegMetrics, image_miou
 from segdemo.transforms import eval_resize, to_tensor
+
+
+@dataclass
+class ScoredImage:
+    """One evaluated image with its own score: the worst-images strip."""
+
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8, at its own size
+    target: np.ndarray  # (H, W) uint8 class ids, IGNORE kept
+    pred: np.ndarray  # (H, W) uint8 class ids
+    miou: float  # this image's mIoU (metrics.image_miou)
 
 
 @dataclass
@@ -25,6 +38,7 @@ class EvalResult:
     confusion: torch.Tensor | None = None  # (C, C) int64 counts: what processes sum before computing metrics
     loss_sum: float = 0.0  # over the `loss_count` images whose mask has valid pixels
     loss_count: int = 0
+    worst: list[ScoredImage] = field(default_factory=list)  # the `worst` lowest-scoring images, lowest first
 
 
 def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -173,9 +187,12 @@ def evaluate_model(
     channels_last: bool = False,
     should_stop=None,
     indices: list[int] | None = None,
+    worst: int = 0,
 ) -> EvalResult:
     """Metrics over the whole split (or over `indices` of it: one process's share) at each mask's original
-    resolution; previews of `preview_indices` whether counted or not. The model's mode is restored after."""
+    resolution; previews of `preview_indices` whether counted or not; the `worst` counted images with the
+    lowest mIoU of their own, found in the same pass (a heap of `worst` entries: memory stays bounded
+    whatever the split's size). The model's mode is restored after."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -185,6 +202,7 @@ def evaluate_model(
     previews = []
     counted = set(range(len(source))) if indices is None else set(indices)
     todo = sorted(counted | wanted)
+    heap: list[tuple[float, int, ScoredImage]] = []  # (-mIoU, -index, image): the best of the kept on top
     try:
         for start in range(0, len(todo), batch_size):
             if should_stop is not None and should_stop():
@@ -203,10 +221,20 @@ def evaluate_model(
                     if not np.isnan(loss):
                         total_loss += loss
                         n_loss += 1
-                meter.update(pred[None], torch.from_numpy(mask.astype(np.int64)).to(device)[None])
+                cm = meter.update(pred[None], torch.from_numpy(mask.astype(np.int64)).to(device)[None])
+                if worst > 0:
+                    score = image_miou(cm)
+                    if not math.isnan(score) and (len(heap) < worst or -score > heap[0][0]):
+                        kept = ScoredImage(source.name(i), image, mask, pred.to(torch.uint8).cpu().numpy(), score)
+                        heapq.heappush(heap, (-score, -i, kept))
+                        if len(heap) > worst:
+                            heapq.heappop(heap)
     finally:
         model.train(was_training)
-    return EvalResult(meter.compute(), total_loss / max(n_loss, 1), previews, meter.cm, total_loss, n_loss)
+    ranked = [s for _, _, s in sorted(heap, key=lambda e: (-e[0], -e[1]))]
+    return EvalResult(
+        meter.compute(), total_loss / max(n_loss, 1), previews, meter.cm, total_loss, n_loss, worst=ranked
+    )
 
 
 def preview_indices(n: int, k: int) -> list[int]:

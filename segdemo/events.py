@@ -43,6 +43,7 @@ class Preview:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     target: np.ndarray  # (H, W) uint8 class ids, IGNORE kept
     pred: np.ndarray  # (H, W) uint8 class ids
+    miou: float | None = None  # this image's own mIoU, for the worst-images strip (metrics.image_miou)
 
 
 @dataclass
@@ -59,6 +60,11 @@ class EpochEnd:
     images_per_s: float  # training images per second in this epoch
     is_best: bool
     previews: list[Preview] = field(default_factory=list)
+    # where it fails: the split's (C, C) int64 counts, rows = ground truth (metrics.row_normalised, most_confused),
+    # and its lowest-scoring validation images, lowest first. Like previews, only the newest epoch keeps them
+    # in a job's history (jobs.Job), and a run restored after a restart has neither.
+    confusion: np.ndarray | None = None
+    worst: list[Preview] = field(default_factory=list)
 
 
 @dataclass

@@ -50,6 +50,14 @@ FINISHED = (DONE, STOPPED, FAILED)
 NO_SUCH_RUN = "No such run for this browser session: it may have expired or been deleted. Start a new run"
 
 
+PAGE_ARRAYS = ("previews", "worst", "confusion")  # an EpochEnd's pictures and matrix, for the page
+
+
+def _carries(ev: EpochEnd, name: str) -> bool:
+    v = getattr(ev, name)
+    return v is not None and len(v) > 0
+
+
 class Job:
     """One training run. Read `status`, `events`, `result`; wait with `wait_events`."""
 
@@ -87,14 +95,20 @@ class Job:
 
     def _append(self, event: Event) -> None:
         with self._cond:
-            if isinstance(event, EpochEnd) and event.previews:
-                # Only the latest filmstrip is shown: older epochs drop their preview arrays (a copy, so a
-                # reader holding the old event keeps its pictures) and a long run stays small in memory.
+            if isinstance(event, EpochEnd):
+                # Only the latest filmstrip, worst images and confusion are shown: older epochs drop what the
+                # new one brings again (a copy, so a reader holding the old event keeps its pictures) and a
+                # long run stays small in memory.
                 for i in range(len(self.events) - 1, -1, -1):
                     old = self.events[i]
                     if isinstance(old, EpochEnd):
-                        if old.previews:
-                            self.events[i] = dataclasses.replace(old, previews=[])
+                        drop = {
+                            k: None if k == "confusion" else []
+                            for k in PAGE_ARRAYS
+                            if _carries(event, k) and _carries(old, k)
+                        }
+                        if drop:
+                            self.events[i] = dataclasses.replace(old, **drop)
                         break
             self.events.append(event)
             self._cond.notify_all()

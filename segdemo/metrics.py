@@ -82,8 +82,75 @@ class ConfusionMeter:
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        self.cm += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add one batch (or one image); returns its own counts (e.g. to score that image alone)."""
+        cm = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        self.cm += cm
+        return cm
 
     def compute(self) -> SegMetrics:
         return metrics_from_confusion(self.cm)
+
+
+# -- where it fails: the confusion read as shares and sentences ---------------------------------------
+
+
+def row_normalised(cm: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(K, K) float64: each ground-truth row divided by its pixel count, so row t, column p is the share of
+    class t's pixels predicted as p. A class with no ground-truth pixels has a row of NaN (nothing to share)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows > 0, cm / rows, np.nan)
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    true: int  # class id in the ground truth
+    predicted: int  # the class the model took it for
+    share: float  # of the true class's pixels
+    pixels: int
+
+    def sentence(self, names) -> str:
+        """ "Pole is taken for Building 41% of the time" (plain text: escape it for HTML or Markdown)."""
+        return f"{names[self.true]} is taken for {names[self.predicted]} {self.share:.0%} of the time"
+
+
+def most_confused(cm: torch.Tensor | np.ndarray, k: int = 5, min_share: float = 0.01) -> list[ConfusedPair]:
+    """The k off-diagonal cells with the largest row share (at least `min_share`), largest first; ties go to
+    the pair with more pixels. Shares, not counts: a small class wholly taken for another is the news, even
+    when the big classes' few percent are more pixels."""
+    cm = np.asarray(cm, dtype=np.int64)
+    share = row_normalised(cm)
+    np.fill_diagonal(share, np.nan)
+    t, p = np.nonzero(np.nan_to_num(share, nan=0.0) >= max(min_share, 1e-12))
+    order = sorted(zip(t.tolist(), p.tolist(), strict=True), key=lambda tp: (-share[tp], -cm[tp]))
+    return [ConfusedPair(a, b, float(share[a, b]), int(cm[a, b])) for a, b in order[:k]]
+
+
+def confusion_to_dict(cm: torch.Tensor | np.ndarray, names, k: int = 5) -> dict:
+    """The confusion for JSON: counts and row shares (rows = ground truth, columns = prediction, in `names`
+    order; null where a class has no ground-truth pixels) and the most-confused pairs in words."""
+    shares = row_normalised(cm)
+    return {
+        "classes": list(names),
+        "counts": np.asarray(cm, dtype=np.int64).tolist(),
+        "row_normalised": [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in shares],
+        "most_confused": [
+            {
+                "true": names[c.true],
+                "predicted": names[c.predicted],
+                "share": round(c.share, 6),
+                "pixels": c.pixels,
+                "sentence": c.sentence(names),
+            }
+            for c in most_confused(cm, k)
+        ],
+    }
+
+
+def image_miou(cm: torch.Tensor | np.ndarray) -> float:
+    """One image's mIoU from its own confusion: the split's rule (classes neither in its truth nor predicted
+    are left out), so an image showing only background and one shape is scored on those two. NaN when the
+    image has no counted pixels."""
+    return metrics_from_confusion(cm).miou

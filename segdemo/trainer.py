@@ -40,6 +40,7 @@ from segdemo.transforms import normalise, train_transform
 
 log = logging.getLogger(__name__)
 PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them small
+WORST_IMAGES = 4  # lowest-scoring validation images each epoch event carries (none when previews are off)
 # torch's thread count is process-wide: runs that overlap in one server restore this, not each other's value
 _PROCESS_THREADS = torch.get_num_threads()
 
@@ -522,6 +523,8 @@ class Trainer:
             autocast_dtype=p.sp.autocast_dtype,
             channels_last=p.sp.channels_last,
             indices=share,
+            # one process sees only its share of the images, so only a single process picks the worst
+            worst=WORST_IMAGES if p.cfg.train.preview_images > 0 and not w.distributed else 0,
         )
         # every process computes the same metrics from the summed counts
         cm = distributed.sum_all(res.confusion, w, dev)
@@ -578,6 +581,11 @@ class Trainer:
             is_best=is_best,
             previews=[
                 Preview(n, _small(im, False), _small(t, True), _small(pr, True)) for n, im, t, pr in res.previews
+            ],
+            confusion=cm.numpy(),
+            worst=[
+                Preview(r.name, _small(r.image, False), _small(r.target, True), _small(r.pred, True), r.miou)
+                for r in res.worst
             ],
         )
 

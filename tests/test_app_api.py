@@ -5,6 +5,7 @@ A real server on a free port (demo.launch(prevent_thread_lock=True)), real files
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -23,12 +24,24 @@ from PIL import Image  # noqa: E402
 from segdemo.checkpoint import load_checkpoint  # noqa: E402
 from segdemo.imageio import load_image  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
+from segdemo.metrics import metrics_from_confusion, most_confused  # noqa: E402
 from segdemo.predict import Predictor  # noqa: E402
+from segdemo.viz import overlay  # noqa: E402
 from tests.conftest import free_port, tiny_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shapes_3.png"
 EXAMPLE_MASK = ROOT / "examples" / "masks" / "shapes_3.png"
+
+
+def nearest(picture, **candidates) -> str:
+    """Which candidate a (JPEG-compressed) picture is: the one with the smallest mean absolute difference."""
+    diff = {k: np.abs(np.asarray(picture, int) - np.asarray(v, int)).mean() for k, v in candidates.items()}
+    return min(diff, key=diff.get)
+
+
+def want_classes(checkpoint):
+    return load_checkpoint(checkpoint).classes
 
 
 def tiny(**over) -> dict:
@@ -97,7 +110,7 @@ def test_tiny_run_streams_its_epochs_in_order(finished_run, server):
     epochs_seen = [int(n) for s in statuses for n in re.findall(r"Epoch (\d+)/2", s)]
     assert epochs_seen and epochs_seen == sorted(epochs_seen), statuses
     assert "Finished" in statuses[-1] and "best val mIoU" in statuses[-1]
-    status, plot, table, filmstrip, checkpoint, model_choice = last
+    status, plot, table, filmstrip, checkpoint, confusion, worst, model_choice = last
     assert "epoch 2" in " ".join(table["headers"])  # the last table is the last epoch's
     assert table["data"][-1][0] == "mean (mIoU)" and len(table["data"]) == 5
     # the curves travel as data (a gr.LinePlot drawn by the browser): three curves, a point per epoch each
@@ -109,6 +122,19 @@ def test_tiny_run_streams_its_epochs_in_order(finished_run, server):
     assert mious == pytest.approx([e["miou"] for e in info["epochs"]], abs=1e-9)  # JSON keeps 10 digits
     assert float(table["data"][-1][1]) == pytest.approx(info["epochs"][-1]["miou"], abs=6e-4)
     assert len(filmstrip) == 3 * 8  # image, truth, prediction for each of the 8 validation images
+    # where it fails, after the last epoch: the confusion of the validation split, and its 4 worst images
+    where = info["where_it_fails"]
+    assert where["epoch"] == 2 and where["confusion"]["classes"] == info["classes"]
+    counts = np.array(where["confusion"]["counts"])
+    assert metrics_from_confusion(counts).miou == pytest.approx(info["epochs"][-1]["miou"])
+    assert "Confusion on the validation images after epoch 2" in confusion and "Most confused" in confusion
+    for pair in where["confusion"]["most_confused"]:
+        assert pair["sentence"] in confusion
+    scores = [w["miou"] for w in where["worst_images"]]
+    assert len(scores) == 4 and scores == sorted(scores)
+    assert [w["caption"] for w in worst] == [f"{w['name']}: mIoU {w['miou']:.2f}" for w in where["worst_images"]]
+    side_by_side = Image.open(worst[0]["image"])
+    assert side_by_side.width > 2 * side_by_side.height - 10  # each image beside its error map
     assert load_checkpoint(checkpoint).classes.num_classes == 4  # the download is a real checkpoint
     assert model_choice["value"] == f"run:{run_id}"  # selected in the Predict tab, and listed there
     assert f"run:{run_id}" in [v for _, v in model_choice["choices"]]
@@ -128,7 +154,7 @@ def test_prediction_table_equals_the_engines_metrics(finished_run, server):
         True,
         api_name="/predict",
     )
-    image, color, overlay, legend, table, summary, errors, prob_maps, mask_png, details = out
+    slider, color, legend, table, summary, errors, confusion, prob_maps, mask_png, details, shown, view = out
     ckpt = jobs.get(token, run_id).best_checkpoint
     want = Predictor.from_path(ckpt).predict(load_image(EXAMPLE), target=np.array(Image.open(EXAMPLE_MASK)))
     m = want.metrics
@@ -142,21 +168,109 @@ def test_prediction_table_equals_the_engines_metrics(finished_run, server):
         assert row[1] == ("n/a" if np.isnan(iou) else f"{iou:.4f}")
     assert table["data"][-1][:2] == ["mean (mIoU)", f"{m.miou:.4f}"]
     assert np.array_equal(np.asarray(Image.open(mask_png)), want.mask)  # the PNG holds class ids
-    assert np.asarray(Image.open(color)).shape[:2] == np.asarray(Image.open(overlay)).shape[:2] == (128, 128)
+    truth_side, pred_side = (np.asarray(Image.open(f)).astype(int) for f in slider)  # JPEGs
+    assert truth_side.shape == pred_side.shape == (128, 128, 3)
+    image = load_image(EXAMPLE)
+    classes, truth = want_classes(ckpt), np.array(Image.open(EXAMPLE_MASK))
+    sides = dict(
+        pred=overlay(image, want.mask, classes, 0.5),
+        truth=overlay(image, truth, classes, 0.5),
+        image=image,
+        pred_opaque=overlay(image, want.mask, classes, 1.0),
+    )
+    assert nearest(pred_side, **sides) == "pred" and nearest(truth_side, **sides) == "truth"
     assert np.array_equal(np.asarray(Image.open(color))[..., :3], want.color)
     assert errors is not None and len(prob_maps) == 4 and "circle" in legend
+    for pair in most_confused(want.confusion):  # this image's confusion, in words
+        assert pair.sentence(want_classes(ckpt).names) in confusion
+    assert shown["value"] == [0, 1, 2, 3] and view  # every class coloured; the view /redraw redraws
 
 
-def test_prediction_without_ground_truth_shows_the_checkpoints_own_scores(finished_run):
+def test_prediction_without_ground_truth_shows_the_checkpoints_own_scores(finished_run, server):
     c, token, run_id, _, _ = finished_run
+    _, jobs = server
     out = c.predict(
         token, f"run:{run_id}", None, [handle_file(str(EXAMPLE))], None, None, 0.5, False, api_name="/predict"
     )
-    table, errors, prob_maps, details = out[4], out[6], out[7], out[9]
+    slider, table, errors, confusion, prob_maps, details = out[0], out[3], out[5], out[6], out[7], out[9]
     assert table["headers"][2] == "val IoU (from the checkpoint's validation set)"
-    assert errors is None and not prob_maps
+    assert errors is None and not prob_maps and confusion == ""
+    image, mask = load_image(EXAMPLE), np.asarray(Image.open(out[8]))
+    classes = want_classes(jobs.get(token, run_id).best_checkpoint)
+    sides = dict(image=image, prediction=overlay(image, mask, classes, 0.5))
+    # the image itself beside the prediction
+    assert [nearest(Image.open(f), **sides) for f in slider] == ["image", "prediction"]
     assert not details["ground_truth"] and details["checkpoint_val_miou"] is not None
     assert sum(r["predicted_share"] for r in details["per_class"]) == pytest.approx(1.0)
+
+
+class ModelRuns(logging.Handler):
+    """Counts the server's "the model ran" log records (one per prediction, segdemo/ui/predict_tab.py)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record):
+        self.count += "the model ran" in record.getMessage()
+
+
+def predict_example(c: Client, token: str, run_id: str, with_mask: bool = True):
+    masks = [handle_file(str(EXAMPLE_MASK))] if with_mask else None
+    return c.predict(
+        token, f"run:{run_id}", None, [handle_file(str(EXAMPLE))], masks, None, 0.5, False, api_name="/predict"
+    )
+
+
+def test_redraw_changes_opacity_and_classes_without_the_model(finished_run, server):
+    c, token, run_id, _, _ = finished_run
+    _, jobs = server
+    classes = want_classes(jobs.get(token, run_id).best_checkpoint)
+    image, truth = load_image(EXAMPLE), np.array(Image.open(EXAMPLE_MASK))
+    runs, ui_log = ModelRuns(), logging.getLogger("segdemo.ui")
+    ui_log.addHandler(runs)
+    try:
+        out = predict_example(c, token, run_id)
+        assert runs.count == 1  # the counter sees a prediction
+        mask, view = np.asarray(Image.open(out[8])), out[-1]
+
+        def redraw(alpha, shown, **candidates) -> list[str]:
+            pictures = c.predict(token, view, alpha, shown, api_name="/redraw")
+            return [nearest(Image.open(f), **candidates) for f in pictures]
+
+        both = {  # each side at either opacity
+            f"{what} {alpha}": overlay(image, m, classes, alpha)
+            for what, m in (("truth", truth), ("pred", mask))
+            for alpha in (0.5, 0.9)
+        }
+        assert redraw(0.9, [0, 1, 2, 3], image=image, **both) == ["truth 0.9", "pred 0.9"]
+        assert redraw(0.9, [], image=image, **both) == ["image", "image"]  # no class coloured
+        # background (85% of the true mask) left uncoloured: the truth side shows the shapes only (the other
+        # side depends on what this tiny model predicts)
+        shapes = {"truth 0.5 shapes only": overlay(image, truth, classes, 0.5, hidden=[0])}
+        assert redraw(0.5, [1, 2, 3], image=image, **both, **shapes)[0] == "truth 0.5 shapes only"
+        assert runs.count == 1  # and the model never ran again
+    finally:
+        ui_log.removeHandler(runs)
+    # wrong values get a sentence
+    with pytest.raises(AppError, match="not in the list of choices"):  # Gradio checks the choices itself
+        c.predict(token, view, 0.5, [7], api_name="/redraw")
+
+
+def test_only_the_browser_that_predicted_may_redraw(finished_run, server):
+    url, _ = server
+    a, token_a, run_id, _, _ = finished_run
+    view = predict_example(a, token_a, run_id)[-1]
+    b, token_b = session(url)
+    gone = "no longer kept on the server"
+    for token, view_id in ((token_b, view), (token_a, "made-up-view-id"), (token_b, "made-up-view-id")):
+        with pytest.raises(AppError, match=gone):  # another's view reads as a made-up one
+            b.predict(token, view_id, 0.3, [], api_name="/redraw")
+    with pytest.raises(AppError, match="not recognised"):
+        b.predict("guessed-token", view, 0.3, [], api_name="/redraw")
+    assert len(a.predict(token_a, view, 0.3, [0, 1, 2, 3], api_name="/redraw")) == 2  # its owner still can
+    with pytest.raises(AppError, match="not recognised"):  # no token, no redraw
+        b.predict(None, view, 0.3, [], api_name="/redraw")
 
 
 def test_two_sessions_each_see_only_their_own_run(finished_run, server):

@@ -164,7 +164,7 @@ def _student_session(app_url, page):
     expect(page.locator("#model-choice input")).to_have_value(re.compile("^Your run from"), timeout=30_000)
     page.locator("#predict-images input[type=file]").set_input_files(str(EXAMPLE))
     page.locator("#predict-masks input[type=file]").set_input_files(str(EXAMPLE_MASK))
-    for elem in ("#out-image", "#out-color", "#out-overlay"):
+    for elem in ("#out-slider", "#out-color"):
         expect(page.locator(f"{elem} img").first).to_be_visible(timeout=60_000)
     table = page.locator("#predict-table")
     expect(table).to_contain_text("mean (mIoU)", timeout=60_000)

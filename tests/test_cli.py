@@ -59,6 +59,18 @@ def test_evaluate_json(builtin_run):
     assert set(doc["per_class"][0]) == {"name", "iou", "dice", "pixel_share"}
     best = json.loads((builtin_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert doc["miou"] == pytest.approx(best["miou"], abs=1e-5)  # the same honest evaluation as training
+    # where it fails: the counts behind those numbers, each true class's row as shares, the worst pairs in words
+    from segdemo.metrics import metrics_from_confusion
+
+    conf = doc["confusion"]
+    assert conf["classes"] == [c["name"] for c in doc["per_class"]]
+    assert metrics_from_confusion(np.array(conf["counts"])).miou == pytest.approx(doc["miou"], abs=1e-5)
+    for counts, shares in zip(conf["counts"], conf["row_normalised"], strict=True):
+        assert shares == pytest.approx([c / sum(counts) for c in counts], abs=1e-6)
+    for pair in conf["most_confused"]:
+        t, p = conf["classes"].index(pair["true"]), conf["classes"].index(pair["predicted"])
+        assert t != p and pair["share"] == conf["row_normalised"][t][p]
+        assert pair["sentence"] == f"{pair['true']} is taken for {pair['predicted']} {pair['share']:.0%} of the time"
 
 
 def test_predict_writes_mask_color_overlay(builtin_run, tmp_path):
@@ -142,6 +154,7 @@ def test_train_on_camvid_subset(tmp_path):
     )
     doc = json.loads(r.stdout)
     assert len(doc["per_class"]) == 11 and doc["images"] == 101
+    assert np.array(doc["confusion"]["counts"]).shape == (11, 11)  # void (ignored) counts nowhere
 
 
 def test_train_on_oxford_pet_mini(tmp_path):

@@ -246,6 +246,14 @@ def hostile_zip(path: Path) -> Path:
     return path
 
 
+def two_class_mask(tmp_path: Path) -> Path:
+    """A true mask for EXAMPLE with classes 0 and 1 (left half, right half), for the two-class checkpoints."""
+    path = tmp_path / "masks" / EXAMPLE.name
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(np.repeat([[0] * 64 + [1] * 64], 128, axis=0).astype(np.uint8)).save(path)
+    return path
+
+
 def test_class_names_reach_the_page_escaped(server, tmp_path):
     url, _, _ = server
     c, token = client(url, "203.0.113.5")
@@ -260,14 +268,15 @@ def test_class_names_reach_the_page_escaped(server, tmp_path):
         "upload",
         handle_file(str(ckpt)),
         [handle_file(str(EXAMPLE))],
-        None,
+        [handle_file(str(two_class_mask(tmp_path)))],
         None,
         0.5,
         False,
         api_name="/predict",
     )
-    legend = out[3]
+    legend, confusion = out[2], out[6]
     assert "<img" not in legend and "&lt;img" in legend
+    assert "<img" not in confusion and "&lt;img" in confusion and "is taken for" in confusion
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -295,14 +304,50 @@ def test_no_script_runs_in_the_browser_from_hostile_names(server, tmp_path):
         page.get_by_role("option", name="A checkpoint file I upload").click()
         page.locator("input[type=file][accept*='safetensors']").set_input_files(str(ckpt))
         page.locator("#predict-images input[type=file]").set_input_files(str(EXAMPLE))
+        page.locator("#predict-masks input[type=file]").set_input_files(str(two_class_mask(tmp_path)))
         expect(page.locator("#model-info")).to_contain_text("onerror", timeout=60_000)  # shown as text
         expect(page.locator(".segdemo-legend", has_text="100.0%")).to_contain_text("onerror", timeout=60_000)
+        expect(page.locator("#predict-confusion")).to_contain_text("is taken for", timeout=60_000)
+        expect(page.locator("#predict-confusion")).to_contain_text("onerror")
+        expect(page.locator("#shown-classes")).to_contain_text("onerror")  # the class toggles, as text
         time.sleep(1)
         assert page.evaluate("window.__xss") is None
         browser.close()
 
 
 # -- 3. lock-out -----------------------------------------------------------------------------------------
+
+
+def test_one_browser_cannot_keep_the_cpu_busy_redrawing(server):
+    """/redraw skips the queue (it must answer a slider in tens of ms): each browser has a rate cap, and the
+    pictures it redraws are at most 1024 px (segdemo/ui/views.py), so no redraw is expensive."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _, _ = server
+    c, token = client(url, "203.0.113.20")
+    out = c.predict(token, "default", None, [handle_file(str(EXAMPLE))], None, None, 0.5, False, api_name="/predict")
+    view = out[-1]
+
+    def flood(i: int) -> list[object]:
+        fc = Client(  # pictures not fetched: only the server's work is asked for, as fast as a client can ask
+            url, verbose=False, ssl_verify=False, headers={"X-Forwarded-For": "203.0.113.20"}, download_files=False
+        )
+        answers = []
+        for k in range(15):
+            try:
+                answers.append(fc.predict(token, view, (i * 15 + k) % 20 / 20, [], api_name="/redraw"))
+            except AppError as e:
+                answers.append(e)
+        return answers
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        answers = [a for batch in pool.map(flood, range(8)) for a in batch]
+    refusals = [a for a in answers if isinstance(a, AppError)]
+    drawn = len(answers) - len(refusals)
+    assert refusals and all(refused(a, "too many redraws", "this browser") for a in refusals)
+    assert drawn <= 30 * (time.monotonic() - t0 + 1)  # never more than the cap let through
+    honest_predict(url)
 
 
 def test_one_address_cannot_mint_sessions_without_end(server):

@@ -184,7 +184,7 @@ def test_app_serves_and_predicts_with_the_shipped_model(venv):
             False,
             api_name="/predict",
         )
-        details = out[-1]
+        details = out[9]
         assert [p["name"] for p in details["per_class"]] == ["background", "circle", "square", "triangle"]
         assert details["ground_truth"] and details["miou"] > 0.9, details  # the shipped model, from package data
         assert details["checkpoint_val_miou"] > 0.9

@@ -5,12 +5,14 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from segdemo.checkpoint import load_checkpoint
 from segdemo.config import RunConfig
 from segdemo.data.builtin import open_builtin
 from segdemo.errors import ConfigError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
+from segdemo.metrics import confusion_matrix, metrics_from_confusion
 from segdemo.trainer import LoopState, Trainer, _plateau, lr_at, schedule_progress
 from tests.conftest import tiny_config
 
@@ -33,6 +35,12 @@ def test_events_in_order_and_files_written(tmp_path):
     assert 0 <= e.miou <= 1 and len(e.per_class_iou) == 4 and e.images_per_s > 0 and e.lr > 0
     assert len(e.previews) == 3 and e.previews[0].pred.shape == e.previews[0].target.shape
     assert [p.name for p in ends[0].previews] == [p.name for p in e.previews]  # same images each epoch
+    # where it fails: the split's confusion (its metrics are the epoch's) and its lowest-scoring images
+    assert e.confusion.shape == (4, 4) and metrics_from_confusion(e.confusion).miou == pytest.approx(e.miou)
+    assert 1 <= len(e.worst) <= 4 and [w.miou for w in e.worst] == sorted(w.miou for w in e.worst)
+    for w in e.worst:  # each scored on its own pixels (128 px images travel unshrunk)
+        own = confusion_matrix(torch.tensor(w.pred), torch.tensor(w.target), 4)
+        assert metrics_from_confusion(own).miou == pytest.approx(w.miou)
     for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "curves.png"):
         assert (tmp_path / name).is_file(), name
     log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

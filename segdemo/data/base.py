@@ -13,32 +13,9 @@ from typing import Any
 import numpy as np
 
 from segdemo.errors import DataError  # noqa: F401  (re-exported: data sources raise it)
+from segdemo.palette import distinct_colors
 
 IGNORE = 255
-
-# Distinct colours for classes without their own (first is background-dark).
-DEFAULT_COLORS = (
-    (20, 20, 20),
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (255, 225, 25),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-    (170, 110, 40),
-    (255, 250, 200),
-    (128, 0, 0),
-    (170, 255, 195),
-    (128, 128, 0),
-    (255, 215, 180),
-    (0, 0, 128),
-)
 
 
 @dataclass(frozen=True)
@@ -58,8 +35,8 @@ class ClassSet:
 
     @classmethod
     def default(cls, names: Sequence[str]) -> ClassSet:
-        colors = tuple(DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(names)))
-        return cls(tuple(names), colors)
+        """Names with the default colours: distinct for any number of classes (segdemo.palette)."""
+        return cls(tuple(names), distinct_colors(len(names)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "colors": [list(c) for c in self.colors]}

@@ -3,8 +3,8 @@
 Widgets and wiring only: training, prediction, checks and checkpoints all live in the engine.
 
 API (gradio_client), see README: `/session` -> owner token; `/check_data`; `/train` -> run id;
-`/watch` (streams); `/stop`; `/run_info` (JSON); `/filmstrip_gif`; `/predict`; `/my_runs`, `/compare`, `/ablate`
-(ui/compare_tab.py).
+`/watch` (streams); `/stop`; `/run_info` (JSON); `/filmstrip_gif`; `/predict`; `/redraw` (Predict's pictures again, no
+model); `/my_runs`, `/compare`, `/ablate` (ui/compare_tab.py).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ CSS = """
 #best-checkpoint .empty, #mask-file .empty { min-height: 3em !important; height: 3em !important; }
 #best-checkpoint .empty .icon, #mask-file .empty .icon { height: 1.6em; }
 /* masks are class maps: show their pixels crisp when the browser enlarges them */
-#out-image img, #out-color img, #out-overlay img, #error-map img, #filmstrip img, #prob-maps img {
+#out-slider img, #out-color img, #error-map img, #filmstrip img, #worst-images img, #prob-maps img {
   image-rendering: pixelated;
 }
 /* small pictures (the built-in data is 128 px) fill their boxes instead of sitting in a corner */
-#out-image img, #out-color img, #out-overlay img, #error-map img {
+#out-color img, #error-map img {
   width: 100%; height: 100%; object-fit: contain;
 }
 """

@@ -1,8 +1,11 @@
-"""Predict tab: pick a model (shipped, one of your runs, or an uploaded checkpoint), segment images, compare
-with a ground truth when you have one, look at per-class probabilities, download the mask."""
+"""Predict tab: pick a model (shipped, one of your runs, or an uploaded checkpoint), segment images (or a webcam
+photo), compare with a ground truth when you have one (slider, error map, confusion), change the opacity or
+hide classes without running the model again, look at per-class probabilities, download the mask."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -14,7 +17,9 @@ from PIL import Image
 from segdemo import zerogpu
 from segdemo.checkpoint import read_meta
 from segdemo.imageio import IMAGE_SUFFIXES, load_image_oriented
+from segdemo.limits import LimitError, RateLimiter
 from segdemo.predict import MaskIndex, load_ground_truth
+from segdemo.tokens import hash_owner
 from segdemo.ui.common import (
     EXAMPLES_DIR,
     HEAVY,
@@ -27,11 +32,15 @@ from segdemo.ui.common import (
     safe_stem,
     user_errors,
 )
-from segdemo.viz import legend_html
+from segdemo.ui.views import View, ViewCache
+from segdemo.viz import confusion_html, legend_html
 
+SLIDER_LABEL = "Left: the image, or the true mask overlaid when there is one · right: the prediction overlaid"
+REDRAWS_PER_S = 30  # per browser; a hand on the slider, one redraw after another, stays well under it
 MAX_SIDE = 2048  # larger photos are shrunk before predicting: a 40-megapixel softmax would need gigabytes
 MAX_FILES = 200  # images (and masks) per request: Predict shows one at a time
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
+log = logging.getLogger("segdemo.ui")
 
 
 def _names(files) -> list[str]:
@@ -69,12 +78,32 @@ def _shrink(image: np.ndarray, mask: np.ndarray | None):
     return image, mask, f" (shrunk from {w}x{h} to {size[0]}x{size[1]} for speed)"
 
 
+def _alpha(alpha) -> float:
+    try:
+        return min(1.0, max(0.0, float(alpha if alpha is not None else 0.5)))
+    except (TypeError, ValueError, OverflowError):
+        raise gr.Error("Overlay opacity is a number between 0 and 1.") from None
+
+
+def _hidden(shown, k: int) -> list[int]:
+    """The class ids NOT ticked in "Classes to colour" (None: all are shown)."""
+    if shown is None:
+        return []
+    if not isinstance(shown, list | tuple) or not all(isinstance(c, int) and 0 <= c < k for c in shown):
+        raise gr.Error(f"Classes to colour: a list of class numbers from 0 to {k - 1}.")
+    return sorted(set(range(k)) - set(shown))
+
+
 class PredictTab:
     def __init__(self, ctx: AppContext, token: gr.BrowserState):
         self.ctx, self.token = ctx, token
+        self.views = ViewCache()  # the last predictions per browser: opacity and class toggles redraw them
+        # redraws skip the queue (a queued one took ~35 ms more): a cap per browser keeps a flood off the CPU
+        self.redraws = RateLimiter(REDRAWS_PER_S, 1.0, "redraws")
         gr.Markdown(
-            "Segment new images with a trained model. Add the true mask (same file name) to score the "
-            "prediction; without one you see how much of the image each class covers."
+            "Segment new images (or a webcam photo) with a trained model. Add the true mask (same file name) to "
+            "score the prediction and see where it fails; without one you see how much of the image each class "
+            "covers. The opacity slider and the class ticks redraw at once, without running the model again."
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
@@ -114,8 +143,16 @@ class PredictTab:
                     elem_id="predict-masks",
                     height=130,
                 )
+                with gr.Accordion("Or take a photo with the webcam", open=False):
+                    self.webcam = gr.Image(
+                        sources=["webcam"],
+                        type="filepath",
+                        format="png",
+                        label="Webcam: take a photo and it is segmented",
+                        height=240,
+                        elem_id="webcam",
+                    )
                 self.show = gr.Dropdown([], label="Image to show", visible=False, allow_custom_value=True)
-                self.alpha = gr.Slider(0, 1, 0.5, step=0.05, label="Overlay opacity")
                 self.probs = gr.Checkbox(False, label="Show per-class probability maps")
                 self.go = gr.Button("Segment", variant="primary", elem_id="segment-btn")
                 self.example_files = [
@@ -135,21 +172,24 @@ class PredictTab:
                     elem_id="examples",
                 )
             with gr.Column(scale=3, min_width=420):
+                # photos travel as JPEG: PNG-encoding a noisy photo took most of a request (bench/README.md,
+                # app speed); the masks stay PNG so their colours stay exact
+                self.slider = gr.ImageSlider(
+                    label=SLIDER_LABEL,
+                    format="jpeg",
+                    interactive=False,
+                    max_height=420,
+                    elem_id="out-slider",
+                )
                 with gr.Row():
-                    # photos travel as JPEG: PNG-encoding a noisy photo took most of a request (bench/README.md,
-                    # app speed); the masks stay PNG so their colours stay exact
-                    self.out_image = gr.Image(
-                        label="Image", format="jpeg", interactive=False, height=260, elem_id="out-image"
+                    self.alpha = gr.Slider(
+                        0, 1, 0.5, step=0.05, label="Overlay opacity", elem_id="opacity", min_width=160
                     )
-                    self.out_color = gr.Image(
-                        label="Predicted mask",
-                        format="png",
-                        interactive=False,
-                        height=260,
-                        elem_id="out-color",
-                    )
-                    self.out_overlay = gr.Image(
-                        label="Overlay", format="jpeg", interactive=False, height=260, elem_id="out-overlay"
+                    self.shown = gr.CheckboxGroup(
+                        [],
+                        label="Classes to colour (untick to see the image there)",
+                        visible=False,
+                        elem_id="shown-classes",
                     )
                 self.legend = gr.HTML(label="legend")
                 self.summary = gr.Markdown(label="summary")
@@ -160,15 +200,24 @@ class PredictTab:
                     wrap=True,
                     elem_id="predict-table",
                 )
-                self.errors = gr.Image(
-                    label="Error map: green right · red wrong class · yellow missed "
-                    "(predicted background) · grey ignored",
-                    format="png",
-                    interactive=False,
-                    height=260,
-                    visible=False,
-                    elem_id="error-map",
-                )
+                with gr.Row():
+                    self.out_color = gr.Image(
+                        label="Predicted mask",
+                        format="png",
+                        interactive=False,
+                        height=260,
+                        elem_id="out-color",
+                    )
+                    self.errors = gr.Image(
+                        label="Error map: green right · red wrong class · yellow missed "
+                        "(predicted background) · grey ignored",
+                        format="png",
+                        interactive=False,
+                        height=260,
+                        visible=False,
+                        elem_id="error-map",
+                    )
+                self.confusion = gr.HTML(elem_id="predict-confusion")
                 self.prob_maps = gr.Gallery(
                     label="Probability of each class (dark 0, bright 1)",
                     columns=4,
@@ -184,17 +233,20 @@ class PredictTab:
                     elem_id="mask-file",
                 )
                 self.details = gr.JSON(label="details", visible=False)
+                self.view = gr.Textbox(visible=False, label="view id")  # what /redraw redraws
         self.outputs = [
-            self.out_image,
+            self.slider,
             self.out_color,
-            self.out_overlay,
             self.legend,
             self.table,
             self.summary,
             self.errors,
+            self.confusion,
             self.prob_maps,
             self.mask_file,
             self.details,
+            self.shown,
+            self.view,
         ]
 
     def _shipped_note(self, shipped: bool) -> str:
@@ -231,7 +283,7 @@ class PredictTab:
             self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy
         ).then(**show)
         gr.on(
-            [self.masks.change, self.show.input, self.alpha.release, self.probs.input],
+            [self.masks.change, self.show.input, self.probs.input],
             self.auto_predict,
             inputs,
             self.outputs,
@@ -269,6 +321,20 @@ class PredictTab:
             api_visibility="private",
             **heavy,
         )
+        # opacity and class toggles redraw the kept prediction: no model, no queue, a few ms of blending
+        redraw = dict(
+            fn=self.redraw,
+            inputs=[self.token, self.view, self.alpha, self.shown],
+            outputs=self.slider,
+            queue=False,
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+        self.alpha.input(**redraw, api_name="redraw")
+        self.shown.input(**redraw, api_visibility="private")
+        self.webcam.change(
+            self.use_photo, self.webcam, [self.images, self.masks], api_visibility="private", queue=False
+        )
         self.example_gallery.select(
             self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
         )
@@ -285,6 +351,13 @@ class PredictTab:
     def on_images(self, images):
         names = _names(images)
         return gr.update(choices=names, value=names[0] if names else None, visible=len(names) > 1)
+
+    @staticmethod
+    def use_photo(photo):
+        """A webcam photo becomes the one image to segment (and any masks go: none of them is its mask)."""
+        if not photo:
+            return gr.skip(), gr.skip()
+        return [photo], None
 
     def pick_example(self, evt: gr.SelectData):
         img, mask = self.example_files[evt.index]
@@ -390,7 +463,11 @@ class PredictTab:
 
     def auto_predict(self, token, model, ckpt_file, images, masks, show, alpha, probability_maps):
         if not images:
-            return {**dict.fromkeys(self.outputs), self.legend: "", self.summary: "", self.details: {}}
+            return {
+                **dict.fromkeys(self.outputs),
+                **{self.legend: "", self.summary: "", self.confusion: "", self.details: {}, self.view: ""},
+                self.shown: gr.update(choices=[], value=[], visible=False),
+            }
         no_model = model is None or (model == "default" and not self.ctx.default_checkpoint.is_file())
         if no_model or (model == "upload" and not ckpt_file):
             return {  # the other outputs keep what they show
@@ -415,8 +492,10 @@ class PredictTab:
     ):
         """Segment one of the uploaded images (`show`, by file name; default the first).
 
-        Returns: image, colour mask, overlay, legend HTML, per-class table, summary text, error map
-        (with a ground truth), probability maps (when asked) and the mask as a PNG of class ids.
+        Returns: the slider's two pictures (image | prediction overlaid, or with a ground truth, truth |
+        prediction overlaid), the colour mask, legend HTML, per-class table, summary text, error map and
+        confusion HTML (with a ground truth), probability maps (when asked), the mask as a PNG of class ids,
+        the numbers as JSON, the classes to colour, and the view id that /redraw takes.
         """
         images, masks = _file_list(images, "images"), _file_list(masks, "masks")
         if not images:
@@ -434,13 +513,17 @@ class PredictTab:
         if mask_path is not None:
             target = load_ground_truth(mask_path, image.shape, orientation, predictor.classes, name)
         image, target, shrunk = _shrink(image, target)
-        try:
-            alpha = min(1.0, max(0.0, float(alpha if alpha is not None else 0.5)))
-        except (TypeError, ValueError, OverflowError):
-            raise gr.Error("Overlay opacity is a number between 0 and 1.") from None
+        alpha = _alpha(alpha)
+        t0 = time.perf_counter()
         # inside a @spaces.GPU function: on ZeroGPU the GPU is lent for this call only
         p = zerogpu.predict(predictor, image, target=target, alpha=alpha, probabilities=bool(probability_maps))
+        log.info(
+            "Predict: the model ran on a %dx%d image (%.0f ms)", *image.shape[1::-1], 1e3 * (time.perf_counter() - t0)
+        )
         classes = predictor.classes
+        view = View.for_display(image, p.mask, target, classes)
+        # kept for this browser's opacity and class toggles (an API client without a token gets no view)
+        view_id = self.views.put(token, view) if self.ctx.jobs.valid_owner_token(token) else ""
         legend = legend_html(classes, p.pixel_share)
         if p.metrics is not None:
             m = p.metrics
@@ -489,17 +572,38 @@ class PredictTab:
         mask_png = out_dir / f"{safe_stem(name)}_mask.png"
         Image.fromarray(p.mask).save(mask_png)  # 2-D uint8: a greyscale PNG
         return {
-            self.out_image: image,
+            self.slider: view.pair(alpha),
             self.out_color: p.color,
-            self.out_overlay: p.overlay,
             self.legend: legend,
             self.table: table,
             self.summary: summary,
             self.errors: errors,
+            self.confusion: "" if p.confusion is None else confusion_html(p.confusion, classes, f"this image ({name})"),
             self.prob_maps: maps,
             self.mask_file: str(mask_png),
             self.details: _details(name, classes, p, predictor.ckpt.metrics, bool(probability_maps)),
+            self.shown: gr.update(
+                choices=[(n, i) for i, n in enumerate(classes.names)],
+                value=list(range(classes.num_classes)),
+                visible=True,
+            ),
+            self.view: view_id,
         }
+
+    @user_errors
+    def redraw(self, token: str, view: str, alpha, shown):
+        """Redraw the last prediction (by its view id) at another opacity or with some classes left uncoloured
+        (`shown`: the class numbers to colour, None for all), without running the model. Returns the slider's two
+        pictures; only the browser that predicted may redraw."""
+        owner = self.ctx.owner(token)
+        if not view:
+            return gr.skip()  # nothing segmented yet
+        try:
+            self.redraws.hit(hash_owner(owner))
+        except LimitError:
+            raise gr.Error("Too many redraws at once from this browser; move the slider again in a second.") from None
+        v = self.views.get(owner, view)
+        return v.pair(_alpha(alpha), _hidden(shown, v.classes.num_classes))
 
 
 def _num(v) -> float | None:

@@ -22,6 +22,7 @@ from segdemo.errors import ConfigError, JobError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
 from segdemo.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
 from segdemo.limits import LimitError
+from segdemo.metrics import confusion_to_dict
 from segdemo.ui.common import (
     HEAVY,
     AppContext,
@@ -39,7 +40,7 @@ from segdemo.ui.common import (
     user_error,
     user_errors,
 )
-from segdemo.viz import colorize, legend_html, overlay
+from segdemo.viz import colorize, confusion_html, error_map, legend_html, overlay
 
 log = logging.getLogger(__name__)
 PRESET_CHOICES = [(p.label, p.key) for p in recipes.PRESETS]
@@ -272,6 +273,7 @@ class RunView:
     progress: Progress | None = None
     epochs: list[EpochEnd] = field(default_factory=list)
     previews_from: EpochEnd | None = None
+    diagnosis_from: EpochEnd | None = None  # the newest epoch with a confusion matrix and worst images
     end: Done | Failed | None = None
 
     def add(self, ev) -> bool:
@@ -286,6 +288,8 @@ class RunView:
             self.epochs.append(ev)
             if ev.previews:
                 self.previews_from = ev
+            if ev.confusion is not None:
+                self.diagnosis_from = ev
             return True
         if isinstance(ev, Done | Failed):
             self.end = ev
@@ -429,6 +433,22 @@ class RunView:
             out.append((upscale(colorize(p.pred, classes)), f"pred {acc:.0%}"))
         return out
 
+    def confusion(self) -> str:
+        ev, classes = self.diagnosis_from, self.classes
+        if ev is None or classes is None:
+            return ""
+        return confusion_html(ev.confusion, classes, f"the validation images after epoch {ev.epoch}")
+
+    def worst(self) -> list:
+        """The epoch's lowest-scoring validation images, each beside its error map."""
+        ev = self.diagnosis_from
+        if ev is None:
+            return []
+        return [
+            (strip(upscale(p.image), upscale(error_map(p.pred, p.target))), f"{p.name}: mIoU {p.miou:.2f}")
+            for p in ev.worst
+        ]
+
 
 class TrainTab:
     """Builds the tab's widgets (inside an open gr.Tab) and wires its events."""
@@ -507,13 +527,16 @@ class TrainTab:
                     show_label=False,
                     elem_id="curves",
                 )
-                self.table = gr.Dataframe(
-                    value=pd.DataFrame(columns=TABLE_COLUMNS),
-                    label="Per-class IoU on the validation images",
-                    interactive=False,
-                    wrap=True,
-                    elem_id="iou-table",
-                )
+                with gr.Row(equal_height=False):
+                    self.table = gr.Dataframe(
+                        value=pd.DataFrame(columns=TABLE_COLUMNS),
+                        label="Per-class IoU on the validation images",
+                        interactive=False,
+                        wrap=True,
+                        elem_id="iou-table",
+                        min_width=260,
+                    )
+                    self.confusion = gr.HTML(label="confusion matrix", elem_id="confusion", min_width=260)
                 gr.Markdown(
                     "**Validation filmstrip**: the same validation images every epoch, each as *image · "
                     "true mask · prediction* (with the share of its pixels the prediction gets right)."
@@ -526,6 +549,20 @@ class TrainTab:
                     format="png",
                     object_fit="contain",
                     elem_id="filmstrip",
+                )
+                gr.Markdown(
+                    "**Where it fails**: this epoch's validation images with the lowest mIoU of their own, each "
+                    "beside its error map (green right · red wrong class · yellow missed, predicted background "
+                    "· grey ignored)."
+                )
+                self.worst = gr.Gallery(
+                    label="Worst validation images",
+                    show_label=False,
+                    columns=2,
+                    height=440,
+                    format="png",
+                    object_fit="contain",
+                    elem_id="worst-images",
                 )
                 self.checkpoint = gr.File(
                     label="Best checkpoint of this run (.safetensors)",
@@ -548,7 +585,15 @@ class TrainTab:
                     visible=False,
                     elem_id="run-gif-file",
                 )
-        self.watch_outputs = [self.status, self.curves, self.table, self.filmstrip, self.checkpoint]
+        self.watch_outputs = [
+            self.status,
+            self.curves,
+            self.table,
+            self.filmstrip,
+            self.checkpoint,
+            self.confusion,
+            self.worst,
+        ]
 
     # -- wiring -----------------------------------------------------------------------------------------
 
@@ -759,7 +804,8 @@ class TrainTab:
 
     @user_errors
     async def watch(self, token: str, run_id: str, request: gr.Request = None):
-        """Stream a run's progress (status, curves, per-class IoU, filmstrip, checkpoint) until it ends."""
+        """Stream a run's progress (status, curves, per-class IoU, filmstrip, checkpoint, confusion matrix, worst
+        images) until it ends."""
         owner = self.ctx.owner(token)
         job = self.ctx.jobs.get(owner, run_id) if run_id else self.ctx.jobs.latest_for(owner)
         if job is None:
@@ -799,6 +845,7 @@ class TrainTab:
         view, i, last_status = RunView(), 0, 0.0
         first, finished_once, last_new = True, False, time.monotonic()
         film_sent = None  # the epoch whose previews the page has: a filmstrip is 24 pictures, send it once
+        diagnosis_sent = None  # likewise the confusion matrix and the worst images
         while True:
             new = job.wait_events(i, timeout=0)
             i += len(new)
@@ -819,10 +866,13 @@ class TrainTab:
                     choices = gr.update(choices=model_choices(self.ctx, owner), value=value)
                 film = gr.skip() if not first and view.previews_from is film_sent else view.filmstrip()
                 film_sent = view.previews_from
-                yield [status, view.figure(), view.table(), film, ckpt, choices]
+                fresh = first or view.diagnosis_from is not diagnosis_sent
+                confusion, worst = (view.confusion(), view.worst()) if fresh else (gr.skip(), gr.skip())
+                diagnosis_sent = view.diagnosis_from
+                yield [status, view.figure(), view.table(), film, ckpt, confusion, worst, choices]
                 first, last_status = False, now
             elif now - last_status >= 1.0 and (new or job.status == QUEUED):
-                yield [status, *[gr.skip()] * 5]
+                yield [status, *[gr.skip()] * len(self.watch_outputs)]
                 last_status = now
             if over or once:
                 return
@@ -830,7 +880,7 @@ class TrainTab:
                 yield [
                     status + "\n\n*This live view paused (nothing new for a while). Reload the page to see "
                     "the latest.*",
-                    *[gr.skip()] * 5,
+                    *[gr.skip()] * len(self.watch_outputs),
                 ]
                 return
             await asyncio.sleep(0.25)
@@ -872,7 +922,8 @@ class TrainTab:
 
     @user_errors
     def run_info(self, token: str, run_id: str = "") -> dict:
-        """A run as JSON: status, queue position, message, classes and one record per finished epoch."""
+        """A run as JSON: status, queue position, message, classes, one record per finished epoch and, for the
+        newest epoch, where it fails (the confusion matrix and the worst validation images by name and mIoU)."""
         owner = self.ctx.owner(token)
         job = self.ctx.jobs.get(owner, run_id) if run_id else self.ctx.jobs.latest_for(owner)
         if job is None:
@@ -899,12 +950,25 @@ class TrainTab:
                 for e in job.events
                 if isinstance(e, EpochEnd)
             ],
+            "where_it_fails": _where_it_fails(job, started),
             "has_checkpoint": job.best_checkpoint is not None,
             "finished": job.status in (DONE, STOPPED, FAILED),
             "created": job.created,  # server clock, seconds: queue waits and overlaps for the load test
             "started": job.started,
             "finished_at": job.finished,
         }
+
+
+def _where_it_fails(job: Job, started: Started | None) -> dict | None:
+    """The newest epoch's confusion (metrics.confusion_to_dict) and worst images, or None before the first."""
+    ev = next((e for e in reversed(job.events) if isinstance(e, EpochEnd) and e.confusion is not None), None)
+    if ev is None or started is None:
+        return None
+    return {
+        "epoch": ev.epoch,
+        "confusion": confusion_to_dict(ev.confusion, started.class_names),
+        "worst_images": [{"name": p.name, "miou": p.miou} for p in ev.worst],
+    }
 
 
 def _shrink_pair(image, mask):
