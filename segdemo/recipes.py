@@ -39,7 +39,7 @@ class Preset:
 
 
 PRESETS: tuple[Preset, ...] = (
-    Preset("minute", "About a minute (CPU)", 60, width=8, batch_size=8, lr=3e-3, max_scale=128, min_epochs=6),
+    Preset("minute", "About a minute (CPU)", 60, width=8, batch_size=8, lr=3e-3, max_scale=128, min_epochs=10),
     Preset("10min", "About 10 minutes (CPU)", 600, width=16, batch_size=8, lr=3e-3, max_scale=256, min_epochs=40),
     Preset(
         "gpu", "GPU, about 10 minutes", 600, width=32, batch_size=16, lr=2e-3, max_scale=512, min_epochs=40, gpu=True
