@@ -48,6 +48,7 @@ PRESETS: tuple[Preset, ...] = (
 BY_KEY = {p.key: p for p in PRESETS}
 DEFAULT = "minute"
 RARE_SHARE = 0.01  # a class under 1% of the pixels is rare: weigh classes (measured on CamVid, bench/README.md)
+SPARE_EPOCHS = 1.5
 MAX_EPOCHS = 100  # a plan never asks for more (the Train tab's slider ends here): tiny data then ends early
 MIN_SCALE = 64  # below this a depth-4 U-Net sees a 4x4 (or smaller) bottleneck: more epochs cannot make up for it
 SETUP_S = 4.0  # opening the data, the speed probe, building the model: spent before the first step
@@ -104,7 +105,8 @@ def _sample(source: PairSource, num_classes: int) -> tuple[int, int, float]:
 class Plan:
     config: RunConfig
     why: str  # one line for the page and the CLI
-    epoch_s: float  # the estimate behind it
+    epoch_s: float  # the estimate behind it: seconds an epoch
+    epochs_fit: int  # and how many fit the budget (config.train.epochs leaves room for more)
 
 
 def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> tuple[float, Speedups]:
@@ -162,7 +164,9 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
             break
     scale, epochs, epoch_s, per_image = chosen
     cfg.data.image_size = scale
-    t.epochs = max(1, min(epochs, MAX_EPOCHS))
+    # room for half as many again: a probe taken on a busy machine underestimates a quieter run, which then
+    # goes on until the budget (the trainer stops when another epoch would not fit, the rate near its end)
+    t.epochs = max(1, min(math.ceil(epochs * SPARE_EPOCHS), MAX_EPOCHS))
     natural = shape.short
     if scale < min(natural, p.max_scale):
         bigger = ladder[max(0, ladder.index(scale) - 1)]
@@ -172,9 +176,9 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
     else:
         reason = f"this preset's largest scale (the images are {natural} px on the short side)"
     why = (
-        f"{p.label}: {scale} px on the short side ({reason}), {t.epochs} epochs of {shape.n_train} images "
+        f"{p.label}: {scale} px on the short side ({reason}), about {epochs} epochs of {shape.n_train} images "
         f"at about {1 / per_image:.0f} img/s measured here, width {p.width}; the learning rate ends at "
-        f"{_minutes(p.seconds)}, when the run stops with its best checkpoint."
+        f"{_minutes(p.seconds)}, when the run stops with its best checkpoint (up to {t.epochs} epochs if they fit)."
         + (f" {MAX_EPOCHS} epochs are enough here: it may end sooner." if epochs > MAX_EPOCHS else "")
         + (
             f" The rarest class covers {shape.rarest:.1%} of the pixels, so classes are weighed by how rare they"
@@ -184,7 +188,7 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
         )
         + (" No GPU here: planned for this CPU." if no_gpu else "")
     )
-    return Plan(cfg, why, epoch_s)
+    return Plan(cfg, why, epoch_s, epochs)
 
 
 def _scales(top: int, bottom: int) -> list[int]:

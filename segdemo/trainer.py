@@ -106,6 +106,11 @@ def lr_at(progress: float, base_lr: float, schedule: str, plateau_scale: float =
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def next_epoch_misses_budget(elapsed_s: float, epoch_s: float, time_limit_s: float | None) -> bool:
+    """Would one more epoch as long as the last one end after the budget (and be cut off unevaluated)?"""
+    return time_limit_s is not None and elapsed_s + epoch_s > time_limit_s
+
+
 def _plateau(state: LoopState, improved: bool) -> None:
     """ReduceLROnPlateau on val mIoU, kept in the loop state so a resumed run goes on with it."""
     state.plateau_bad = 0 if improved else state.plateau_bad + 1
@@ -306,9 +311,13 @@ class Trainer:
                 self._save_last(p, state)  # mid-epoch: the next chunk goes on from here
                 reason = "paused"
                 break
-            yield self._end_epoch(p, state, epoch, train)
+            end = self._end_epoch(p, state, epoch, train)
+            yield end
             if self._stop_everywhere(p):
                 reason = "time_limit" if self._over_time() else "stopped"
+                break
+            if epoch < p.cfg.train.epochs and self._next_epoch_misses_the_budget(p, end):
+                reason = "time_limit"  # stopping now keeps the whole last epoch; its rate had nearly decayed
                 break
             if epoch < p.cfg.train.epochs and ((steps_left is not None and steps_left <= 0) or self.should_pause()):
                 reason = "paused"
@@ -595,6 +604,11 @@ class Trainer:
     def _over_time(self) -> bool:
         lim = self.config.train.time_limit_s
         return lim is not None and self._elapsed() > lim
+
+    def _next_epoch_misses_the_budget(self, p: Parts, end: EpochEnd) -> bool:
+        """With a time budget, another epoch as long as this one would be cut off before its evaluation."""
+        late = next_epoch_misses_budget(self._elapsed(), end.seconds, self.config.train.time_limit_s)
+        return distributed.any_of(late, p.world, p.sp.device)
 
     def _stop_everywhere(self, p: Parts) -> bool:
         return distributed.any_of(self.should_stop() or self._over_time(), p.world, p.sp.device)

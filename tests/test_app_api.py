@@ -432,7 +432,7 @@ def test_presets_are_planned_for_the_chosen_data(server, tmp_path):
                       strict=True))  # fmt: skip
     assert shapes["image_size"] <= 128 and "10 minutes" in shapes["why"] and "img/s measured here" in shapes["why"]
     assert shapes["time_budget"] == 10 and photos["time_budget"] == 10
-    assert f"{photos['image_size']} px" in photos["why"] and f"{photos['epochs']} epochs of " in photos["why"]
+    assert f"{photos['image_size']} px" in photos["why"] and f"up to {photos['epochs']} epochs" in photos["why"]
     assert photos["image_size"] > shapes["image_size"]  # 12 big photos afford a larger scale than 768 small ones
     with pytest.raises(AppError):
         c.predict("an hour", "builtin", None, 768, api_name="/plan")

@@ -26,13 +26,14 @@ def test_the_budget_buys_the_preset_minimum_of_epochs_at_the_largest_scale_that_
     plan = recipes.plan(p, CAMVID, per_pixel=QUICK_CPU)
     cfg = plan.config
     assert cfg.data.resize == "short" and cfg.data.image_size % 32 == 0
-    assert cfg.train.epochs >= p.min_epochs
-    assert cfg.train.epochs * plan.epoch_s <= p.seconds  # the estimate fits the budget
+    assert plan.epochs_fit >= p.min_epochs and cfg.train.epochs >= plan.epochs_fit
+    assert plan.epochs_fit * plan.epoch_s <= p.seconds  # the estimate fits the budget
     assert cfg.train.time_limit_s == p.seconds and cfg.train.schedule == "warmup_cosine"
     bigger = cfg.data.image_size + 32
     epoch_bigger = (CAMVID.n_train + CAMVID.n_val * 480 / 360 * recipes.EVAL_COST) * QUICK_CPU * bigger**2
     assert (p.seconds * 0.95 - recipes.SETUP_S) // epoch_bigger < p.min_epochs  # the next scale up would not
-    assert f"{cfg.data.image_size} px" in plan.why and f"{cfg.train.epochs} epochs" in plan.why
+    assert f"{cfg.data.image_size} px" in plan.why and f"about {plan.epochs_fit} epochs" in plan.why
+    assert f"up to {cfg.train.epochs} epochs" in plan.why
 
 
 def test_a_faster_machine_or_smaller_data_gets_a_larger_scale_never_above_the_images():

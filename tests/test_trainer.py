@@ -13,7 +13,7 @@ from segdemo.data.builtin import open_builtin
 from segdemo.errors import ConfigError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
 from segdemo.metrics import confusion_matrix, metrics_from_confusion
-from segdemo.trainer import LoopState, Trainer, _plateau, lr_at, schedule_progress
+from segdemo.trainer import LoopState, Trainer, _plateau, lr_at, next_epoch_misses_budget, schedule_progress
 from tests.conftest import tiny_config
 
 
@@ -134,6 +134,12 @@ def test_a_time_budget_ends_the_schedule_by_the_clock():
     assert schedule_progress(10, 100, 30.0, 60.0) == pytest.approx(0.5)
     assert schedule_progress(90, 100, 30.0, 60.0) == pytest.approx(0.9)
     assert schedule_progress(10, 100, 90.0, 60.0) == 1.0
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_not_fit():
+    assert not next_epoch_misses_budget(50.0, 9.0, 60.0)
+    assert next_epoch_misses_budget(52.0, 9.0, 60.0)  # it would end at 61 s, after the budget
+    assert not next_epoch_misses_budget(1e6, 9.0, None)
 
 
 def test_plateau_halves_the_rate_after_three_epochs_without_a_better_miou(tmp_path):
