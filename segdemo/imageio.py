@@ -274,6 +274,17 @@ def load_mask_raw(src: Source, name: str | None = None, max_pixels: int = MAX_PI
         ) from None
 
 
+def load_rgba(src: Source, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA exactly as stored, alpha kept and no EXIF turn: a layer painted in the browser,
+    whose transparent pixels mean "not painted" (segdemo/labelset.py)."""
+    label = _display_name(src, name)
+    im, _ = _decode(src, label, max_pixels)
+    try:
+        return np.array(im.convert("RGBA"), np.uint8)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{label} uses colour mode {im.mode} that cannot be read as RGBA ({e}); re-save it") from None
+
+
 def _wh(shape: tuple[int, ...]) -> str:
     return f"{shape[1]}x{shape[0]}"
 

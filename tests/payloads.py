@@ -45,3 +45,17 @@ def flat_image(path: Path, side: int = 2048) -> Path:
     """A grey PNG of side x side: a few kilobytes on the wire, side^2 pixels to predict."""
     Image.fromarray(np.full((side, side, 3), 128, np.uint8)).save(path)
     return path
+
+
+def png_claiming(path: Path, width: int, height: int) -> Path:
+    """A valid 1x1 PNG whose header claims width x height: a few bytes on the wire, a bomb if decoded."""
+    import io
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    b = bytearray(buf.getvalue())
+    b[16:24] = struct.pack(">II", width, height)
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(b))
+    return path

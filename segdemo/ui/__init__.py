@@ -1,10 +1,10 @@
-"""The Gradio app: `build_demo()` assembles the Train, Predict and Compare tabs; `launch()` starts it safely.
+"""The Gradio app: `build_demo()` assembles the Train, Predict, Compare and Label tabs; `launch()` starts it safely.
 
 Widgets and wiring only: training, prediction, checks and checkpoints all live in the engine.
 
 API (gradio_client), see README: `/session` -> owner token; `/check_data`; `/train` -> run id;
 `/watch` (streams); `/stop`; `/run_info` (JSON); `/filmstrip_gif`; `/predict`; `/redraw` (Predict's pictures again, no
-model); `/my_runs`, `/compare`, `/ablate` (ui/compare_tab.py).
+model); `/my_runs`, `/compare`, `/ablate` (ui/compare_tab.py); the Label tab's `/label_*` (ui/label_tab.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from segdemo.hosting import default_host, warn_if_exposed  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
 from segdemo.ui.compare_tab import CompareTab  # noqa: E402
+from segdemo.ui.label_tab import LabelTab  # noqa: E402
 from segdemo.ui.predict_tab import PredictTab  # noqa: E402
 from segdemo.ui.train_tab import TrainTab  # noqa: E402
 
@@ -61,16 +62,19 @@ def build_demo(
             "# segdemo: train a U-Net, live\nSemantic segmentation gives **every pixel** a class. Train a "
             "small U-Net here and watch what it learns, then try it on new images." + persist
         )
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
                 train = TrainTab(ctx, token)
             with gr.Tab("Predict", id="predict") as predict_tab:
                 predict = PredictTab(ctx, token)
             with gr.Tab("Compare", id="compare") as compare_tab:
                 compare = CompareTab(ctx, token)
+            with gr.Tab("Label", id="label"):
+                label = LabelTab(ctx, token)
         train.wire(demo, predict.model)
         predict.wire(demo, predict_tab)
         compare.wire(demo, compare_tab, train, predict.model)
+        label.wire(demo, tabs, train)
         demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).success(
             train.reattach,
             token,

@@ -1,0 +1,109 @@
+"""The Label tab in headless Chromium, as a student uses it: add two photos, paint each with the mouse (a
+stroke per class), press "Train on these", train two tiny epochs and see the model's prediction.
+
+Reuses the app and browser fixtures of test_app_browser.py (its own app on a free port).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests import test_app_browser as browser
+from tests.test_app_browser import CHROMIUM, _set_number, screenshot_on_failure
+
+app_url, page_fixture = browser.app_url, browser.page  # this module's own app, and a fresh browser per test
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = [ROOT / "examples" / "shapes_1.png", ROOT / "examples" / "shapes_2.png"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: browser test skipped")
+
+
+def pick_class(page, i: int) -> None:
+    """Choose class i's colour in the editor's palette (the palette opens from the Color button)."""
+    editor = page.locator("#label-editor")
+    swatch = editor.locator("menu.swatch button.color").nth(i)
+    for _ in range(3):
+        if swatch.is_visible():
+            break
+        editor.locator("button[title=Color]").click()
+        page.wait_for_timeout(200)
+    swatch.click()
+
+
+def stroke(page, points: list[tuple[float, float]]) -> None:
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for p in points[1:]:
+        page.mouse.move(*p, steps=6)
+    page.mouse.up()
+
+
+def paint_photo(page) -> None:
+    """One stroke of background down the left of the photo, one of object across its middle. The photo is
+    drawn centred in the canvas, scaled to fit: strokes stay within 40% of the smaller side of the centre."""
+    editor = page.locator("#label-editor")
+    box = editor.locator("canvas").first.bounding_box()
+    cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, 0.4 * min(box["width"], box["height"])
+    editor.locator("button[title=Brush]").click()
+    pick_class(page, 0)
+    stroke(page, [(cx - 0.8 * r, cy - 0.8 * r), (cx - 0.8 * r, cy + 0.8 * r)])
+    pick_class(page, 1)
+    stroke(page, [(cx + 0.1 * r, cy + 0.1 * r), (cx + 0.5 * r, cy + 0.1 * r)])
+
+
+def test_label_two_photos_train_on_them_and_predict(app_url, page_fixture):
+    with screenshot_on_failure(page_fixture, "test_label_two_photos_train_on_them_and_predict"):
+        _label_train_predict(app_url, page_fixture)
+
+
+def _label_train_predict(app_url, page):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    page.get_by_role("tab", name="Label").click()
+    progress = page.locator("#label-progress")
+    page.locator("#label-upload input[type=file]").set_input_files([str(p) for p in PHOTOS])
+    expect(progress).to_contain_text("0 of 2 labelled", timeout=90_000)
+    expect(page.locator("#label-photo input")).to_have_value(re.compile("shapes_1"))
+    expect(page.locator("#label-legend")).to_contain_text("object")
+    expect(page.get_by_text("Unpainted pixels are ignored")).to_be_visible()
+
+    paint_photo(page)
+    page.locator("#label-next").click()
+    expect(progress).to_contain_text("1 of 2 labelled", timeout=90_000)
+    expect(page.locator("#label-photo input")).to_have_value(re.compile("shapes_2"), timeout=30_000)
+    page.wait_for_timeout(500)  # the next photo settles in the canvas
+    paint_photo(page)
+    page.locator("#label-train").click()  # saves the photo in the editor first
+
+    # the Train tab opens with the labelled set chosen and checked
+    expect(page.get_by_role("tab", name="Train")).to_have_attribute("aria-selected", "true", timeout=90_000)
+    expect(page.locator("#data-report")).to_contain_text("2 pairs", timeout=90_000)
+    expect(page.locator("#data-report")).to_contain_text("2 classes")
+    report = page.locator("#data-report").inner_text()
+    assert "Ready to train" in report, report
+    expect(page.get_by_text("labelled-photos").filter(visible=True).first).to_be_visible()  # the zip, chosen
+    page.get_by_role("tab", name="Label").click()
+    expect(progress).to_contain_text("2 of 2 labelled")
+    painted = progress.inner_text()
+    assert re.search(r"background [1-9]\d*%", painted) and re.search(r"object [1-9]\d*%", painted), painted
+    page.get_by_role("tab", name="Train").click()
+
+    _set_number(page, "image-size", 32)  # keep the test quick: a tiny net, two epochs
+    _set_number(page, "width", 4)
+    _set_number(page, "epochs", 2)
+    page.locator("#train-btn").click()
+    status = page.locator("#run-status")
+    expect(status).to_contain_text("Finished", timeout=180_000)
+    expect(page.locator("#iou-table")).to_contain_text("object")
+
+    page.get_by_role("tab", name="Predict").click()
+    expect(page.locator("#model-choice input")).to_have_value(re.compile("^Your run from"), timeout=30_000)
+    page.locator("#predict-images input[type=file]").set_input_files(str(PHOTOS[0]))
+    expect(page.locator("#out-color img").first).to_be_visible(timeout=60_000)
+    expect(page.locator("#predict-table")).to_contain_text("object", timeout=60_000)
+    assert "Traceback" not in page.content()
