@@ -77,6 +77,10 @@ class TrainConfig:
     num_workers: int = 0  # data loading threads; 0 keeps both CPU cores for the model on a laptop
     preview_images: int = 8  # fixed validation images whose predictions each epoch event carries
     time_limit_s: float | None = None  # stop (keeping the best checkpoint) after this many seconds
+    # the limit is the run's budget (a preset, the Train tab's time budget): the learning rate follows the
+    # clock as well as the steps and ends there. Off, the limit is only a cap (a server's) and the rate,
+    # by steps alone, is the same float for float however fast the machine is
+    lr_follows_time: bool = False
 
 
 @dataclass

@@ -138,6 +138,7 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
     cfg.model.width, cfg.model.depth = p.width, 4
     t = cfg.train
     t.batch_size, t.lr, t.time_limit_s, t.schedule = p.batch_size, p.lr, float(p.seconds), "warmup_cosine"
+    t.lr_follows_time = True
     no_gpu = p.gpu and not torch.cuda.is_available()
     t.device = "cuda" if p.gpu and not no_gpu else t.device
     cfg.data.resize, cfg.data.crop_size = "short", None

@@ -469,7 +469,8 @@ class Trainer:
             t = p.cfg.train
             # a time budget ends the schedule by the clock (each process's own: they start together, and
             # under torchrun a rate a few milliseconds apart does no harm)
-            progress = schedule_progress(state.step, p.total_steps, self._elapsed(), t.time_limit_s)
+            budget = t.time_limit_s if t.lr_follows_time else None
+            progress = schedule_progress(state.step, p.total_steps, self._elapsed(), budget)
             out.lr = lr_at(progress, t.lr, t.schedule, state.plateau_scale)
             loss = self._step(p, images, masks, out.lr, epoch)
             state.step += 1

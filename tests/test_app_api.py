@@ -424,9 +424,9 @@ def test_presets_are_planned_for_the_chosen_data(server, tmp_path):
             Image.fromarray((rng.random((600, 800)) > 0.5).astype(np.uint8)).save(mask)
             f.write(photo, f"images/p{i}.png")
             f.write(mask, f"masks/p{i}.png")
-    from segdemo.ui.train_tab import ROWS
+    from segdemo.ui.train_tab import SETTINGS
 
-    names = [name for row in ROWS for name in row]  # the settings as the page lays them out: /plan's outputs
+    names = [s.name for s in SETTINGS]  # /plan's outputs: every setting, in SETTINGS order
     shapes = dict(zip([*names, "why"], c.predict("10min", "builtin", None, 768, api_name="/plan"), strict=True))
     photos = dict(zip([*names, "why"], c.predict("10min", "zip", handle_file(str(z)), 768, api_name="/plan"),
                       strict=True))  # fmt: skip

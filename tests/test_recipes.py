@@ -28,7 +28,7 @@ def test_the_budget_buys_the_preset_minimum_of_epochs_at_the_largest_scale_that_
     assert cfg.data.resize == "short" and cfg.data.image_size % 32 == 0
     assert plan.epochs_fit >= p.min_epochs and cfg.train.epochs >= plan.epochs_fit
     assert plan.epochs_fit * plan.epoch_s <= p.seconds  # the estimate fits the budget
-    assert cfg.train.time_limit_s == p.seconds and cfg.train.schedule == "warmup_cosine"
+    assert cfg.train.time_limit_s == p.seconds and cfg.train.schedule == "warmup_cosine" and cfg.train.lr_follows_time
     bigger = cfg.data.image_size + 32
     epoch_bigger = (CAMVID.n_train + CAMVID.n_val * 480 / 360 * recipes.EVAL_COST) * QUICK_CPU * bigger**2
     assert (p.seconds * 0.95 - recipes.SETUP_S) // epoch_bigger < p.min_epochs  # the next scale up would not

@@ -143,6 +143,7 @@ def _time_budget(cfg: RunConfig, v) -> None:
     if minutes < 0:
         raise ConfigError("The time budget cannot be negative; 0 means no limit.")
     cfg.train.time_limit_s = minutes * 60 or None
+    cfg.train.lr_follows_time = bool(minutes)  # a budget: the rate ends there
 
 
 def _weights(cfg: RunConfig, v) -> None:
@@ -497,7 +498,8 @@ class TrainTab:
                         for s in SETTINGS:
                             if s.name in row:
                                 widgets[s.name] = s.widget(v[s.name])
-                self.settings: dict[str, gr.Component] = widgets  # by name, in SETTINGS order
+                # by name, in SETTINGS order whatever the layout: /train's positional parameters follow it
+                self.settings: dict[str, gr.Component] = {s.name: widgets[s.name] for s in SETTINGS}
                 with gr.Accordion("Why? Loss, up-sampling and the other settings", open=False):
                     gr.Markdown(WHY_LOSS + WHY_UPSAMPLING + WHY_OTHER)
             with gr.Column(scale=3, min_width=420):
