@@ -120,6 +120,7 @@ class PredictTab:
                     label="Checkpoint file (.safetensors saved by segdemo)",
                     file_types=[".safetensors"],
                     visible=False,
+                    elem_id="checkpoint-upload",
                 )
                 self.model_info = gr.Markdown(self._shipped_note(shipped), elem_id="model-info")
                 self.export_btn = gr.Button("Download this model as ONNX", size="sm", elem_id="export-onnx")
