@@ -6,7 +6,9 @@ Reuses the app and browser fixtures of test_app_browser.py (its own app on a fre
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,23 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = [ROOT / "examples" / "shapes_1.png", ROOT / "examples" / "shapes_2.png"]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: browser test skipped")
+
+
+@contextlib.contextmanager
+def photo_loads(page):
+    """Around the action that opens a photo: wait until the editor's canvas shows another picture, and holds
+    still. Until then it still shows the previous photo, and the server refuses paint sent with that one."""
+    canvas = page.locator("#label-editor canvas").first
+    before = canvas.screenshot()
+    yield
+    deadline, last = time.monotonic() + 90, before
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(400)
+        shot = canvas.screenshot()
+        if shot != before and shot == last:
+            return
+        last = shot
+    raise AssertionError("the editor did not show the next photo within 90 s")
 
 
 def pick_class(page, i: int) -> None:
@@ -66,17 +85,18 @@ def _label_train_predict(app_url, page):
     page.goto(app_url)
     page.get_by_role("tab", name="Label").click()
     progress = page.locator("#label-progress")
-    page.locator("#label-upload input[type=file]").set_input_files([str(p) for p in PHOTOS])
+    with photo_loads(page):
+        page.locator("#label-upload input[type=file]").set_input_files([str(p) for p in PHOTOS])
     expect(progress).to_contain_text("0 of 2 labelled", timeout=90_000)
     expect(page.locator("#label-photo input")).to_have_value(re.compile("shapes_1"))
     expect(page.locator("#label-legend")).to_contain_text("object")
     expect(page.get_by_text("Unpainted pixels are ignored")).to_be_visible()
 
     paint_photo(page)
-    page.locator("#label-next").click()
+    with photo_loads(page):
+        page.locator("#label-next").click()
     expect(progress).to_contain_text("1 of 2 labelled", timeout=90_000)
     expect(page.locator("#label-photo input")).to_have_value(re.compile("shapes_2"), timeout=30_000)
-    page.wait_for_timeout(500)  # the next photo settles in the canvas
     paint_photo(page)
     page.locator("#label-train").click()  # saves the photo in the editor first
 
