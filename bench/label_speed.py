@@ -19,7 +19,6 @@ Prints the total wall time and its parts; the target is under 5 minutes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import tempfile
 import time
@@ -89,21 +88,34 @@ def strokes_for(truth: np.ndarray, k: int) -> list[tuple[int, list[tuple[float, 
     return out
 
 
-@contextlib.contextmanager
-def photo_loads(page):
-    """Around the action that opens a photo: wait until the editor's canvas shows another picture and holds
-    still (the server refuses paint sent while the editor still shows the previous photo)."""
+def editor_busy(page) -> bool:
+    """The editor's own status reads "processing" or "queue" while an update to it is unfinished."""
+    text = page.locator("#label-editor").inner_text()
+    return "processing" in text or "queue:" in text
+
+
+def open_photo(page, action, index: int, timeout_s: float = 120) -> int:
+    """Do `action` (which opens photo `index`) and wait until the editor shows it: its canvas shows another
+    picture, holds still, and the editor is idle. Until then the editor holds the previous photo, and the
+    server refuses paint sent with it. gradio's editor now and then stays blank and "processing" after a new
+    photo (see README, Label your own data); a student then clicks the photo's thumbnail, and so does this.
+    Returns how many times it had to."""
     canvas = page.locator("#label-editor canvas").first
     before = canvas.screenshot()
-    yield
-    deadline, last = time.monotonic() + 120, before
-    while time.monotonic() < deadline:
-        page.wait_for_timeout(250)
+    action()
+    retries, started = 0, time.monotonic()
+    last, since = before, time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        page.wait_for_timeout(300)
         shot = canvas.screenshot()
-        if shot != before and shot == last:
-            return
-        last = shot
-    raise AssertionError("the editor did not show the next photo within 120 s")
+        if shot != before and shot == last and not editor_busy(page):
+            return retries
+        if shot != last:
+            last, since = shot, time.monotonic()
+        if editor_busy(page) and time.monotonic() - since > 15:
+            page.locator("#label-gallery button.thumbnail-item").nth(index).click()
+            retries, since = retries + 1, time.monotonic()
+    raise AssertionError(f"the editor did not show photo {index + 1} within {timeout_s:.0f} s")
 
 
 def pick_class(page, i: int) -> None:
@@ -163,6 +175,7 @@ class Student:
         self.page, self.k = page, strokes_per_class
         self.parts: dict[str, float] = {}
         self.strokes = 0
+        self.reopened = 0  # photos whose thumbnail had to be clicked again (the editor stayed blank)
         self._t = time.time()
 
     def lap(self, name: str) -> None:
@@ -180,8 +193,10 @@ class Student:
         expect(page.locator("#label-editor")).to_be_visible()
         self.lap("open")
         progress = page.locator("#label-progress")
-        with photo_loads(page):
-            page.locator("#label-upload input[type=file]").set_input_files([str(q) for q, _ in label])
+        files = [str(q) for q, _ in label]
+        self.reopened += open_photo(
+            page, lambda: page.locator("#label-upload input[type=file]").set_input_files(files), 0
+        )
         expect(progress).to_contain_text(f"0 of {len(label)} labelled")
         self.lap("add photos")
         box = page.locator("#label-classes textarea, #label-classes input").first
@@ -198,8 +213,7 @@ class Student:
             paint(page, size, strokes)
             self.lap("paint")
             if i + 1 < len(label):
-                with photo_loads(page):
-                    page.locator("#label-next").click()
+                self.reopened += open_photo(page, page.locator("#label-next").click, i + 1)
             else:  # the last: the page goes back to the first photo, which the browser has already
                 page.locator("#label-next").click()
             expect(progress).to_contain_text(f"{i + 1} of {len(label)} labelled")
@@ -269,7 +283,7 @@ def main() -> None:
     val = re.search(r"best val mIoU \**([\d.]+)", status_text)
     held = re.search(r"mIoU \**([\d.]+)", summary)
     print(f"label_speed: {machine()}, {load()}")
-    print(f"  data: {source}; {len(label)} photos, {student.strokes} strokes")
+    print(f"  data: {source}; {len(label)} photos, {student.strokes} strokes; photos reopened: {student.reopened}")
     print(f"  painted labels agree with the true masks on {right:.1%} of {painted} painted pixels")
     print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in student.parts.items()))
     print(
