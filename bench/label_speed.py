@@ -94,28 +94,34 @@ def editor_busy(page) -> bool:
     return "processing" in text or "queue:" in text
 
 
-def open_photo(page, action, index: int, timeout_s: float = 120) -> int:
-    """Do `action` (which opens photo `index`) and wait until the editor shows it: its canvas shows another
-    picture, holds still, and the editor is idle. Until then the editor holds the previous photo, and the
-    server refuses paint sent with it. gradio's editor now and then stays blank and "processing" after a new
-    photo (see README, Label your own data); a student then clicks the photo's thumbnail, and so does this.
-    Returns how many times it had to."""
+def open_photo(page, action, name: str, timeout_s: float = 120) -> int:
+    """Do `action` (which opens the photo called `name`) and wait until the editor shows it: its canvas shows
+    another picture, holds still, and the editor is idle. Until then the editor holds the previous photo, and
+    the server refuses paint sent with it. gradio's editor now and then stays blank and "processing" after a
+    new photo (README, Label your own data); the page then says to reload it, which loses nothing (every
+    photo is saved on the server), and so does this. Returns how many reloads it took."""
+    from playwright.sync_api import expect
+
     canvas = page.locator("#label-editor canvas").first
     before = canvas.screenshot()
     action()
-    retries, started = 0, time.monotonic()
+    reloads, started = 0, time.monotonic()
     last, since = before, time.monotonic()
     while time.monotonic() - started < timeout_s:
         page.wait_for_timeout(300)
         shot = canvas.screenshot()
-        if shot != before and shot == last and not editor_busy(page):
-            return retries
+        busy = editor_busy(page)
+        if shot != before and shot == last and not busy:
+            return reloads
         if shot != last:
             last, since = shot, time.monotonic()
-        if editor_busy(page) and time.monotonic() - since > 15:
-            page.locator("#label-gallery button.thumbnail-item").nth(index).click()
-            retries, since = retries + 1, time.monotonic()
-    raise AssertionError(f"the editor did not show photo {index + 1} within {timeout_s:.0f} s")
+        if busy and time.monotonic() - since > 15:  # stuck: reload; the page reopens the photo to paint next
+            page.reload()
+            page.get_by_role("tab", name="Label").click()
+            expect(page.locator("#label-photo input")).to_have_value(re.compile(re.escape(name)), timeout=60_000)
+            reloads, before = reloads + 1, None
+            last, since = None, time.monotonic()
+    raise AssertionError(f"the editor did not show {name} within {timeout_s:.0f} s")
 
 
 def pick_class(page, i: int) -> None:
@@ -175,7 +181,7 @@ class Student:
         self.page, self.k = page, strokes_per_class
         self.parts: dict[str, float] = {}
         self.strokes = 0
-        self.reopened = 0  # photos whose thumbnail had to be clicked again (the editor stayed blank)
+        self.reopened = 0  # page reloads when the editor stayed blank after a new photo
         self._t = time.time()
 
     def lap(self, name: str) -> None:
@@ -195,7 +201,7 @@ class Student:
         progress = page.locator("#label-progress")
         files = [str(q) for q, _ in label]
         self.reopened += open_photo(
-            page, lambda: page.locator("#label-upload input[type=file]").set_input_files(files), 0
+            page, lambda: page.locator("#label-upload input[type=file]").set_input_files(files), label[0][0].name
         )
         expect(progress).to_contain_text(f"0 of {len(label)} labelled")
         self.lap("add photos")
@@ -213,7 +219,7 @@ class Student:
             paint(page, size, strokes)
             self.lap("paint")
             if i + 1 < len(label):
-                self.reopened += open_photo(page, page.locator("#label-next").click, i + 1)
+                self.reopened += open_photo(page, page.locator("#label-next").click, label[i + 1][0].name)
             else:  # the last: the page goes back to the first photo, which the browser has already
                 page.locator("#label-next").click()
             expect(progress).to_contain_text(f"{i + 1} of {len(label)} labelled")
@@ -283,7 +289,8 @@ def main() -> None:
     val = re.search(r"best val mIoU \**([\d.]+)", status_text)
     held = re.search(r"mIoU \**([\d.]+)", summary)
     print(f"label_speed: {machine()}, {load()}")
-    print(f"  data: {source}; {len(label)} photos, {student.strokes} strokes; photos reopened: {student.reopened}")
+    print(f"  data: {source}; {len(label)} photos, {student.strokes} strokes")
+    print(f"  page reloads because the editor stayed blank after a new photo: {student.reopened}")
     print(f"  painted labels agree with the true masks on {right:.1%} of {painted} painted pixels")
     print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in student.parts.items()))
     print(

@@ -29,28 +29,34 @@ def editor_busy(page) -> bool:
     return "processing" in text or "queue:" in text
 
 
-def open_photo(page, action, index: int, timeout_s: float = 90) -> int:
-    """Do `action` (which opens photo `index`) and wait until the editor shows it: its canvas shows another
-    picture, holds still, and the editor is idle. Until then the editor holds the previous photo, and the
-    server refuses paint sent with it. gradio's editor now and then stays blank and "processing" after a new
-    photo (see README, Label your own data); a student then clicks the photo's thumbnail, and so does this.
-    Returns how many times it had to."""
+def open_photo(page, action, name: str, timeout_s: float = 90) -> int:
+    """Do `action` (which opens the photo called `name`) and wait until the editor shows it: its canvas shows
+    another picture, holds still, and the editor is idle. Until then the editor holds the previous photo, and
+    the server refuses paint sent with it. gradio's editor now and then stays blank and "processing" after a
+    new photo (README, Label your own data); the page then says to reload it, which loses nothing (every
+    photo is saved on the server), and so does this. Returns how many reloads it took."""
+    from playwright.sync_api import expect
+
     canvas = page.locator("#label-editor canvas").first
     before = canvas.screenshot()
     action()
-    retries, started = 0, time.monotonic()
+    reloads, started = 0, time.monotonic()
     last, since = before, time.monotonic()
     while time.monotonic() - started < timeout_s:
         page.wait_for_timeout(300)
         shot = canvas.screenshot()
-        if shot != before and shot == last and not editor_busy(page):
-            return retries
+        busy = editor_busy(page)
+        if shot != before and shot == last and not busy:
+            return reloads
         if shot != last:
             last, since = shot, time.monotonic()
-        if editor_busy(page) and time.monotonic() - since > 15:
-            page.locator("#label-gallery button.thumbnail-item").nth(index).click()
-            retries, since = retries + 1, time.monotonic()
-    raise AssertionError(f"the editor did not show photo {index + 1} within {timeout_s:.0f} s")
+        if busy and time.monotonic() - since > 15:  # stuck: reload; the page reopens the photo to paint next
+            page.reload()
+            page.get_by_role("tab", name="Label").click()
+            expect(page.locator("#label-photo input")).to_have_value(re.compile(re.escape(name)), timeout=60_000)
+            reloads, before = reloads + 1, None
+            last, since = None, time.monotonic()
+    raise AssertionError(f"the editor did not show {name} within {timeout_s:.0f} s")
 
 
 def pick_class(page, i: int) -> None:
@@ -97,16 +103,15 @@ def _label_train_predict(app_url, page):
     page.goto(app_url)
     page.get_by_role("tab", name="Label").click()
     progress = page.locator("#label-progress")
-    open_photo(
-        page, lambda: page.locator("#label-upload input[type=file]").set_input_files([str(p) for p in PHOTOS]), 0
-    )
+    files = [str(p) for p in PHOTOS]
+    open_photo(page, lambda: page.locator("#label-upload input[type=file]").set_input_files(files), "shapes_1")
     expect(progress).to_contain_text("0 of 2 labelled", timeout=90_000)
     expect(page.locator("#label-photo input")).to_have_value(re.compile("shapes_1"))
     expect(page.locator("#label-legend")).to_contain_text("object")
     expect(page.get_by_text("Unpainted pixels are ignored")).to_be_visible()
 
     paint_photo(page)
-    open_photo(page, page.locator("#label-next").click, 1)
+    open_photo(page, page.locator("#label-next").click, "shapes_2")
     expect(progress).to_contain_text("1 of 2 labelled", timeout=90_000)
     expect(page.locator("#label-photo input")).to_have_value(re.compile("shapes_2"), timeout=30_000)
     paint_photo(page)

@@ -49,7 +49,8 @@ RULE = (
     "**Unpainted pixels are ignored**: they count neither for nor against the model, so a few confident "
     "strokes per class are enough, as long as every class gets some (paint the background too). Use the "
     "eraser for mistakes and the size button for a bigger or smaller brush. **Save** before you pick "
-    "another photo (choosing one from the list or the thumbnails saves the current one for you)."
+    "another photo (choosing one from the list or the thumbnails saves the current one for you). If the editor "
+    "stays blank and busy after a new photo, reload the page: every saved photo is kept."
 )
 
 
