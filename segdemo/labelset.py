@@ -43,7 +43,9 @@ MIN_CLASSES, MAX_CLASSES = 2, 5
 MAX_NAME = 40  # characters in a class name
 MAX_PHOTOS = 30  # photos in one set: a handful is the point, and every one is painted by hand
 MIN_SIDE = 16  # pixels; smaller is no photo to paint on
-LABEL_MAX_SIDE = 512  # photos are shrunk to this: plenty to paint on, and the net sees 64-256 px anyway
+# Photos are shrunk to this: plenty to paint on, and the net sees 64-256 px anyway. The editor sends its photo
+# back to the server several times per event (ui/label_tab.py), so every pixel here costs upload bytes.
+LABEL_MAX_SIDE = 384
 MIN_TO_TRAIN = 2  # labelled photos: one to train on and one to validate on, at the very least
 # One colour per class, in class order, picked to stand out on photos (no near-black, no near-white).
 LABEL_COLORS = ((0, 130, 200), (230, 25, 75), (60, 180, 75), (255, 200, 0), (145, 30, 180))
@@ -51,6 +53,7 @@ BRUSH_ALPHA = 0.6  # the brush paints see-through, so the photo stays visible un
 ALPHA_MIN = 64  # a layer pixel with less alpha than this is unpainted (anti-aliased fringes, eraser edges)
 COLOR_TOLERANCE = 48  # RGB distance within which a painted colour counts as a class colour
 STRAY_SHARE = 0.02  # more painted pixels than this far from every class colour: refuse, don't guess
+SAME_PHOTO_DIFF = 6.0  # mean grey levels between 16x16 thumbnails: a photo and its re-encoding differ by ~1
 DEFAULT_CLASSES = ("background", "object")
 DATASET_FOLDER = "segdemo-labels"  # the folder inside the zip
 SET_FILE = "set.json"
@@ -256,8 +259,26 @@ class LabelSet:
                         return self._photo(p)
         raise DataError(NO_SUCH_PHOTO)
 
+    def photo_file(self, photo: Photo) -> Path:
+        """The stored photo: a JPEG, upright, at most LABEL_MAX_SIDE a side."""
+        return self.folder / "photos" / f"{photo.id}.jpg"
+
     def image(self, photo: Photo) -> np.ndarray:
-        return load_image(self.folder / "photos" / f"{photo.id}.jpg", photo.name)
+        return load_image(self.photo_file(photo), photo.name)
+
+    def shows(self, photo: Photo, src) -> bool:
+        """Whether a picture from the browser (the editor's background) is this photo: the editor sends the
+        photo it shows with the paint, and while it is still loading another photo that is the previous one,
+        whose paint must not be saved onto this one. Compared as 16x16 thumbnails, so the re-encoding of a
+        photo (JPEG here, PNG in the browser) does not matter and another photo never passes."""
+        try:
+            seen = load_image(src, "the photo in the editor", max_pixels=photo.width * photo.height)
+        except DataError:
+            return False
+        if seen.shape[:2] != (photo.height, photo.width):
+            return False
+        a, b = (cv2.resize(x, (16, 16), interpolation=cv2.INTER_AREA) for x in (seen, self.image(photo)))
+        return float(np.abs(a.astype(np.int16) - b).mean()) <= SAME_PHOTO_DIFF
 
     def mask(self, photo: Photo) -> np.ndarray:
         """Its class ids, all IGNORE when it has not been painted yet."""

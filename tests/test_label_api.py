@@ -117,17 +117,36 @@ def test_train_on_these_opens_the_train_tab_with_the_dataset_and_trains(labelled
     assert len(run["epochs"]) == 2 and run["has_checkpoint"]
 
 
-def test_reopening_a_photo_gives_back_its_paint_on_a_canvas_of_its_size(labelled, tmp_path):
-    c, token, state = labelled
-    first = state["photos"][0]
-    out = c.predict(token, None, first["id"], api_name="/label_open")
-    editor = out[1]  # an update: the photo and its layer, the canvas at the photo's size, the class brushes
-    assert editor["canvas_size"] == [first["width"], first["height"]]
-    assert [c for c, _ in editor["brush"]["colors"]] == ["#0082c8", "#e6194b", "#3cb44b", "#ffc800"]
+def test_reopening_a_photo_gives_back_its_paint_on_a_canvas_of_its_size(server, tmp_path):
+    url, _ = server
+    c, token = session(url)
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.full((100, 200, 3), 90, np.uint8)).save(wide)
+    c.predict(token, [handle_file(str(EXAMPLES[0])), handle_file(str(wide))], api_name="/label_add")
+    c.predict(token, painted(tmp_path, EXAMPLES[0], k=2), api_name="/label_save")
+    square, other = info(c, token)["photos"]
+    editor = c.predict(token, None, other["id"], api_name="/label_open")[1]
+    assert editor["canvas_size"] == [200, 100]  # the canvas takes each photo's size, or its layer lands off it
+    editor = c.predict(token, None, square["id"], api_name="/label_open")[1]
+    assert editor["canvas_size"] == [128, 128] and "brush" not in editor  # the palette follows the classes only
     layer = np.array(Image.open(editor["value"]["layers"][0]))
-    assert layer.shape == (first["height"], first["width"], 4)
-    ids = (layer[..., 3] > 0).sum()
-    assert ids == sum(first["class_pixels"])  # every labelled pixel comes back painted, no more
+    assert layer.shape == (128, 128, 4)
+    assert (layer[..., 3] > 0).sum() == sum(square["class_pixels"]) > 0  # every labelled pixel painted, no more
+
+
+def test_paint_sent_with_another_photo_is_never_saved_onto_this_one(server, tmp_path):
+    """While the editor loads the next photo it still holds the last one: a Save then says to wait, and the
+    automatic save of "Train on these" skips it; no mask changes."""
+    url, _ = server
+    c, token = session(url)
+    before = label_two(c, token, tmp_path)  # the page now shows the first photo again
+    stale = painted(tmp_path, EXAMPLES[1], k=2)  # the second photo with paint: what a loading editor sends
+    with pytest.raises(AppError, match="still loading this photo"):
+        c.predict(token, stale, api_name="/label_save")
+    with pytest.raises(AppError, match="still loading this photo"):
+        c.predict(token, stale, api_name="/label_next")
+    c.predict(token, stale, api_name="/label_train")
+    assert info(c, token) == before
 
 
 def test_another_browser_cannot_read_change_or_download_a_set(labelled, server, tmp_path):
@@ -243,6 +262,7 @@ def test_class_names_are_checked_and_escaped(fresh):
         c.predict(token, "cat, CAT", None, api_name="/label_classes")
     out = c.predict(token, "back" + XSS + ", " + "fore" + XSS, None, api_name="/label_classes")
     progress, legend, names = out[2], out[4], out[5]
+    assert [c for c, _ in out[1]["brush"]["colors"]] == ["#0082c8", "#e6194b"]  # one brush colour per class
     assert "<img" not in legend and "&lt;img" in legend
     assert "<img" not in progress
     assert names == "back" + XSS + ", fore" + XSS  # the text box shows the names as typed

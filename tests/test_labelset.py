@@ -142,7 +142,7 @@ def test_big_photos_shrink_and_bad_files_are_refused(store, tmp_path):
     big = tmp_path / "big.png"
     Image.fromarray(np.full((900, 1200, 3), 90, np.uint8)).save(big)
     p = labels.add_photo(big, "big.png")
-    assert (p.width, p.height) == (512, 384)
+    assert (p.width, p.height) == (384, 288)
     with pytest.raises(DataError, match="claims 900,000,000 pixels"):
         labels.add_photo(png_claiming(tmp_path / "bomb.png", 30000, 30000), "bomb.png")
     fake = tmp_path / "page.png"
@@ -250,3 +250,16 @@ def test_sets_expire_after_ttl_and_only_ours_are_swept(store, tmp_path):
     assert store.sweep() == 1
     assert not old.folder.exists() and fresh.folder.exists() and stranger.exists()
     assert json.loads((fresh.folder / "set.json").read_text())["photos"]
+
+
+def test_shows_tells_a_photo_from_another(store, tmp_path):
+    """The editor's background says which photo its paint belongs to (a loading editor still shows the last)."""
+    labels = store.for_owner("owner-a")
+    p1, p2 = (labels.add_photo(p, p.name) for p in EXAMPLES[:2])
+    sent = tmp_path / "background.png"
+    Image.fromarray(labels.image(p1)).save(sent)  # what a browser sends back: the photo it was given, as PNG
+    assert labels.shows(p1, sent) and labels.shows(p1, EXAMPLES[0])  # the upload itself, before JPEG, too
+    assert not labels.shows(p1, EXAMPLES[1]) and not labels.shows(p2, sent)
+    Image.fromarray(labels.image(p1)[:100]).save(tmp_path / "cropped.png")
+    assert not labels.shows(p1, tmp_path / "cropped.png")
+    assert not labels.shows(p1, png_claiming(tmp_path / "bomb.png", 30000, 30000))  # never decoded

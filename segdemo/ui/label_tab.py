@@ -19,6 +19,7 @@ Painting uses gr.ImageEditor with these choices, each working around a known lim
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import cv2
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 THUMB_SIDE = 160
 ZIP_NAME = "labelled-photos.zip"
+STILL_LOADING = (
+    "The editor was still loading this photo, so what it sent belongs to the previous one. Wait a moment "
+    "until the photo shows, paint it, and press Save again."
+)
 # Training on a handful of photos: an epoch is one or two batches, so the Quick preset's 8 epochs would be a
 # dozen steps. "Train on these" asks for more epochs of smaller batches (about a minute on a laptop CPU).
 SMALL_SET_EPOCHS, SMALL_SET_BATCH = 40, 4
@@ -44,7 +49,8 @@ RULE = (
     "**Unpainted pixels are ignored**: they count neither for nor against the model, so a few confident "
     "strokes per class are enough, as long as every class gets some (paint the background too). Use the "
     "eraser for mistakes and the size button for a bigger or smaller brush. **Save** before you pick "
-    "another photo (choosing one from the list or the thumbnails saves the current one for you)."
+    "another photo (choosing one from the list or the thumbnails saves the current one for you). If the editor "
+    "stays blank and busy after a new photo, reload the page: every saved photo is kept."
 )
 
 
@@ -254,16 +260,27 @@ class LabelTab:
         if show != "keep":
             out[self.current] = show.id if show else None
             out[self.photo] = gr.update(choices=choices, value=show.id if show else None)
-            if show is None:
-                out[self.editor] = gr.update(value=None, brush=_brush(classes))
-            else:
+            update = {"value": None}
+            if show is not None:
                 layer = labelset.layer_from_mask(labels.mask(show), classes.colors)
-                out[self.editor] = gr.update(
-                    value={"background": labels.image(show), "layers": [layer], "composite": None},
-                    canvas_size=(show.width, show.height),  # the layer must land on its photo, pixel for pixel
-                    brush=_brush(classes),
-                )
+                update = {
+                    "value": {"background": self._served(labels, show), "layers": [layer], "composite": None},
+                    # Always, even when unchanged: the layer must land on its photo pixel for pixel, and an
+                    # editor that has been painted on and gets a new value alone goes blank for good.
+                    "canvas_size": (show.width, show.height),
+                }
+            if names_text:  # the class colours changed, or the page is new: the palette follows
+                update["brush"] = _brush(classes)
+            out[self.editor] = gr.update(**update)
         return out
+
+    def _served(self, labels: LabelSet, photo: Photo) -> str:
+        """The photo for the editor: its stored JPEG, copied where Gradio may serve it (the set's folder never
+        is). Not a picture array, which Gradio would send as a PNG several times the size: the editor sends
+        its photo back with every event that reads it, and more than once (see refuse_editor_blobs)."""
+        dst = self.ctx.scratch("label-photos") / f"{photo.stem}.jpg"
+        shutil.copyfile(labels.photo_file(photo), dst)
+        return str(dst)
 
     @staticmethod
     def _progress_md(prog, classes, photos) -> str:
@@ -300,12 +317,25 @@ class LabelTab:
             mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         return overlay(image, mask, classes, 0.5), ("✓ " if p.labelled else "") + p.name
 
-    def _save_current(self, labels: LabelSet, current, editor) -> Photo | None:
-        """Store the editor's paint for the photo it shows (if any); the photo, or None when there was none."""
+    def _save_current(self, labels: LabelSet, current, editor, asked: bool = False) -> Photo | None:
+        """Store the editor's paint as the mask of the photo it shows; the photo, or None when there is none.
+
+        The editor loads a photo a moment after the page switches to it; until then it still holds the previous
+        photo and its paint (already saved when the page switched). That paint is never stored onto the new
+        photo: an automatic save skips it, and a Save the student `asked` for says to wait."""
         files = _layer_files(editor)
-        if not current or editor is None or not isinstance(editor, dict) or not editor.get("background"):
+        background = _file_path(editor.get("background")) if isinstance(editor, dict) else None
+        if not current or background is None:
+            if asked:
+                raise gr.Error("Add a photo and paint on it first.")
             return None
-        return labels.save_layers(current, files)
+        photo = labels.get(current)
+        if not labels.shows(photo, background):
+            if asked:
+                raise gr.Error(STILL_LOADING)
+            log.info("skipped saving paint sent with another photo than %s (the editor was still loading)", photo.id)
+            return None
+        return labels.save_layers(photo.id, files)
 
     @staticmethod
     def _pick(photos: list[Photo], after: str | None = None) -> Photo | None:
@@ -374,16 +404,14 @@ class LabelTab:
     def save(self, token, current, editor):
         """Store the editor's paint as the current photo's mask."""
         labels = self._set(token)
-        if self._save_current(labels, current, editor) is None:
-            raise gr.Error("Add a photo and paint on it first.")
+        self._save_current(labels, current, editor, asked=True)
         return self._view(labels)
 
     @user_errors
     def save_next(self, token, current, editor):
         """Save, then open the next photo that has no labels yet."""
         labels = self._set(token)
-        if self._save_current(labels, current, editor) is None:
-            raise gr.Error("Add a photo and paint on it first.")
+        self._save_current(labels, current, editor, asked=True)
         return self._view(labels, show=self._pick(labels.photos(), after=current))
 
     @user_errors
