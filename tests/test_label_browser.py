@@ -7,12 +7,12 @@ Reuses the app and browser fixtures of test_app_browser.py (its own app on a fre
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
 
 from tests import test_app_browser as browser
+from tests.label_page import open_photo, pick_class, stroke
 from tests.test_app_browser import CHROMIUM, _set_number, screenshot_on_failure
 
 app_url, page_fixture = browser.app_url, browser.page  # this module's own app, and a fresh browser per test
@@ -21,62 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = [ROOT / "examples" / "shapes_1.png", ROOT / "examples" / "shapes_2.png"]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: browser test skipped")
-
-
-def editor_busy(page) -> bool:
-    """The editor's own status reads "processing" or "queue" while an update to it is unfinished."""
-    text = page.locator("#label-editor").inner_text()
-    return "processing" in text or "queue:" in text
-
-
-def open_photo(page, action, name: str, timeout_s: float = 90) -> int:
-    """Do `action` (which opens the photo called `name`) and wait until the editor shows it: its canvas shows
-    another picture, holds still, and the editor is idle. Until then the editor holds the previous photo, and
-    the server refuses paint sent with it. gradio's editor now and then stays blank and "processing" after a
-    new photo (README, Label your own data); the page then says to reload it, which loses nothing (every
-    photo is saved on the server), and so does this. Returns how many reloads it took."""
-    from playwright.sync_api import expect
-
-    canvas = page.locator("#label-editor canvas").first
-    before = canvas.screenshot()
-    action()
-    reloads, started = 0, time.monotonic()
-    last, since = before, time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        page.wait_for_timeout(300)
-        shot = canvas.screenshot()
-        busy = editor_busy(page)
-        if shot != before and shot == last and not busy:
-            return reloads
-        if shot != last:
-            last, since = shot, time.monotonic()
-        if busy and time.monotonic() - since > 15:  # stuck: reload; the page reopens the photo to paint next
-            page.reload()
-            page.get_by_role("tab", name="Label").click()
-            expect(page.locator("#label-photo input")).to_have_value(re.compile(re.escape(name)), timeout=60_000)
-            reloads, before = reloads + 1, None
-            last, since = None, time.monotonic()
-    raise AssertionError(f"the editor did not show {name} within {timeout_s:.0f} s")
-
-
-def pick_class(page, i: int) -> None:
-    """Choose class i's colour in the editor's palette (the palette opens from the Color button)."""
-    editor = page.locator("#label-editor")
-    swatch = editor.locator("menu.swatch button.color").nth(i)
-    for _ in range(3):
-        if swatch.is_visible():
-            break
-        editor.locator("button[title=Color]").click()
-        page.wait_for_timeout(200)
-    swatch.click()
-
-
-def stroke(page, points: list[tuple[float, float]]) -> None:
-    page.mouse.move(*points[0])
-    page.mouse.down()
-    for p in points[1:]:
-        page.mouse.move(*p, steps=6)
-    page.mouse.up()
 
 
 def paint_photo(page) -> None:
@@ -104,14 +48,14 @@ def _label_train_predict(app_url, page):
     page.get_by_role("tab", name="Label").click()
     progress = page.locator("#label-progress")
     files = [str(p) for p in PHOTOS]
-    open_photo(page, lambda: page.locator("#label-upload input[type=file]").set_input_files(files), "shapes_1")
+    open_photo(page, lambda: page.locator("#label-upload input[type=file]").set_input_files(files))
     expect(progress).to_contain_text("0 of 2 labelled", timeout=90_000)
     expect(page.locator("#label-photo input")).to_have_value(re.compile("shapes_1"))
     expect(page.locator("#label-legend")).to_contain_text("object")
     expect(page.get_by_text("Unpainted pixels are ignored")).to_be_visible()
 
     paint_photo(page)
-    open_photo(page, page.locator("#label-next").click, "shapes_2")
+    open_photo(page, page.locator("#label-next").click)
     expect(progress).to_contain_text("1 of 2 labelled", timeout=90_000)
     expect(page.locator("#label-photo input")).to_have_value(re.compile("shapes_2"), timeout=30_000)
     paint_photo(page)

@@ -41,16 +41,12 @@ STILL_LOADING = (
     "The editor was still loading this photo, so what it sent belongs to the previous one. Wait a moment "
     "until the photo shows, paint it, and press Save again."
 )
-# Training on a handful of photos: an epoch is one or two batches, so the Quick preset's 8 epochs would be a
-# dozen steps. "Train on these" asks for more epochs of smaller batches (about a minute on a laptop CPU).
-SMALL_SET_EPOCHS, SMALL_SET_BATCH = 40, 4
 RULE = (
     "**Pick a class by its colour** in the editor's palette (the colour button on the left), then paint. "
     "**Unpainted pixels are ignored**: they count neither for nor against the model, so a few confident "
     "strokes per class are enough, as long as every class gets some (paint the background too). Use the "
     "eraser for mistakes and the size button for a bigger or smaller brush. **Save** before you pick "
-    "another photo (choosing one from the list or the thumbnails saves the current one for you). If the editor "
-    "stays blank and busy after a new photo, reload the page: every saved photo is kept."
+    "another photo (choosing one from the list or the thumbnails saves the current one for you)."
 )
 
 
@@ -193,7 +189,11 @@ class LabelTab:
     def wire(self, demo: gr.Blocks, tabs: gr.Tabs, train) -> None:
         """`tabs` and `train` (the TrainTab): "Train on these" opens the Train tab with this dataset chosen."""
         self._tabs, self._train = tabs, train
-        raw = dict(preprocess=False, concurrency_id=HEAVY)  # editor and webcam payloads are read here, capped
+        # The spinner shows on the photo list and the progress line, never on the editor: gradio 6.31 now and
+        # then leaves the editor's own "processing" overlay up for good after it receives a new photo (seen
+        # in about one of ten switches here, under load more), covering a canvas that has loaded and works.
+        shown = dict(show_progress_on=[self.photo, self.progress])
+        raw = dict(preprocess=False, concurrency_id=HEAVY, **shown)  # editor and webcam payloads are read here, capped
         paint = [self.token, self.current, self.editor]
         self.photos_in.upload(
             self.add_photos,
@@ -201,6 +201,7 @@ class LabelTab:
             [*self.view, self.photos_in],
             api_name="label_add",
             concurrency_id=HEAVY,
+            **shown,
         )
         self.webcam_btn.click(
             self.add_webcam, [self.token, self.webcam], [*self.view, self.webcam], api_name="label_webcam", **raw
@@ -213,19 +214,19 @@ class LabelTab:
         self.save_btn.click(self.save, paint, self.view, api_name="label_save", **raw)
         self.next_btn.click(self.save_next, paint, self.view, api_name="label_next", **raw)
         self.remove_btn.click(
-            self.remove, [self.token, self.current], self.view, api_name="label_remove", concurrency_id=HEAVY
+            self.remove, [self.token, self.current], self.view, api_name="label_remove", concurrency_id=HEAVY, **shown
         )
         self.train_btn.click(
             self.train_on_these,
             paint,
-            [*self.view, tabs, train.dataset, train.zip_file, train.settings["epochs"], train.settings["batch_size"]],
+            [*self.view, tabs, train.dataset, train.zip_file],
             api_name="label_train",
             **raw,
         )
         self.download_btn.click(
             self.download, paint, [*self.view, self.download_file], api_name="label_download", **raw
         )
-        demo.load(self.reattach, self.token, self.view, api_visibility="private", concurrency_id=HEAVY)
+        demo.load(self.reattach, self.token, self.view, api_visibility="private", concurrency_id=HEAVY, **shown)
         gr.api(self.info, api_name="label_info", concurrency_limit=None)
 
     # -- the page's view of a set ------------------------------------------------------------------------
@@ -428,7 +429,7 @@ class LabelTab:
 
     @user_errors
     def train_on_these(self, token, current, editor):
-        """Save, write the dataset zip and open the Train tab with it chosen (settings for a small set)."""
+        """Save, write the dataset zip and open the Train tab with it chosen."""
         labels = self._set(token)
         self._save_current(labels, current, editor)
         prog = labels.progress()
@@ -443,9 +444,7 @@ class LabelTab:
             self._tabs: gr.Tabs(selected="train"),
             train.dataset: "zip",  # the Train tab's own zip path: checked, copied into the run, trained
             train.zip_file: self._zip(labels),
-            train.settings["epochs"]: SMALL_SET_EPOCHS,
-            train.settings["batch_size"]: SMALL_SET_BATCH,
-        }
+        }  # the Train tab checks the zip, then its preset (a time budget) plans the settings for this set
 
     @user_errors
     def download(self, token, current, editor):
