@@ -58,6 +58,9 @@ def first_epoch_row(url: str, runs_dir: Path, earlier: int = 0) -> dict[str, flo
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         expect(page.locator("#data-report")).to_contain_text("Ready to train", timeout=120_000)
+        if page.locator("#preset-why").count():  # a page with presets plans them for the data (a timed probe,
+            # once per server) after the check: a student presses Train once the plan shows
+            expect(page.locator("#preset-why")).to_contain_text("img/s", timeout=120_000)
         t_click = time.time()
         page.locator("#train-btn").click()
         log, t_logged = None, None
