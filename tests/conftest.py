@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -98,3 +99,29 @@ def wait_until_serving(url: str, proc, log: Path, timeout: float = 120) -> None:
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.5)
+
+
+@contextmanager
+def in_process_app(tmp: Path):
+    """The app built in this process on a free port, with its runs under `tmp`, no shipped model and one
+    training slot: (url, its JobManager, the Blocks). Closed on exit."""
+    from segdemo.jobs import JobManager
+    from segdemo.ui import build_demo, launch
+
+    jobs = JobManager(tmp / "runs", max_concurrent=1, reaper=False)
+    demo = build_demo(jobs, cache_dir=tmp / "cache", default_checkpoint=tmp / "no-shipped-model.safetensors")
+    port = free_port()
+    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", jobs, demo
+    finally:
+        demo.close()
+        jobs.close()
+
+
+def api_session(url: str):
+    """(a gradio_client Client, its browser's owner token), as a fresh page gets one."""
+    from gradio_client import Client
+
+    c = Client(url, verbose=False, ssl_verify=False)  # plain http: no certificate store per request
+    return c, c.predict(None, api_name="/session")

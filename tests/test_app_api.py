@@ -23,11 +23,11 @@ from PIL import Image  # noqa: E402
 
 from segdemo.checkpoint import load_checkpoint  # noqa: E402
 from segdemo.imageio import load_image  # noqa: E402
-from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.metrics import metrics_from_confusion, most_confused  # noqa: E402
 from segdemo.predict import Predictor  # noqa: E402
 from segdemo.viz import overlay  # noqa: E402
-from tests.conftest import free_port, tiny_train_args
+from tests.conftest import api_session as session
+from tests.conftest import in_process_app, tiny_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shapes_3.png"
@@ -51,21 +51,8 @@ def tiny(**over) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from segdemo.ui import build_demo, launch
-
-    tmp = tmp_path_factory.mktemp("app")
-    jobs = JobManager(tmp / "runs", max_concurrent=1, reaper=False)
-    demo = build_demo(jobs, cache_dir=tmp / "cache", default_checkpoint=tmp / "no-shipped-model.safetensors")
-    port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", jobs
-    demo.close()
-    jobs.close()
-
-
-def session(url: str) -> tuple[Client, str]:
-    c = Client(url, verbose=False, ssl_verify=False)  # plain http: no certificate store per request
-    return c, c.predict(None, api_name="/session")
+    with in_process_app(tmp_path_factory.mktemp("app")) as (url, jobs, demo):
+        yield url, jobs
 
 
 def train(c: Client, token: str, **over) -> str:

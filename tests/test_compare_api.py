@@ -17,29 +17,16 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segdemo.jobs import JobManager  # noqa: E402
-from tests.conftest import free_port, tiny_train_args
+from tests.conftest import api_session as session
+from tests.conftest import in_process_app, tiny_train_args
 
 XSS = '<img src=x onerror="window.__xss=1">'
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from segdemo.ui import build_demo, launch
-
-    tmp = tmp_path_factory.mktemp("compare-app")
-    jobs = JobManager(tmp / "runs", max_concurrent=1, reaper=False)
-    demo = build_demo(jobs, cache_dir=tmp / "cache", default_checkpoint=tmp / "no-shipped-model.safetensors")
-    port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", jobs
-    demo.close()
-    jobs.close()
-
-
-def session(url: str) -> tuple[Client, str]:
-    c = Client(url, verbose=False, ssl_verify=False)
-    return c, c.predict(None, api_name="/session")
+    with in_process_app(tmp_path_factory.mktemp("compare-app")) as (url, jobs, demo):
+        yield url, jobs
 
 
 def wait_done(c: Client, token: str, run_id: str) -> dict:

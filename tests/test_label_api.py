@@ -22,9 +22,9 @@ from PIL import Image  # noqa: E402
 from segdemo.config import DataConfig  # noqa: E402
 from segdemo.data import open_dataset  # noqa: E402
 from segdemo.data.base import IGNORE  # noqa: E402
-from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.labelset import LABEL_COLORS, layer_from_mask  # noqa: E402
-from tests.conftest import free_port, tiny_train_args  # noqa: E402
+from tests.conftest import api_session as session
+from tests.conftest import in_process_app, tiny_train_args  # noqa: E402
 from tests.payloads import png_claiming  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,21 +35,8 @@ XSS = '<img src=x onerror="window.__xss=1">'
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from segdemo.ui import build_demo, launch
-
-    tmp = tmp_path_factory.mktemp("label-app")
-    jobs = JobManager(tmp / "runs", max_concurrent=1, reaper=False)
-    demo = build_demo(jobs, cache_dir=tmp / "cache", default_checkpoint=tmp / "no-shipped-model.safetensors")
-    port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", demo
-    demo.close()
-    jobs.close()
-
-
-def session(url: str) -> tuple[Client, str]:
-    c = Client(url, verbose=False, ssl_verify=False)
-    return c, c.predict(None, api_name="/session")
+    with in_process_app(tmp_path_factory.mktemp("label-app")) as (url, jobs, demo):
+        yield url, demo
 
 
 def info(c: Client, token: str) -> dict:
