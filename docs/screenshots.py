@@ -9,9 +9,7 @@ tab as docs/screenshot-<tab label>.png. Tabs are found by their label, so a tab 
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port, wait_until_serving  # noqa: E402
+from tests.conftest import app_subprocess  # noqa: E402
 from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "shapes_4.png"  # one the shipped model gets right
@@ -114,32 +112,12 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="segdemo-screenshots-") as tmp:
-        port = free_port()
-        env = {
-            **os.environ,
-            "PORT": str(port),
-            "GRADIO_SERVER_NAME": "127.0.0.1",
-            "SEGDEMO_RUNS_DIR": str(Path(tmp) / "runs"),
-            "SEGDEMO_MAX_CONCURRENT": "1",
-            "GRADIO_ANALYTICS_ENABLED": "False",
-            "NO_ALBUMENTATIONS_UPDATE": "1",
-        }
-        log_path = Path(tmp) / "app.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with app_subprocess(Path(tmp)) as (url, log_path):
             try:
-                url = f"http://127.0.0.1:{port}/"
-                wait_until_serving(url, proc, log_path)
                 shoot(url, args.out)
             except Exception:
                 print(log_path.read_text()[-3000:], file=sys.stderr)
                 raise
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
 
 
 if __name__ == "__main__":

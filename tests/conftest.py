@@ -125,3 +125,38 @@ def api_session(url: str):
 
     c = Client(url, verbose=False, ssl_verify=False)  # plain http: no certificate store per request
     return c, c.predict(None, api_name="/session")
+
+
+@contextmanager
+def app_subprocess(tmp: Path):
+    """`python app.py` of this checkout on a free local port, its runs under `tmp`, one training slot, its
+    output in tmp/app.log: yields (url, log path) once it answers; stopped on exit."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "SEGDEMO_RUNS_DIR": str(tmp / "runs"),
+        "SEGDEMO_MAX_CONCURRENT": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
+    log_path = tmp / "app.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=Path(__file__).resolve().parents[1], env=env, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            wait_until_serving(url, proc, log_path)
+            yield url, log_path
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()

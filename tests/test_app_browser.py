@@ -5,17 +5,13 @@ Starts `python app.py` on a free port. Screenshots land in test-artifacts/ when 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import app_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -34,38 +30,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("browser-app")
-    port = free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "SEGDEMO_RUNS_DIR": str(tmp / "runs"),
-        "SEGDEMO_MAX_CONCURRENT": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-    }
-    log = open(tmp / "app.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                log.close()
-                pytest.fail(f"app.py did not start:\n{(tmp / 'app.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with app_subprocess(tmp_path_factory.mktemp("browser-app")) as (url, _):
+        yield url
 
 
 @pytest.fixture

@@ -8,21 +8,17 @@ Screenshots land in test-artifacts/ when a step fails.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_until_serving
+from tests.conftest import app_subprocess
 from tests.test_app_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     EXAMPLE,
     EXAMPLE_MASK,
-    ROOT,
     _set_number,
     screenshot_on_failure,
 )
@@ -35,30 +31,8 @@ MODEL_RAN = "the model ran"  # segdemo/ui/predict_tab.py logs it once per predic
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """(url, the server's log file): app.py with the shipped model, one training slot."""
-    tmp = tmp_path_factory.mktemp("where-app")
-    port = free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "SEGDEMO_RUNS_DIR": str(tmp / "runs"),
-        "SEGDEMO_MAX_CONCURRENT": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-    }
-    log_path = tmp / "app.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, proc, log_path)
-        yield url, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with app_subprocess(tmp_path_factory.mktemp("where-app")) as served:
+        yield served
 
 
 def test_confusion_and_worst_images_fill_after_an_epoch(app, page):
