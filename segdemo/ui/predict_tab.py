@@ -47,6 +47,11 @@ def _names(files) -> list[str]:
     return [Path(f).name for f in files or []]
 
 
+def _pick(names: list[str], picked) -> str | None:
+    """The image to show: the one picked while it is still uploaded, else the first."""
+    return picked if picked in names else (names[0] if names else None)
+
+
 def _file_list(files, what: str) -> list[str]:
     """Uploaded file paths as a list of strings, at most MAX_FILES; gr.Error for anything else."""
     if not files:
@@ -280,14 +285,15 @@ class PredictTab:
         )
         heavy = dict(concurrency_id=HEAVY)  # one limit for every listener that loads a model or predicts
         self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
-        self.images.change(self.on_images, self.images, self.show, api_visibility="private", queue=False).then(
-            self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy
-        ).then(**show)
+        self.images.change(self.on_images, [self.images, self.show], self.show, api_visibility="private", queue=False)
+        # one listener for every input of the picture: while it runs, a newer change waits and then runs with
+        # what the page holds by then, so images and masks uploaded a moment apart end scored against the masks
+        # (two listeners sharing the queue's two slots could finish in either order)
         gr.on(
-            [self.masks.change, self.show.input, self.probs.input],
+            [self.images.change, self.masks.change, self.show.input, self.probs.input],
             self.auto_predict,
             inputs,
-            self.outputs,
+            [*self.outputs, self.show],
             api_visibility="private",
             trigger_mode="always_last",
             **heavy,
@@ -349,9 +355,11 @@ class PredictTab:
 
     # -- handlers -------------------------------------------------------------------------------------
 
-    def on_images(self, images):
+    @staticmethod
+    def on_images(images, show):
+        """The image picker for these uploads: it keeps the picked name while that file is still there."""
         names = _names(images)
-        return gr.update(choices=names, value=names[0] if names else None, visible=len(names) > 1)
+        return gr.update(choices=names, value=_pick(names, show), visible=len(names) > 1)
 
     @staticmethod
     def use_photo(photo):
@@ -469,15 +477,18 @@ class PredictTab:
                 **{self.legend: "", self.summary: "", self.confusion: "", self.details: {}, self.view: ""},
                 self.shown: gr.update(choices=[], value=[], visible=False),
             }
+        picker = self.on_images(images, show)  # this run may come before on_images has reached the page
         no_model = model is None or (model == "default" and not self.ctx.default_checkpoint.is_file())
         if no_model or (model == "upload" and not ckpt_file):
             return {  # the other outputs keep what they show
+                self.show: picker,
                 self.summary: "**Choose a model above first**: upload a checkpoint file, or train a run in the Train "
                 "tab (it appears in the list when it ends)."
                 if no_model
-                else "**Upload the checkpoint file** (.safetensors) above, then the images are segmented."
+                else "**Upload the checkpoint file** (.safetensors) above, then the images are segmented.",
             }
-        return self.predict(token, model, ckpt_file, images, masks, show, alpha, probability_maps)
+        out = self.predict(token, model, ckpt_file, images, masks, picker["value"], alpha, probability_maps)
+        return {**out, self.show: picker}
 
     @user_errors
     def predict(
