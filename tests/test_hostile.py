@@ -318,7 +318,9 @@ def test_no_script_runs_in_the_browser_from_hostile_names(server, tmp_path):
         page = browser.new_page()
         page.goto(url)
         page.get_by_label("My own dataset").check()
-        page.locator("input[type=file]").first.set_input_files(str(z))
+        # the zip's upload is drawn once the radio's answer is back, so wait for its own input: until then the
+        # page's first file input is the encoder-weights upload (a slow machine sent the zip there)
+        page.locator("#dataset-zip input[type=file]").set_input_files(str(z))
         expect(page.get_by_text("covers under 5%")).to_be_visible(timeout=90_000)
         page.get_by_role("tab", name="Predict").click()
         page.locator("#model-choice input").click()

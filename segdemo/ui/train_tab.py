@@ -470,6 +470,7 @@ class TrainTab:
                         label="Dataset .zip (images/ and masks/, paired by file name)",
                         file_types=[".zip"],
                         visible=False,
+                        elem_id="dataset-zip",
                     )
                 self.data_report = gr.Markdown(elem_id="data-report", label="data report")
                 self.classes_html = gr.HTML(label="classes")
