@@ -240,6 +240,7 @@ class PredictTab:
                 )
                 self.details = gr.JSON(label="details", visible=False)
                 self.view = gr.Textbox(visible=False, label="view id")  # what /redraw redraws
+                self.model_ready = gr.State(0)  # counts models chosen by hand: a change redraws the picture
         self.outputs = [
             self.slider,
             self.out_color,
@@ -286,11 +287,13 @@ class PredictTab:
         heavy = dict(concurrency_id=HEAVY)  # one limit for every listener that loads a model or predicts
         self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
         self.images.change(self.on_images, [self.images, self.show], self.show, api_visibility="private", queue=False)
-        # one listener for every input of the picture: while it runs, a newer change waits and then runs with
-        # what the page holds by then, so images and masks uploaded a moment apart end scored against the masks
-        # (two listeners sharing the queue's two slots could finish in either order)
+        # One listener for every input of the picture, a model chosen by hand included: while it runs, a newer
+        # change waits and then runs with what the page holds by then, so images, masks and a checkpoint
+        # uploaded a moment apart end in one picture scored against the masks. (Separate listeners sharing the
+        # queue's two slots finish in either order, and one that read the page before the masks arrived could
+        # leave its unscored picture on top: a CI run failed on it.)
         gr.on(
-            [self.images.change, self.masks.change, self.show.input, self.probs.input],
+            [self.images.change, self.masks.change, self.show.input, self.probs.input, self.model_ready.change],
             self.auto_predict,
             inputs,
             [*self.outputs, self.show],
@@ -298,6 +301,9 @@ class PredictTab:
             trigger_mode="always_last",
             **heavy,
         ).then(**show)
+        ready = dict(
+            fn=lambda n: n + 1, inputs=self.model_ready, outputs=self.model_ready, api_visibility="private", queue=False
+        )
         self.model.input(
             lambda m: gr.update(visible=m == "upload"),
             self.model,
@@ -310,7 +316,7 @@ class PredictTab:
             self.model_info,
             api_visibility="private",
             **heavy,
-        ).success(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
+        ).success(**ready)
         self.model.change(
             self.describe_quiet,
             [self.token, self.model, self.ckpt_file],
@@ -320,7 +326,7 @@ class PredictTab:
         )
         self.ckpt_file.upload(
             self.on_checkpoint, self.ckpt_file, [self.model, self.model_info], api_visibility="private", **heavy
-        ).success(self.auto_predict, inputs, self.outputs, api_visibility="private", **heavy).then(**show)
+        ).success(**ready)
         self.export_btn.click(
             self.export_onnx,
             [self.token, self.model, self.ckpt_file],
