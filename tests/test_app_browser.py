@@ -136,6 +136,14 @@ def _student_session(app_url, page):
     expect(table).to_contain_text("mean (mIoU)", timeout=60_000)
     expect(page.get_by_text("against its mask")).to_be_visible(timeout=60_000)  # scored against the mask we gave
     expect(page.locator("#error-map img").first).to_be_visible()
+    # a model picked by hand segments the same image and mask again (its own score, not this run's)
+    summary, info = page.locator("#predict-summary"), page.locator("#model-info")
+    run_score, run_info = summary.inner_text(), info.inner_text()
+    page.locator("#model-choice input").click()
+    page.get_by_role("option", name=re.compile("^Shipped model")).click()
+    expect(info).not_to_have_text(run_info, timeout=30_000)
+    expect(summary).not_to_have_text(run_score, timeout=60_000)
+    expect(summary).to_contain_text("against its mask")
     # nothing on the page is a Python traceback
     assert "Traceback" not in page.content()
     _onnx_download(page, "#export-onnx", "#export-file")  # the chosen model (this run) as ONNX

@@ -246,6 +246,7 @@ def test_images_masks_and_a_checkpoint_uploaded_a_moment_apart_are_segmented_in_
     assert len(states) == 1, auto[0].targets
     bumps = [fn for fn in demo.fns.values() if [o._id for o in fn.outputs] == states and fn.trigger_only_on_success]
     assert len(bumps) == 2, "a checkpoint upload and a model picked by hand each bump it once they succeed"
+    assert all(fn.queue for fn in bumps), "gradio fires a State's change only for queued events"
 
 
 # -- 2. script in user text ----------------------------------------------------------------------------

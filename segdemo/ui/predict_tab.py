@@ -198,7 +198,7 @@ class PredictTab:
                         elem_id="shown-classes",
                     )
                 self.legend = gr.HTML(label="legend")
-                self.summary = gr.Markdown(label="summary")
+                self.summary = gr.Markdown(label="summary", elem_id="predict-summary")
                 self.table = gr.Dataframe(
                     value=pd.DataFrame(columns=["class", "IoU", "Dice", "share of true pixels"]),
                     label="Per class",
@@ -301,8 +301,13 @@ class PredictTab:
             trigger_mode="always_last",
             **heavy,
         ).then(**show)
+        # queued: gradio 6.31 fires a State's change only for queued events (a queue=False bump went unheard)
         ready = dict(
-            fn=lambda n: n + 1, inputs=self.model_ready, outputs=self.model_ready, api_visibility="private", queue=False
+            fn=lambda n: n + 1,
+            inputs=self.model_ready,
+            outputs=self.model_ready,
+            api_visibility="private",
+            concurrency_limit=None,
         )
         self.model.input(
             lambda m: gr.update(visible=m == "upload"),
