@@ -276,6 +276,7 @@ class CompareTab:
                 self.metric = gr.Radio(list(METRICS), value="val mIoU", label="Plot", elem_id="compare-metric")
                 self.refresh_btn = gr.Button("Refresh the list", size="sm", elem_id="compare-refresh")
         self.known = gr.State([])  # run ids the list has shown, so a new run can be ticked by itself
+        self.listed = gr.State(0)  # counts refreshes of the list: a change redraws the comparison
         self.note = gr.Markdown("Train a run (or two) first; they are listed here.", elem_id="compare-note")
         self.curves = gr.LinePlot(
             x="epoch",
@@ -325,8 +326,12 @@ class CompareTab:
         shown = [self.note, self.curves, self.table, self.settings]
         compare = dict(fn=self.show, inputs=[self.token, self.runs, self.metric], outputs=shown, **quiet)
         refresh = dict(fn=self.refresh, inputs=[self.token, self.runs, self.known, self.base], outputs=listed, **quiet)
-        gr.on([tab.select, self.refresh_btn.click], **refresh).then(**compare)
-        gr.on([self.runs.input, self.metric.input], **compare, trigger_mode="always_last")
+        # one listener draws the comparison, deferring a newer tick while it runs (always_last): a refresh bumps
+        # `listed` rather than drawing by itself, so a drawing from before a tick can never land after it (the
+        # bump is queued: gradio 6.31 fires a State's change only for queued events)
+        relisted = dict(fn=lambda n: n + 1, inputs=self.listed, outputs=self.listed, concurrency_limit=None, **quiet)
+        gr.on([self.runs.input, self.metric.input, self.listed.change], **compare, trigger_mode="always_last")
+        gr.on([tab.select, self.refresh_btn.click], **refresh).then(**relisted)
         self.base.input(self.button_labels, [self.token, self.base], list(self.ablate_btns.values()), **quiet)
         for name, btn in self.ablate_btns.items():
             btn.click(
@@ -342,7 +347,7 @@ class CompareTab:
                 [*train.watch_outputs, predict_model],
                 concurrency_limit=None,
                 **quiet,
-            ).then(**refresh).then(**compare).then(
+            ).then(**refresh).then(**relisted).then(
                 lambda: "The variant's run has ended: it is ticked above (its details are in the Train tab).",
                 None,
                 self.ablate_status,
