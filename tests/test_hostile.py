@@ -249,6 +249,17 @@ def test_images_masks_and_a_checkpoint_uploaded_a_moment_apart_are_segmented_in_
     assert all(fn.queue for fn in bumps), "gradio fires a State's change only for queued events"
 
 
+def test_the_pages_first_data_check_and_a_data_change_are_one_listener(server):
+    """The Train tab checks the data the page opens with and every data change in one always_last listener, so
+    the first check (of the built-in set) cannot land after the check of a zip chosen a moment later."""
+    _, _, demo = server
+    checks = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "check_data"]
+    assert len(checks) == 1, [fn.targets for fn in checks]
+    events = {e for _, e in checks[0].targets}
+    assert {"load", "change"} <= events, checks[0].targets
+    assert checks[0].trigger_mode == "always_last"
+
+
 # -- 2. script in user text ----------------------------------------------------------------------------
 
 

@@ -609,8 +609,10 @@ class TrainTab:
             api_visibility="private",
             queue=False,
         )
+        # the page's first check and every data change share one always_last listener, so a check of the data
+        # the page opened with cannot land after the check of data the student chose a moment later
         checked = gr.on(
-            [self.dataset.change, self.zip_file.change, self.settings["train_images"].change],
+            [demo.load, self.dataset.change, self.zip_file.change, self.settings["train_images"].change],
             self.check_data,
             [self.dataset, self.zip_file, self.settings["train_images"]],
             [self.data_report, self.classes_html, self.samples],
@@ -618,18 +620,10 @@ class TrainTab:
             trigger_mode="always_last",
             concurrency_id=HEAVY,
         )
-        loaded = demo.load(
-            self.check_data,
-            [self.dataset, self.zip_file, self.settings["train_images"]],
-            [self.data_report, self.classes_html, self.samples],
-            api_visibility="private",
-            concurrency_id=HEAVY,
-        )
         plan_inputs = [self.preset, self.dataset, self.zip_file, self.settings["train_images"]]
         plan_outputs = [*self.settings.values(), self.preset_why]
         self.preset.input(self.apply_preset, plan_inputs, plan_outputs, api_name="plan", concurrency_id=HEAVY)
         checked.then(self.apply_preset, plan_inputs, plan_outputs, api_visibility="private", concurrency_id=HEAVY)
-        loaded.then(self.apply_preset, plan_inputs, plan_outputs, api_visibility="private", concurrency_id=HEAVY)
         self.train_btn.click(
             self.start,
             [self.token, self.dataset, self.zip_file, self.preset],
