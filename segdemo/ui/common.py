@@ -52,6 +52,20 @@ STREAMS_TOTAL = 64  # and the whole server: well under the event queue's size, s
 NEW_SESSIONS_PER_10_MIN = 120  # owner tokens one address may be issued (a classroom may share one address)
 
 
+def bump(counter, **kw) -> dict:
+    """Listener arguments that add one to a gr.State `counter`, so that the one always_last listener on its
+    change draws a view instead of the bumping listener drawing it beside that one. Queued: gradio 6.31 fires a
+    State's change only for queued events (a queue=False bump went unheard)."""
+    return dict(
+        fn=lambda n: n + 1,
+        inputs=counter,
+        outputs=counter,
+        api_visibility="private",
+        concurrency_limit=None,
+        **kw,
+    )
+
+
 def client_of(request) -> str:
     """The address a gr.Request came from (see limits.client_address); "local" for a direct call."""
     if request is None:

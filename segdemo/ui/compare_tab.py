@@ -23,7 +23,7 @@ import pandas as pd
 from segdemo.config import RunConfig, quick_cpu_preset
 from segdemo.events import EpochEnd, Started
 from segdemo.jobs import Job
-from segdemo.ui.common import AppContext, client_of, esc, fmt_num, user_errors
+from segdemo.ui.common import AppContext, bump, client_of, esc, fmt_num, user_errors
 from segdemo.ui.train_tab import LOSSES, SETTINGS, UPSAMPLING
 
 MAX_COMPARED = 8  # runs in one comparison: more than a browser keeps (jobs.max_runs_per_owner), far fewer than a flood
@@ -327,9 +327,8 @@ class CompareTab:
         compare = dict(fn=self.show, inputs=[self.token, self.runs, self.metric], outputs=shown, **quiet)
         refresh = dict(fn=self.refresh, inputs=[self.token, self.runs, self.known, self.base], outputs=listed, **quiet)
         # one listener draws the comparison, deferring a newer tick while it runs (always_last): a refresh bumps
-        # `listed` rather than drawing by itself, so a drawing from before a tick can never land after it (the
-        # bump is queued: gradio 6.31 fires a State's change only for queued events)
-        relisted = dict(fn=lambda n: n + 1, inputs=self.listed, outputs=self.listed, concurrency_limit=None, **quiet)
+        # `listed` rather than drawing by itself, so a drawing from before a tick can never land after it
+        relisted = bump(self.listed, show_progress="hidden")
         gr.on([self.runs.input, self.metric.input, self.listed.change], **compare, trigger_mode="always_last")
         gr.on([tab.select, self.refresh_btn.click], **refresh).then(**relisted)
         self.base.input(self.button_labels, [self.token, self.base], list(self.ablate_btns.values()), **quiet)

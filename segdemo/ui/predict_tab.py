@@ -24,6 +24,7 @@ from segdemo.ui.common import (
     EXAMPLES_DIR,
     HEAVY,
     AppContext,
+    bump,
     esc,
     export_onnx_zip,
     fmt_num,
@@ -301,14 +302,7 @@ class PredictTab:
             trigger_mode="always_last",
             **heavy,
         ).then(**show)
-        # queued: gradio 6.31 fires a State's change only for queued events (a queue=False bump went unheard)
-        ready = dict(
-            fn=lambda n: n + 1,
-            inputs=self.model_ready,
-            outputs=self.model_ready,
-            api_visibility="private",
-            concurrency_limit=None,
-        )
+        ready = bump(self.model_ready)
         self.model.input(
             lambda m: gr.update(visible=m == "upload"),
             self.model,
