@@ -39,6 +39,7 @@ from segdemo.config import RunConfig
 from segdemo.data.base import ClassSet, Splits
 from segdemo.errors import JobError, UserError
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
+from segdemo.limits import ensure_free_disk
 from segdemo.runstore import RunStore, default_root_dir
 from segdemo.tokens import OwnerTokens, hash_owner
 
@@ -291,6 +292,7 @@ class JobManager:
         if self.max_run_s is not None:
             config.train.time_limit_s = min(config.train.time_limit_s or math.inf, self.max_run_s)
         self.cleanup_expired()
+        ensure_free_disk(self.root_dir)  # checkpoints of the runs already going need the room more
         with self._lock:
             if self._closed.is_set():
                 raise JobError("The server is shutting down; try again in a minute")
@@ -434,7 +436,8 @@ class JobManager:
                 result = self._train(job, resume=job.paused is not None)
                 if isinstance(result, Done) and result.reason == "paused":
                     result = self._requeue(job, result)
-        except Exception as e:  # never let a job take the server down
+        except BaseException as e:  # never let a job take the server down or stay "running" for good: a
+            # BaseException (pyo3's PanicException from safetensors under memory pressure) ends it as failed too
             log.exception("run %s failed outside the trainer", job.id[:6])
             result = Failed(
                 f"training failed unexpectedly ({type(e).__name__}); start again or change the settings",

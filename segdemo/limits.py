@@ -9,6 +9,7 @@ Nothing here imports gradio.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections import defaultdict, deque
@@ -60,10 +61,10 @@ class RateLimiter:
 
 
 class ByteQuota:
-    """At most `limit` bytes per `window_s` seconds per key (uploads)."""
+    """At most `limit` bytes (or files: unit="files") per `window_s` seconds per key (uploads)."""
 
-    def __init__(self, limit: int, window_s: float):
-        self.limit, self.window_s = int(limit), float(window_s)
+    def __init__(self, limit: int, window_s: float, unit: str = "bytes"):
+        self.limit, self.window_s, self.unit = int(limit), float(window_s), unit
         self._used: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
         self._lock = threading.Lock()
 
@@ -76,11 +77,37 @@ class ByteQuota:
             used = sum(b for _, b in q)
             if used + n > self.limit:
                 wait = self.window_s - (now - q[0][0]) if q else self.window_s
+                amount = f"{used / 2**20:.0f} MB" if self.unit == "bytes" else f"{used} {self.unit}"
                 raise LimitError(
-                    f"your address has uploaded {used / 2**20:.0f} MB in the last {_when(self.window_s)}, the most "
-                    f"this server accepts; try again in {_when(wait)}"
+                    f"your address has uploaded {amount} in the last {_when(self.window_s)}, the most this server "
+                    f"accepts; try again in {_when(wait)}"
                 )
             q.append((now, n))
+
+
+def min_free_disk() -> int:
+    """Bytes that must stay free on the disk of runs, uploads and caches (SEGDEMO_MIN_FREE_DISK_MB, default
+    1024): below it new work is refused, so a full disk never breaks the checkpoints of runs already going."""
+    return max(0, int(os.environ.get("SEGDEMO_MIN_FREE_DISK_MB") or 1024)) << 20
+
+
+def ensure_free_disk(path) -> None:
+    """Raise LimitError when the disk holding `path` (or its nearest existing parent) has less than
+    min_free_disk() free."""
+    from pathlib import Path
+
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return  # cannot tell: the writes themselves will say
+    if free < min_free_disk():
+        raise LimitError(
+            f"the server's disk is nearly full ({free >> 20} MB free); nothing new can be stored until older runs "
+            "expire. Try again later, or tell whoever runs this server"
+        )
 
 
 class Slots:
