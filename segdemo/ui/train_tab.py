@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from segdemo import recipes
+from segdemo import recipes, speedups
 from segdemo.config import RunConfig, quick_cpu_preset
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import ConfigError, JobError
@@ -34,6 +34,7 @@ from segdemo.ui.common import (
     md,
     model_choices,
     public,
+    sentence,
     strip,
     tidy_paths,
     upscale,
@@ -41,6 +42,7 @@ from segdemo.ui.common import (
     user_errors,
 )
 from segdemo.viz import colorize, confusion_html, error_map, legend_html, overlay
+from segdemo.weights_file import check_weights_file
 
 log = logging.getLogger(__name__)
 PRESET_CHOICES = [(p.label, p.key) for p in recipes.PRESETS]
@@ -152,6 +154,7 @@ def _weights(cfg: RunConfig, v) -> None:
         return
     if not str(path).lower().endswith((".pth", ".pt", ".safetensors")):
         raise ConfigError("Encoder weights must be a .pth, .pt or .safetensors file (a torchvision state dict).")
+    check_weights_file(path)  # again here, whichever door the path came through: sizes before torch reads it
     cfg.model.weights = str(path)
 
 
@@ -655,6 +658,13 @@ class TrainTab:
             api_visibility="private",
             concurrency_id=HEAVY,
         )
+        self.settings["encoder_weights"].upload(
+            self.check_weights,
+            self.settings["encoder_weights"],
+            self.settings["encoder_weights"],
+            api_visibility="private",
+            concurrency_id=HEAVY,
+        )
         self.gif_btn.click(
             self.filmstrip_gif, [self.token, self.run_id], self.gif_file, api_name="filmstrip_gif", concurrency_id=HEAVY
         )
@@ -664,8 +674,13 @@ class TrainTab:
     # -- handlers -------------------------------------------------------------------------------------
 
     @user_errors
-    def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
-        """Plan the preset for the chosen data on this server: every setting, and one line saying why."""
+    def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images, request: gr.Request = None):
+        """Plan the preset for the chosen data on this server: every setting, and one line saying why. A plan
+        that needs a new speed probe (seconds of every core) counts against the caller's address."""
+        with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
+            return self._apply_preset(preset, dataset, zip_file, train_images)
+
+    def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
         p = recipes.BY_KEY[preset_key(preset)]
         cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
         if dataset == "builtin":
@@ -889,6 +904,18 @@ class TrainTab:
             raise gr.Error("This run has no checkpoint yet: one is saved when its first epoch ends.")
         return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint))), visible=True)
 
+    def check_weights(self, path: str | None):
+        """Check an encoder-weights upload the moment it arrives (a zip bomb is refused before any run reads it);
+        a file that fails is taken off the page with the reason."""
+        if not path:
+            return gr.skip()
+        try:
+            check_weights_file(path)
+        except ConfigError as e:
+            gr.Warning(sentence(str(e)), title="Encoder weights")
+            return None
+        return gr.skip()
+
     @user_errors
     def filmstrip_gif(self, token: str, run_id: str):
         """This browser's run's filmstrip history as an animated GIF: one frame per epoch (up to
@@ -900,13 +927,15 @@ class TrainTab:
         if job is None:
             raise gr.Error("There is no run yet: press Train. Its filmstrip is kept after every epoch.")
         when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))
-        work = self.ctx.scratch("filmstrips")
-        try:
-            gif = filmstrip.write_gif(job.run_dir, work / "filmstrip.gif")
-            # served until the run expires, like the checkpoint
-            path = self.ctx.download_copy(job, gif, f"segdemo-run-{when}-filmstrip.gif")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        frames = filmstrip.frames(job.run_dir)
+        newest = frames[-1].stat().st_mtime_ns if frames else 0
+        # made once per run and number of frames, served until the run expires, like the checkpoint
+        path = self.ctx.served(
+            ("gif", job.id, len(frames), newest),
+            f"segdemo-run-{when}-filmstrip.gif",
+            lambda dst: filmstrip.write_gif(job.run_dir, dst),
+            job,
+        )
         return gr.update(value=path, visible=True)
 
     def _checkpoint_copy(self, job: Job) -> str | None:
