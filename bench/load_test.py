@@ -11,7 +11,9 @@ Without --url it starts `python app.py` on a free port (SEGDEMO_MAX_CONCURRENT f
 
 --hostile: the last of the N sessions is a hostile client instead, for the whole run: it floods Train from
 many sessions, holds as many live streams as it may, and sends the memory payloads (a checkpoint that claims
-a huge model, 250 classes on a flat 2048x2048 image, every Train slider at its end). Each session sends its
+a huge model, 250 classes on a flat 2048x2048 image, every Train slider at its end), and issue 19's round
+two: queued functions called around the queue, a flood of queued events, a weights decompression bomb, an
+upload of 400 tiny files, plans for many image sizes, repeated GIFs and redraws at every float. Each session sends its
 own X-Forwarded-For (the server trusts one proxy hop, as on a Space), so the honest sessions are N-1
 addresses and the hostile one is one more; the last line then counts only the honest sessions.
 """
@@ -184,7 +186,101 @@ def hostile_client(url: str, tmp: Path, stop: threading.Event, out: dict) -> Non
                 api_name="/predict",
             )
         )
+        round_two(url, c, token, address, tmp, out)
         time.sleep(2)
+
+
+def round_two(url: str, c, token: str, address: str, tmp: Path, out: dict) -> None:
+    """Issue 19's attackers, once per round: a queued function called around the queue, a flood of queued
+    events from one address, a weights decompression bomb, an upload of many tiny files, plans for many
+    image sizes, repeated GIFs of its own run, and redraws at every float. Refusals are counted as such."""
+    import json
+    import secrets
+    import urllib.error
+    import urllib.request
+
+    from gradio_client import handle_file
+
+    def post(path: str, body: bytes, ctype: str = "application/json") -> int:
+        req = urllib.request.Request(
+            url + path, data=body, method="POST", headers={"Content-Type": ctype, "X-Forwarded-For": address}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
+
+    def count(ok: bool) -> None:
+        out["answered" if ok else "refused"] += 1
+
+    count(post("gradio_api/run/check_data", json.dumps({"data": ["builtin", None, 768]}).encode()) == 200)
+    if "check_data_index" not in out:
+        with urllib.request.urlopen(url + "config", timeout=30) as r:
+            deps = json.loads(r.read())["dependencies"]
+        out["check_data_index"] = next(d["id"] for d in deps if d.get("api_name") == "check_data")
+    for _ in range(60):  # a flood of waiting events, each from a "new tab"
+        body = {
+            "data": ["builtin", None, 768],
+            "fn_index": out["check_data_index"],
+            "session_hash": secrets.token_hex(6),
+        }
+        count(post("gradio_api/queue/join", json.dumps(body).encode()) == 200)
+    if not (tmp / "bomb.pth").exists():
+        with (
+            zipfile.ZipFile(tmp / "bomb.pth", "w", zipfile.ZIP_DEFLATED) as z,
+            z.open("a/data/0", "w", force_zip64=True) as f,
+        ):
+            for _ in range(80):
+                f.write(bytes(8 << 20))
+    try:
+        from tests.conftest import tiny_train_args
+
+        c.predict(token, **tiny_train_args(encoder_weights=handle_file(str(tmp / "bomb.pth"))), api_name="/train")
+        count(True)
+    except Exception:
+        count(False)
+    boundary = "b0undary"
+    files = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="t{i}.png"\r\n\r\n'.encode() + b"x\r\n"
+        for i in range(400)
+    )
+    count(
+        post("gradio_api/upload", files + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}")
+        == 200
+    )
+    for side in (40 + 13 * secrets.randbelow(20), 77 + secrets.randbelow(50)):
+        z = tmp / f"plan-{side}.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            for i in range(2):
+                buf = io.BytesIO()
+                Image.fromarray(np.zeros((side, side + 8, 3), np.uint8)).save(buf, "PNG")
+                zf.writestr(f"images/p{i}.png", buf.getvalue())
+                buf = io.BytesIO()
+                Image.fromarray(np.eye(side, side + 8, dtype=np.uint8)).save(buf, "PNG")
+                zf.writestr(f"masks/p{i}.png", buf.getvalue())
+        try:
+            c.predict("minute", "zip", handle_file(str(z)), 768, api_name="/plan")
+            count(True)
+        except Exception:
+            count(False)
+    for _ in range(3):
+        try:
+            c.predict(token, "", api_name="/filmstrip_gif")
+            count(True)
+        except Exception:
+            count(False)
+    try:
+        res = c.predict(
+            token, "default", None, [handle_file(str(tmp / "flat.png"))], None, None, 0.5, False, api_name="/predict"
+        )
+        for i in range(40):
+            c.predict(token, res[-1], i / 40 + 0.0123, None, api_name="/redraw")
+        count(True)
+    except Exception:
+        count(False)
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
