@@ -44,6 +44,17 @@ class RateLimiter:
         self._events: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
+    def check(self, key: str, now: float | None = None) -> None:
+        """Raise LimitError if `key`'s window is full, without counting an event."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            q = self._events.get(key)
+            while q and now - q[0] >= self.window_s:
+                q.popleft()
+            if q and len(q) >= self.limit:
+                wait = self.window_s - (now - q[0])
+                raise LimitError(f"too many {self.what} from your address; try again in {_when(wait)}")
+
     def hit(self, key: str, now: float | None = None) -> None:
         """Count one event for `key`, or raise LimitError when its window is full."""
         now = time.monotonic() if now is None else now
@@ -113,11 +124,14 @@ def ensure_free_disk(path) -> None:
 class Slots:
     """Open things (live streams) counted per key, with a per-key and a server-wide cap.
 
-    `with slots.hold(key):` takes a slot for the block or raises LimitError at once.
+    `with slots.hold(key, ...):` takes a slot for the block or raises LimitError at once. `per_key` is one cap
+    for every key, or one per position of the keys (a browser's, then its address's: a classroom shares an
+    address, so that cap is larger), with `advice` saying what to do when the key at that position is full.
     """
 
-    def __init__(self, per_key: int, total: int, what: str):
-        self.per_key, self.total, self.what = int(per_key), int(total), what
+    def __init__(self, per_key: int | tuple[int, ...], total: int, what: str, advice: tuple[str, ...] = ()):
+        self.per_key = tuple(per_key) if isinstance(per_key, tuple) else (int(per_key),)
+        self.total, self.what, self.advice = int(total), what, advice
         self._open: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
@@ -129,12 +143,15 @@ class Slots:
         with self._lock:
             if sum(self._open.values()) >= self.total:
                 raise LimitError(f"the server has too many {self.what} open right now; try again in a minute")
-            for k in keys:
-                if self._open.get(k, 0) >= self.per_key:
-                    raise LimitError(
-                        f"you have {self._open[k]} {self.what} open already, the most allowed; close other tabs "
-                        "of this page (or wait a minute) and reload"
+            for i, k in enumerate(keys):
+                cap = self.per_key[min(i, len(self.per_key) - 1)]
+                if self._open.get(k, 0) >= cap:
+                    advice = (
+                        self.advice[i]
+                        if i < len(self.advice)
+                        else "close other tabs of this page (or wait a minute) and reload"
                     )
+                    raise LimitError(f"{self._open[k]} {self.what} are open already, the most allowed; {advice}")
             for k in keys:
                 self._open[k] += 1
 
