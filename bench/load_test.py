@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import signal
 import tempfile
 import threading
 import time
@@ -29,7 +31,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from common import RssSampler, client, median, p95, start_app  # puts the repository on sys.path
+from common import REPO, RssSampler, client, median, p95, start_app  # puts the repository on sys.path
 from PIL import Image
 
 from segdemo.data.builtin import make_sample
@@ -48,33 +50,29 @@ def make_zip(path: Path, n: int = 24, size: int = 64) -> None:
 
 
 def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: dict, address: str) -> None:
+    """One student: a session, a zip, Train, a tab that polls /run_info (surviving a server restart: it waits
+    and asks again with the same token), then 5 predictions. Records the first wait it was shown."""
     from gradio_client import handle_file
 
     c = client(url, headers={"X-Forwarded-For": address})
     token = c.predict(None, api_name="/session")
     t_submit = time.time()
-    run_id, _ = c.predict(
-        token,
-        "zip",
-        handle_file(str(zip_path)),
-        "minute",
-        64,
-        epochs,
-        8,
-        0.003,
-        "ce_dice",
-        8,
-        4,
-        "transposed",
-        True,
-        768,
-        api_name="/train",
-    )
-    positions = []
+    run_id, _ = c.predict(token, **train_args(zip_file=handle_file(str(zip_path)), epochs=epochs), api_name="/train")
+    positions, shown = [], None
     while True:  # poll like a browser tab that watches its queue position
-        info = c.predict(token, run_id, api_name="/run_info")
+        try:
+            info = c.predict(token, run_id, api_name="/run_info")
+        except Exception as e:  # the server is restarting: a reloaded tab asks again with its stored token
+            out["reconnects"] = out.get("reconnects", 0) + 1
+            if out["reconnects"] > 120:
+                raise RuntimeError(f"the server did not come back: {e}") from e
+            time.sleep(1.0)
+            c = client(url, headers={"X-Forwarded-For": address})
+            continue
         if info["status"] == "queued":
             positions.append(info["queue_position"])
+            if shown is None and info.get("expected_wait_s"):
+                shown = (time.time(), float(info["expected_wait_s"]))
         if info["finished"]:
             break
         time.sleep(1.0)
@@ -83,12 +81,37 @@ def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: 
     out["wait_s"] = (info.get("started") or t_submit) - (info.get("created") or t_submit)  # server clock
     out["interval"] = (info.get("started"), info.get("finished_at"))
     out["submitted"] = info.get("created") or t_submit
+    out["run_id"] = run_id
+    if shown is not None and info.get("started") and not out.get("reconnects"):
+        seen_at, predicted = shown
+        out["wait_shown"] = (predicted, max(0.0, info["started"] - seen_at))  # (shown, then waited)
     lat = []
     for img in images:
         t = time.perf_counter()
         c.predict(token, f"run:{run_id}", None, [handle_file(str(img))], None, None, 0.5, False, api_name="/predict")
         lat.append(1000 * (time.perf_counter() - t))
     out["latency_ms"] = lat
+
+
+def train_args(**over) -> dict:
+    """/train's arguments by name: the minute preset's Quick-sized run on the student's zip."""
+    args = dict(
+        dataset="zip",
+        zip_file=None,
+        preset="minute",
+        image_size=64,
+        epochs=2,
+        batch_size=8,
+        learning_rate=0.003,
+        loss="ce_dice",
+        width=8,
+        depth=4,
+        upsampling="transposed",
+        augment=True,
+        train_images=768,
+    )
+    args.update(over)
+    return args
 
 
 def hostile_client(url: str, tmp: Path, stop: threading.Event, out: dict) -> None:
@@ -298,11 +321,20 @@ def main() -> None:
     ap.add_argument("--url", help="an already running app; default: start one")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--hostile", action="store_true", help="the last session is a hostile client")
+    ap.add_argument("--one-address", action="store_true", help="every honest session behind one router")
+    ap.add_argument(
+        "--restart", type=float, metavar="S", help="kill -9 the server S seconds in and start it on the same folder"
+    )
     args = ap.parse_args()
 
     proc, url = None, args.url
+    runs_dir = None
+    if args.restart:  # a folder that survives (not under /tmp): the run store keeps runs across the restart
+        runs_dir = REPO / "runs" / f"bench-restart-{int(time.time())}"
+        runs_dir.mkdir(parents=True)
+    env = {"SEGDEMO_TRUSTED_PROXY_HOPS": "1"}
     if url is None:
-        url, proc = start_app({"SEGDEMO_TRUSTED_PROXY_HOPS": "1"})
+        url, proc = start_app(env, runs_dir=runs_dir, log=runs_dir / "app.log" if runs_dir else None)
     honest_n = args.sessions - 1 if args.hostile else args.sessions
     sampler = RssSampler(proc.pid) if proc else None
     if sampler:
@@ -323,7 +355,8 @@ def main() -> None:
 
         def worker(i: int) -> None:
             try:
-                one_session(url, zip_path, images, args.epochs, results[i], f"198.51.100.{i + 1}")
+                address = "198.51.100.1" if args.one_address else f"198.51.100.{i + 1}"
+                one_session(url, zip_path, images, args.epochs, results[i], address)
             except Exception as e:  # counted and shown, never hidden
                 errors.append(f"session {i}: {type(e).__name__}: {e}")
 
@@ -335,6 +368,16 @@ def main() -> None:
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(honest_n)]
         for t in threads:
             t.start()
+        if args.restart and proc:
+            time.sleep(args.restart)
+            proc.send_signal(signal.SIGKILL)  # no atexit, no flush: as a crash or a pulled plug
+            proc.wait()
+            port = int(url.rstrip("/").rsplit(":", 1)[1])
+            url2, proc = start_app(env, runs_dir=runs_dir, port=port, log=runs_dir / "app.log")
+            assert url2 == url
+            if sampler:
+                sampler.pid = proc.pid
+            print(f"server killed at {args.restart:.0f}s and started again on the same run folder", flush=True)
         for t in threads:
             t.join()
         stop.set()
@@ -373,6 +416,26 @@ def main() -> None:
     print(f"runs started in the order they were submitted: {'yes' if starts == sorted(starts) else 'NO'}")
     p50, p95_ms = (median(lat), p95(lat)) if lat else (float("nan"), float("nan"))
     rss = f"{sampler.peak_mb:.0f}" if sampler else "n/a"
+    shown = [r["wait_shown"] for r in done if r.get("wait_shown") and r["wait_shown"][1] >= 5]
+    if shown:
+        errs = sorted(abs(p - w) / w for p, w in shown)
+        within = sum(e <= 0.3 for e in errs)
+        print(
+            f"wait shown vs waited (first estimate seen, waits of 5 s or more): {within}/{len(errs)} within 30%, "
+            f"median error {100 * median(errs):.0f}%, worst {100 * errs[-1]:.0f}%"
+        )
+    if runs_dir is not None:
+        gaps = []
+        for r in done:
+            lines = (runs_dir / r["run_id"] / "metrics.jsonl").read_text().splitlines()
+            epochs = [json.loads(line)["epoch"] for line in lines]
+            if epochs != list(range(1, len(epochs) + 1)):
+                gaps.append((r["run_id"][:6], epochs))
+        resumed = sum(1 for r in done if r.get("reconnects"))
+        print(
+            f"restart: {len(done)} runs finished after it ({resumed} sessions reconnected); metrics.jsonl with a "
+            f"gap or duplicate: {len(gaps)} {gaps[:3]}"
+        )
     if args.hostile:
         print(
             f"hostile client: {hostile.get('refused', 0)} requests refused, {hostile.get('answered', 0)} answered, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import urllib.error
 import urllib.request
 import zipfile
@@ -41,8 +42,18 @@ def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with in_process_app(tmp_path_factory.mktemp("round2")) as (url, jobs, demo):
-        yield url, jobs, demo
+    """The app, with a Gradio cache of its own (GRADIO_TEMP_DIR), so the disk it counts is this server's."""
+    tmp = tmp_path_factory.mktemp("round2")
+    old = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(tmp / "gradio")
+    try:
+        with in_process_app(tmp) as (url, jobs, demo):
+            yield url, jobs, demo
+    finally:
+        if old is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = old
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ Widgets and wiring only: training, prediction, checks and checkpoints all live i
 
 API (gradio_client), see README: `/session` -> owner token; `/check_data`; `/train` -> run id;
 `/watch` (streams); `/stop`; `/run_info` (JSON); `/filmstrip_gif`; `/predict`; `/redraw` (Predict's pictures again, no
-model); `/my_runs`, `/compare`, `/ablate` (ui/compare_tab.py); the Label tab's `/label_*` (ui/label_tab.py).
+model); `/my_runs`, `/compare`, `/ablate` (ui/compare_tab.py); the Label tab's `/label_*` (ui/label_tab.py);
+the instructor's `/instructor_*`, each needing the instructor key (ui/instructor_tab.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
 from segdemo.ui.compare_tab import CompareTab  # noqa: E402
 from segdemo.ui.guard import QUEUE_SIZE, cap_queue_per_client  # noqa: E402
+from segdemo.ui.instructor_tab import InstructorTab  # noqa: E402
 from segdemo.ui.label_tab import LabelTab  # noqa: E402
 from segdemo.ui.predict_tab import PredictTab  # noqa: E402
 from segdemo.ui.train_tab import TrainTab  # noqa: E402
@@ -86,10 +88,13 @@ def build_demo(
                 compare = CompareTab(ctx, token)
             with gr.Tab("Label", id="label"):
                 label = LabelTab(ctx, token)
+            with gr.Tab("Instructor", id="instructor"):
+                instructor = InstructorTab(ctx, label.store)
         train.wire(demo, predict.model)
         predict.wire(demo, predict_tab)
         compare.wire(demo, compare_tab, train, predict.model)
         label.wire(demo, tabs, train)
+        instructor.wire()
         demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).success(
             train.reattach,
             token,

@@ -49,10 +49,14 @@ EXAMPLES_DIR = asset(EXAMPLES)
 HEAVY = "heavy"  # concurrency id shared by every listener that loads a model or decodes data, public or private
 CHECK_CACHE_BYTES = 64 << 20  # sample pictures of recent data checks, all together
 SERVED_BYTES = int(os.environ.get("SEGDEMO_SERVED_MB") or 2048) << 20  # downloads kept for serving, all together
-STREAMS_PER_CLIENT = 6  # live views (Train's watch and the page-load reattach) one browser or address may hold
-STREAMS_TOTAL = 64  # and the whole server: well under the event queue's size, so others are never turned away
+# live views (Train's watch and the page-load reattach) one browser may hold, one address (a classroom behind one
+# router is one address: 30 students with a tab or two each) and the whole server
+STREAMS_PER_BROWSER = 4
+STREAMS_PER_ADDRESS = int(os.environ.get("SEGDEMO_STREAMS_PER_ADDRESS") or 96)
+STREAMS_TOTAL = int(os.environ.get("SEGDEMO_STREAMS_TOTAL") or 256)
 PROBES_PER_10_MIN = 8  # plans that need a fresh timed probe, per address (cached ones are free)
-NEW_SESSIONS_PER_10_MIN = 120  # owner tokens one address may be issued (a classroom may share one address)
+# owner tokens one address may be issued (a classroom shares one address; a page keeps its token across reloads)
+NEW_SESSIONS_PER_10_MIN = int(os.environ.get("SEGDEMO_SESSIONS_PER_ADDRESS") or 300)
 
 
 def bump(counter, **kw) -> dict:
@@ -98,7 +102,16 @@ class AppContext:
         self._downloads: dict[str, list[Path]] = {}  # run id -> files handed out for download
         self._served: OrderedDict[tuple, Path] = OrderedDict()  # what a thing was served as (see served())
         self.jobs.on_forget.append(self.forget_downloads)
-        self.streams = Slots(STREAMS_PER_CLIENT, STREAMS_TOTAL, "live views")
+        self.streams = Slots(
+            (STREAMS_PER_BROWSER, STREAMS_PER_ADDRESS),
+            STREAMS_TOTAL,
+            "live views",
+            (
+                "close other tabs of this page in this browser and reload",
+                "everyone behind your router shares this address; wait a minute and reload (the host can raise "
+                "SEGDEMO_STREAMS_PER_ADDRESS)",
+            ),
+        )
         self.new_sessions = RateLimiter(NEW_SESSIONS_PER_10_MIN, 600, "new sessions")
         self.probes = RateLimiter(PROBES_PER_10_MIN, 600, "new speed measurements for plans")
         self.default_checkpoint = Path(default_checkpoint) if default_checkpoint else DEFAULT_CHECKPOINT

@@ -332,12 +332,16 @@ class RunView:
             overhead = max(1.0, last.seconds / max(train_s, 1e-9))
         return remaining / self.rate() * overhead
 
-    def status(self, job: Job, position: int, running: int) -> str:
+    def status(self, job: Job, position: int, running: int, wait_s: float | None = None) -> str:
         if job.status == QUEUED:
+            wait = f", about **{fmt_duration(wait_s)}** from now" if wait_s else ""
+            again = (
+                f" It goes on from epoch {job.paused.epochs_done} where it paused." if job.paused is not None else ""
+            )
             return (
-                f"**Waiting for a free training slot: you are number {position} in line** "
-                f"({running} run{'s' if running != 1 else ''} training now). Your run starts by itself; "
-                "Stop takes it out of the line."
+                f"**Waiting for a free training slot: you are number {position} in line**{wait} "
+                f"({running} run{'s' if running != 1 else ''} training now; the wait is estimated from the time "
+                f"budgets of the runs ahead). Your run starts by itself; Stop takes it out of the line.{again}"
             )
         best = self.best()
         best_txt = f"best val mIoU so far {best.miou:.3f} (epoch {best.epoch})" if best else ""
@@ -358,6 +362,9 @@ class RunView:
             else:
                 parts = [f"**Epoch 1/{s.epochs}** starting"]
             eta = self.eta_s(job)
+            limit = job.config.train.time_limit_s
+            if eta is not None and limit and self.epochs:  # a time budget ends the run first: say so
+                eta = min(eta, max(0.0, limit - sum(e.seconds for e in self.epochs)))
             if eta is not None:
                 parts.append(f"about {fmt_duration(eta)} left")
             if best_txt:
@@ -387,8 +394,14 @@ class RunView:
         if job.status == STOPPED:
             n = end.epochs_done
             return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}"
-        word = "Reached the time limit" if end.reason == "time_limit" else "Finished"
-        return f"✓ **{word}**: {end.epochs_done} epochs{took}; {tail}"
+        if end.reason == "time_limit":
+            planned = self.started.epochs if self.started else end.epochs_done
+            budget = fmt_duration(job.config.train.time_limit_s or end.seconds)
+            return (
+                f"✓ **Used its time budget** ({budget}): {end.epochs_done} of up to {planned} epochs{took}, the "
+                f"learning rate ending with the budget; {tail}"
+            )
+        return f"✓ **Finished**: {end.epochs_done} epochs{took}; {tail}"
 
     def figure(self):
         """The curves as data for the page's gr.LinePlot, which draws them in the browser: epoch, value, curve.
@@ -865,7 +878,9 @@ class TrainTab:
                 last_new = time.monotonic()
             changed = any([view.add(ev) for ev in new])
             over = not job.is_active and i >= len(job.events)
-            status = view.status(job, self.ctx.jobs.queue_position(job), self.ctx.jobs.running_count())
+            jobs = self.ctx.jobs
+            wait = jobs.expected_wait_s(job) if job.status == QUEUED else None
+            status = view.status(job, jobs.queue_position(job), jobs.running_count(), wait)
             now = time.monotonic()
             if first or changed or over:
                 ckpt, choices = gr.skip(), gr.skip()
@@ -959,6 +974,7 @@ class TrainTab:
             "run_id": job.id,
             "status": job.status,
             "queue_position": self.ctx.jobs.queue_position(job),
+            "expected_wait_s": self.ctx.jobs.expected_wait_s(job) if job.status == QUEUED else 0.0,
             "message": job.message,
             "classes": list(started.class_names) if started else [],
             "device": started.device if started else None,
