@@ -48,7 +48,8 @@ QUEUED, RUNNING, DONE, STOPPED, FAILED = "queued", "running", "done", "stopped",
 DEFAULT_TTL_S = 24 * 3600  # runs and labelled sets outlive a two-hour workshop and the evening after it
 MAX_QUEUED = int(os.environ.get("SEGDEMO_MAX_QUEUED") or 64)  # runs waiting for a slot, server-wide
 RUNS_PER_ADDRESS = int(os.environ.get("SEGDEMO_RUNS_PER_ADDRESS") or 40)  # waiting or training, one address
-SETUP_S = 3.0  # a run's start on its slot: data, model, optimiser (the probe is cached by then)
+SETUP_S = 3.0  # a run's start on its slot (data, model, optimiser) until the server has seen some
+UNKNOWN_RUN_S = 60.0  # a run with neither a time budget nor any epoch seen yet on this server
 TRUSTED_FACTOR = 4  # an instructor-trusted address (the room's router) gets this many times the per-address caps
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, STOPPED, FAILED)
@@ -236,6 +237,8 @@ class JobManager:
         self._served: dict[str, float] = {}  # training seconds each address has had
         self.memory_budget = memory_budget or budget.run_budget(self.max_concurrent)  # bytes one run may use
         self._durations: deque[float] = deque(maxlen=20)  # of recent runs, to say when a full queue frees up
+        self._epoch_s: deque[float] = deque(maxlen=50)  # recent epochs' seconds, for the waits shown in line
+        self._setup_s: deque[float] = deque(maxlen=20)  # from a slot to the first epoch's training
         self.on_forget: list[Callable[[Job], None]] = []  # called when a run and its folder are deleted
         self.store = RunStore(self.root_dir, persist)
         self.runs_persist = self.store.persist
@@ -497,25 +500,29 @@ class JobManager:
         free_at += [0.0] * max(0, self.max_concurrent - len(free_at))
         for j in ahead:  # each run ahead takes the slot that frees first
             free_at.sort()
-            free_at[0] += self._left_s(j, now) + SETUP_S
+            free_at[0] += self._left_s(j, now)
         return max(0.0, min(free_at))
 
     def _left_s(self, job: Job, now: float) -> float:
-        """Training seconds a run still needs (lock held)."""
+        """Seconds a run still needs on its slot (lock held): its epochs left at its own last epoch's pace, or
+        at the pace of recent epochs of other runs, plus its start; never more than its time budget left."""
         epochs = [e for e in job.events if isinstance(e, EpochEnd)]
         done_s = sum(e.seconds for e in epochs)
         if job.status == RUNNING and job.slice_started is not None and not epochs:
             done_s = now - job.slice_started
         limit = job.config.train.time_limit_s
-        recent = sorted(self._durations)
-        typical = recent[len(recent) // 2] if recent else None
         if epochs:
-            by_epochs = (job.config.train.epochs - epochs[-1].epoch) * epochs[-1].seconds
-            left = min(by_epochs, limit - done_s) if limit else by_epochs
-        elif limit:
-            left = limit - done_s
+            left = (job.config.train.epochs - epochs[-1].epoch) * epochs[-1].seconds
         else:
-            left = (typical or 60.0) - done_s
+            pace = sorted(self._epoch_s)
+            per_epoch = pace[len(pace) // 2] if pace else None
+            setup = sorted(self._setup_s)
+            start = setup[len(setup) // 2] if setup else SETUP_S
+            if job.status == RUNNING and job.slice_started is not None:
+                start = max(0.0, start - (now - job.slice_started))
+            left = start + (job.config.train.epochs * per_epoch if per_epoch else limit or UNKNOWN_RUN_S)
+        if limit:
+            left = min(left, limit - done_s)
         return max(0.0, left)
 
     def running_count(self) -> int:
@@ -657,6 +664,10 @@ class JobManager:
             return
         if isinstance(ev, Started) and job.last(Started) is not None:
             return
+        if isinstance(ev, EpochEnd):
+            self._epoch_s.append(ev.seconds)
+            if job.slice_started is not None and job.last(EpochEnd) is None:
+                self._setup_s.append(max(0.0, time.time() - job.slice_started - ev.seconds))
         job._append(ev)
         if isinstance(ev, EpochEnd) and ev.previews:  # after the page has the epoch: drawing takes ~20-50 ms
             _save_filmstrip_frame(job, ev)
