@@ -49,7 +49,9 @@ def make_zip(path: Path, n: int = 24, size: int = 64) -> None:
                 z.writestr(f"shapes/{folder}/{i:03d}.png", buf.getvalue())
 
 
-def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: dict, address: str) -> None:
+def one_session(
+    url: str, zip_path: Path, images: list[Path], epochs: int, out: dict, address: str, budget_min: float = 0
+) -> None:
     """One student: a session, a zip, Train, a tab that polls /run_info (surviving a server restart: it waits
     and asks again with the same token), then 5 predictions. Records the first wait it was shown."""
     from gradio_client import handle_file
@@ -57,7 +59,11 @@ def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: 
     c = client(url, headers={"X-Forwarded-For": address})
     token = c.predict(None, api_name="/session")
     t_submit = time.time()
-    run_id, _ = c.predict(token, **train_args(zip_file=handle_file(str(zip_path)), epochs=epochs), api_name="/train")
+    run_id, _ = c.predict(
+        token,
+        **train_args(zip_file=handle_file(str(zip_path)), epochs=epochs, time_budget=budget_min),
+        api_name="/train",
+    )
     positions, shown = [], None
     while True:  # poll like a browser tab that watches its queue position
         try:
@@ -323,6 +329,12 @@ def main() -> None:
     ap.add_argument("--hostile", action="store_true", help="the last session is a hostile client")
     ap.add_argument("--one-address", action="store_true", help="every honest session behind one router")
     ap.add_argument(
+        "--budget-min",
+        type=float,
+        default=0,
+        help="each run's time budget in minutes (0: none); with many --epochs, runs use their budget as a lesson's do",
+    )
+    ap.add_argument(
         "--restart", type=float, metavar="S", help="kill -9 the server S seconds in and start it on the same folder"
     )
     args = ap.parse_args()
@@ -356,7 +368,7 @@ def main() -> None:
         def worker(i: int) -> None:
             try:
                 address = "198.51.100.1" if args.one_address else f"198.51.100.{i + 1}"
-                one_session(url, zip_path, images, args.epochs, results[i], address)
+                one_session(url, zip_path, images, args.epochs, results[i], address, args.budget_min)
             except Exception as e:  # counted and shown, never hidden
                 errors.append(f"session {i}: {type(e).__name__}: {e}")
 

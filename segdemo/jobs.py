@@ -89,6 +89,7 @@ class Job:
         self.slice_started: float | None = None  # when its current turn on a training slot began
         self.paused: Done | None = None  # set while it waits for another turn, after yielding its slot
         self.priority = False  # an instructor moved it to the front of the line
+        self.budget_s = config.train.time_limit_s  # its own time budget, before the server's cap (max_run_s)
         self.finished: float | None = None
         self.result: Done | Failed | None = None
         self.stop_event = threading.Event()
@@ -304,6 +305,7 @@ class JobManager:
             budget.check_training(config, self.memory_budget, num_classes)
         except UserError as e:  # a ConfigError or BudgetError
             raise JobError(f"These settings cannot train: {e}") from None
+        budget_s = config.train.time_limit_s  # the run's own budget (a preset's), for the waits shown in line
         if self.max_run_s is not None:
             config.train.time_limit_s = min(config.train.time_limit_s or math.inf, self.max_run_s)
         self.cleanup_expired()
@@ -333,6 +335,7 @@ class JobManager:
                 )
             job_id = secrets.token_urlsafe(16)
             job = Job(job_id, key, config, self.store.new_folder(job_id), splits, client_key)
+            job.budget_s = budget_s
             if data_file is not None:
                 src = Path(data_file)
                 dst = job.run_dir / "upload" / src.name
@@ -510,7 +513,8 @@ class JobManager:
         done_s = sum(e.seconds for e in epochs)
         if job.status == RUNNING and job.slice_started is not None and not epochs:
             done_s = now - job.slice_started
-        limit = job.config.train.time_limit_s
+        limit = min(job.budget_s or math.inf, self.max_run_s or math.inf)
+        limit = None if limit == math.inf else limit
         if epochs:
             left = (job.config.train.epochs - epochs[-1].epoch) * epochs[-1].seconds
         else:
