@@ -101,23 +101,9 @@ def one_session(
 
 def train_args(**over) -> dict:
     """/train's arguments by name: the minute preset's Quick-sized run on the student's zip."""
-    args = dict(
-        dataset="zip",
-        zip_file=None,
-        preset="minute",
-        image_size=64,
-        epochs=2,
-        batch_size=8,
-        learning_rate=0.003,
-        loss="ce_dice",
-        width=8,
-        depth=4,
-        upsampling="transposed",
-        augment=True,
-        train_images=768,
-    )
-    args.update(over)
-    return args
+    from tests.conftest import tiny_train_args
+
+    return tiny_train_args(**{"dataset": "zip", "image_size": 64, "width": 8, "depth": 4, "train_images": 768, **over})
 
 
 def hostile_client(url: str, tmp: Path, stop: threading.Event, out: dict) -> None:

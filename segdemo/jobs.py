@@ -499,11 +499,24 @@ class JobManager:
                 return 0.0
             ahead = order[: order.index(job)]
             running = [self._jobs[i] for i in self._running if i in self._jobs]
-            free_at = sorted(self._left_s(j, now) for j in running)
+            # while this run waits, no other browser's run keeps a slot longer than a fair slice
+            sliced = job.client_key is not None and self.fair_slice_s > 0
+            free_at = []
+            for j in running:
+                left = self._left_s(j, now)
+                if sliced and j.client_key is not None and j.owner_key != job.owner_key and j.slice_started:
+                    left = min(left, max(0.0, self.fair_slice_s - (now - j.slice_started)))
+                free_at.append(left)
+            turns = [
+                min(self._left_s(j, now), self.fair_slice_s + SETUP_S)
+                if sliced and j.client_key is not None
+                else self._left_s(j, now)
+                for j in ahead
+            ]
         free_at += [0.0] * max(0, self.max_concurrent - len(free_at))
-        for j in ahead:  # each run ahead takes the slot that frees first
+        for turn in turns:  # each run ahead takes the slot that frees first
             free_at.sort()
-            free_at[0] += self._left_s(j, now)
+            free_at[0] += turn
         return max(0.0, min(free_at))
 
     def _left_s(self, job: Job, now: float) -> float:
