@@ -59,6 +59,8 @@ def build_demo(
 ) -> gr.Blocks:
     """The whole app. `jobs` defaults to JobManager.from_env() (SEGDEMO_MAX_CONCURRENT, SEGDEMO_RUN_TTL_S)."""
     write_pictures_to_cache_atomically()
+    if jobs is None:  # the server's own run store: what it finds at start (runs resuming after a restart) is logged
+        logs.log_to_stderr(logging.INFO)
     ctx = AppContext(jobs, cache_dir=cache_dir, default_checkpoint=default_checkpoint)
     # Gradio's own cache (uploads, pictures sent to browsers) is swept hourly of files older than 2 h.
     with gr.Blocks(title="segdemo: train a U-Net and see what it learned", delete_cache=(3600, 7200)) as demo:
