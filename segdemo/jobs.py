@@ -36,6 +36,7 @@ from typing import Any
 
 from segdemo import budget
 from segdemo.config import RunConfig
+from segdemo.data import ZIP_MARKER
 from segdemo.data.base import ClassSet, Splits
 from segdemo.errors import JobError, UserError
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
@@ -753,19 +754,23 @@ class JobManager:
 
     def _load_existing(self) -> list[Job]:
         """Re-register the runs found in root_dir (persistent storage after a restart), without previews. A run
-        that was waiting or training goes back in line (resume_on_restart) and, where it had saved a resumable
-        checkpoint, goes on from its last complete epoch; the ones to start are returned."""
+        that was waiting or training goes back in line (resume_on_restart; unless it is older than ttl_s: then
+        it ends as stopped) and, where it had saved a resumable checkpoint, goes on from its last complete epoch;
+        the ones to start are returned."""
         again = []
         for r in self.store.load():
             job = Job(r.id, r.owner_key, r.config, r.run_dir, client_key=r.client_key)
             job.created, job.started, job.finished = r.created, r.started, r.finished
-            if r.was_active and self.resume_on_restart:
+            if r.was_active and self.resume_on_restart and time.time() - r.created < self.ttl_s:
                 epochs = [e for e in r.events if isinstance(e, EpochEnd)]
                 if (r.run_dir / "last.safetensors").is_file() and epochs:
                     best = max(epochs, key=lambda e: e.miou)
                     job.paused = Done("paused", epochs[-1].epoch, best.miou, best.epoch, None, None, 0.0)
                 job.events = list(r.events)
                 job.status = QUEUED
+                data = r.run_dir / "data"
+                if data.is_dir() and not (data / ZIP_MARKER).is_file():
+                    shutil.rmtree(data, ignore_errors=True)  # an unpacking the restart cut short: ours, done again
                 self._queue.append(job)
                 again.append(job)
                 log.info(

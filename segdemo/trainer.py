@@ -43,6 +43,7 @@ PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them sma
 WORST_IMAGES = 4  # lowest-scoring validation images each epoch event carries (none when previews are off)
 # torch's thread count is process-wide: runs that overlap in one server restore this, not each other's value
 _PROCESS_THREADS = speedups.PROCESS_THREADS
+FIRST_EPOCH_GRACE_S = 120.0  # the most a time limit waits for a run's first epoch to end (see _over_time)
 
 
 OUT_OF_MEMORY = "ran out of memory in this epoch; choose a smaller batch size or image size and start again"
@@ -243,6 +244,7 @@ class Trainer:
         self.resume = resume
         self.memory_budget = memory_budget  # bytes a step may need (a server's share); None: this machine's
         self._holds_threads = False  # set while this run holds torch's thread count (speedups)
+        self._epochs_ended = 0  # in this session of the run (a resumed run has its checkpoint already)
         self.max_steps = max_steps  # a chunk of a longer run: pause (resumably) after this many steps
         self.should_pause = should_pause or (lambda: False)  # e.g. a server's fair share: others are waiting
         self.callbacks: list[Callable[[Event], None]] = []
@@ -317,6 +319,7 @@ class Trainer:
                 reason = "paused"
                 break
             end = self._end_epoch(p, state, epoch, train)
+            self._epochs_ended += 1
             yield end
             if self._stop_everywhere(p):
                 reason = "time_limit" if self._over_time() else "stopped"
@@ -609,8 +612,14 @@ class Trainer:
         return self.seconds_before + time.perf_counter() - self.t_start
 
     def _over_time(self) -> bool:
+        """Past the time limit; before the run's first epoch has ended, past it by FIRST_EPOCH_GRACE_S: a budget
+        run on a busy machine still ends with a checkpoint, not with none."""
         lim = self.config.train.time_limit_s
-        return lim is not None and self._elapsed() > lim
+        if lim is None:
+            return False
+        if self._epochs_ended == 0 and not self.resume:
+            lim += FIRST_EPOCH_GRACE_S
+        return self._elapsed() > lim
 
     def _next_epoch_misses_the_budget(self, p: Parts, end: EpochEnd) -> bool:
         """With a time budget, another epoch as long as this one would be cut off before its evaluation."""

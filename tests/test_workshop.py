@@ -18,7 +18,7 @@ from gradio_client.exceptions import AppError
 from segdemo.config import RunConfig
 from segdemo.events import EpochEnd
 from segdemo.jobs import DONE, QUEUED, RUNNING, JobManager
-from tests.conftest import in_process_app, tiny_train_args
+from tests.conftest import in_process_app, tiny_config, tiny_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "correct horse battery staple"
@@ -122,10 +122,13 @@ done.thread.join()
 cfg = tiny_config(epochs=12)
 cfg.data.builtin_train = 64
 long = jm.submit("bob", cfg, client="10.0.0.1")
-wait = jm.submit("carol", tiny_config(epochs=2), client="10.0.0.1")
+zcfg = tiny_config(epochs=2)
+zcfg.data.image_size = 64
+wait = jm.submit("carol", zcfg, client="10.0.0.1", data_file={str(tmp_path / "shapes.zip")!r})
 print(done.id, long.id, wait.id, flush=True)
 time.sleep(600)
 """
+    _shapes_zip(tmp_path / "shapes.zip")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         done_id, long_id, wait_id = proc.stdout.readline().split()
@@ -135,6 +138,9 @@ time.sleep(600)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     logged = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    partial = runs / wait_id / "data" / "shapes" / "images"  # an unpacking the kill cut short, as it leaves one
+    partial.mkdir(parents=True)
+    (partial / "000.png").write_bytes(b"\x89PNG half")
     jm = JobManager(runs, max_concurrent=1, reaper=False, persist=True)
     try:
         owners = {"alice": done_id, "bob": long_id, "carol": wait_id}
@@ -149,6 +155,36 @@ time.sleep(600)
         assert [e.epoch for e in long.events if isinstance(e, EpochEnd)] == list(range(1, 13))
     finally:
         jm.close()
+
+
+def _shapes_zip(path: Path, n: int = 12) -> Path:
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from segdemo.data.builtin import make_sample
+
+    rng = np.random.default_rng(1)
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(n):
+            for folder, arr in zip(("images", "masks"), make_sample(rng, 64), strict=True):
+                buf = io.BytesIO()
+                Image.fromarray(arr).save(buf, "PNG")
+                z.writestr(f"shapes/{folder}/{i:03d}.png", buf.getvalue())
+    return path
+
+
+def test_a_budget_run_on_a_busy_machine_still_ends_with_a_checkpoint(tmp_path):
+    """A 6-second budget whose first epoch took longer (a server just restarted, 10 processes on 2 cores)
+    ended "after 0 epochs" with nothing to predict with: the budget now waits for the first epoch."""
+    from segdemo.trainer import Trainer
+
+    cfg = tiny_config(epochs=5)
+    cfg.train.time_limit_s = 0.05  # far less than one epoch here
+    end = Trainer(cfg, tmp_path / "run").run()
+    assert end.reason == "time_limit" and end.epochs_done == 1 and (tmp_path / "run" / "best.safetensors").is_file()
 
 
 def test_runs_are_kept_a_day_by_default():
