@@ -73,14 +73,9 @@ def build_demo(
                 "# segdemo: train a U-Net, live\nSemantic segmentation gives **every pixel** a class. Train a "
                 "small U-Net here and watch what it learns, then try it on new images." + persist
             )
-            forget = gr.Button(
-                "Forget this browser",
-                size="sm",
-                variant="secondary",
-                scale=0,
-                min_width=170,
-                elem_id="forget-browser",
-            )
+            with gr.Column(scale=0, min_width=190):  # a column keeps the button its own height, not the row's
+                forget = gr.Button("Forget this browser", size="sm", variant="secondary", elem_id="forget-browser")
+                gr.Markdown("<small>on a shared computer, before you leave</small>", elem_id="forget-hint")
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
                 train = TrainTab(ctx, token)
