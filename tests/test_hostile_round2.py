@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -405,3 +406,44 @@ def test_the_memory_budget_covers_the_resumable_save():
     cfg.model.width, cfg.data.image_size, cfg.train.batch_size = 64, 32, 2
     n = budget.parameter_count(cfg.model)
     assert budget.training_bytes(cfg) >= n * 4 * (budget.OPTIMISER_COPIES + 2 * budget.SAVED_COPIES)
+
+
+def test_connections_held_open_are_capped_per_address(tmp_path, monkeypatch):
+    """Gradio holds /heartbeat/<any id> open for as long as the client likes: one client opening thousands ran
+    the server out of file descriptors. Each address may hold OPEN_CONNECTIONS_PER_ADDRESS of them."""
+    import socket
+
+    from segdemo.ui import guard
+
+    monkeypatch.setattr(guard, "OPEN_CONNECTIONS_PER_ADDRESS", 5)
+    monkeypatch.setenv("SEGDEMO_TRUSTED_PROXY_HOPS", "1")
+
+    def open_heartbeat(port: int, addr: str) -> tuple[socket.socket, str]:
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(
+            f"GET /gradio_api/heartbeat/made-up-{addr} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {addr}\r\n\r\n".encode()
+        )
+        return s, s.recv(4096).decode("latin-1")
+
+    with in_process_app(tmp_path) as (url, _, _):
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        held = [open_heartbeat(port, "10.9.9.9") for _ in range(5)]
+        try:
+            assert all(first.startswith("HTTP/1.1 200") for _, first in held)
+            s, first = open_heartbeat(port, "10.9.9.9")
+            s.close()
+            assert first.startswith("HTTP/1.1 429") and "connections to this server are open already" in first
+            other, first = open_heartbeat(port, "10.9.9.10")  # another address is not turned away
+            other.close()
+            assert first.startswith("HTTP/1.1 200")
+        finally:
+            for s, _ in held:
+                s.close()
+        deadline = time.time() + 30  # closed connections give their slots back
+        while time.time() < deadline:
+            s, first = open_heartbeat(port, "10.9.9.9")
+            s.close()
+            if first.startswith("HTTP/1.1 200"):
+                break
+            time.sleep(0.5)
+        assert first.startswith("HTTP/1.1 200")

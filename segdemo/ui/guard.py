@@ -16,13 +16,17 @@ import os
 
 from gradio.utils import get_upload_folder
 
-from segdemo.limits import ByteQuota, LimitError, RateLimiter, client_address, ensure_free_disk
+from segdemo.limits import ByteQuota, LimitError, RateLimiter, Slots, client_address, ensure_free_disk
 
 MAX_BODY = 256 << 10  # JSON bodies: ours carry tokens, settings and file references, a few KB at most
 UPLOAD_BYTES_PER_HOUR = int(os.environ.get("SEGDEMO_UPLOAD_MB_PER_HOUR") or 1024) << 20  # per address
 UPLOADS_PER_MINUTE = 300  # per address (gradio_client sends one request per file)
 FILES_PER_UPLOAD = 200  # files in one upload request (the Label tab's photos come several at once)
 UPLOAD_FILES_PER_HOUR = int(os.environ.get("SEGDEMO_UPLOAD_FILES_PER_HOUR") or 3000)  # per address: a class's
+# Connections Gradio holds open (each page keeps a heartbeat and, while it waits for answers, an event stream):
+# per address (a classroom of 30, a few tabs each) and in all, well under the process's file descriptors
+OPEN_CONNECTIONS_PER_ADDRESS = int(os.environ.get("SEGDEMO_CONNECTIONS_PER_ADDRESS") or 300)
+OPEN_CONNECTIONS_TOTAL = int(os.environ.get("SEGDEMO_CONNECTIONS_TOTAL") or 3000)
 # Waiting events (not running ones): the whole queue, one address's share (a classroom behind one router is
 # one address: 30 pages opening at once queue about 5 events each) and one browser tab's.
 QUEUE_SIZE = int(os.environ.get("SEGDEMO_QUEUE_SIZE") or 512)
@@ -45,9 +49,20 @@ class RequestGuard:
         self.upload_quota = ByteQuota(upload_bytes_per_hour, 3600)
         self.upload_rate = RateLimiter(uploads_per_minute, 60, "uploads")
         self.files_per_upload = files_per_upload or FILES_PER_UPLOAD
+        self.connections = Slots(
+            OPEN_CONNECTIONS_PER_ADDRESS,
+            OPEN_CONNECTIONS_TOTAL,
+            "connections to this server",
+            (
+                "everyone behind your router shares this address; close some tabs of this page and try again in "
+                "a minute",
+            ),
+        )
         self.upload_files = ByteQuota(upload_files_per_hour or UPLOAD_FILES_PER_HOUR, 3600, unit="files")
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "GET" and _is_long_lived(scope["path"]):
+            return await self._held_open(scope, receive, send)
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -98,6 +113,23 @@ class RequestGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+    async def _held_open(self, scope, receive, send):
+        """A connection Gradio keeps open (a page's heartbeat, an event stream) takes a slot of its address for as
+        long as it lasts: Gradio holds a heartbeat open for any made-up session id, so without a cap one client
+        could open connections until the server runs out of file descriptors."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        addr = client_address(headers, (scope.get("client") or (None,))[0])
+        try:
+            held = self.connections.hold(addr)
+        except LimitError as e:
+            return await _refuse(send, 429, str(e).capitalize() + ".")
+        with held:
+            return await self.app(scope, receive, send)
+
+
+def _is_long_lived(path: str) -> bool:
+    return "/heartbeat/" in path or path.rstrip("/").endswith("/queue/data")
 
 
 class _PartCounter:
