@@ -315,6 +315,27 @@ def round_two(url: str, c, token: str, address: str, tmp: Path, out: dict) -> No
         count(False)
 
 
+def training_by_address(runs_dir: Path) -> dict[str, tuple[int, float]]:
+    """Per address key (sha256, as the run store keeps it): how many runs and their seconds on a training slot
+    (from each run's metrics, so the seconds training took, not the time spent waiting)."""
+    out: dict[str, tuple[int, float]] = {}
+    for rec in runs_dir.glob("*/job.json"):
+        try:
+            doc = json.loads(rec.read_text())
+            lines = (
+                (rec.parent / "metrics.jsonl").read_text().splitlines()
+                if (rec.parent / "metrics.jsonl").exists()
+                else []
+            )
+            secs = sum(json.loads(line)["seconds"] for line in lines)
+        except (OSError, ValueError, KeyError):
+            continue
+        key = doc.get("client_key") or "?"
+        n, total = out.get(key, (0, 0.0))
+        out[key] = (n + 1, total + secs)
+    return out
+
+
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
     points = sorted([(s, 1) for s, e in intervals] + [(e, -1) for s, e in intervals])
     best = cur = 0
@@ -401,6 +422,7 @@ def main() -> None:
         wall = time.time() - t0
     if sampler:
         sampler.running = False
+    shares = training_by_address(Path(proc.runs_dir)) if proc else {}
     if proc:
         proc.terminate()
         proc.wait(timeout=30)
@@ -450,6 +472,22 @@ def main() -> None:
         print(
             f"restart: {len(done)} runs finished after it ({resumed} sessions reconnected); metrics.jsonl with a "
             f"gap or duplicate: {len(gaps)} {gaps[:3]}"
+        )
+    if shares:
+        import hashlib
+
+        def who(key: str) -> str:
+            if key == hashlib.sha256(b"192.0.2.66").hexdigest():
+                return "hostile"
+            return "class" if args.one_address else "students"
+
+        by = {}
+        for key, (n, secs) in shares.items():
+            n0, s0 = by.get(who(key), (0, 0.0))
+            by[who(key)] = (n0 + n, s0 + secs)
+        print(
+            "training time on the slot by address: "
+            + ", ".join(f"{k} {v[1]:.0f} s over {v[0]} runs" for k, v in sorted(by.items()))
         )
     if args.hostile:
         print(
