@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segdemo import budget, distributed
 from segdemo import checkpoint as ckpt
-from segdemo.config import RunConfig
+from segdemo.config import LITE, LITE_MEAN, LITE_STD, RunConfig
 from segdemo.data.base import IGNORE, ArraySource, CachedSource, ClassSet, DataError, PairSource, Splits
 from segdemo.distributed import World
 from segdemo.errors import ConfigError, UserError
@@ -34,7 +34,7 @@ from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
 from segdemo.losses import WEIGHTED, SegLoss, class_weights_from_counts
 from segdemo.metrics import metrics_from_confusion
-from segdemo.model import build_model, count_parameters
+from segdemo.model import build_model, count_parameters, encoder_parameters
 from segdemo.speedups import Speedups, choose_speedups, pick_device, prepare_model
 from segdemo.transforms import normalise, train_transform
 
@@ -117,6 +117,44 @@ def _plateau(state: LoopState, improved: bool) -> None:
     if state.plateau_bad > PLATEAU_PATIENCE:
         state.plateau_scale *= PLATEAU_FACTOR
         state.plateau_bad = 0
+
+
+BN_FROZEN_BELOW = 16  # batches smaller than this keep a pretrained encoder's BatchNorm statistics (measured:
+# bench/README.md, "Fine-tuning the ImageNet encoder"); "train" or "frozen" in the config decides it by hand
+
+
+def param_groups(net: torch.nn.Module, cfg: RunConfig) -> list[dict]:
+    """Two groups when the encoder is pretrained, as fine-tuning codebases do: the encoder at encoder_lr times
+    the rate (its ImageNet features need only nudging), the decoder at the rate itself; `lr_scale` is what
+    the loop multiplies each step's rate by. A frozen encoder (instant mode) is not in the optimiser at all."""
+    enc = encoder_parameters(net) if cfg.model.pretrained else set()
+    decoder = [q for q in net.parameters() if id(q) not in enc]
+    if not enc:
+        return [{"params": decoder, "lr_scale": 1.0}]
+    groups = [{"params": decoder, "lr_scale": 1.0}]
+    if not cfg.train.freeze_encoder:
+        groups.append({"params": [q for q in net.parameters() if id(q) in enc], "lr_scale": cfg.train.encoder_lr})
+    return groups
+
+
+def _encoder_training(net: torch.nn.Module, cfg: RunConfig) -> str:
+    """Freeze what the config says of a pretrained encoder: all of it (instant mode) or its BatchNorm
+    statistics ("auto": below BN_FROZEN_BELOW images a batch). Returns a note for the log."""
+    if not hasattr(net, "frozen_bn") or not cfg.model.pretrained:
+        return ""
+    t = cfg.train
+    if t.freeze_encoder:
+        for q in net.encoder.parameters():
+            q.requires_grad_(False)
+    net.frozen_bn = (
+        t.freeze_encoder or t.encoder_bn == "frozen" or (t.encoder_bn == "auto" and t.batch_size < BN_FROZEN_BELOW)
+    )
+    return "encoder frozen" if t.freeze_encoder else f"encoder BatchNorm {'frozen' if net.frozen_bn else 'trained'}"
+
+
+def _comparable(m):
+    """A model config as resume compares it: where the starting weights came from does not matter any more."""
+    return replace(m, pretrained=False, weights=None, weights_from=None)
 
 
 def cpu_training_threads(world: World | None = None) -> int:
@@ -337,6 +375,8 @@ class Trainer:
         """Check the settings against the data and the memory budget, then build model, optimiser and loss."""
         cfg, world = self.config, distributed.current()
         cfg.validate()
+        if cfg.model.encoder == LITE:  # the normalisation its ImageNet weights expect, kept in every checkpoint
+            cfg.data.mean, cfg.data.std = LITE_MEAN, LITE_STD
         if world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.run_dir.glob(".*.tmp*"):  # left by a process killed mid-write
@@ -362,11 +402,22 @@ class Trainer:
                 splits, train=CachedSource(splits.train, room * 3 // 4), val=CachedSource(splits.val, room // 4)
             )
 
-        net = build_model(cfg.model)  # the same seed everywhere: every process starts from the same weights
+        state = self._read_state() if self.resume else LoopState()
+        if self.resume:  # the weights come from the run's checkpoint: no download, no wheel needed
+            cfg.model.weights_from = self._resume_from.config.model.weights_from
+            net = build_model(replace(cfg.model, pretrained=False, weights=None))
+        else:
+            if cfg.model.encoder == LITE and cfg.model.pretrained:
+                from segdemo.pretrained import provenance
+
+                cfg.model.weights_from = provenance()
+            net = build_model(cfg.model)  # the same seed everywhere: every process starts from the same weights
+        bn_note = _encoder_training(net, cfg)
+        if bn_note:
+            log.info("%s: %s", cfg.model.encoder, bn_note)
         device = pick_device(cfg.train.device)
         if device.type == "cpu":
             torch.set_num_threads(cpu_training_threads(world))  # before the probe, so it measures what we run
-        state = self._read_state() if self.resume else LoopState()
         sp = self._speedups(cfg, state, world)
         if world.distributed and sp.device.type == "cuda":
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # a few images per GPU: share BN statistics
@@ -375,7 +426,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels once
         # fused: one kernel for all parameters instead of ~10 small ops each; same maths, same state keys
         opt = torch.optim.AdamW(
-            net.parameters(),
+            param_groups(net, cfg),
             lr=cfg.train.lr,
             weight_decay=cfg.train.weight_decay,
             fused=sp.device.type in ("cpu", "cuda"),
@@ -491,7 +542,7 @@ class Trainer:
     def _step(self, p: Parts, images: torch.Tensor, masks: torch.Tensor, lr: float, epoch: int) -> float:
         """One optimiser step on one batch; returns the batch's loss."""
         for g in p.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         x = normalise(images.to(p.sp.device, non_blocking=True), p.cfg.data.mean, p.cfg.data.std)
         if p.sp.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -652,7 +703,7 @@ class Trainer:
         ts = self._resume_from.meta.get("training_state")
         if not ts:
             raise ckpt.CheckpointError(f"{self.last_path.name} has no training state to resume from")
-        if self._resume_from.config.model != self.config.model:
+        if _comparable(self._resume_from.config.model) != _comparable(self.config.model):
             raise ConfigError(
                 "the run's saved model settings differ from these; resume with the same settings "
                 "or start a new run folder"
