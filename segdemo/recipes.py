@@ -210,13 +210,16 @@ def plan(
     t.lr_follows_time = True
     no_gpu = p.gpu and not torch.cuda.is_available()
     t.device = "cuda" if p.gpu and not no_gpu else t.device
-    cfg.data.resize, cfg.data.crop_size = "short", None
+    # instant mode has no random crops to show the rest of a photo: its long side is the scale, so one square
+    # crop (padded with the ignore index) holds the whole photo, and each photo's features are computed once
+    cfg.data.resize, cfg.data.crop_size = ("long" if p.instant else "short"), None
+    side = shape.long if p.instant else shape.short
     rare = shape.rarest < RARE_SHARE
     if rare:  # CamVid, 8 epochs at 128 px: val mIoU 0.27 with five classes at 0 (ce_dice), 0.33+ weighted
         t.loss = "weighted_ce"
     usable = max(1.0, p.seconds * 0.95 - SETUP_S)
     aspect = shape.long / max(shape.short, 1)
-    ladder = _scales(min(shape.short, p.max_scale), min(shape.short, MIN_SCALE))
+    ladder = _scales(min(side, p.max_scale), min(side, MIN_SCALE))
     if per_pixel is None:
         per_pixel, sp = seconds_per_pixel(cfg.model, t, min(ladder[0], PROBE_SIDE))
         # the run uses what the probe chose instead of measuring again before its first step
@@ -227,28 +230,26 @@ def plan(
     chosen = None
     for scale in ladder:
         per_image = per_pixel * scale**2
-        epoch_s = shape.n_train * per_image + shape.n_val * per_image * aspect * EVAL_COST
+        epoch_s = shape.n_train * per_image + shape.n_val * per_image * (1 if p.instant else aspect) * EVAL_COST
         epochs = int(usable // epoch_s)
         chosen = (scale, epochs, epoch_s, per_image)
         if epochs >= p.min_epochs:
             break
     scale, epochs, epoch_s, per_image = chosen
     cfg.data.image_size = scale
-    if p.instant and aspect > 1:  # no random crops to see the rest: one crop that holds the whole scaled image
-        cfg.data.crop_size = min(1024, math.ceil(scale * min(aspect, 2.0) / 32) * 32)
     # room for half as many again: a probe taken on a busy machine underestimates a quieter run, which then
     # goes on until the budget (the trainer stops when another epoch would not fit, the rate near its end)
     t.epochs = max(1, min(math.ceil(epochs * SPARE_EPOCHS), MAX_EPOCHS))
-    natural = shape.short
+    natural, which = side, ("long" if p.instant else "short")
     if scale < min(natural, p.max_scale):
         bigger = ladder[max(0, ladder.index(scale) - 1)]
         reason = f"{bigger} px would allow fewer than {p.min_epochs} epochs"
     elif natural <= p.max_scale:
         reason = "the images' own size"
     else:
-        reason = f"this preset's largest scale (the images are {natural} px on the short side)"
+        reason = f"this preset's largest scale (the images are {natural} px on the {which} side)"
     why = (
-        f"{p.label}: {scale} px on the short side ({reason}), about {epochs} epochs of {shape.n_train} images "
+        f"{p.label}: {scale} px on the {which} side ({reason}), about {epochs} epochs of {shape.n_train} images "
         f"at about {1 / per_image:.0f} img/s measured here, width {cfg.model.width}; the learning rate ends at "
         f"{_minutes(p.seconds)}, when the run stops with its best checkpoint (up to {t.epochs} epochs if they fit)."
         + (f" {MAX_EPOCHS} epochs are enough here: it may end sooner." if epochs > MAX_EPOCHS else "")

@@ -154,7 +154,7 @@ def test_presets_choose_the_imagenet_encoder_for_photos_and_the_tutorial_unet_fo
     missing = recipes.plan(recipes.preset("minute"), shape, base=photos, per_pixel=2e-6)
     assert missing.config.model.encoder == "unet" and "not installed" in missing.why
     instant = recipes.plan(recipes.preset("instant"), shape, base=photos, per_pixel=2e-6).config
-    assert instant.train.freeze_encoder and not instant.data.augment and instant.data.crop >= instant.data.image_size
+    assert instant.train.freeze_encoder and not instant.data.augment and instant.data.resize == "long"
 
 
 def test_the_encoder_learns_at_a_fraction_of_the_decoders_rate():

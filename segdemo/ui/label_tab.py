@@ -27,7 +27,7 @@ import gradio as gr
 import numpy as np
 from gradio.components.base import server
 
-from segdemo import labelset
+from segdemo import labelset, pretrained
 from segdemo.imageio import IMAGE_SUFFIXES
 from segdemo.labelset import LabelSet, LabelStore, Photo
 from segdemo.ui.common import HEAVY, AppContext, md, user_errors
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 THUMB_SIDE = 160
 ZIP_NAME = "labelled-photos.zip"
+INSTANT = "instant"  # the preset "Train on these" picks (recipes.PRESETS)
 STILL_LOADING = (
     "The editor was still loading this photo, so what it sent belongs to the previous one. Wait a moment "
     "until the photo shows, paint it, and press Save again."
@@ -219,7 +220,7 @@ class LabelTab:
         self.train_btn.click(
             self.train_on_these,
             paint,
-            [*self.view, tabs, train.dataset, train.zip_file],
+            [*self.view, tabs, train.dataset, train.zip_file, train.preset],
             api_name="label_train",
             **raw,
         )
@@ -444,6 +445,8 @@ class LabelTab:
             self._tabs: gr.Tabs(selected="train"),
             train.dataset: "zip",  # the Train tab's own zip path: checked, copied into the run, trained
             train.zip_file: self._zip(labels),
+            # a few photos and a student waiting: the frozen ImageNet encoder gives a first prediction in seconds
+            train.preset: INSTANT if pretrained.available() else gr.skip(),
         }  # the Train tab checks the zip, then its preset (a time budget) plans the settings for this set
 
     @user_errors
