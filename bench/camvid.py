@@ -35,7 +35,8 @@ def main() -> None:
     p.add_argument("--out", default=None, help="run folder to keep (default: a temporary one)")
     p.add_argument("--encoder", default=None, help="override the preset's choice (unet: from scratch)")
     for name, kind in [("image_size", int), ("crop_size", int), ("width", int), ("epochs", int), ("batch", int),
-                       ("lr", float), ("loss", str), ("block", str), ("schedule", str)]:  # fmt: skip
+                       ("lr", float), ("loss", str), ("block", str), ("schedule", str), ("encoder_bn", str),
+                       ("encoder_lr", float), ("precision", str)]:  # fmt: skip
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help="override the plan")
     args = p.parse_args()
     print(machine(), "|", load(), flush=True)
@@ -53,7 +54,8 @@ def main() -> None:
                                      ("width", "model", "width"), ("epochs", "train", "epochs"),
                                      ("batch", "train", "batch_size"), ("lr", "train", "lr"),
                                      ("loss", "train", "loss"), ("block", "model", "block"),
-                                     ("schedule", "train", "schedule")]:  # fmt: skip
+                                     ("schedule", "train", "schedule"), ("encoder_bn", "train", "encoder_bn"),
+                                     ("encoder_lr", "train", "encoder_lr"), ("precision", "train", "precision")]:  # fmt: skip
             if getattr(args, name) is not None:
                 setattr(getattr(cfg, section), field, getattr(args, name))
         cfg.train.time_limit_s = args.minutes * 60 - (time.perf_counter() - t0)  # planning spent some already

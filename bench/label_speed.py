@@ -4,8 +4,8 @@ real server (`python app.py` on a free port).
 The scripted student opens the page, adds 6 photos (Oxford-IIIT Pet from ../shared/data when it is there, else
 built-in shapes), names two classes (background, pet), paints each photo with a few mouse strokes per class
 and presses "Save and next photo", then "Train on these". In the Train tab it waits for the preset that button
-picks (instant: the frozen ImageNet encoder, a 20 s budget) to be planned for that set, presses Train, waits until the run has ended and its model is chosen
-in Predict, then segments a 7th photo there against its true mask.
+picks (instant: the frozen ImageNet encoder, a 20 s budget) to be planned for that set, presses Train, waits
+until the run has ended and its model is chosen in Predict, then segments a 7th photo there against its true mask.
 
 Strokes go where a careful student would put them: well inside each class's region of the photo's true
 mask (the deepest points of the region shrunk by a brush width), so the painted labels can be checked
