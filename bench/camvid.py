@@ -55,7 +55,8 @@ def main() -> None:
                                      ("batch", "train", "batch_size"), ("lr", "train", "lr"),
                                      ("loss", "train", "loss"), ("block", "model", "block"),
                                      ("schedule", "train", "schedule"), ("encoder_bn", "train", "encoder_bn"),
-                                     ("encoder_lr", "train", "encoder_lr"), ("precision", "train", "precision")]:  # fmt: skip
+                                     ("encoder_lr", "train", "encoder_lr"),
+                                     ("precision", "train", "precision")]:  # fmt: skip
             if getattr(args, name) is not None:
                 setattr(getattr(cfg, section), field, getattr(args, name))
         cfg.train.time_limit_s = args.minutes * 60 - (time.perf_counter() - t0)  # planning spent some already
