@@ -79,10 +79,11 @@ def main() -> None:
     }
     results: dict[str, list[float]] = {"pretrained": [], "scratch": []}
     for seed in range(args.seeds):
-        for name, encoder in (("pretrained", LITE), ("scratch", "unet")):
+        for name, encoder in (("pretrained", None), ("scratch", "unet")):  # None: the preset's own choice
             if args.only and name != args.only:
                 continue
             miou, wall, why = run(args.data, args.preset, encoder, seed, **(over if name == "pretrained" else {}))
+            assert name == "scratch" or LITE in why or "ImageNet" in why, why
             results[name].append(miou)
             print(f"seed {seed} {name:<10s} test mIoU {miou:.4f}  {wall:5.1f} s  ({load()})", flush=True)
             if seed == 0:
