@@ -153,6 +153,18 @@ def _encoder_training(net: torch.nn.Module, cfg: RunConfig) -> str:
     return "encoder frozen" if t.freeze_encoder else f"encoder BatchNorm {'frozen' if net.frozen_bn else 'trained'}"
 
 
+INSTANT_STEPS = 16  # an instant-mode epoch has at least this many steps
+
+
+def passes_per_epoch(cfg: RunConfig, n_train: int) -> int:
+    """How many times an epoch goes through the training images: once, except in instant mode, whose steps
+    are cheap (cached features, no augmentation) while each epoch's evaluation and checkpoints are not, so
+    a handful of labelled photos would otherwise get one step between two evaluations."""
+    if not cfg.train.freeze_encoder:
+        return 1
+    return max(1, math.ceil(INSTANT_STEPS * cfg.train.batch_size / max(1, n_train)))
+
+
 def _comparable(m):
     """A model config as resume compares it: where the starting weights came from does not matter any more."""
     return replace(m, pretrained=False, weights=None, weights_from=None)
@@ -453,7 +465,9 @@ class Trainer:
 
         bs = min(cfg.train.batch_size, max(1, len(splits.train) // world.size))
         # drop_last keeps BatchNorm away from 1-image batches; each process sees 1/world of the images
-        steps_per_epoch = max(1, math.ceil(len(splits.train) / world.size) // bs)
+        steps_per_epoch = max(
+            1, math.ceil(len(splits.train) / world.size) * passes_per_epoch(cfg, len(splits.train)) // bs
+        )
         if world.is_main:
             _truncate_metrics_log(self.run_dir / "metrics.jsonl", state.epoch)
         p = Parts(
@@ -500,7 +514,7 @@ class Trainer:
             p.dataset, num_replicas=p.world.size, rank=p.world.rank, shuffle=True, seed=p.cfg.train.seed * 1_000_003
         )
         sampler.set_epoch(epoch)
-        order = list(sampler)[skip_batches * p.batch_size :]
+        order = (list(sampler) * passes_per_epoch(p.cfg, len(p.dataset)))[skip_batches * p.batch_size :]
         self._order = order  # which images each batch holds (instant mode looks their features up by index)
         return DataLoader(
             p.dataset,
