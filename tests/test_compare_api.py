@@ -154,7 +154,7 @@ def test_another_browser_cannot_list_compare_vary_or_download_the_runs(two_runs,
         ("/ablate", ("../../etc/passwd", "loss"), "No such run"),
         ("/ablate", (None, "loss"), "Choose the run"),
         ("/ablate", (["a"], "loss"), "Choose the run"),
-        ("/ablate", ("x", XSS), "Choose the change from: loss, augment, upsampling"),
+        ("/ablate", ("x", XSS), "Choose the change from: loss, augment, encoder, upsampling"),
         ("/filmstrip_gif", ("../../etc/passwd",), "No such run"),
     ],
 )
