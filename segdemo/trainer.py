@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from segdemo import budget, distributed
+from segdemo import budget, distributed, speedups
 from segdemo import checkpoint as ckpt
 from segdemo.config import LITE, LITE_MEAN, LITE_STD, RunConfig
 from segdemo.data.base import IGNORE, ArraySource, CachedSource, ClassSet, DataError, PairSource, Splits
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them small
 WORST_IMAGES = 4  # lowest-scoring validation images each epoch event carries (none when previews are off)
 # torch's thread count is process-wide: runs that overlap in one server restore this, not each other's value
-_PROCESS_THREADS = torch.get_num_threads()
+_PROCESS_THREADS = speedups.PROCESS_THREADS
 
 
 OUT_OF_MEMORY = "ran out of memory in this epoch; choose a smaller batch size or image size and start again"
@@ -294,6 +294,7 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.resume = resume
         self.memory_budget = memory_budget  # bytes a step may need (a server's share); None: this machine's
+        self._holds_threads = False  # set while this run holds torch's thread count (speedups)
         self.max_steps = max_steps  # a chunk of a longer run: pause (resumably) after this many steps
         self.should_pause = should_pause or (lambda: False)  # e.g. a server's fair share: others are waiting
         self.callbacks: list[Callable[[Event], None]] = []
@@ -319,7 +320,9 @@ class Trainer:
         except UserError as e:  # the user's to fix: their sentence, no traceback
             log.info("training run in %s refused: %s", self.run_dir, e)
             ev = Failed(str(e), f"{type(e).__name__}: {e}")
-        except Exception as e:
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise  # Ctrl-C at the CLI, an exiting interpreter, a closed generator: not a failed run
+        except BaseException as e:  # Exception, and pyo3's PanicException (safetensors under memory pressure)
             if is_out_of_memory(e):
                 log.warning("training run in %s ran out of memory", self.run_dir, exc_info=True)
                 ev = Failed(OUT_OF_MEMORY, f"{type(e).__name__}: {e}")
@@ -330,7 +333,9 @@ class Trainer:
                     f"{type(e).__name__}: {e}",
                 )
         finally:
-            torch.set_num_threads(_PROCESS_THREADS)  # training leaves one core free
+            if self._holds_threads:  # the last training to end gives torch its thread count back
+                speedups.release_training_threads()
+                self._holds_threads = False
         yield ev
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -435,8 +440,9 @@ class Trainer:
         if bn_note:
             log.info("%s: %s", cfg.model.encoder, bn_note)
         device = pick_device(cfg.train.device)
-        if device.type == "cpu":
-            torch.set_num_threads(cpu_training_threads(world))  # before the probe, so it measures what we run
+        if device.type == "cpu" and not self._holds_threads:  # before the probe, so it measures what we run
+            speedups.hold_training_threads(cpu_training_threads(world))
+            self._holds_threads = True
         sp = self._speedups(cfg, state, world)
         if world.distributed and sp.device.type == "cuda":
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # a few images per GPU: share BN statistics

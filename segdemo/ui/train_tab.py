@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from segdemo import recipes
+from segdemo import recipes, speedups
 from segdemo.config import LITE, RunConfig, quick_cpu_preset, use_encoder
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import ConfigError, JobError
@@ -34,6 +34,7 @@ from segdemo.ui.common import (
     md,
     model_choices,
     public,
+    sentence,
     strip,
     tidy_paths,
     upscale,
@@ -41,6 +42,7 @@ from segdemo.ui.common import (
     user_errors,
 )
 from segdemo.viz import colorize, confusion_html, error_map, legend_html, overlay
+from segdemo.weights_file import check_weights_file
 
 log = logging.getLogger(__name__)
 PRESET_CHOICES = [(p.label, p.key) for p in recipes.PRESETS]
@@ -158,6 +160,7 @@ def _weights(cfg: RunConfig, v) -> None:
         return
     if not str(path).lower().endswith((".pth", ".pt", ".safetensors")):
         raise ConfigError("Encoder weights must be a .pth, .pt or .safetensors file (a torchvision state dict).")
+    check_weights_file(path)  # again here, whichever door the path came through: sizes before torch reads it
     cfg.model.weights = str(path)
 
 
@@ -337,12 +340,16 @@ class RunView:
             overhead = max(1.0, last.seconds / max(train_s, 1e-9))
         return remaining / self.rate() * overhead
 
-    def status(self, job: Job, position: int, running: int) -> str:
+    def status(self, job: Job, position: int, running: int, wait_s: float | None = None) -> str:
         if job.status == QUEUED:
+            wait = f", about **{fmt_duration(wait_s)}** from now" if wait_s else ""
+            again = (
+                f" It goes on from epoch {job.paused.epochs_done} where it paused." if job.paused is not None else ""
+            )
             return (
-                f"**Waiting for a free training slot: you are number {position} in line** "
-                f"({running} run{'s' if running != 1 else ''} training now). Your run starts by itself; "
-                "Stop takes it out of the line."
+                f"**Waiting for a free training slot: you are number {position} in line**{wait} "
+                f"({running} run{'s' if running != 1 else ''} training now; the wait is estimated from the time "
+                f"budgets of the runs ahead). Your run starts by itself; Stop takes it out of the line.{again}"
             )
         best = self.best()
         best_txt = f"best val mIoU so far {best.miou:.3f} (epoch {best.epoch})" if best else ""
@@ -363,6 +370,9 @@ class RunView:
             else:
                 parts = [f"**Epoch 1/{s.epochs}** starting"]
             eta = self.eta_s(job)
+            limit = job.config.train.time_limit_s
+            if eta is not None and limit and self.epochs:  # a time budget ends the run first: say so
+                eta = min(eta, max(0.0, limit - sum(e.seconds for e in self.epochs)))
             if eta is not None:
                 parts.append(f"about {fmt_duration(eta)} left")
             if best_txt:
@@ -392,8 +402,14 @@ class RunView:
         if job.status == STOPPED:
             n = end.epochs_done
             return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}"
-        word = "Reached the time limit" if end.reason == "time_limit" else "Finished"
-        return f"✓ **{word}**: {end.epochs_done} epochs{took}; {tail}"
+        if end.reason == "time_limit":
+            planned = self.started.epochs if self.started else end.epochs_done
+            budget = fmt_duration(job.config.train.time_limit_s or end.seconds)
+            return (
+                f"✓ **Used its time budget** ({budget}): {end.epochs_done} of up to {planned} epochs{took}, the "
+                f"learning rate ending with the budget; {tail}"
+            )
+        return f"✓ **Finished**: {end.epochs_done} epochs{took}; {tail}"
 
     def figure(self):
         """The curves as data for the page's gr.LinePlot, which draws them in the browser: epoch, value, curve.
@@ -663,6 +679,13 @@ class TrainTab:
             api_visibility="private",
             concurrency_id=HEAVY,
         )
+        self.settings["encoder_weights"].upload(
+            self.check_weights,
+            self.settings["encoder_weights"],
+            self.settings["encoder_weights"],
+            api_visibility="private",
+            concurrency_id=HEAVY,
+        )
         self.gif_btn.click(
             self.filmstrip_gif, [self.token, self.run_id], self.gif_file, api_name="filmstrip_gif", concurrency_id=HEAVY
         )
@@ -672,8 +695,13 @@ class TrainTab:
     # -- handlers -------------------------------------------------------------------------------------
 
     @user_errors
-    def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
-        """Plan the preset for the chosen data on this server: every setting, and one line saying why."""
+    def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images, request: gr.Request = None):
+        """Plan the preset for the chosen data on this server: every setting, and one line saying why. A plan
+        that needs a new speed probe (seconds of every core) counts against the caller's address."""
+        with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
+            return self._apply_preset(preset, dataset, zip_file, train_images)
+
+    def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
         p = recipes.BY_KEY[preset_key(preset)]
         cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
         if dataset == "builtin":
@@ -858,7 +886,9 @@ class TrainTab:
                 last_new = time.monotonic()
             changed = any([view.add(ev) for ev in new])
             over = not job.is_active and i >= len(job.events)
-            status = view.status(job, self.ctx.jobs.queue_position(job), self.ctx.jobs.running_count())
+            jobs = self.ctx.jobs
+            wait = jobs.expected_wait_s(job) if job.status == QUEUED else None
+            status = view.status(job, jobs.queue_position(job), jobs.running_count(), wait)
             now = time.monotonic()
             if first or changed or over:
                 ckpt, choices = gr.skip(), gr.skip()
@@ -897,6 +927,18 @@ class TrainTab:
             raise gr.Error("This run has no checkpoint yet: one is saved when its first epoch ends.")
         return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint))), visible=True)
 
+    def check_weights(self, path: str | None):
+        """Check an encoder-weights upload the moment it arrives (a zip bomb is refused before any run reads it);
+        a file that fails is taken off the page with the reason."""
+        if not path:
+            return gr.skip()
+        try:
+            check_weights_file(path)
+        except ConfigError as e:
+            gr.Warning(sentence(str(e)), title="Encoder weights")
+            return None
+        return gr.skip()
+
     @user_errors
     def filmstrip_gif(self, token: str, run_id: str):
         """This browser's run's filmstrip history as an animated GIF: one frame per epoch (up to
@@ -908,13 +950,15 @@ class TrainTab:
         if job is None:
             raise gr.Error("There is no run yet: press Train. Its filmstrip is kept after every epoch.")
         when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))
-        work = self.ctx.scratch("filmstrips")
-        try:
-            gif = filmstrip.write_gif(job.run_dir, work / "filmstrip.gif")
-            # served until the run expires, like the checkpoint
-            path = self.ctx.download_copy(job, gif, f"segdemo-run-{when}-filmstrip.gif")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        frames = filmstrip.frames(job.run_dir)
+        newest = frames[-1].stat().st_mtime_ns if frames else 0
+        # made once per run and number of frames, served until the run expires, like the checkpoint
+        path = self.ctx.served(
+            ("gif", job.id, len(frames), newest),
+            f"segdemo-run-{when}-filmstrip.gif",
+            lambda dst: filmstrip.write_gif(job.run_dir, dst),
+            job,
+        )
         return gr.update(value=path, visible=True)
 
     def _checkpoint_copy(self, job: Job) -> str | None:
@@ -938,6 +982,7 @@ class TrainTab:
             "run_id": job.id,
             "status": job.status,
             "queue_position": self.ctx.jobs.queue_position(job),
+            "expected_wait_s": self.ctx.jobs.expected_wait_s(job) if job.status == QUEUED else 0.0,
             "message": job.message,
             "classes": list(started.class_names) if started else [],
             "device": started.device if started else None,
