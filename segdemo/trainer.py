@@ -230,6 +230,7 @@ class LoopState:
     seconds: float = 0.0  # training time of the earlier sessions of this run (resume, chunks)
     best_miou: float | None = None
     best_epoch: int | None = None
+    best_val_loss: float | None = None  # breaks a tie in val mIoU (scribbled labels: 1.0 from the first epoch)
     history: list[dict] = field(default_factory=list)
     precision: list | None = None  # [dtype name or None, channels_last] chosen at the start, kept on resume
     last_metrics: dict | None = None  # the newest epoch's validation metrics, saved beside every checkpoint
@@ -626,7 +627,13 @@ class Trainer:
         ).tolist()
         m = metrics_from_confusion(cm)
         val_loss, train_loss = sums[0] / max(sums[1], 1), sums[2] / max(sums[3], 1)
-        is_best = state.best_miou is None or m.miou > state.best_miou
+        # a tie in mIoU goes to the lower val loss: a few scribbled validation pixels are all right after one
+        # epoch, and "best" must not stay there while the net goes on learning the rest of each photo
+        is_best = (
+            state.best_miou is None
+            or m.miou > state.best_miou
+            or (m.miou == state.best_miou and val_loss < (state.best_val_loss or math.inf))
+        )
         state.epoch, state.batch, state.epoch_loss, state.epoch_images, state.epoch_seconds = epoch, 0, 0.0, 0, 0.0
         seconds = train.seconds + time.perf_counter() - t_eval
         record = {
@@ -642,7 +649,7 @@ class Trainer:
         }
         state.history.append(record)
         if is_best:
-            state.best_miou, state.best_epoch = m.miou, epoch
+            state.best_miou, state.best_epoch, state.best_val_loss = m.miou, epoch, val_loss
         if p.cfg.train.schedule == "plateau":
             _plateau(state, is_best)
         state.last_metrics = {"epoch": epoch, **m.to_dict(p.classes.names), "val_loss": val_loss}
