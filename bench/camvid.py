@@ -33,8 +33,10 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20.0, help="the time budget (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder to keep (default: a temporary one)")
+    p.add_argument("--encoder", default=None, help="override the preset's choice (unet: from scratch)")
     for name, kind in [("image_size", int), ("crop_size", int), ("width", int), ("epochs", int), ("batch", int),
-                       ("lr", float), ("loss", str), ("block", str), ("schedule", str)]:  # fmt: skip
+                       ("lr", float), ("loss", str), ("block", str), ("schedule", str), ("encoder_bn", str),
+                       ("encoder_lr", float), ("precision", str)]:  # fmt: skip
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help="override the plan")
     args = p.parse_args()
     print(machine(), "|", load(), flush=True)
@@ -46,20 +48,23 @@ def main() -> None:
         run_dir = args.out or tmp
         splits = open_dataset(base.data, run_dir)
         preset = dataclasses.replace(recipes.preset(args.preset), seconds=args.minutes * 60)
-        plan = recipes.plan(preset, recipes.DataShape.of(splits), base=base)
+        plan = recipes.plan(preset, recipes.DataShape.of(splits), base=base, encoder=args.encoder)
         cfg = plan.config
         for name, section, field in [("image_size", "data", "image_size"), ("crop_size", "data", "crop_size"),
                                      ("width", "model", "width"), ("epochs", "train", "epochs"),
                                      ("batch", "train", "batch_size"), ("lr", "train", "lr"),
                                      ("loss", "train", "loss"), ("block", "model", "block"),
-                                     ("schedule", "train", "schedule")]:  # fmt: skip
+                                     ("schedule", "train", "schedule"), ("encoder_bn", "train", "encoder_bn"),
+                                     ("encoder_lr", "train", "encoder_lr"),
+                                     ("precision", "train", "precision")]:  # fmt: skip
             if getattr(args, name) is not None:
                 setattr(getattr(cfg, section), field, getattr(args, name))
         cfg.train.time_limit_s = args.minutes * 60 - (time.perf_counter() - t0)  # planning spent some already
         print(plan.why, flush=True)
         print(
             f"config: scale {cfg.data.image_size} ({cfg.data.resize} side), crop {cfg.data.crop}, width "
-            f"{cfg.model.width}, block {cfg.model.block}, {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, "
+            f"{cfg.model.width}, encoder {cfg.model.encoder}, block {cfg.model.block}, {cfg.train.epochs} epochs, "
+            f"batch {cfg.train.batch_size}, "
             f"lr {cfg.train.lr}, loss {cfg.train.loss}, schedule {cfg.train.schedule}",
             flush=True,
         )
@@ -94,9 +99,10 @@ def main() -> None:
     print(f"best epoch {best['epoch']}; per-class IoU on val (void ignored):")
     for name, v in zip(names, best["iou"], strict=True):
         print(f"  {name:<11s} {'n/a' if v is None else f'{v:.3f}'}")
+    lowest = min(v for v in best["iou"] if v is not None)
     print(
         f"val_miou={best['miou']:.4f} pixel_acc={best['acc']:.4f} minutes={wall / 60:.1f} "
-        f"zero_classes={len(zero)}{' (' + ','.join(zero) + ')' if zero else ''}"
+        f"lowest_class_iou={lowest:.3f} zero_classes={len(zero)}{' (' + ','.join(zero) + ')' if zero else ''}"
     )
 
 

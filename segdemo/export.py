@@ -208,6 +208,7 @@ def export_meta(ck: Checkpoint, source: Path, fmt: str) -> dict[str, Any]:
             "width": cfg.model.width,
             "upsampling": cfg.model.upsampling,
             "pad_multiple": multiple,
+            "weights_from": cfg.model.weights_from,
         },
         "source": {
             "checkpoint": source.name,

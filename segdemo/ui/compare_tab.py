@@ -20,9 +20,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from segdemo.config import RunConfig, quick_cpu_preset
+from segdemo.config import LITE, RunConfig, quick_cpu_preset, use_encoder
 from segdemo.events import EpochEnd, Started
 from segdemo.jobs import Job
+from segdemo.recipes import LITE_WIDTH
 from segdemo.ui.common import AppContext, bump, client_of, esc, fmt_num, user_errors
 from segdemo.ui.train_tab import LOSSES, SETTINGS, UPSAMPLING
 
@@ -64,6 +65,17 @@ def _set(section: str, field: str, value_of: Callable[[RunConfig], Any]) -> Call
     return apply
 
 
+def _swap_encoder(cfg: RunConfig) -> None:
+    """A pretrained run goes to the tutorial U-Net from random weights; a run from scratch gets the ImageNet
+    EfficientNet-Lite0 encoder (with a decoder at least 16 wide, as the presets give it)."""
+    if cfg.model.pretrained:
+        use_encoder(cfg, "unet", pretrained=False)
+        cfg.model.weights = None
+    else:
+        use_encoder(cfg, LITE)
+        cfg.model.width = max(cfg.model.width, LITE_WIDTH)
+
+
 ABLATIONS = {
     a.name: a
     for a in (
@@ -78,6 +90,15 @@ ABLATIONS = {
             "augment",
             lambda c: "no augmentation" if c.data.augment else "with augmentation",
             _set("data", "augment", lambda c: not c.data.augment),
+        ),
+        Ablation(
+            "encoder",  # transfer learning's own experiment: the same run with and without ImageNet's features
+            lambda c: (
+                "the tutorial U-Net from scratch instead of the ImageNet encoder"
+                if c.model.pretrained
+                else "the ImageNet encoder (EfficientNet-Lite0) instead of from scratch"
+            ),
+            _swap_encoder,
         ),
         Ablation(
             "upsampling",
@@ -458,7 +479,7 @@ class CompareTab:
     @user_errors
     def ablate(self, token: str, run_id: str, change: str, request: gr.Request = None) -> dict:
         """Queue a copy of one of this browser's finished runs with one setting changed (`change`: loss, augment
-        or upsampling) as a new run, under the same limits as Train. Returns its run id."""
+        upsampling or encoder) as a new run, under the same limits as Train. Returns its run id."""
         owner = self.ctx.owner(token)
         if not isinstance(change, str) or change not in ABLATIONS:
             raise gr.Error(f"Choose the change from: {', '.join(ABLATIONS)}.")

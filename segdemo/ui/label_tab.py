@@ -28,7 +28,7 @@ import gradio as gr
 import numpy as np
 from gradio.components.base import server
 
-from segdemo import labelset
+from segdemo import labelset, pretrained
 from segdemo.imageio import IMAGE_SUFFIXES
 from segdemo.labelset import SET_FILE, LabelSet, LabelStore, Photo
 from segdemo.limits import ByteQuota, ensure_free_disk
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 THUMB_SIDE = 160
 ZIP_NAME = "labelled-photos.zip"
+INSTANT = "instant"  # the preset "Train on these" picks (recipes.PRESETS)
 # photos one address may add to label sets in an hour: a class of 30 behind one router, 2-3 full sets each
 PHOTOS_PER_HOUR = int(os.environ.get("SEGDEMO_LABEL_PHOTOS_PER_HOUR") or 2000)
 STILL_LOADING = (
@@ -224,7 +225,7 @@ class LabelTab:
         self.train_btn.click(
             self.train_on_these,
             paint,
-            [*self.view, tabs, train.dataset, train.zip_file],
+            [*self.view, tabs, train.dataset, train.zip_file, train.preset],
             api_name="label_train",
             **raw,
         )
@@ -461,6 +462,8 @@ class LabelTab:
             self._tabs: gr.Tabs(selected="train"),
             train.dataset: "zip",  # the Train tab's own zip path: checked, copied into the run, trained
             train.zip_file: self._zip(labels),
+            # a few photos and a student waiting: the frozen ImageNet encoder gives a first prediction in seconds
+            train.preset: INSTANT if pretrained.available() else gr.skip(),
         }  # the Train tab checks the zip, then its preset (a time budget) plans the settings for this set
 
     @user_errors

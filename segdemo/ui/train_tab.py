@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from segdemo import recipes, speedups
-from segdemo.config import RunConfig, quick_cpu_preset
+from segdemo.config import LITE, RunConfig, quick_cpu_preset, use_encoder
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import ConfigError, JobError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
@@ -70,6 +70,7 @@ SCHEDULES = [
 ]
 ENCODERS = [
     ("U-Net, from scratch (the tutorial's)", "unet"),
+    ("EfficientNet-Lite0 encoder, ImageNet weights (offline)", "efficientnet_lite0"),
     ("ResNet-18 encoder", "resnet18"),
     ("ResNet-34 encoder", "resnet34"),
 ]
@@ -106,8 +107,13 @@ cannot just memorise them. **Learning rate**: the size of each step; too high an
 **Time budget**: a preset plans for it; the run stops there with its best checkpoint and the learning
 rate has decayed to its end by then. **Schedule**: *warm-up + cosine* starts gently, peaks, then glides
 down; *plateau* halves the rate when val mIoU has not improved for 3 epochs; *constant* never changes it.
-**Encoder**: the tutorial U-Net learns everything from scratch; a *ResNet* encoder is bigger and, with
-ImageNet weights (downloaded, or uploaded as a file), already knows edges and textures. **Residual
+**Encoder**: the tutorial U-Net learns everything from scratch; *EfficientNet-Lite0* (the presets' choice
+for photos) and the *ResNets* are encoders that, with ImageNet weights, already know edges, textures and
+object parts. **Transfer learning** is starting from a net trained on another task (here, naming the objects
+in 1.3 million ImageNet photos) instead of from random weights: its first layers' features suit almost any
+photo, so only the decoder and some fine-tuning are left to learn, which takes far fewer of your images and
+minutes. The encoder then learns at a tenth of the decoder's rate, so a few photos cannot wash out what it
+knew. *Instant* (a preset) freezes it altogether and trains only the decoder. **Residual
 blocks** add a shortcut around each pair of convolutions, which helps deeper or longer training.
 """
 
@@ -200,11 +206,11 @@ SETTINGS = (
     Setting("schedule", lambda v: gr.Dropdown(SCHEDULES, value=v, label="Learning-rate schedule"),
             lambda c: c.train.schedule, lambda c, v: setattr(c.train, "schedule", _choice(SCHEDULES, "a schedule")(v))),
     Setting("encoder", lambda v: gr.Dropdown(ENCODERS, value=v, label="Encoder", elem_id="encoder"),
-            lambda c: c.model.encoder, lambda c, v: setattr(c.model, "encoder", _choice(ENCODERS, "an encoder")(v))),
+            lambda c: c.model.encoder, lambda c, v: use_encoder(c, _choice(ENCODERS, "an encoder")(v))),
     Setting("block", lambda v: gr.Radio(BLOCKS, value=v, label="Conv block"),
             lambda c: c.model.block, lambda c, v: setattr(c.model, "block", _choice(BLOCKS, "a block")(v))),
-    Setting("pretrained", lambda v: gr.Checkbox(v, label="ImageNet weights for a ResNet encoder (downloaded; needs "
-                                                "internet, or upload them below)"),
+    Setting("pretrained", lambda v: gr.Checkbox(v, label="ImageNet weights for the encoder (EfficientNet-Lite0: "
+                                                "installed with segdemo; ResNet: downloaded, or upload them below)"),
             lambda c: c.model.pretrained, lambda c, v: setattr(c.model, "pretrained", bool(v))),
     Setting("encoder_weights", lambda v: gr.File(v, label="ResNet encoder weights, offline (.pth/.safetensors: "
                                                  "torchvision's ImageNet state dict)", file_types=[".pth", ".pt",
@@ -245,6 +251,8 @@ def build_config(preset: str, dataset: str, **values) -> RunConfig:
         raise user_error(str(e)) from None
     except (TypeError, ValueError, OverflowError):
         raise gr.Error("Every setting needs a number; fill in the empty ones.") from None
+    if p.instant and cfg.model.encoder == LITE and cfg.model.pretrained:  # instant: the encoder stays frozen
+        cfg.train.freeze_encoder, cfg.data.augment, cfg.data.resize = True, False, "long"  # as recipes.plan
     n, cfg.data.max_train_images = cfg.data.max_train_images, None
     if dataset == "builtin":
         cfg.data.source = "builtin"
