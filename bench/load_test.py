@@ -316,19 +316,14 @@ def round_two(url: str, c, token: str, address: str, tmp: Path, out: dict) -> No
 
 
 def training_by_address(runs_dir: Path) -> dict[str, tuple[int, float]]:
-    """Per address key (sha256, as the run store keeps it): how many runs and their seconds on a training slot
-    (from each run's metrics, so the seconds training took, not the time spent waiting)."""
+    """Per address key (sha256, as the run store keeps it): how many runs and their seconds on a training slot,
+    all their turns together (job.json's slot_s; a run still going when the server stopped is counted so far)."""
     out: dict[str, tuple[int, float]] = {}
     for rec in runs_dir.glob("*/job.json"):
         try:
             doc = json.loads(rec.read_text())
-            lines = (
-                (rec.parent / "metrics.jsonl").read_text().splitlines()
-                if (rec.parent / "metrics.jsonl").exists()
-                else []
-            )
-            secs = sum(json.loads(line)["seconds"] for line in lines)
-        except (OSError, ValueError, KeyError):
+            secs = float(doc.get("slot_s") or 0.0)
+        except (OSError, ValueError, TypeError):
             continue
         key = doc.get("client_key") or "?"
         n, total = out.get(key, (0, 0.0))
@@ -486,7 +481,7 @@ def main() -> None:
             n0, s0 = by.get(who(key), (0, 0.0))
             by[who(key)] = (n0 + n, s0 + secs)
         print(
-            "training time on the slot by address: "
+            "time on the training slot by address (turns ended so far): "
             + ", ".join(f"{k} {v[1]:.0f} s over {v[0]} runs" for k, v in sorted(by.items()))
         )
     if args.hostile:

@@ -90,6 +90,7 @@ class Job:
         self.slice_started: float | None = None  # when its current turn on a training slot began
         self.paused: Done | None = None  # set while it waits for another turn, after yielding its slot
         self.priority = False  # an instructor moved it to the front of the line
+        self.slot_s = 0.0  # seconds it has held a training slot, all its turns together
         self.budget_s = config.train.time_limit_s  # its own time budget, before the server's cap (max_run_s)
         self.finished: float | None = None
         self.result: Done | Failed | None = None
@@ -610,6 +611,8 @@ class JobManager:
         if job.id not in self._running:
             return False
         self._running.discard(job.id)
+        if job.slice_started is not None:
+            job.slot_s += time.time() - job.slice_started
         if job.client_key is not None and job.slice_started is not None:
             took = time.time() - job.slice_started
             self._served[job.client_key] = self._served.get(job.client_key, 0.0) + took

@@ -67,6 +67,7 @@ class RunStore:
             "created": run.created,
             "started": run.started,
             "finished": run.finished,
+            "slot_s": getattr(run, "slot_s", None),
             "config": run.config.to_dict(),
             "result": _result_doc(run.result),
         }
