@@ -124,7 +124,7 @@ def _student_session(app_url, page):
     expect(page.locator("#filmstrip img").first).to_be_visible()
     page.locator("#stop-btn").click()
     expect(status).to_contain_text("Stopped", timeout=60_000)
-    expect(status).to_contain_text("best val mIoU")
+    expect(status).to_contain_text("val mIoU")
 
     page.get_by_role("tab", name="Predict").click()
     expect(page.locator("#model-choice input")).to_have_value(re.compile("^Your run from"), timeout=30_000)

@@ -21,7 +21,7 @@ import gradio as gr
 import pandas as pd
 
 from segdemo.config import RunConfig, quick_cpu_preset
-from segdemo.events import EpochEnd, Started
+from segdemo.events import EpochEnd, Started, kept_epoch
 from segdemo.jobs import Job
 from segdemo.ui.common import AppContext, bump, client_of, esc, fmt_num, user_errors
 from segdemo.ui.train_tab import LOSSES, SETTINGS, UPSAMPLING
@@ -154,12 +154,12 @@ class RunSummary:
 
     @property
     def best(self) -> EpochEnd | None:
-        return max(self.epochs, key=lambda e: e.miou) if self.epochs else None
+        return kept_epoch(self.epochs)
 
     def label(self) -> str:
         b = self.best
         s = settings_of(self.config)
-        best = f"best val mIoU {b.miou:.3f}" if b else "no epoch yet"
+        best = f"kept epoch {b.epoch}, val mIoU {b.miou:.3f}" if b else "no epoch yet"
         return (
             f"{self.name} · {self.status} · {best} · {len(self.epochs)}/{self.config.train.epochs} epochs · "
             f"{s['Loss']}, augmentation {s['Augmentation']}, {s['Up-sampling'].split()[0].lower()}"

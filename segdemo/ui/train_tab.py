@@ -19,7 +19,7 @@ from segdemo import recipes
 from segdemo.config import RunConfig, quick_cpu_preset
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import ConfigError, JobError
-from segdemo.events import Done, EpochEnd, Failed, Progress, Started
+from segdemo.events import Done, EpochEnd, Failed, Progress, Started, kept_epoch, stands_on
 from segdemo.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
 from segdemo.limits import LimitError
 from segdemo.metrics import confusion_to_dict
@@ -303,7 +303,8 @@ class RunView:
         return ClassSet(tuple(s.class_names), tuple(tuple(c) for c in s.class_colors)) if s else None
 
     def best(self) -> EpochEnd | None:
-        return max(self.epochs, key=lambda e: e.miou) if self.epochs else None
+        """The epoch whose checkpoint the run keeps (by the run's own rule, Started.selection)."""
+        return kept_epoch(self.epochs)
 
     def rate(self) -> float:
         """Training images per second: this epoch's, once a tenth of it is done; until then the last epoch's
@@ -337,7 +338,7 @@ class RunView:
                 "Stop takes it out of the line."
             )
         best = self.best()
-        best_txt = f"best val mIoU so far {best.miou:.3f} (epoch {best.epoch})" if best else ""
+        best_txt = f"kept so far: epoch {best.epoch}, val mIoU {best.miou:.3f}" if best else ""
         if job.status == RUNNING or self.end is None:
             s = self.started
             if s is None:
@@ -361,7 +362,7 @@ class RunView:
                 parts.append(best_txt)
             return (
                 " · ".join(parts) + f"\n\nTraining on **{s.device}**, {s.precision} · {s.n_train} training / "
-                f"{s.n_val} validation images · {s.parameters / 1e6:.2f} M parameters"
+                f"{s.n_val} validation images · {s.parameters / 1e6:.2f} M parameters" + self.notes()
             )
         end = self.end
         if isinstance(end, Failed) or job.status == FAILED:
@@ -375,9 +376,13 @@ class RunView:
             return f"✗ **Training failed:** {md(public(msg))}"
         took = f" in {fmt_duration(end.seconds)}" if end.seconds else ""
         if end.best_miou is not None:
+            kept = next((e for e in self.epochs if e.epoch == end.best_epoch), None)
+            on = f" on {stands_on(kept)}" if kept is not None and stands_on(kept) else ""
+            probe = kept.train_miou if kept is not None else None
+            also = f" (training-photo mIoU {probe:.3f})" if probe is not None else ""
             tail = (
-                f"best val mIoU **{end.best_miou:.3f}** at epoch {end.best_epoch}. Its checkpoint is below, "
-                "and it is selected in the **Predict** tab: try it on new images."
+                f"kept epoch {end.best_epoch}: val mIoU **{end.best_miou:.3f}**{on}{also}. Its checkpoint is "
+                "below, and it is selected in the **Predict** tab: try it on new images." + self.notes()
             )
         else:
             tail = "no epoch finished, so no checkpoint was saved. Press Train to start again."
@@ -386,6 +391,16 @@ class RunView:
             return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}"
         word = "Reached the time limit" if end.reason == "time_limit" else "Finished"
         return f"✓ **{word}**: {end.epochs_done} epochs{took}; {tail}"
+
+    def notes(self) -> str:
+        """The data's warnings and the run's checkpoint rule, as Markdown lines under the status."""
+        s = self.started
+        if s is None:
+            return ""
+        lines = [f"⚠ {md(n)}" for n in s.warnings]
+        if s.selection:
+            lines.append(f"ℹ {md(s.selection[0].upper() + s.selection[1:])}.")
+        return "".join(f"\n\n{line}" for line in lines)
 
     def figure(self):
         """The curves as data for the page's gr.LinePlot, which draws them in the browser: epoch, value, curve.
