@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -214,6 +215,32 @@ ROWS = (("image_size", "epochs"), ("batch_size", "learning_rate"), ("time_budget
 # fmt: on
 
 
+def run_line(cfg: RunConfig) -> str:
+    """The settings a run started with, in one Markdown line (numbers and fixed labels only)."""
+    loss = dict((v, k.split(":")[0]) for k, v in LOSSES).get(cfg.train.loss, cfg.train.loss)
+    n = cfg.train.epochs
+    budget = f"time budget {cfg.train.time_limit_s / 60:g} min" if cfg.train.time_limit_s else "no time limit"
+    return (
+        f"\n\n**This run's settings**: up to {n} epoch{'s' if n != 1 else ''} · {budget} · {cfg.data.image_size} px · "
+        f"batch {cfg.train.batch_size} · width {cfg.model.width}, depth {cfg.model.depth} · "
+        f"learning rate {cfg.train.lr:g} · {loss} · augmentation {'on' if cfg.data.augment else 'off'}"
+    )
+
+
+PAGE_OPENED = "page opened, no plan yet"
+PLANS_KEPT = 64  # the planned State of a page whose first plan has not landed
+RUN_SHOWN = tuple(s.name for s in SETTINGS if s.name not in ("train_images", "encoder_weights"))
+
+
+def plan_key(preset, dataset, zip_file, train_images) -> str:
+    """What a plan was made for: the preset, the data and how many training images."""
+    try:
+        n = int(float(train_images or 0))
+    except (TypeError, ValueError):
+        n = 0
+    return f"{preset_key(preset)}|{dataset}|{zip_file or ''}|{n}"
+
+
 def preset_values(cfg: RunConfig | None = None) -> dict[str, Any]:
     """The settings' values in a config (a preset's plan; by default the fixed defaults), by name."""
     c = cfg or quick_cpu_preset()
@@ -362,7 +389,9 @@ class RunView:
                 parts.append(best_txt)
             return (
                 " · ".join(parts) + f"\n\nTraining on **{s.device}**, {s.precision} · {s.n_train} training / "
-                f"{s.n_val} validation images · {s.parameters / 1e6:.2f} M parameters" + self.notes()
+                f"{s.n_val} validation images · {s.parameters / 1e6:.2f} M parameters"
+                + run_line(job.config)
+                + self.notes()
             )
         end = self.end
         if isinstance(end, Failed) or job.status == FAILED:
@@ -388,9 +417,9 @@ class RunView:
             tail = "no epoch finished, so no checkpoint was saved. Press Train to start again."
         if job.status == STOPPED:
             n = end.epochs_done
-            return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}"
+            return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}" + run_line(job.config)
         word = "Reached the time limit" if end.reason == "time_limit" else "Finished"
-        return f"✓ **{word}**: {end.epochs_done} epochs{took}; {tail}"
+        return f"✓ **{word}**: {end.epochs_done} epochs{took}; {tail}" + run_line(job.config)
 
     def notes(self) -> str:
         """The data's warnings and the run's checkpoint rule, as Markdown lines under the status."""
@@ -471,6 +500,7 @@ class TrainTab:
 
     def __init__(self, ctx: AppContext, token: gr.BrowserState):
         self.ctx, self.token = ctx, token
+        self._plan_lock, self._plans = threading.Lock(), {}  # plan_key -> (settings, why): see _plan
         gr.Markdown(
             "Pick the data, check it, choose settings and press **Train**. The curves, the per-class "
             "table and the validation filmstrip update after every epoch. Your run keeps going if "
@@ -507,6 +537,10 @@ class TrainTab:
                     elem_id="preset",
                 )
                 self.preset_why = gr.Markdown("", elem_id="preset-why")
+                # what the settings on the page were planned for (plan_key); None where no page asked for a plan
+                # (an API caller's settings are its own). Train compares it with the data and preset it is sent
+                # and plans itself when the page's plan has not landed yet ("processing")
+                self.planned = gr.State(None)
                 v = preset_values()
                 widgets = {}
                 for row in ROWS:
@@ -636,18 +670,24 @@ class TrainTab:
             concurrency_id=HEAVY,
         )
         plan_inputs = [self.preset, self.dataset, self.zip_file, self.settings["train_images"]]
-        plan_outputs = [*self.settings.values(), self.preset_why]
+        plan_outputs = [*self.settings.values(), self.preset_why, self.planned]
+        # a page is open: from now on its settings are a plan's only once one has landed (the planned key)
+        demo.load(lambda: PAGE_OPENED, None, self.planned, queue=False, api_visibility="private")
         self.preset.input(self.apply_preset, plan_inputs, plan_outputs, api_name="plan", concurrency_id=HEAVY)
         checked.then(self.apply_preset, plan_inputs, plan_outputs, api_visibility="private", concurrency_id=HEAVY)
-        self.train_btn.click(
+        started = self.train_btn.click(
             self.start,
-            [self.token, self.dataset, self.zip_file, self.preset],
+            [self.token, self.dataset, self.zip_file, self.preset, self.planned],
             [self.run_id, self.status],
             inputs_kwargs=self.settings,  # /train's parameters after preset, by name, in SETTINGS order
             api_name="train",
             concurrency_limit=4,
             concurrency_id="train",
-        ).success(
+        )
+        # the page shows the settings the run started with (a plan Train made itself, when the page's was late)
+        shown = [self.settings[n] for n in RUN_SHOWN]
+        started.success(self.run_settings, [self.token, self.run_id], shown, api_visibility="private", queue=False)
+        started.success(
             self.watch,
             [self.token, self.run_id],
             outs,
@@ -681,26 +721,55 @@ class TrainTab:
     @user_errors
     def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
         """Plan the preset for the chosen data on this server: every setting, and one line saying why."""
+        values, why = self._plan(preset, dataset, zip_file, train_images)
+        return {
+            **{self.settings[name]: v for name, v in (values or {}).items()},
+            self.preset_why: why,
+            self.planned: plan_key(preset, dataset, zip_file, train_images),
+        }  # numbers only: no user text
+
+    def _plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str]:
+        """(the planned settings by name, or None when the data cannot be planned for yet; the line saying why).
+
+        One plan per plan_key, made once (under a lock) and kept: the page's plan and the one Train makes when
+        pressed before it landed are the same plan, not two timed probes on a machine one of them keeps busy."""
+        key = plan_key(preset, dataset, zip_file, train_images)
+        with self._plan_lock:
+            hit = self._plans.get(key)
+            if hit is None:
+                hit = self._make_plan(preset, dataset, zip_file, train_images)
+                if hit[0] is not None:
+                    self._plans[key] = hit
+                    while len(self._plans) > PLANS_KEPT:
+                        self._plans.pop(next(iter(self._plans)))
+        return dict(hit[0]) if hit[0] is not None else None, hit[1]
+
+    def _make_plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str]:
         p = recipes.BY_KEY[preset_key(preset)]
         cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
         if dataset == "builtin":
             shape = recipes.builtin_shape(cfg.data)
         elif dataset == "zip" and not zip_file:
-            return {self.preset_why: "Upload your data and the preset will be planned for it."}
+            return None, "Upload your data and the preset will be planned for it."
         else:
             if dataset == "zip":
                 cfg.data.source = zip_file
             _, _, _, shape = self._check(cfg)
             if shape is None:  # the data has problems: the report says which
-                return {self.preset_why: "Fix the data (see the check above) and the preset will be planned for it."}
+                return None, "Fix the data (see the check above) and the preset will be planned for it."
         plan = recipes.plan(p, shape, base=cfg)
         values = preset_values(plan.config)
         values.pop("train_images")  # the data's choice, not the preset's
         values.pop("encoder_weights")
-        return {
-            **{self.settings[name]: v for name, v in values.items()},
-            self.preset_why: plan.why,
-        }  # numbers only: no user text
+        return values, plan.why
+
+    @user_errors
+    def run_settings(self, token: str, run_id: str):
+        """The settings of the run just started, for the page's widgets (they may be a plan the page had not
+        shown yet)."""
+        job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
+        values = preset_values(job.config)
+        return [values[n] for n in RUN_SHOWN]
 
     @user_errors
     def check_data(self, dataset: str, zip_file: str | None, train_images):
@@ -765,6 +834,7 @@ class TrainTab:
         dataset: str,
         zip_file: str | None,
         preset: str,
+        planned=None,  # the page's plan_key (gr.State: never an API parameter)
         request: gr.Request = None,
         encoder_weights=None,  # named, with its default, so the API may leave out the one file setting
         # the Train settings by name (SETTINGS), untyped: build_config answers any value with a sentence (a type
@@ -773,6 +843,10 @@ class TrainTab:
     ):
         """Start a run for this browser; returns its run id (refused while one is queued or running)."""
         owner = self.ctx.owner(token)
+        if planned is not None and planned != plan_key(preset, dataset, zip_file, settings.get("train_images")):
+            # pressed while the page's plan was still being made: the run is the plan's, as the page will show
+            values, _ = self._plan(preset, dataset, zip_file, settings.get("train_images"))
+            settings.update(values or {})
         cfg = build_config(preset, dataset, encoder_weights=encoder_weights, **settings)
         active = self.ctx.jobs.active_for(owner)
         if active is not None:
