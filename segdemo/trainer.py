@@ -203,9 +203,17 @@ def selection_words(n_val: int, small: bool) -> str:
     )
 
 
+def source_name(source: str) -> str:
+    """A data source as a checkpoint's card names it: no server paths, only the data's own name."""
+    if source == "builtin" or source.startswith("oxford-pet"):
+        return source.split(":")[0]
+    return Path(source).name
+
+
 def probe_indices(n: int, k: int = TRAIN_PROBE) -> list[int]:
     """Up to k indices spread evenly over 0..n-1: the training photos a small-split run also scores."""
-    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(min(n, k))}) if n else []
+    m = min(n, k)
+    return sorted({round(i * (n - 1) / max(1, m - 1)) for i in range(m)})
 
 
 @dataclass
@@ -229,6 +237,7 @@ class Parts:
     previews_at: list[int]
     train_probe: list[int] = field(default_factory=list)  # scored each epoch when the val split is small
     selection: str = ""
+    trained_on: dict = field(default_factory=dict)  # what the checkpoints say the model learnt from (its card)
 
 
 @dataclass
@@ -446,6 +455,16 @@ class Trainer:
         small = len(splits.val) < SMALL_VAL
         p.train_probe = probe_indices(len(splits.train)) if small else []
         p.selection = selection_words(len(splits.val), small)
+        if world.is_main:
+            from segdemo.familiar import training_stats
+
+            p.trained_on = {
+                "description": splits.description or cfg.data.source,
+                "source": source_name(cfg.data.source),
+                "train_images": len(splits.train),
+                "val_images": len(splits.val),
+                "images": training_stats(splits.train),
+            }
         if state.best_score is None:
             state.best_score = state.best_miou  # resumed from a run that kept its best by val mIoU alone
         return p, state
@@ -614,7 +633,9 @@ class Trainer:
         }
         if w.is_main:
             if is_best:
-                ckpt.save_checkpoint(self.best_path, p.net, p.cfg, p.classes, metrics=state.last_metrics)
+                ckpt.save_checkpoint(
+                    self.best_path, p.net, p.cfg, p.classes, metrics=state.last_metrics, trained_on=p.trained_on
+                )
             self._save_last(p, state)
             _append_jsonl(self.run_dir / "metrics.jsonl", record)
             _draw_curves(self.run_dir / "curves.png", state.history)
@@ -715,6 +736,7 @@ class Trainer:
             metrics=state.last_metrics,
             training_state=training_state,
             extra_tensors=extra,
+            trained_on=p.trained_on,
         )
 
     def _read_state(self) -> LoopState:

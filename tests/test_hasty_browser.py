@@ -34,3 +34,27 @@ def test_train_clicked_before_the_plan_lands_trains_what_the_page_then_shows(app
         page.locator("#stop-btn").click()
         expect(status).to_contain_text("Stopped", timeout=120_000)
         assert f"up to {planned} epoch" in status.inner_text()
+
+
+def test_a_photo_uploaded_after_an_example_is_the_picture_and_gets_a_plain_warning(app_url, page, tmp_path):  # noqa: F811
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from tests.test_familiar import _photo
+
+    cat = tmp_path / "my_cat.jpg"
+    Image.fromarray(_photo()).save(cat, quality=92)
+    with screenshot_on_failure(page, "test_a_photo_uploaded_after_an_example"):
+        page.goto(app_url)
+        page.get_by_role("tab", name="Predict").click()
+        info = page.locator("#model-info")
+        expect(info).to_contain_text("can only answer in these classes", timeout=60_000)
+        expect(info).to_contain_text("Trained on the built-in shapes")
+        page.locator("#examples img").first.click()  # an example first, with its true mask
+        summary = page.locator("#predict-summary")
+        expect(summary).to_contain_text("shapes_1.png", timeout=90_000)
+        assert "unlike" not in summary.inner_text()
+        page.locator("#predict-images input[type=file]").set_input_files(str(cat))  # then their own photo
+        expect(summary).to_contain_text("my_cat.jpg", timeout=90_000)
+        expect(summary).to_contain_text("looks unlike the images this model was trained on")
+        assert "against its mask" not in summary.inner_text()  # the example's mask is not the cat's

@@ -164,3 +164,11 @@ def test_the_cli_says_it_too(sloppy, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "warning: 'background' is labelled on only 2 of 6 photos" in r.stdout
     assert "note: only 1 validation photo" in r.stdout and "train-photo mIoU" in r.stdout
+
+
+def test_the_training_photo_sample_spreads_over_every_photo_of_a_small_set():
+    from segdemo.trainer import probe_indices
+
+    assert probe_indices(5) == [0, 1, 2, 3, 4]
+    assert probe_indices(0) == []
+    assert len(probe_indices(1000)) == 32 and probe_indices(1000)[-1] == 999
