@@ -88,7 +88,13 @@ def _onnx_download(page, button: str, file: str) -> None:
     expect(link).to_be_visible(timeout=60_000)
     data = urllib.request.urlopen(link.get_attribute("href"), timeout=30).read()
     names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
-    assert names == {"model.onnx", "meta.json", "predict_onnx.py"}, names
+    assert {n.split("/", 1)[1] for n in names} == {
+        "model.onnx",
+        "meta.json",
+        "predict_onnx.py",
+        "README.md",
+        "requirements.txt",
+    }, names
 
 
 def test_train_watch_stop_then_predict(app_url, page):

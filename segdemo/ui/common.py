@@ -371,11 +371,13 @@ def run_label(job) -> str:
     return f"Your run from {when} ({job.status}, {best})"
 
 
-def export_onnx_zip(ctx: AppContext, checkpoint: Path) -> Path:
-    """A checkpoint as ONNX + meta.json + predict_onnx.py in one zip, in a scratch folder Gradio may serve."""
+def export_onnx_zip(ctx: AppContext, checkpoint: Path, name: str | None = None) -> Path:
+    """A checkpoint as a take-home bundle (ONNX model, meta.json, predict_onnx.py, README.md, requirements.txt) in
+    one zip named after the run (`segdemo-<name>-onnx.zip`), in a scratch folder Gradio may serve."""
     from segdemo.export import ExportError, export_zip
 
-    out = ctx.scratch("exports") / f"{safe_stem(checkpoint.stem) or 'model'}-onnx.zip"
+    stem = safe_stem(name or checkpoint.stem) or "model"
+    out = ctx.scratch("exports") / f"segdemo-{stem}-onnx.zip"
     try:
         return export_zip(checkpoint, out, "onnx")
     except ExportError as e:  # the onnx package missing, or an export that disagrees with PyTorch

@@ -136,7 +136,7 @@ class PredictTab:
                 self.model_info = gr.Markdown(self._shipped_note(shipped), elem_id="model-info")
                 self.export_btn = gr.Button("Download this model as ONNX", size="sm", elem_id="export-onnx")
                 self.export_file = gr.File(
-                    label="ONNX model, meta.json and predict_onnx.py (runs with onnxruntime, no segdemo)",
+                    label="Take-home bundle: ONNX model, predict_onnx.py, README.md, requirements.txt",
                     interactive=False,
                     visible=False,
                     elem_id="export-file",
@@ -428,7 +428,11 @@ class PredictTab:
         """The chosen model as ONNX (with its meta.json and a predict script), zipped for download."""
         src = self.resolve(token, model, ckpt_file)
         self.ctx.predictor(src)  # the same checks as predicting with it (format, shapes, memory) first
-        return gr.update(value=str(export_onnx_zip(self.ctx, src)), visible=True)
+        name = src.stem  # the shipped model's file name, or the uploaded checkpoint's
+        if isinstance(model, str) and model.startswith("run:"):
+            job = self.ctx.jobs.get(self.ctx.owner(token), model[4:])
+            name = "run-" + time.strftime("%Y%m%d-%H%M", time.localtime(job.created))
+        return gr.update(value=str(export_onnx_zip(self.ctx, src, name)), visible=True)
 
     def describe_path(self, path: Path) -> str:
         meta = read_meta(path)  # everything below comes from the file: shown through md(), never as markup

@@ -625,7 +625,7 @@ class TrainTab:
                     "Download the best checkpoint as ONNX", size="sm", elem_id="run-export-onnx"
                 )
                 self.export_file = gr.File(
-                    label="ONNX model, meta.json and predict_onnx.py",
+                    label="Take-home bundle: ONNX model, predict_onnx.py, README.md, requirements.txt",
                     interactive=False,
                     visible=False,
                     elem_id="run-export-file",
@@ -976,7 +976,8 @@ class TrainTab:
         job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
         if job.best_checkpoint is None:
             raise gr.Error("This run has no checkpoint yet: one is saved when its first epoch ends.")
-        return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint))), visible=True)
+        when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))  # as the checkpoint download is named
+        return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint), f"run-{when}")), visible=True)
 
     @user_errors
     def filmstrip_gif(self, token: str, run_id: str):
