@@ -40,8 +40,9 @@ def _stop_and_wait(c, token, jobs, run_id):
 def test_train_pressed_while_the_plan_is_processing_trains_the_plan(server):
     url, jobs = server
     c, token = session(url)
-    _plan(c, 64)  # the page's plan is for 64 images; the student moved the slider to 32 and pressed Train
-    run_id, _ = c.predict(token, **tiny_train_args(train_images=32), api_name="/train")
+    c.predict("10min", "builtin", None, 32, api_name="/plan")  # the page's plan is for another preset:
+    # the student chose "About a minute" and pressed Train before its plan landed
+    run_id, _ = c.predict(token, **tiny_train_args(train_images=32, preset="minute"), api_name="/train")
     cfg = jobs.get(token, run_id).config
     _stop_and_wait(c, token, jobs, run_id)
     want = _plan(c, 32)  # the plan for what the run was started with (the timed probe is cached)

@@ -172,3 +172,14 @@ def test_the_training_photo_sample_spreads_over_every_photo_of_a_small_set():
     assert probe_indices(5) == [0, 1, 2, 3, 4]
     assert probe_indices(0) == []
     assert len(probe_indices(1000)) == 32 and probe_indices(1000)[-1] == 999
+
+
+def test_the_plan_line_for_a_few_photos_says_what_the_run_will_do():
+    from segdemo import recipes
+    from segdemo.recipes import MAX_EPOCHS, DataShape
+
+    p = recipes.BY_KEY["minute"]
+    plan = recipes.plan(p, DataShape(5, 1, 384, 512), per_pixel=1e-9)
+    assert plan.config.train.epochs == MAX_EPOCHS
+    assert f"up to {MAX_EPOCHS} epochs of 5 images" in plan.why
+    assert f"about {plan.epochs_fit} epochs" not in plan.why

@@ -39,6 +39,10 @@ CSS = """
 #out-slider img, #out-color img, #error-map img, #filmstrip img, #worst-images img, #prob-maps img {
   image-rendering: pixelated;
 }
+/* a brush stroke that runs off the canvas selects no page text */
+#label-editor, #label-editor * { user-select: none; -webkit-user-select: none; }
+/* an empty table's header keeps its words whole ("class", not "clas / s") */
+#iou-table th, #predict-table th { min-width: 5.5em; }
 /* small pictures (the built-in data is 128 px) fill their boxes instead of sitting in a corner */
 #out-color img, #error-map img {
   width: 100%; height: 100%; object-fit: contain;

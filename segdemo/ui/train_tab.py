@@ -113,6 +113,8 @@ blocks** add a shortcut around each pair of convolutions, which helps deeper or 
 
 # -- the Train settings, named once ------------------------------------------------------------------
 
+TRAIN_IMAGES_LABEL = "Training images"
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -188,7 +190,7 @@ SETTINGS = (
             lambda c, v: setattr(c.model, "upsampling", "bilinear" if v == "bilinear" else "transposed")),
     Setting("augment", lambda v: gr.Checkbox(v, label="Augmentation (flips, small turns, brightness)"),
             lambda c: c.data.augment, lambda c, v: setattr(c.data, "augment", bool(v))),
-    Setting("train_images", lambda v: gr.Slider(16, 2000, v, step=16, label="Training images", elem_id="train-images",
+    Setting("train_images", lambda v: gr.Slider(16, 2000, v, step=16, label=TRAIN_IMAGES_LABEL, elem_id="train-images",
                                                 info="Fewer = faster; for your own data it is a cap."),
             lambda c: c.data.builtin_train, _train_images),
     Setting("time_budget", lambda v: gr.Slider(0, 60, v, step=0.25, label="Time budget (minutes)",
@@ -230,6 +232,12 @@ def run_line(cfg: RunConfig) -> str:
 PAGE_OPENED = "page opened, no plan yet"
 PLANS_KEPT = 64  # the planned State of a page whose first plan has not landed
 RUN_SHOWN = tuple(s.name for s in SETTINGS if s.name not in ("train_images", "encoder_weights"))
+
+
+def planned_for(preset, dataset, zip_file) -> str:
+    """The page's plan is for this preset and data (the planned State): Train pressed with another preset or
+    other data than the page's plan was made for plans itself. (A moved images slider is the student's own.)"""
+    return f"{preset_key(preset)}|{dataset}|{zip_file or ''}"
 
 
 def plan_key(preset, dataset, zip_file, train_images) -> str:
@@ -445,7 +453,14 @@ class RunView:
             for name, v in (("train loss", e.train_loss), ("val loss", e.val_loss), ("val mIoU", e.miou))
         ]
         planned = self.started.epochs if self.started else 1
-        return gr.update(value=pd.DataFrame(rows, columns=CURVE_COLUMNS), x_lim=[1, max(5, planned)])
+        caption = None
+        if len(self.epochs) == 1:  # one point per curve draws no line: say the numbers instead of an empty chart
+            e = self.epochs[0]
+            caption = (
+                f"Epoch {e.epoch}: train loss {e.train_loss:.3f} · val loss {e.val_loss:.3f} · val mIoU "
+                f"{e.miou:.3f}. The lines appear from the next epoch on."
+            )
+        return gr.update(value=pd.DataFrame(rows, columns=CURVE_COLUMNS), x_lim=[1, max(5, planned)], caption=caption)
 
     def table(self) -> pd.DataFrame:
         if not self.epochs or self.started is None:
@@ -574,7 +589,7 @@ class TrainTab:
                     height=280,
                     # a title inside the chart, not a label above it: Gradio 6.31 cuts the legend off by the
                     # label's height
-                    title="Loss and validation mIoU per epoch (lines from the second epoch on)",
+                    title="Loss and validation mIoU per epoch",
                     label="Loss and validation mIoU per epoch",
                     show_label=False,
                     elem_id="curves",
@@ -721,15 +736,20 @@ class TrainTab:
     @user_errors
     def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
         """Plan the preset for the chosen data on this server: every setting, and one line saying why."""
-        values, why = self._plan(preset, dataset, zip_file, train_images)
+        values, why, n_train = self._plan(preset, dataset, zip_file, train_images)
+        label = TRAIN_IMAGES_LABEL
+        if dataset != "builtin" and n_train is not None:  # a cap for one's own data: say how many there are
+            label = f"Training images, at most (this dataset has {n_train} to train on)"
         return {
             **{self.settings[name]: v for name, v in (values or {}).items()},
             self.preset_why: why,
-            self.planned: plan_key(preset, dataset, zip_file, train_images),
+            self.planned: planned_for(preset, dataset, zip_file),
+            self.settings["train_images"]: gr.update(label=label),
         }  # numbers only: no user text
 
-    def _plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str]:
-        """(the planned settings by name, or None when the data cannot be planned for yet; the line saying why).
+    def _plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str, Any]:
+        """(the planned settings by name, or None when the data cannot be planned for yet; the line saying why;
+        the number of training pairs the plan is for, or None).
 
         One plan per plan_key, made once (under a lock) and kept: the page's plan and the one Train makes when
         pressed before it landed are the same plan, not two timed probes on a machine one of them keeps busy."""
@@ -742,26 +762,26 @@ class TrainTab:
                     self._plans[key] = hit
                     while len(self._plans) > PLANS_KEPT:
                         self._plans.pop(next(iter(self._plans)))
-        return dict(hit[0]) if hit[0] is not None else None, hit[1]
+        return (dict(hit[0]) if hit[0] is not None else None), hit[1], hit[2]
 
-    def _make_plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str]:
+    def _make_plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str, Any]:
         p = recipes.BY_KEY[preset_key(preset)]
         cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
         if dataset == "builtin":
             shape = recipes.builtin_shape(cfg.data)
         elif dataset == "zip" and not zip_file:
-            return None, "Upload your data and the preset will be planned for it."
+            return None, "Upload your data and the preset will be planned for it.", None
         else:
             if dataset == "zip":
                 cfg.data.source = zip_file
             _, _, _, shape = self._check(cfg)
             if shape is None:  # the data has problems: the report says which
-                return None, "Fix the data (see the check above) and the preset will be planned for it."
+                return None, "Fix the data (see the check above) and the preset will be planned for it.", None
         plan = recipes.plan(p, shape, base=cfg)
         values = preset_values(plan.config)
         values.pop("train_images")  # the data's choice, not the preset's
         values.pop("encoder_weights")
-        return values, plan.why
+        return values, plan.why, shape.n_train
 
     @user_errors
     def run_settings(self, token: str, run_id: str):
@@ -843,9 +863,9 @@ class TrainTab:
     ):
         """Start a run for this browser; returns its run id (refused while one is queued or running)."""
         owner = self.ctx.owner(token)
-        if planned is not None and planned != plan_key(preset, dataset, zip_file, settings.get("train_images")):
+        if planned is not None and planned != planned_for(preset, dataset, zip_file):
             # pressed while the page's plan was still being made: the run is the plan's, as the page will show
-            values, _ = self._plan(preset, dataset, zip_file, settings.get("train_images"))
+            values, _, _ = self._plan(preset, dataset, zip_file, settings.get("train_images"))
             settings.update(values or {})
         cfg = build_config(preset, dataset, encoder_weights=encoder_weights, **settings)
         active = self.ctx.jobs.active_for(owner)
