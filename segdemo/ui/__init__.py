@@ -79,7 +79,10 @@ def build_demo(
         predict.wire(demo, predict_tab)
         compare.wire(demo, compare_tab, train, predict.model)
         label.wire(demo, tabs, train)
-        demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).success(
+        session = demo.load(ctx.ensure_token, token, token, api_name="session", queue=False)
+        # Train stays disabled until the page has its session: a click before it would only meet an error
+        session.success(train.ready, None, train.train_btn, api_visibility="private", queue=False)
+        session.success(
             train.reattach,
             token,
             train.reattach_outputs,

@@ -73,7 +73,7 @@ ENCODERS = [
     ("ResNet-34 encoder", "resnet34"),
 ]
 BLOCKS = [("Plain (two convolutions)", "plain"), ("Residual (plus a shortcut)", "residual")]
-TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the best epoch"]
+TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the kept epoch"]
 CURVE_COLUMNS = ["epoch", "value", "curve"]
 CURVE_COLORS = {"train loss": "#1f77b4", "val loss": "#ff7f0e", "val mIoU": "#2ca02c"}  # matplotlib's, as curves.png
 STREAM_IDLE_S = 600  # a live view ends when its run has sent nothing new for this long (reload to reattach)
@@ -466,7 +466,7 @@ class RunView:
         if not self.epochs or self.started is None:
             return pd.DataFrame(columns=TABLE_COLUMNS)
         last, best = self.epochs[-1], self.best()
-        cols = ["class", f"IoU, epoch {last.epoch} (latest)", f"IoU, epoch {best.epoch} (best)"]
+        cols = ["class", f"IoU, epoch {last.epoch} (latest)", f"IoU, epoch {best.epoch} (kept)"]
         rows = [
             [name, fmt_num(a, 3), fmt_num(b, 3)]
             for name, a, b in zip(self.started.class_names, last.per_class_iou, best.per_class_iou, strict=False)
@@ -570,7 +570,8 @@ class TrainTab:
             with gr.Column(scale=3, min_width=420):
                 gr.Markdown("### 3. Train and watch")
                 with gr.Row():
-                    self.train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
+                    # enabled once the page has its session (ui/__init__.py: ready)
+                    self.train_btn = gr.Button("Train", variant="primary", elem_id="train-btn", interactive=False)
                     self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                 self.run_id = gr.Textbox(visible=False, label="run id")
                 self.status = gr.Markdown(
@@ -732,6 +733,11 @@ class TrainTab:
         self.reattach_outputs = [self.run_id, *outs]
 
     # -- handlers -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def ready():
+        """The page has its session: Train may be pressed."""
+        return gr.update(interactive=True)
 
     @user_errors
     def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
