@@ -367,7 +367,7 @@ def safe_stem(name: str) -> str:
 def run_label(job) -> str:
     when = time.strftime("%H:%M", time.localtime(job.created))
     r = job.result
-    best = f"best val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
+    best = f"val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
     return f"Your run from {when} ({job.status}, {best})"
 
 

@@ -201,7 +201,7 @@ def curves_frame(runs: list[RunSummary], metric: str) -> pd.DataFrame:
 
 
 def per_class_frame(runs: list[RunSummary]) -> pd.DataFrame:
-    """A row per class (every class any run has, in order), a column per run: IoU at that run's best epoch."""
+    """A row per class (every class any run has, in order), a column per run: IoU at that run's kept epoch."""
     names: list[str] = []
     for r in runs:
         names += [n for n in r.classes if n not in names]
@@ -296,7 +296,7 @@ class CompareTab:
         with gr.Row(equal_height=False):
             self.table = gr.Dataframe(
                 value=pd.DataFrame(columns=["class"]),
-                label="Per-class IoU at each run's best epoch",
+                label="Per-class IoU at each run's kept epoch",
                 interactive=False,
                 wrap=True,
                 elem_id="compare-iou",
@@ -383,7 +383,7 @@ class CompareTab:
     @user_errors
     def compare(self, token: str, run_ids: list[str], metric: str = "val mIoU") -> dict:
         """Runs side by side: each run's curve of `metric` (val mIoU, val loss or train loss), per-class IoU
-        at its best epoch, and its settings with the ones that differ flagged."""
+        at its kept epoch, and its settings with the ones that differ flagged."""
         owner = self.ctx.owner(token)
         if metric not in METRICS:
             raise gr.Error(f"Choose the metric from: {', '.join(METRICS)}.")
