@@ -74,25 +74,28 @@ def start_app(
     timeout: float = 180,
     repo: Path = REPO,
     log: Path | None = None,
+    runs_dir: Path | None = None,
+    port: int | None = None,
 ) -> tuple[str, subprocess.Popen]:
-    """`python app.py` of `repo` (this checkout, or another to compare with) on a free local port, runs in a
-    fresh temporary folder, its output in `log` if given; returns (url, process)."""
+    """`python app.py` of `repo` (this checkout, or another to compare with) on a free local port (or `port`),
+    runs in a fresh temporary folder (or `runs_dir`), its output in `log` if given; returns (url, process)."""
     import socket
     import tempfile
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     env = {
         **os.environ,
         "PORT": str(port),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         "NO_ALBUMENTATIONS_UPDATE": "1",
-        "SEGDEMO_RUNS_DIR": tempfile.mkdtemp(prefix="segdemo-bench-runs-"),
+        "SEGDEMO_RUNS_DIR": str(runs_dir) if runs_dir else tempfile.mkdtemp(prefix="segdemo-bench-runs-"),
         **(extra_env or {}),
     }
-    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it; closed at exit
+    out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it; closed at exit
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
     proc.runs_dir = Path(env["SEGDEMO_RUNS_DIR"])  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}/"

@@ -11,7 +11,9 @@ Without --url it starts `python app.py` on a free port (SEGDEMO_MAX_CONCURRENT f
 
 --hostile: the last of the N sessions is a hostile client instead, for the whole run: it floods Train from
 many sessions, holds as many live streams as it may, and sends the memory payloads (a checkpoint that claims
-a huge model, 250 classes on a flat 2048x2048 image, every Train slider at its end). Each session sends its
+a huge model, 250 classes on a flat 2048x2048 image, every Train slider at its end), and issue 19's round
+two: queued functions called around the queue, a flood of queued events, a weights decompression bomb, an
+upload of 400 tiny files, plans for many image sizes, repeated GIFs and redraws at every float. Each session sends its
 own X-Forwarded-For (the server trusts one proxy hop, as on a Space), so the honest sessions are N-1
 addresses and the hostile one is one more; the last line then counts only the honest sessions.
 """
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import signal
 import tempfile
 import threading
 import time
@@ -27,7 +31,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from common import RssSampler, client, median, p95, start_app  # puts the repository on sys.path
+from common import REPO, RssSampler, client, median, p95, start_app  # puts the repository on sys.path
 from PIL import Image
 
 from segdemo.data.builtin import make_sample
@@ -45,7 +49,11 @@ def make_zip(path: Path, n: int = 24, size: int = 64) -> None:
                 z.writestr(f"shapes/{folder}/{i:03d}.png", buf.getvalue())
 
 
-def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: dict, address: str) -> None:
+def one_session(
+    url: str, zip_path: Path, images: list[Path], epochs: int, out: dict, address: str, budget_min: float = 0
+) -> None:
+    """One student: a session, a zip, Train, a tab that polls /run_info (surviving a server restart: it waits
+    and asks again with the same token), then 5 predictions. Records the first wait it was shown."""
     from gradio_client import handle_file
 
     c = client(url, headers={"X-Forwarded-For": address})
@@ -53,26 +61,27 @@ def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: 
     t_submit = time.time()
     run_id, _ = c.predict(
         token,
-        "zip",
-        handle_file(str(zip_path)),
-        "minute",
-        64,
-        epochs,
-        8,
-        0.003,
-        "ce_dice",
-        8,
-        4,
-        "transposed",
-        True,
-        768,
+        **train_args(zip_file=handle_file(str(zip_path)), epochs=epochs, time_budget=budget_min),
         api_name="/train",
     )
-    positions = []
+    positions, shown = [], None
     while True:  # poll like a browser tab that watches its queue position
-        info = c.predict(token, run_id, api_name="/run_info")
+        try:
+            info = c.predict(token, run_id, api_name="/run_info")
+        except Exception as e:  # the server is restarting: a reloaded tab asks again with its stored token
+            out["reconnects"] = out.get("reconnects", 0) + 1
+            if out["reconnects"] > 180:
+                raise RuntimeError(f"the server did not come back: {e}") from e
+            time.sleep(1.0)
+            try:
+                c = client(url, headers={"X-Forwarded-For": address})
+            except Exception:
+                pass  # not up yet: the next round tries again
+            continue
         if info["status"] == "queued":
             positions.append(info["queue_position"])
+            if shown is None and info.get("expected_wait_s"):
+                shown = (time.time(), float(info["expected_wait_s"]))
         if info["finished"]:
             break
         time.sleep(1.0)
@@ -81,12 +90,37 @@ def one_session(url: str, zip_path: Path, images: list[Path], epochs: int, out: 
     out["wait_s"] = (info.get("started") or t_submit) - (info.get("created") or t_submit)  # server clock
     out["interval"] = (info.get("started"), info.get("finished_at"))
     out["submitted"] = info.get("created") or t_submit
+    out["run_id"] = run_id
+    if shown is not None and info.get("started") and not out.get("reconnects"):
+        seen_at, predicted = shown
+        out["wait_shown"] = (predicted, max(0.0, info["started"] - seen_at))  # (shown, then waited)
     lat = []
     for img in images:
-        t = time.perf_counter()
-        c.predict(token, f"run:{run_id}", None, [handle_file(str(img))], None, None, 0.5, False, api_name="/predict")
+        for attempt in range(60):  # a prediction cut off by a restart is pressed again, as a student would
+            t = time.perf_counter()
+            try:
+                c.predict(
+                    token, f"run:{run_id}", None, [handle_file(str(img))], None, None, 0.5, False, api_name="/predict"
+                )
+                break
+            except Exception:
+                if attempt == 59:
+                    raise
+                out["reconnects"] = out.get("reconnects", 0) + 1
+                time.sleep(1.0)
+                try:
+                    c = client(url, headers={"X-Forwarded-For": address})
+                except Exception:
+                    pass
         lat.append(1000 * (time.perf_counter() - t))
     out["latency_ms"] = lat
+
+
+def train_args(**over) -> dict:
+    """/train's arguments by name: the minute preset's Quick-sized run on the student's zip."""
+    from tests.conftest import tiny_train_args
+
+    return tiny_train_args(**{"dataset": "zip", "image_size": 64, "width": 8, "depth": 4, "train_images": 768, **over})
 
 
 def hostile_client(url: str, tmp: Path, stop: threading.Event, out: dict) -> None:
@@ -184,7 +218,101 @@ def hostile_client(url: str, tmp: Path, stop: threading.Event, out: dict) -> Non
                 api_name="/predict",
             )
         )
+        round_two(url, c, token, address, tmp, out)
         time.sleep(2)
+
+
+def round_two(url: str, c, token: str, address: str, tmp: Path, out: dict) -> None:
+    """Issue 19's attackers, once per round: a queued function called around the queue, a flood of queued
+    events from one address, a weights decompression bomb, an upload of many tiny files, plans for many
+    image sizes, repeated GIFs of its own run, and redraws at every float. Refusals are counted as such."""
+    import json
+    import secrets
+    import urllib.error
+    import urllib.request
+
+    from gradio_client import handle_file
+
+    def post(path: str, body: bytes, ctype: str = "application/json") -> int:
+        req = urllib.request.Request(
+            url + path, data=body, method="POST", headers={"Content-Type": ctype, "X-Forwarded-For": address}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
+
+    def count(ok: bool) -> None:
+        out["answered" if ok else "refused"] += 1
+
+    count(post("gradio_api/run/check_data", json.dumps({"data": ["builtin", None, 768]}).encode()) == 200)
+    if "check_data_index" not in out:
+        with urllib.request.urlopen(url + "config", timeout=30) as r:
+            deps = json.loads(r.read())["dependencies"]
+        out["check_data_index"] = next(d["id"] for d in deps if d.get("api_name") == "check_data")
+    for _ in range(60):  # a flood of waiting events, each from a "new tab"
+        body = {
+            "data": ["builtin", None, 768],
+            "fn_index": out["check_data_index"],
+            "session_hash": secrets.token_hex(6),
+        }
+        count(post("gradio_api/queue/join", json.dumps(body).encode()) == 200)
+    if not (tmp / "bomb.pth").exists():
+        with (
+            zipfile.ZipFile(tmp / "bomb.pth", "w", zipfile.ZIP_DEFLATED) as z,
+            z.open("a/data/0", "w", force_zip64=True) as f,
+        ):
+            for _ in range(80):
+                f.write(bytes(8 << 20))
+    try:
+        from tests.conftest import tiny_train_args
+
+        c.predict(token, **tiny_train_args(encoder_weights=handle_file(str(tmp / "bomb.pth"))), api_name="/train")
+        count(True)
+    except Exception:
+        count(False)
+    boundary = "b0undary"
+    files = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="t{i}.png"\r\n\r\n'.encode() + b"x\r\n"
+        for i in range(400)
+    )
+    count(
+        post("gradio_api/upload", files + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}")
+        == 200
+    )
+    for side in (40 + 13 * secrets.randbelow(20), 77 + secrets.randbelow(50)):
+        z = tmp / f"plan-{side}.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            for i in range(2):
+                buf = io.BytesIO()
+                Image.fromarray(np.zeros((side, side + 8, 3), np.uint8)).save(buf, "PNG")
+                zf.writestr(f"images/p{i}.png", buf.getvalue())
+                buf = io.BytesIO()
+                Image.fromarray(np.eye(side, side + 8, dtype=np.uint8)).save(buf, "PNG")
+                zf.writestr(f"masks/p{i}.png", buf.getvalue())
+        try:
+            c.predict("minute", "zip", handle_file(str(z)), 768, api_name="/plan")
+            count(True)
+        except Exception:
+            count(False)
+    for _ in range(3):
+        try:
+            c.predict(token, "", api_name="/filmstrip_gif")
+            count(True)
+        except Exception:
+            count(False)
+    try:
+        res = c.predict(
+            token, "default", None, [handle_file(str(tmp / "flat.png"))], None, None, 0.5, False, api_name="/predict"
+        )
+        for i in range(40):
+            c.predict(token, res[-1], i / 40 + 0.0123, None, api_name="/redraw")
+        count(True)
+    except Exception:
+        count(False)
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -202,11 +330,26 @@ def main() -> None:
     ap.add_argument("--url", help="an already running app; default: start one")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--hostile", action="store_true", help="the last session is a hostile client")
+    ap.add_argument("--one-address", action="store_true", help="every honest session behind one router")
+    ap.add_argument(
+        "--budget-min",
+        type=float,
+        default=0,
+        help="each run's time budget in minutes (0: none); with many --epochs, runs use their budget as a lesson's do",
+    )
+    ap.add_argument(
+        "--restart", type=float, metavar="S", help="kill -9 the server S seconds in and start it on the same folder"
+    )
     args = ap.parse_args()
 
     proc, url = None, args.url
+    runs_dir = None
+    if args.restart:  # a folder that survives (not under /tmp): the run store keeps runs across the restart
+        runs_dir = REPO / "runs" / f"bench-restart-{int(time.time())}"
+        runs_dir.mkdir(parents=True)
+    env = {"SEGDEMO_TRUSTED_PROXY_HOPS": "1"}
     if url is None:
-        url, proc = start_app({"SEGDEMO_TRUSTED_PROXY_HOPS": "1"})
+        url, proc = start_app(env, runs_dir=runs_dir, log=runs_dir / "app.log" if runs_dir else None)
     honest_n = args.sessions - 1 if args.hostile else args.sessions
     sampler = RssSampler(proc.pid) if proc else None
     if sampler:
@@ -227,7 +370,8 @@ def main() -> None:
 
         def worker(i: int) -> None:
             try:
-                one_session(url, zip_path, images, args.epochs, results[i], f"198.51.100.{i + 1}")
+                address = "198.51.100.1" if args.one_address else f"198.51.100.{i + 1}"
+                one_session(url, zip_path, images, args.epochs, results[i], address, args.budget_min)
             except Exception as e:  # counted and shown, never hidden
                 errors.append(f"session {i}: {type(e).__name__}: {e}")
 
@@ -239,6 +383,16 @@ def main() -> None:
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(honest_n)]
         for t in threads:
             t.start()
+        if args.restart and proc:
+            time.sleep(args.restart)
+            proc.send_signal(signal.SIGKILL)  # no atexit, no flush: as a crash or a pulled plug
+            proc.wait()
+            port = int(url.rstrip("/").rsplit(":", 1)[1])
+            url2, proc = start_app(env, runs_dir=runs_dir, port=port, log=runs_dir / "app.log")
+            assert url2 == url
+            if sampler:
+                sampler.pid = proc.pid
+            print(f"server killed at {args.restart:.0f}s and started again on the same run folder", flush=True)
         for t in threads:
             t.join()
         stop.set()
@@ -277,6 +431,26 @@ def main() -> None:
     print(f"runs started in the order they were submitted: {'yes' if starts == sorted(starts) else 'NO'}")
     p50, p95_ms = (median(lat), p95(lat)) if lat else (float("nan"), float("nan"))
     rss = f"{sampler.peak_mb:.0f}" if sampler else "n/a"
+    shown = [r["wait_shown"] for r in done if r.get("wait_shown") and r["wait_shown"][1] >= 5]
+    if shown:
+        errs = sorted(abs(p - w) / w for p, w in shown)
+        within = sum(e <= 0.3 for e in errs)
+        print(
+            f"wait shown vs waited (first estimate seen, waits of 5 s or more): {within}/{len(errs)} within 30%, "
+            f"median error {100 * median(errs):.0f}%, worst {100 * errs[-1]:.0f}%"
+        )
+    if runs_dir is not None:
+        gaps = []
+        for r in done:
+            lines = (runs_dir / r["run_id"] / "metrics.jsonl").read_text().splitlines()
+            epochs = [json.loads(line)["epoch"] for line in lines]
+            if epochs != list(range(1, len(epochs) + 1)):
+                gaps.append((r["run_id"][:6], epochs))
+        resumed = sum(1 for r in done if r.get("reconnects"))
+        print(
+            f"restart: {len(done)} runs finished after it ({resumed} sessions reconnected); metrics.jsonl with a "
+            f"gap or duplicate: {len(gaps)} {gaps[:3]}"
+        )
     if args.hostile:
         print(
             f"hostile client: {hostile.get('refused', 0)} requests refused, {hostile.get('answered', 0)} answered, "

@@ -28,6 +28,7 @@ TRAIN_ACTIVATION_FLOATS = 35  # per pixel per first-level channel, forward + sav
 INFER_ACTIVATION_FLOATS = 8  # per pixel per first-level channel, inference peak (fitted)
 LOSS_FLOATS_PER_CLASS = 8  # logits, softmax, one-hot, products of CE + Dice
 OPTIMISER_COPIES = 4  # weights, gradients, AdamW's two moments
+SAVED_COPIES = 3  # a resumable checkpoint holds the weights and AdamW's two moments
 RESNET_WIDTH = 64  # a ResNet stem's channels at half resolution: count it like a 32-wide first level
 MAX_PARAMETERS = 250_000_000  # a 1 GB checkpoint's worth (checkpoint.MAX_FILE_BYTES); ours are far smaller
 OUTPUT_BAND_BYTES = 64 << 20  # class scores are up-sampled to full size in bands of at most this
@@ -116,18 +117,22 @@ def _eval_pixels(cfg: RunConfig) -> tuple[int, int, int]:
 
 
 def training_bytes(cfg: RunConfig, num_classes: int | None = None) -> int:
-    """Peak memory of a run: weights and optimiser state, plus the larger of one training step (activations,
-    loss, the batch, all at the crop size) and one evaluation pass on whole scaled images."""
+    """Peak memory of a run: weights and optimiser state, plus the largest of one training step (activations,
+    loss, the batch, all at the crop size), one evaluation pass on whole scaled images and the resumable save."""
     m, pixels = cfg.model, cfg.data.crop**2
     k = num_classes or m.num_classes
     b = cfg.train.batch_size
-    params = parameter_count(dataclasses.replace(m, num_classes=k)) * OPTIMISER_COPIES * FLOAT
+    n = parameter_count(dataclasses.replace(m, num_classes=k))
+    params = n * OPTIMISER_COPIES * FLOAT
+    # last.safetensors: contiguous CPU copies of the weights and AdamW's two moments, then safetensors builds
+    # the file's bytes from them (a second copy) before writing: a width-64 model's save alone is ~1 GB
+    save = n * SAVED_COPIES * FLOAT * 2
     act = TRAIN_ACTIVATION_FLOATS * _first_level_width(m) * pixels * b * FLOAT
     loss = LOSS_FLOATS_PER_CLASS * k * pixels * b * FLOAT
     batch = pixels * b * (3 * FLOAT + 8)  # normalised images + int64 masks
     _, net_px, score_px = _eval_pixels(cfg)
     evaluation = (INFER_ACTIVATION_FLOATS * _first_level_width(m) * net_px + 2 * k * max(net_px, score_px)) * FLOAT
-    return params + max(act + loss + batch, evaluation + OUTPUT_BAND_BYTES * 2)
+    return params + max(act + loss + batch, evaluation + OUTPUT_BAND_BYTES * 2, save)
 
 
 def inference_bytes(cfg: RunConfig, out_pixels: int = 0, num_classes: int | None = None) -> int:

@@ -154,6 +154,16 @@ class RunConfig:
             raise ConfigError(f"up-sampling must be {' or '.join(UPSAMPLINGS)}, got {m.upsampling!r}")
         if dc.pet_mode not in ("trimap", "binary"):
             raise ConfigError(f"pet mode must be trimap or binary, got {dc.pet_mode!r}")
+        # BatchNorm needs more than one value per channel in training: a 1-image batch whose deepest feature
+        # map is 1x1 cannot train (torch raises "Expected more than 1 value per channel" mid-epoch)
+        stride = 2**m.depth if m.encoder == "unet" else 32
+        bottom = max(1, dc.crop // stride)
+        if t.batch_size * bottom * bottom < 2:
+            raise ConfigError(
+                f"at depth {m.depth} a {dc.crop} px training crop is {bottom}x{bottom} at the bottom of the "
+                f"network, and batch normalisation needs more than one value there: use a batch size of 2 or "
+                f"more, a larger image size (at least {2 * stride} px) or a smaller depth"
+            )
 
 
 def _upgrade_train(d: dict[str, Any]) -> dict[str, Any]:

@@ -36,14 +36,22 @@ from typing import Any
 
 from segdemo import budget
 from segdemo.config import RunConfig
+from segdemo.data import ZIP_MARKER
 from segdemo.data.base import ClassSet, Splits
 from segdemo.errors import JobError, UserError
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
+from segdemo.limits import ensure_free_disk
 from segdemo.runstore import RunStore, default_root_dir
 from segdemo.tokens import OwnerTokens, hash_owner
 
 log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, STOPPED, FAILED = "queued", "running", "done", "stopped", "failed"
+DEFAULT_TTL_S = 24 * 3600  # runs and labelled sets outlive a two-hour workshop and the evening after it
+MAX_QUEUED = int(os.environ.get("SEGDEMO_MAX_QUEUED") or 64)  # runs waiting for a slot, server-wide
+RUNS_PER_ADDRESS = int(os.environ.get("SEGDEMO_RUNS_PER_ADDRESS") or 40)  # waiting or training, one address
+SETUP_S = 3.0  # a run's start on its slot (data, model, optimiser) until the server has seen some
+UNKNOWN_RUN_S = 60.0  # a run with neither a time budget nor any epoch seen yet on this server
+TRUSTED_FACTOR = 4  # an instructor-trusted address (the room's router) gets this many times the per-address caps
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, STOPPED, FAILED)
 
@@ -81,6 +89,8 @@ class Job:
         self.started: float | None = None  # when it began TRAINING (left the queue)
         self.slice_started: float | None = None  # when its current turn on a training slot began
         self.paused: Done | None = None  # set while it waits for another turn, after yielding its slot
+        self.priority = False  # an instructor moved it to the front of the line
+        self.budget_s = config.train.time_limit_s  # its own time budget, before the server's cap (max_run_s)
         self.finished: float | None = None
         self.result: Done | Failed | None = None
         self.stop_event = threading.Event()
@@ -160,7 +170,7 @@ class Job:
                 if r.best_miou is not None
                 else "no epoch finished, so there is no checkpoint"
             )
-            how = {"finished": "finished", "stopped": "stopped", "time_limit": "reached its time limit"}
+            how = {"finished": "finished", "stopped": "stopped", "time_limit": "used its time budget"}
             return f"{how.get(r.reason, r.reason)} after {r.epochs_done} epoch(s) in {r.seconds:.0f}s; {best}"
         return ""
 
@@ -198,9 +208,9 @@ class JobManager:
         max_concurrent: int = 1,
         ttl_s: float = 3600,
         *,
-        max_queued: int = 32,
+        max_queued: int = MAX_QUEUED,
         max_runs_per_owner: int = 5,
-        max_active_per_client: int = 8,
+        max_active_per_client: int = RUNS_PER_ADDRESS,
         max_run_s: float | None = 1800,
         memory_budget: int | None = None,
         persist: bool | None = None,
@@ -208,6 +218,7 @@ class JobManager:
         secret: bytes | None = None,
         trainer_factory: Callable[..., Any] | None = None,
         fair_slice_s: float | None = None,
+        resume_on_restart: bool | None = None,
     ):
         self.root_dir = Path(root_dir)
         self.max_concurrent = max(1, int(max_concurrent))
@@ -215,8 +226,10 @@ class JobManager:
         self.max_queued = max_queued
         self.max_runs_per_owner = max_runs_per_owner
         # one address's runs waiting or training at once: a classroom behind one router shares an address, so
-        # this is not 1; the fair order below keeps one address's runs from holding the slots anyway
+        # this is sized for a class (each browser has one run at a time anyway); the fair order below keeps
+        # one address's runs from holding the slots, and an instructor may trust the room's address (x4)
         self.max_active_per_client = max_active_per_client
+        self.trusted: set[str] = set()  # address keys an instructor vouched for (a classroom's router)
         self.max_run_s = max_run_s  # server-wide time limit per run; None = none
         # a run that has trained this long yields its slot when another address's run waits, and goes on
         # (exactly where it paused) at its next turn: one long run can't hold a classroom's only slot
@@ -226,6 +239,8 @@ class JobManager:
         self._served: dict[str, float] = {}  # training seconds each address has had
         self.memory_budget = memory_budget or budget.run_budget(self.max_concurrent)  # bytes one run may use
         self._durations: deque[float] = deque(maxlen=20)  # of recent runs, to say when a full queue frees up
+        self._epoch_s: deque[float] = deque(maxlen=50)  # recent epochs' seconds, for the waits shown in line
+        self._setup_s: deque[float] = deque(maxlen=20)  # from a slot to the first epoch's training
         self.on_forget: list[Callable[[Job], None]] = []  # called when a run and its folder are deleted
         self.store = RunStore(self.root_dir, persist)
         self.runs_persist = self.store.persist
@@ -236,7 +251,10 @@ class JobManager:
         self._closed = threading.Event()
         self.tokens = OwnerTokens(secret, self.root_dir)
         self._trainer_factory = trainer_factory
-        self._load_existing()
+        # after a restart (a persistent run folder), runs that were waiting or training go on
+        self.resume_on_restart = self.store.persist if resume_on_restart is None else resume_on_restart
+        for job in self._load_existing():
+            self._start_thread(job)
         self._reaper = None
         if reaper:
             self._reaper = threading.Thread(target=self._reap_loop, name="segdemo-reaper", daemon=True)
@@ -248,7 +266,7 @@ class JobManager:
         root, persist, created = default_root_dir()
         if created:  # our own fresh temp folder dies with the process: leave no litter in /tmp
             atexit.register(shutil.rmtree, root, True)
-        ttl = float(os.environ.get("SEGDEMO_RUN_TTL_S", "3600"))
+        ttl = float(os.environ.get("SEGDEMO_RUN_TTL_S") or DEFAULT_TTL_S)
         kw.setdefault("max_run_s", default_max_run_s())
         return cls(root, default_max_concurrent(), ttl, persist=persist, **kw)
 
@@ -288,9 +306,11 @@ class JobManager:
             budget.check_training(config, self.memory_budget, num_classes)
         except UserError as e:  # a ConfigError or BudgetError
             raise JobError(f"These settings cannot train: {e}") from None
+        budget_s = config.train.time_limit_s  # the run's own budget (a preset's), for the waits shown in line
         if self.max_run_s is not None:
             config.train.time_limit_s = min(config.train.time_limit_s or math.inf, self.max_run_s)
         self.cleanup_expired()
+        ensure_free_disk(self.root_dir)  # checkpoints of the runs already going need the room more
         with self._lock:
             if self._closed.is_set():
                 raise JobError("The server is shutting down; try again in a minute")
@@ -302,10 +322,12 @@ class JobManager:
                 )
             if client_key is not None:
                 n = sum(j.is_active and j.client_key == client_key for j in self._jobs.values())
-                if n >= self.max_active_per_client:
+                if n >= self.address_cap(client_key):
                     raise JobError(
-                        f"Your address already has {n} runs waiting or training, the most this server allows; "
-                        "wait for one to finish (or stop one) before starting another"
+                        f"{n} runs from your network address are waiting or training, the most this server allows "
+                        "for one address (everyone behind one router shares it): wait a few minutes for some to "
+                        "finish. An instructor can trust the room's address in the Instructor tab, or the host can "
+                        "raise SEGDEMO_RUNS_PER_ADDRESS"
                     )
             if len(self._queue) >= self.max_queued:
                 raise JobError(
@@ -314,6 +336,7 @@ class JobManager:
                 )
             job_id = secrets.token_urlsafe(16)
             job = Job(job_id, key, config, self.store.new_folder(job_id), splits, client_key)
+            job.budget_s = budget_s
             if data_file is not None:
                 src = Path(data_file)
                 dst = job.run_dir / "upload" / src.name
@@ -333,11 +356,11 @@ class JobManager:
             extra = old[: max(0, len(old) - (self.max_runs_per_owner - 1))]
             for j in extra:  # keep this owner's few latest runs; older ones free their disk now
                 self._forget(j)
-            job.thread = threading.Thread(
-                target=self._run_job, args=(job,), name=f"segdemo-job-{job_id[:6]}", daemon=True
-            )
-            job.thread.start()
+            self._start_thread(job)
         return job
+
+    def address_cap(self, client_key: str) -> int:
+        return self.max_active_per_client * (TRUSTED_FACTOR if client_key in self.trusted else 1)
 
     def stop(self, owner: str, job_id: str | None = None) -> Job:
         """Stop the owner's run (`job_id`, or their active one): a queued run leaves the queue at once,
@@ -349,8 +372,12 @@ class JobManager:
                     raise JobError("Nothing is running to stop; press Train to start a run")
             else:
                 job = self.get(owner, job_id)
-                if not job.is_active:
-                    raise JobError("That run has already ended; there is nothing to stop")
+        return self._stop_job(job)
+
+    def _stop_job(self, job: Job) -> Job:
+        with self._lock:
+            if not job.is_active:
+                raise JobError("That run has already ended; there is nothing to stop")
             job.stop_event.set()
             if job.status == QUEUED and job in self._queue:
                 self._queue.remove(job)
@@ -404,14 +431,117 @@ class JobManager:
             j = self._jobs.get(job_id)
             if j is not None and j.client_key is not None and j.slice_started is not None:
                 served[j.client_key] = served.get(j.client_key, 0.0) + now - j.slice_started
-        return sorted(self._queue, key=lambda j: (served.get(j.client_key, 0.0) if j.client_key else 0.0, j.created))
+
+        def key(j: Job):
+            by_address = served.get(j.client_key, 0.0) if j.client_key else 0.0
+            # within one address (a classroom behind one router), the browsers that have had the least go first
+            by_owner = served.get("owner:" + j.owner_key, 0.0) if j.client_key else 0.0
+            return (not j.priority, by_address, by_owner, j.created)
+
+        for job_id in self._running:
+            j = self._jobs.get(job_id)
+            if j is not None and j.client_key is not None and j.slice_started is not None:
+                k = "owner:" + j.owner_key
+                served[k] = served.get(k, 0.0) + now - j.slice_started
+        return sorted(self._queue, key=key)
 
     def _should_yield(self, job: Job) -> bool:
-        """Whether a training run should pause now for a run of another address (see fair_slice_s)."""
+        """Whether a training run should pause now for another browser's run, of its own address too (a
+        classroom behind one router), see fair_slice_s."""
         if job.client_key is None or job.slice_started is None or time.time() - job.slice_started < self.fair_slice_s:
             return False
         with self._lock:
-            return any(j.client_key is not None and j.client_key != job.client_key for j in self._queue)
+            return any(j.client_key is not None and j.owner_key != job.owner_key for j in self._queue)
+
+    # -- the instructor's powers (the UI checks the key; nothing here knows of one) ----------------------
+
+    def all_jobs(self) -> list[Job]:
+        """Every run of the server, oldest first (for the instructor view only)."""
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.created)
+
+    def stop_any(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise JobError(NO_SUCH_RUN)
+        return self._stop_job(job)
+
+    def prioritise(self, job_id: str) -> Job:
+        """Move a waiting run to the front of the line."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status != QUEUED:
+                raise JobError("only a run that is waiting in line can be moved to the front")
+            job.priority = True
+            self._lock.notify_all()
+        return job
+
+    def trust_address(self, client: str) -> None:
+        """The room's router: its address gets TRUSTED_FACTOR times the per-address caps."""
+        with self._lock:
+            self.trusted.add(hashlib.sha256(client.encode()).hexdigest())
+
+    def extend_retention(self, ttl_s: float) -> None:
+        """Keep finished runs (and, in the app, labelled sets) at least ttl_s after they end."""
+        with self._lock:
+            self.ttl_s = max(self.ttl_s, float(ttl_s))
+
+    # -- waits ------------------------------------------------------------------------------------------
+
+    def expected_wait_s(self, job: Job) -> float | None:
+        """Seconds until this queued run gets a slot: the runs ahead of it in the fair order and the running
+        ones, each taking what is left of its budget (its time limit, else the epochs it has left at its last
+        epoch's pace, else a recent run's typical time), slots freeing as they end. 0 when it is not waiting."""
+        now = time.time()
+        with self._lock:
+            order = self._fair_order()
+            if job not in order:
+                return 0.0
+            ahead = order[: order.index(job)]
+            running = [self._jobs[i] for i in self._running if i in self._jobs]
+            # while this run waits, no other browser's run keeps a slot longer than a fair slice
+            sliced = job.client_key is not None and self.fair_slice_s > 0
+            free_at = []
+            for j in running:
+                left = self._left_s(j, now)
+                if sliced and j.client_key is not None and j.owner_key != job.owner_key and j.slice_started:
+                    left = min(left, max(0.0, self.fair_slice_s - (now - j.slice_started)))
+                free_at.append(left)
+            turns = [
+                min(self._left_s(j, now), self.fair_slice_s + SETUP_S)
+                if sliced and j.client_key is not None
+                else self._left_s(j, now)
+                for j in ahead
+            ]
+        free_at += [0.0] * max(0, self.max_concurrent - len(free_at))
+        for turn in turns:  # each run ahead takes the slot that frees first
+            free_at.sort()
+            free_at[0] += turn
+        return max(0.0, min(free_at))
+
+    def _left_s(self, job: Job, now: float) -> float:
+        """Seconds a run still needs on its slot (lock held): its epochs left at its own last epoch's pace, or
+        at the pace of recent epochs of other runs, plus its start; never more than its time budget left."""
+        epochs = [e for e in job.events if isinstance(e, EpochEnd)]
+        done_s = sum(e.seconds for e in epochs)
+        if job.status == RUNNING and job.slice_started is not None and not epochs:
+            done_s = now - job.slice_started
+        limit = min(job.budget_s or math.inf, self.max_run_s or math.inf)
+        limit = None if limit == math.inf else limit
+        if epochs:
+            left = (job.config.train.epochs - epochs[-1].epoch) * epochs[-1].seconds
+        else:
+            pace = sorted(self._epoch_s)
+            per_epoch = pace[len(pace) // 2] if pace else None
+            setup = sorted(self._setup_s)
+            start = setup[len(setup) // 2] if setup else SETUP_S
+            if job.status == RUNNING and job.slice_started is not None:
+                start = max(0.0, start - (now - job.slice_started))
+            left = start + (job.config.train.epochs * per_epoch if per_epoch else limit or UNKNOWN_RUN_S)
+        if limit:
+            left = min(left, limit - done_s)
+        return max(0.0, left)
 
     def running_count(self) -> int:
         with self._lock:
@@ -434,7 +564,8 @@ class JobManager:
                 result = self._train(job, resume=job.paused is not None)
                 if isinstance(result, Done) and result.reason == "paused":
                     result = self._requeue(job, result)
-        except Exception as e:  # never let a job take the server down
+        except BaseException as e:  # never let a job take the server down or stay "running" for good: a
+            # BaseException (pyo3's PanicException from safetensors under memory pressure) ends it as failed too
             log.exception("run %s failed outside the trainer", job.id[:6])
             result = Failed(
                 f"training failed unexpectedly ({type(e).__name__}); start again or change the settings",
@@ -480,7 +611,10 @@ class JobManager:
             return False
         self._running.discard(job.id)
         if job.client_key is not None and job.slice_started is not None:
-            self._served[job.client_key] = self._served.get(job.client_key, 0.0) + time.time() - job.slice_started
+            took = time.time() - job.slice_started
+            self._served[job.client_key] = self._served.get(job.client_key, 0.0) + took
+            k = "owner:" + job.owner_key
+            self._served[k] = self._served.get(k, 0.0) + took
         return True
 
     def _requeue(self, job: Job, paused: Done) -> Done | None:
@@ -548,6 +682,10 @@ class JobManager:
             return
         if isinstance(ev, Started) and job.last(Started) is not None:
             return
+        if isinstance(ev, EpochEnd):
+            self._epoch_s.append(ev.seconds)
+            if job.slice_started is not None and job.last(EpochEnd) is None:
+                self._setup_s.append(max(0.0, time.time() - job.slice_started - ev.seconds))
         job._append(ev)
         if isinstance(ev, EpochEnd) and ev.previews:  # after the page has the epoch: drawing takes ~20-50 ms
             _save_filmstrip_frame(job, ev)
@@ -614,14 +752,42 @@ class JobManager:
 
     # -- restart -----------------------------------------------------------------------------------------
 
-    def _load_existing(self) -> None:
-        """Re-register the runs found in root_dir (persistent storage after a restart), without previews."""
+    def _load_existing(self) -> list[Job]:
+        """Re-register the runs found in root_dir (persistent storage after a restart), without previews. A run
+        that was waiting or training goes back in line (resume_on_restart; unless it is older than ttl_s: then
+        it ends as stopped) and, where it had saved a resumable checkpoint, goes on from its last complete epoch;
+        the ones to start are returned."""
+        again = []
         for r in self.store.load():
-            job = Job(r.id, r.owner_key, r.config, r.run_dir)
+            job = Job(r.id, r.owner_key, r.config, r.run_dir, client_key=r.client_key)
             job.created, job.started, job.finished = r.created, r.started, r.finished
-            job.result, job.status = r.result, _status_of(r.result)
-            job.events = [*r.events, r.result]
+            if r.was_active and self.resume_on_restart and time.time() - r.created < self.ttl_s:
+                epochs = [e for e in r.events if isinstance(e, EpochEnd)]
+                if (r.run_dir / "last.safetensors").is_file() and epochs:
+                    best = max(epochs, key=lambda e: e.miou)
+                    job.paused = Done("paused", epochs[-1].epoch, best.miou, best.epoch, None, None, 0.0)
+                job.events = list(r.events)
+                job.status = QUEUED
+                data = r.run_dir / "data"
+                if data.is_dir() and not (data / ZIP_MARKER).is_file():
+                    shutil.rmtree(data, ignore_errors=True)  # an unpacking the restart cut short: ours, done again
+                self._queue.append(job)
+                again.append(job)
+                log.info(
+                    "run %s was %s when the server stopped: back in line%s",
+                    job.id[:6],
+                    "training" if r.started else "waiting",
+                    f", resuming after epoch {job.paused.epochs_done}" if job.paused else "",
+                )
+            else:
+                job.result, job.status = r.result, _status_of(r.result)
+                job.events = [*r.events, r.result]
             self._jobs[job.id] = job
+        return again
+
+    def _start_thread(self, job: Job) -> None:
+        job.thread = threading.Thread(target=self._run_job, args=(job,), name=f"segdemo-job-{job.id[:6]}", daemon=True)
+        job.thread.start()
 
 
 def _save_filmstrip_frame(job: Job, ev: EpochEnd) -> None:

@@ -9,6 +9,7 @@ Nothing here imports gradio.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections import defaultdict, deque
@@ -43,6 +44,17 @@ class RateLimiter:
         self._events: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
+    def check(self, key: str, now: float | None = None) -> None:
+        """Raise LimitError if `key`'s window is full, without counting an event."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            q = self._events.get(key)
+            while q and now - q[0] >= self.window_s:
+                q.popleft()
+            if q and len(q) >= self.limit:
+                wait = self.window_s - (now - q[0])
+                raise LimitError(f"too many {self.what} from your address; try again in {_when(wait)}")
+
     def hit(self, key: str, now: float | None = None) -> None:
         """Count one event for `key`, or raise LimitError when its window is full."""
         now = time.monotonic() if now is None else now
@@ -60,10 +72,10 @@ class RateLimiter:
 
 
 class ByteQuota:
-    """At most `limit` bytes per `window_s` seconds per key (uploads)."""
+    """At most `limit` bytes (or files: unit="files") per `window_s` seconds per key (uploads)."""
 
-    def __init__(self, limit: int, window_s: float):
-        self.limit, self.window_s = int(limit), float(window_s)
+    def __init__(self, limit: int, window_s: float, unit: str = "bytes"):
+        self.limit, self.window_s, self.unit = int(limit), float(window_s), unit
         self._used: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
         self._lock = threading.Lock()
 
@@ -76,21 +88,50 @@ class ByteQuota:
             used = sum(b for _, b in q)
             if used + n > self.limit:
                 wait = self.window_s - (now - q[0][0]) if q else self.window_s
+                amount = f"{used / 2**20:.0f} MB" if self.unit == "bytes" else f"{used} {self.unit}"
                 raise LimitError(
-                    f"your address has uploaded {used / 2**20:.0f} MB in the last {_when(self.window_s)}, the most "
-                    f"this server accepts; try again in {_when(wait)}"
+                    f"your address has uploaded {amount} in the last {_when(self.window_s)}, the most this server "
+                    f"accepts; try again in {_when(wait)}"
                 )
             q.append((now, n))
+
+
+def min_free_disk() -> int:
+    """Bytes that must stay free on the disk of runs, uploads and caches (SEGDEMO_MIN_FREE_DISK_MB, default
+    1024): below it new work is refused, so a full disk never breaks the checkpoints of runs already going."""
+    return max(0, int(os.environ.get("SEGDEMO_MIN_FREE_DISK_MB") or 1024)) << 20
+
+
+def ensure_free_disk(path) -> None:
+    """Raise LimitError when the disk holding `path` (or its nearest existing parent) has less than
+    min_free_disk() free."""
+    from pathlib import Path
+
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return  # cannot tell: the writes themselves will say
+    if free < min_free_disk():
+        raise LimitError(
+            f"the server's disk is nearly full ({free >> 20} MB free); nothing new can be stored until older runs "
+            "expire. Try again later, or tell whoever runs this server"
+        )
 
 
 class Slots:
     """Open things (live streams) counted per key, with a per-key and a server-wide cap.
 
-    `with slots.hold(key):` takes a slot for the block or raises LimitError at once.
+    `with slots.hold(key, ...):` takes a slot for the block or raises LimitError at once. `per_key` is one cap
+    for every key, or one per position of the keys (a browser's, then its address's: a classroom shares an
+    address, so that cap is larger), with `advice` saying what to do when the key at that position is full.
     """
 
-    def __init__(self, per_key: int, total: int, what: str):
-        self.per_key, self.total, self.what = int(per_key), int(total), what
+    def __init__(self, per_key: int | tuple[int, ...], total: int, what: str, advice: tuple[str, ...] = ()):
+        self.per_key = tuple(per_key) if isinstance(per_key, tuple) else (int(per_key),)
+        self.total, self.what, self.advice = int(total), what, advice
         self._open: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
@@ -102,12 +143,15 @@ class Slots:
         with self._lock:
             if sum(self._open.values()) >= self.total:
                 raise LimitError(f"the server has too many {self.what} open right now; try again in a minute")
-            for k in keys:
-                if self._open.get(k, 0) >= self.per_key:
-                    raise LimitError(
-                        f"you have {self._open[k]} {self.what} open already, the most allowed; close other tabs "
-                        "of this page (or wait a minute) and reload"
+            for i, k in enumerate(keys):
+                cap = self.per_key[min(i, len(self.per_key) - 1)]
+                if self._open.get(k, 0) >= cap:
+                    advice = (
+                        self.advice[i]
+                        if i < len(self.advice)
+                        else "close other tabs of this page (or wait a minute) and reload"
                     )
+                    raise LimitError(f"{self._open[k]} {self.what} are open already, the most allowed; {advice}")
             for k in keys:
                 self._open[k] += 1
 

@@ -176,9 +176,6 @@ def _resnet(name: str, pretrained: bool, weights_file: str | None = None) -> nn.
         ) from e
 
 
-MAX_WEIGHTS_BYTES = 512 << 20  # resnet34's ImageNet file is 83 MB
-
-
 def load_encoder_weights(net: nn.Module, path: str, name: str) -> None:
     """A torchvision ImageNet state dict from a local file (offline pretrained weights) into a ResNet.
 
@@ -187,12 +184,10 @@ def load_encoder_weights(net: nn.Module, path: str, name: str) -> None:
     from pathlib import Path
 
     from segdemo.errors import ConfigError
+    from segdemo.weights_file import check_weights_file
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"no weights file at {path}")
-    if p.stat().st_size > MAX_WEIGHTS_BYTES:
-        raise ConfigError(f"{p.name} is {p.stat().st_size >> 20} MB; ImageNet weights for {name} are under 100 MB")
+    check_weights_file(p, name)  # sizes as stored and as unpacked, before torch allocates what a zip claims
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

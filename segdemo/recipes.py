@@ -13,6 +13,7 @@ whichever comes first (trainer.schedule_progress).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ SETUP_S = 4.0  # opening the data, the speed probe, building the model: spent be
 EVAL_COST = 0.35  # a validation image costs about this share of a training image of the same pixels
 STEP_OVERHEAD = 1.35  # a real step (data, augmentation, optimiser) over the probe's forward + backward
 PROBE_SIDE = 128  # one timed probe at this size (or the top scale, if smaller) prices every scale
+MIN_PROBE_SIDE = 64  # probes are taken at 64, 96 or 128 px: three size classes
 SAMPLE_IMAGES = 24  # images read to learn the data's sizes
 
 
@@ -115,17 +117,17 @@ def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> tupl
 
     Per-pixel cost falls a little as images grow (fixed costs per step spread thinner), so estimates for
     scales above the probe's are slightly pessimistic: the run then ends by its time limit, not early."""
-    from segdemo.speedups import choose_speedups, measured_step_seconds, pick_device
+    from segdemo.speedups import choose_speedups, measured_step_seconds, pick_device, probe_threads
     from segdemo.trainer import cpu_training_threads
 
-    before = torch.get_num_threads()
-    if pick_device(train.device).type == "cpu":
-        torch.set_num_threads(cpu_training_threads())  # measure with the threads a run will use
-    try:
+    # priced once per size class and class-count class, whatever the data: a visitor cycling image sizes or
+    # class counts cannot buy a fresh multi-second probe with each request (the per-pixel cost barely moves)
+    side = max(MIN_PROBE_SIDE, side - side % 32)
+    model = dataclasses.replace(model, num_classes=max(2, 1 << max(0, model.num_classes - 1).bit_length()))
+    threads = cpu_training_threads() if pick_device(train.device).type == "cpu" else torch.get_num_threads()
+    with probe_threads(threads):  # measure with the threads a run will use; a running training's stay
         sp = choose_speedups(model, train, side)
         probe_side, probe_images, step_s = measured_step_seconds(model, sp, side)
-    finally:
-        torch.set_num_threads(before)
     return STEP_OVERHEAD * step_s / (probe_images * probe_side**2), sp
 
 

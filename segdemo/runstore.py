@@ -42,6 +42,8 @@ class StoredRun:
     finished: float
     result: Done | Failed
     events: list[Event] = field(default_factory=list)
+    was_active: bool = False  # it was waiting or training when the server went down
+    client_key: str | None = None
 
 
 class RunStore:
@@ -60,6 +62,7 @@ class RunStore:
         doc = {
             "id": run.id,
             "owner_key": run.owner_key,
+            "client_key": run.client_key,
             "status": run.status,
             "created": run.created,
             "started": run.started,
@@ -100,6 +103,8 @@ class RunStore:
                     finished=doc.get("finished") or rec_path.stat().st_mtime,
                     result=_result_from(doc.get("result") or {}, run_dir, events),
                     events=events,
+                    was_active=not doc.get("result"),
+                    client_key=doc.get("client_key") if isinstance(doc.get("client_key"), str) else None,
                 )
             )
         return runs
@@ -126,8 +131,10 @@ def default_root_dir() -> tuple[Path, bool, bool]:
     """(root folder for run folders, whether it survives a restart, whether this call created it fresh).
 
     SEGDEMO_RUNS_DIR if set; else /data/segdemo-runs when /data exists and is writable (persistent
-    storage on Hugging Face Spaces); else a fresh temp folder, which a restart loses. Only a fresh temp
-    folder is ever deleted whole (at exit): a folder the host named may hold things the app never made.
+    storage on Hugging Face Spaces); else segdemo/runs in the user's data folder ($XDG_DATA_HOME, else
+    ~/.local/share), so a laptop's workshop survives a restart; else a fresh temp folder, which a restart
+    loses. Only a fresh temp folder is ever deleted whole (at exit): a folder the host named may hold things
+    the app never made.
     """
     env = os.environ.get("SEGDEMO_RUNS_DIR")
     if env:
@@ -140,6 +147,15 @@ def default_root_dir() -> tuple[Path, bool, bool]:
         try:
             p.mkdir(parents=True, exist_ok=True)
             return p, True, False
+        except OSError:
+            pass
+    home = os.environ.get("XDG_DATA_HOME") or (Path.home() / ".local" / "share" if Path.home().is_dir() else None)
+    if home:
+        p = Path(home) / "segdemo" / "runs"
+        try:
+            p.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if os.access(p, os.W_OK):
+                return p, not under_tmp(p), False
         except OSError:
             pass
     return Path(tempfile.mkdtemp(prefix="segdemo-runs-")), False, True

@@ -7,9 +7,13 @@ not an assumption: "auto" times a few real training steps of the actual model in
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import functools
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +26,75 @@ from segdemo.model import build_model
 
 PROBE_IMAGES = 4  # a timed probe step's batch
 PROBE_MAX_SIDE = 128  # and its largest side: bigger runs are estimated from it by pixel count
+PROCESS_THREADS = torch.get_num_threads()  # what torch chose at start (OMP_NUM_THREADS, else the cores)
+
+# Set by a caller that pays for probes on someone's behalf (the app's planner, per address): called once
+# before each probe that is not already cached, it may raise LimitError instead.
+PROBE_GATE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("probe_gate", default=None)
+
+# torch's thread count is shared (new threads start with the last value set), so trainings and probes agree
+# on it here: the first training to start sets it, the last to end restores PROCESS_THREADS, and a probe
+# changes it only while no training runs (and puts it back only if none started meanwhile).
+_threads_lock = threading.Lock()
+_trainings = 0
+
+
+def hold_training_threads(n: int) -> None:
+    """A CPU training starts: use n threads (release_training_threads when it ends)."""
+    global _trainings
+    with _threads_lock:
+        _trainings += 1
+        torch.set_num_threads(n)
+
+
+def release_training_threads() -> None:
+    global _trainings
+    with _threads_lock:
+        _trainings = max(0, _trainings - 1)
+        if _trainings == 0:
+            torch.set_num_threads(PROCESS_THREADS)
+
+
+@contextlib.contextmanager
+def probe_threads(n: int) -> Iterator[None]:
+    """Measure with n threads, unless a training runs: then with its count, left as it is."""
+    with _threads_lock:
+        changed = _trainings == 0 and torch.get_num_threads() != n
+        if changed:
+            before = torch.get_num_threads()
+            torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if changed:
+            with _threads_lock:
+                if _trainings == 0:
+                    torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def probes_charged_to(charge: Callable[[], None]) -> Iterator[None]:
+    """Within the block, the first probe not already cached calls `charge()` first (which may raise
+    LimitError); the probes after it in the same block (one plan measures a mode or two) are free."""
+    charged = False
+
+    def once() -> None:
+        nonlocal charged
+        if not charged:
+            charge()
+            charged = True
+
+    token = PROBE_GATE.set(once)
+    try:
+        yield
+    finally:
+        PROBE_GATE.reset(token)
+
+
+def _gate() -> None:
+    gate = PROBE_GATE.get()
+    if gate is not None:
+        gate()
 
 
 @dataclass(frozen=True)
@@ -119,10 +192,11 @@ def _key(cfg: ModelConfig) -> tuple:
     return (cfg.encoder, cfg.depth, cfg.width, cfg.upsampling, cfg.num_classes, cfg.block)
 
 
-@functools.lru_cache(maxsize=32)  # a measurement of this machine, not user state: safe to share
+@functools.lru_cache(maxsize=256)  # a measurement of this machine, not user state: safe to share
 def _measure_cpu(model_key: tuple, size: int, candidates: tuple, threads: int = 0) -> dict:
     """Seconds per PROBE_IMAGES-image training step at size x size for each candidate; `threads` only keys
     the cache (the answer depends on how many threads torch uses, which the caller has set)."""
+    _gate()  # only a probe not in the cache gets here
     base = _probe_model(model_key)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(PROBE_IMAGES, 3, size, size, generator=gen)
@@ -154,6 +228,7 @@ def _measure_cpu(model_key: tuple, size: int, candidates: tuple, threads: int = 
 @functools.lru_cache(maxsize=8)
 def _measure_cuda(model_key: tuple, size: int, mode: tuple) -> float:
     """Seconds per PROBE_IMAGES-image training step on the GPU (synchronised; the fastest of 5 after warm-up)."""
+    _gate()
     dtype, cl = mode
     model = _probe_model(model_key).cuda().train()
     x = torch.randn(PROBE_IMAGES, 3, size, size, device="cuda")

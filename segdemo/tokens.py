@@ -43,7 +43,8 @@ class OwnerTokens:
         return f"{nonce}.{self._sign(nonce)}"
 
     def valid(self, token: Any) -> bool:
-        if not isinstance(token, str) or token.count(".") != 1 or len(token) > 200:
+        # ours are ASCII: anything else (compare_digest raises TypeError on non-ASCII str) is simply not ours
+        if not isinstance(token, str) or not token.isascii() or token.count(".") != 1 or len(token) > 200:
             return False
         nonce, sig = token.split(".")
         return bool(nonce) and hmac.compare_digest(sig, self._sign(nonce))

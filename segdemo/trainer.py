@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from segdemo import budget, distributed
+from segdemo import budget, distributed, speedups
 from segdemo import checkpoint as ckpt
 from segdemo.config import RunConfig
 from segdemo.data.base import IGNORE, ArraySource, CachedSource, ClassSet, DataError, PairSource, Splits
@@ -47,7 +47,8 @@ WORST_IMAGES = 4  # lowest-scoring validation images each epoch event carries (n
 SMALL_VAL = 30
 TRAIN_PROBE = 32
 # torch's thread count is process-wide: runs that overlap in one server restore this, not each other's value
-_PROCESS_THREADS = torch.get_num_threads()
+_PROCESS_THREADS = speedups.PROCESS_THREADS
+FIRST_EPOCH_GRACE_S = 120.0  # the most a time limit waits for a run's first epoch to end (see _over_time)
 
 
 OUT_OF_MEMORY = "ran out of memory in this epoch; choose a smaller batch size or image size and start again"
@@ -275,6 +276,8 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.resume = resume
         self.memory_budget = memory_budget  # bytes a step may need (a server's share); None: this machine's
+        self._holds_threads = False  # set while this run holds torch's thread count (speedups)
+        self._epochs_ended = 0  # in this session of the run (a resumed run has its checkpoint already)
         self.max_steps = max_steps  # a chunk of a longer run: pause (resumably) after this many steps
         self.should_pause = should_pause or (lambda: False)  # e.g. a server's fair share: others are waiting
         self.callbacks: list[Callable[[Event], None]] = []
@@ -300,7 +303,9 @@ class Trainer:
         except UserError as e:  # the user's to fix: their sentence, no traceback
             log.info("training run in %s refused: %s", self.run_dir, e)
             ev = Failed(str(e), f"{type(e).__name__}: {e}")
-        except Exception as e:
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise  # Ctrl-C at the CLI, an exiting interpreter, a closed generator: not a failed run
+        except BaseException as e:  # Exception, and pyo3's PanicException (safetensors under memory pressure)
             if is_out_of_memory(e):
                 log.warning("training run in %s ran out of memory", self.run_dir, exc_info=True)
                 ev = Failed(OUT_OF_MEMORY, f"{type(e).__name__}: {e}")
@@ -311,7 +316,9 @@ class Trainer:
                     f"{type(e).__name__}: {e}",
                 )
         finally:
-            torch.set_num_threads(_PROCESS_THREADS)  # training leaves one core free
+            if self._holds_threads:  # the last training to end gives torch its thread count back
+                speedups.release_training_threads()
+                self._holds_threads = False
         yield ev
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -348,6 +355,7 @@ class Trainer:
                 reason = "paused"
                 break
             end = self._end_epoch(p, state, epoch, train)
+            self._epochs_ended += 1
             yield end
             if self._stop_everywhere(p):
                 reason = "time_limit" if self._over_time() else "stopped"
@@ -401,8 +409,9 @@ class Trainer:
 
         net = build_model(cfg.model)  # the same seed everywhere: every process starts from the same weights
         device = pick_device(cfg.train.device)
-        if device.type == "cpu":
-            torch.set_num_threads(cpu_training_threads(world))  # before the probe, so it measures what we run
+        if device.type == "cpu" and not self._holds_threads:  # before the probe, so it measures what we run
+            speedups.hold_training_threads(cpu_training_threads(world))
+            self._holds_threads = True
         state = self._read_state() if self.resume else LoopState()
         sp = self._speedups(cfg, state, world)
         if world.distributed and sp.device.type == "cuda":
@@ -696,8 +705,14 @@ class Trainer:
         return self.seconds_before + time.perf_counter() - self.t_start
 
     def _over_time(self) -> bool:
+        """Past the time limit; before the run's first epoch has ended, past it by FIRST_EPOCH_GRACE_S: a budget
+        run on a busy machine still ends with a checkpoint, not with none."""
         lim = self.config.train.time_limit_s
-        return lim is not None and self._elapsed() > lim
+        if lim is None:
+            return False
+        if self._epochs_ended == 0 and not self.resume:
+            lim += FIRST_EPOCH_GRACE_S
+        return self._elapsed() > lim
 
     def _next_epoch_misses_the_budget(self, p: Parts, end: EpochEnd) -> bool:
         """With a time budget, another epoch as long as this one would be cut off before its evaluation."""

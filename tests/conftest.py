@@ -128,9 +128,10 @@ def api_session(url: str):
 
 
 @contextmanager
-def app_subprocess(tmp: Path):
+def app_subprocess(tmp: Path, **extra_env: str):
     """`python app.py` of this checkout on a free local port, its runs under `tmp`, one training slot, its
-    output in tmp/app.log: yields (url, log path) once it answers; stopped on exit."""
+    output in tmp/app.log (and `extra_env` in its environment): yields (url, log path) once it answers;
+    stopped on exit."""
     import subprocess
     import sys
 
@@ -143,6 +144,7 @@ def app_subprocess(tmp: Path):
         "SEGDEMO_MAX_CONCURRENT": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         "NO_ALBUMENTATIONS_UPDATE": "1",
+        **extra_env,
     }
     log_path = tmp / "app.log"
     with open(log_path, "w") as log:

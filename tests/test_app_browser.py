@@ -169,3 +169,43 @@ def _student_session(app_url, page):
     other.get_by_role("tab", name="Train").click()
     other.locator("#stop-btn").click()
     expect(other.get_by_text("Nothing is running to stop")).to_be_visible()
+
+
+def test_forget_this_browser_on_a_shared_pc(app_url, page):
+    """A school lab: the next student on this PC must not open the previous one's runs. The button asks first,
+    then the page comes back with a new session (the token the server hands the page on load), where a plain
+    reload keeps the old one."""
+    import json
+
+    tokens: list[str] = []  # the owner token the page ends up with after each load (the /session answer)
+
+    def seen(response):
+        if "/gradio_api/run/" in response.url and response.request.method == "POST":
+            try:
+                data = json.loads(response.text()).get("data") or []
+            except Exception:
+                return
+            if len(data) == 1 and isinstance(data[0], str) and data[0].count(".") == 1 and len(data[0]) > 40:
+                tokens.append(data[0])
+
+    page.on("response", seen)
+    with screenshot_on_failure(page, "forget-browser"):
+        page.goto(app_url)
+        page.wait_for_selector("#forget-browser")
+        page.wait_for_function("() => window.localStorage.getItem('segdemo-owner') !== null")
+        page.wait_for_timeout(1000)
+        page.reload()
+        page.wait_for_selector("#forget-browser")
+        page.wait_for_timeout(2000)
+        assert len(tokens) >= 2 and tokens[-1] == tokens[0], tokens  # a reload is the same browser session
+        page.once("dialog", lambda d: d.dismiss())  # "Forget this browser?" -> Cancel keeps it
+        page.click("#forget-browser")
+        page.wait_for_timeout(1500)
+        assert tokens[-1] == tokens[0]
+        page.once("dialog", lambda d: d.accept())
+        page.click("#forget-browser")
+        page.wait_for_function("() => window.localStorage.getItem('segdemo-owner') !== null", timeout=30_000)
+        page.wait_for_timeout(3000)  # the reload and its /session answer
+        assert tokens[-1] != tokens[0], tokens
+        stored = page.evaluate("() => Object.keys(window.localStorage)")
+        assert not [k for k in stored if "history" in k.lower()], stored  # gradio's run history is off

@@ -406,7 +406,7 @@ def test_one_address_cannot_fill_the_queue_and_a_full_queue_says_when(server):
         runs.append((c, token, c.predict(token, **train_args(epochs=50), api_name="/train")[0]))
     c, token = client(url, "203.0.113.7")
     result = attack(url, lambda: c.predict(token, **train_args(), api_name="/train"))
-    refused(result, "your address already has 2 runs")
+    refused(result, "2 runs from your network address are waiting or training")
     # other addresses fill the rest of the queue (3 places); the next one hears when to come back
     others = []
     for i in range(3):
@@ -439,18 +439,18 @@ def test_runs_get_the_servers_time_limit(server):
 
 def test_one_client_cannot_hold_the_servers_streams(server):
     url, _, demo = server
-    from segdemo.ui.common import STREAMS_PER_CLIENT
+    from segdemo.ui.common import STREAMS_PER_BROWSER
 
     c, token = client(url, "203.0.113.8")
     run_id = c.predict(token, **train_args(epochs=50), api_name="/train")[0]
     try:
-        jobs_open = [c.submit(token, run_id, api_name="/watch") for _ in range(STREAMS_PER_CLIENT)]
+        jobs_open = [c.submit(token, run_id, api_name="/watch") for _ in range(STREAMS_PER_BROWSER)]
         deadline = time.time() + 30
-        while demo.segdemo_ctx.streams.count() < STREAMS_PER_CLIENT and time.time() < deadline:
+        while demo.segdemo_ctx.streams.count() < STREAMS_PER_BROWSER and time.time() < deadline:
             time.sleep(0.2)
         with pytest.raises(AppError) as e:
             c.submit(token, run_id, api_name="/watch").result(timeout=60)
-        refused(e.value, "live views open already")
+        refused(e.value, "live views are open already", "close other tabs")
         honest_predict(url)
     finally:
         c.predict(token, run_id, api_name="/stop")

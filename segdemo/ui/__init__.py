@@ -4,7 +4,8 @@ Widgets and wiring only: training, prediction, checks and checkpoints all live i
 
 API (gradio_client), see README: `/session` -> owner token; `/check_data`; `/train` -> run id;
 `/watch` (streams); `/stop`; `/run_info` (JSON); `/filmstrip_gif`; `/predict`; `/redraw` (Predict's pictures again, no
-model); `/my_runs`, `/compare`, `/ablate` (ui/compare_tab.py); the Label tab's `/label_*` (ui/label_tab.py).
+model); `/my_runs`, `/compare`, `/ablate` (ui/compare_tab.py); the Label tab's `/label_*` (ui/label_tab.py);
+the instructor's `/instructor_*`, each needing the instructor key (ui/instructor_tab.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ from segdemo.hosting import default_host, warn_if_exposed  # noqa: E402
 from segdemo.jobs import JobManager  # noqa: E402
 from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
 from segdemo.ui.compare_tab import CompareTab  # noqa: E402
+from segdemo.ui.guard import QUEUE_SIZE, cap_queue_per_client  # noqa: E402
+from segdemo.ui.instructor_tab import InstructorTab  # noqa: E402
 from segdemo.ui.label_tab import LabelTab  # noqa: E402
 from segdemo.ui.predict_tab import PredictTab  # noqa: E402
 from segdemo.ui.train_tab import TrainTab  # noqa: E402
 
 __all__ = ["build_demo", "launch", "CSS"]
+
+FORGET_CONFIRM = (
+    "Forget this browser? Your runs and labelled photos will no longer open from this browser (use this on a "
+    "shared computer before you leave)."
+)
 
 CSS = """
 .segdemo-legend { font-size: 0.95em; }
@@ -55,6 +63,8 @@ def build_demo(
 ) -> gr.Blocks:
     """The whole app. `jobs` defaults to JobManager.from_env() (SEGDEMO_MAX_CONCURRENT, SEGDEMO_RUN_TTL_S)."""
     write_pictures_to_cache_atomically()
+    if jobs is None:  # the server's own run store: what it finds at start (runs resuming after a restart) is logged
+        logs.log_to_stderr(logging.INFO)
     ctx = AppContext(jobs, cache_dir=cache_dir, default_checkpoint=default_checkpoint)
     # Gradio's own cache (uploads, pictures sent to browsers) is swept hourly of files older than 2 h.
     with gr.Blocks(title="segdemo: train a U-Net and see what it learned", delete_cache=(3600, 7200)) as demo:
@@ -62,10 +72,19 @@ def build_demo(
         persist = f" Your runs are kept for {ctx.jobs.ttl_s / 3600:g} h" + (
             "." if ctx.jobs.runs_persist else " and do not survive a server restart."
         )
-        gr.Markdown(
-            "# segdemo: train a U-Net, live\nSemantic segmentation gives **every pixel** a class. Train a "
-            "small U-Net here and watch what it learns, then try it on new images." + persist
-        )
+        with gr.Row(equal_height=True):
+            gr.Markdown(
+                "# segdemo: train a U-Net, live\nSemantic segmentation gives **every pixel** a class. Train a "
+                "small U-Net here and watch what it learns, then try it on new images." + persist
+            )
+            forget = gr.Button(
+                "Forget this browser",
+                size="sm",
+                variant="secondary",
+                scale=0,
+                min_width=170,
+                elem_id="forget-browser",
+            )
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
                 train = TrainTab(ctx, token)
@@ -75,10 +94,13 @@ def build_demo(
                 compare = CompareTab(ctx, token)
             with gr.Tab("Label", id="label"):
                 label = LabelTab(ctx, token)
+            with gr.Tab("Instructor", id="instructor"):
+                instructor = InstructorTab(ctx, label.store)
         train.wire(demo, predict.model)
         predict.wire(demo, predict_tab)
         compare.wire(demo, compare_tab, train, predict.model)
         label.wire(demo, tabs, train)
+        instructor.wire()
         session = demo.load(ctx.ensure_token, token, token, api_name="session", queue=False)
         # Train stays disabled until the page has its session: a click before it would only meet an error
         session.success(train.ready, None, train.train_btn, api_visibility="private", queue=False)
@@ -90,8 +112,21 @@ def build_demo(
             concurrency_limit=None,
             show_progress="hidden",
         )
+        # a shared lab PC: the next student must not reach this one's runs through the token kept in the browser
+        forget.click(
+            ctx.forget_browser,
+            token,
+            token,
+            js=f"(t) => {{ if (!confirm({FORGET_CONFIRM!r})) throw new Error('kept'); return t; }}",
+            api_visibility="private",
+            queue=False,
+        ).then(None, js="() => setTimeout(() => window.location.reload(), 300)")
     limit = concurrency or int(os.environ.get("SEGDEMO_UI_CONCURRENCY", "2"))
-    demo.queue(default_concurrency_limit=limit, max_size=128)
+    # api_open=False: /gradio_api/run/<api> no longer calls queued functions around the queue (their
+    # concurrency limits, the queue's size and the per-client cap below hold for every door); gradio_client
+    # joins the queue as the page does, so the documented API works as before.
+    demo.queue(default_concurrency_limit=limit, max_size=QUEUE_SIZE, api_open=False)
+    cap_queue_per_client(demo)
     demo.segdemo_ctx = ctx  # for tests and the launcher
     return demo
 
@@ -115,6 +150,10 @@ def launch(demo: gr.Blocks, **kw):
         enable_monitoring=False,  # gradio otherwise hands a monitoring URL to anyone who asks /monitoring
         css=CSS,
         footer_links=["api"],
+        # gradio's run history keeps every call (the owner token among its inputs, photo names, file URLs) in
+        # the browser's localStorage: on a shared lab PC the next student could replay them. Off, it is
+        # also wiped from browsers that kept one.
+        run_history=False,
         app_kwargs={"middleware": [Middleware(RequestGuard)]},  # body caps, upload quota per address
     )
     opts.update(kw)

@@ -28,6 +28,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -39,7 +40,7 @@ from segdemo.atomic import replace_file
 from segdemo.errors import is_user_error
 from segdemo.escape import esc, md  # noqa: F401  (the UI's one way to put user text into HTML/Markdown)
 from segdemo.jobs import JobManager
-from segdemo.limits import LimitError, RateLimiter, Slots, client_address
+from segdemo.limits import LimitError, RateLimiter, Slots, client_address, ensure_free_disk
 
 log = logging.getLogger("segdemo.ui")
 
@@ -47,9 +48,15 @@ DEFAULT_CHECKPOINT = asset(SHIPPED_CHECKPOINT)  # package data when installed, e
 EXAMPLES_DIR = asset(EXAMPLES)
 HEAVY = "heavy"  # concurrency id shared by every listener that loads a model or decodes data, public or private
 CHECK_CACHE_BYTES = 64 << 20  # sample pictures of recent data checks, all together
-STREAMS_PER_CLIENT = 6  # live views (Train's watch and the page-load reattach) one browser or address may hold
-STREAMS_TOTAL = 64  # and the whole server: well under the event queue's size, so others are never turned away
-NEW_SESSIONS_PER_10_MIN = 120  # owner tokens one address may be issued (a classroom may share one address)
+SERVED_BYTES = int(os.environ.get("SEGDEMO_SERVED_MB") or 2048) << 20  # downloads kept for serving, all together
+# live views (Train's watch and the page-load reattach) one browser may hold, one address (a classroom behind one
+# router is one address: 30 students with a tab or two each) and the whole server
+STREAMS_PER_BROWSER = 4
+STREAMS_PER_ADDRESS = int(os.environ.get("SEGDEMO_STREAMS_PER_ADDRESS") or 96)
+STREAMS_TOTAL = int(os.environ.get("SEGDEMO_STREAMS_TOTAL") or 256)
+PROBES_PER_10_MIN = 8  # plans that need a fresh timed probe, per address (cached ones are free)
+# owner tokens one address may be issued (a classroom shares one address; a page keeps its token across reloads)
+NEW_SESSIONS_PER_10_MIN = int(os.environ.get("SEGDEMO_SESSIONS_PER_ADDRESS") or 300)
 
 
 def bump(counter, **kw) -> dict:
@@ -93,9 +100,20 @@ class AppContext:
         atexit.register(shutil.rmtree, self.cache_dir, True)
         self.predict_budget = budget.predict_budget()
         self._downloads: dict[str, list[Path]] = {}  # run id -> files handed out for download
+        self._served: OrderedDict[tuple, Path] = OrderedDict()  # what a thing was served as (see served())
         self.jobs.on_forget.append(self.forget_downloads)
-        self.streams = Slots(STREAMS_PER_CLIENT, STREAMS_TOTAL, "live views")
+        self.streams = Slots(
+            (STREAMS_PER_BROWSER, STREAMS_PER_ADDRESS),
+            STREAMS_TOTAL,
+            "live views",
+            (
+                "close other tabs of this page in this browser and reload",
+                "everyone behind your router shares this address; wait a minute and reload (the host can raise "
+                "SEGDEMO_STREAMS_PER_ADDRESS)",
+            ),
+        )
         self.new_sessions = RateLimiter(NEW_SESSIONS_PER_10_MIN, 600, "new sessions")
+        self.probes = RateLimiter(PROBES_PER_10_MIN, 600, "new speed measurements for plans")
         self.default_checkpoint = Path(default_checkpoint) if default_checkpoint else DEFAULT_CHECKPOINT
         # BrowserState "encrypts" with a key the page can read anyway; deriving it from the jobs secret
         # keeps a browser's token readable across restarts when the runs persist.
@@ -122,6 +140,15 @@ class AppContext:
         run slot with each."""
         if self.jobs.valid_owner_token(token):
             return token
+        try:
+            self.new_sessions.hit(client_of(request))
+        except LimitError as e:
+            raise user_error(str(e), title="Session") from None
+        return self.jobs.issue_owner_token()
+
+    def forget_browser(self, token, request: gr.Request = None):
+        """A fresh owner token for this browser (a shared PC's next user); the old one's runs and labelled
+        photos stay on the server until they expire, unreachable from here."""
         try:
             self.new_sessions.hit(client_of(request))
         except LimitError as e:
@@ -155,6 +182,7 @@ class AppContext:
         """A fresh per-request folder inside the app's cache (old ones are removed after an hour)."""
         root = self.cache_dir / kind
         root.mkdir(parents=True, exist_ok=True)
+        ensure_free_disk(root)  # every download, export, check, prediction and photo is written in one of these
         now = time.time()
         for d in root.iterdir():
             try:
@@ -166,29 +194,56 @@ class AppContext:
         d.mkdir()
         return d
 
-    def download_copy(self, job, src: Path, name: str) -> str:
-        """A copy of a run's file for a gr.File output. Gradio serves it (from its own cache, where it copies
-        it under a hash of the bytes) to whoever has the link; both copies are deleted when the run expires."""
+    def served(self, key: tuple, name: str, make: Callable[[Path], object], job=None) -> str:
+        """A file for a gr.File or picture output, made once per thing and handed out again while it lasts.
+
+        `key` names the thing and its version (a run's checkpoint with its size and mtime, a set's zip with its
+        set.json's); `make(dst)` writes it. The file is written straight to where Gradio serves it from (its
+        cache, under a hash of the bytes), so the disk holds one copy, however often a page asks. Served files
+        all together stay under SERVED_BYTES (the oldest go); a run's go when the run expires (`job`)."""
         from gradio.processing_utils import hash_file
         from gradio.utils import get_upload_folder
         from gradio_client.utils import strip_invalid_filename_characters
 
-        dst = self.scratch("downloads") / name
-        shutil.copyfile(src, dst)
-        served = Path(get_upload_folder()) / hash_file(dst) / strip_invalid_filename_characters(name)
         with self._lock:
-            self._downloads.setdefault(job.id, []).extend([dst, served])
+            hit = self._served.get(key)
+            if hit is not None and hit.is_file():
+                self._served.move_to_end(key)
+                return str(hit)
+        work = self.scratch("served")
+        try:
+            tmp = work / name
+            make(tmp)
+            dst = Path(get_upload_folder()) / hash_file(tmp) / strip_invalid_filename_characters(name)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(tmp, dst)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        with self._lock:
+            self._served[key] = dst
+            if job is not None:
+                self._downloads.setdefault(job.id, []).append(dst)
+            sizes = {k: _size(p) for k, p in self._served.items()}
+            while len(self._served) > 1 and sum(sizes.values()) > SERVED_BYTES:
+                old_key, old = self._served.popitem(last=False)
+                sizes.pop(old_key)
+                _remove_with_folder(old)
         return str(dst)
+
+    def download_copy(self, job, src: Path, name: str) -> str:
+        """A run's file (its checkpoint) for a gr.File output, served to whoever has the link until the run
+        expires; the same file asked for again is the same copy."""
+        st = src.stat()
+        key = ("copy", job.id, str(src), name, st.st_size, st.st_mtime_ns)
+        return self.served(key, name, lambda dst: shutil.copyfile(src, dst), job)
 
     def forget_downloads(self, job) -> None:
         with self._lock:
-            paths = self._downloads.pop(job.id, [])
+            paths = set(self._downloads.pop(job.id, []))
+            for k in [k for k, p in self._served.items() if p in paths]:
+                del self._served[k]
         for p in paths:
-            p.unlink(missing_ok=True)
-            try:
-                p.parent.rmdir()  # the per-file folder, once empty
-            except OSError:
-                pass
+            _remove_with_folder(p)
 
     def cache_get(self, key):
         with self._lock:
@@ -201,6 +256,21 @@ class AppContext:
             self.check_cache[key] = (value, nbytes)
             while len(self.check_cache) > 1 and sum(n for _, n in self.check_cache.values()) > CHECK_CACHE_BYTES:
                 self.check_cache.popitem(last=False)
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def _remove_with_folder(p: Path) -> None:
+    p.unlink(missing_ok=True)
+    try:
+        p.parent.rmdir()  # the per-file (hash) folder, once empty
+    except OSError:
+        pass
 
 
 _CACHE_FOLDER = re.compile(r"^(\d+)-[0-9a-f]{8}$")
@@ -376,10 +446,17 @@ def export_onnx_zip(ctx: AppContext, checkpoint: Path, name: str | None = None) 
     one zip named after the run (`segdemo-<name>-onnx.zip`), in a scratch folder Gradio may serve."""
     from segdemo.export import ExportError, export_zip
 
+    st = checkpoint.stat()
     stem = safe_stem(name or checkpoint.stem) or "model"
-    out = ctx.scratch("exports") / f"segdemo-{stem}-onnx.zip"
-    try:
-        return export_zip(checkpoint, out, "onnx")
+    zip_name = f"segdemo-{stem}-onnx.zip"
+    try:  # exported once per checkpoint file (and version): a second click serves the same zip
+        return Path(
+            ctx.served(
+                ("onnx", str(checkpoint.resolve()), st.st_size, st.st_mtime_ns),
+                zip_name,
+                lambda dst: export_zip(checkpoint, dst, "onnx"),
+            )
+        )
     except ExportError as e:  # the onnx package missing, or an export that disagrees with PyTorch
         raise user_error(str(e)) from None
 

@@ -19,6 +19,7 @@ Painting uses gr.ImageEditor with these choices, each working around a known lim
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -30,14 +31,17 @@ from gradio.components.base import server
 from segdemo import labelset
 from segdemo.data.base import coverage_notes
 from segdemo.imageio import IMAGE_SUFFIXES
-from segdemo.labelset import LabelSet, LabelStore, Photo
-from segdemo.ui.common import HEAVY, AppContext, md, user_errors
+from segdemo.labelset import SET_FILE, LabelSet, LabelStore, Photo
+from segdemo.limits import ByteQuota, ensure_free_disk
+from segdemo.ui.common import HEAVY, AppContext, client_of, md, user_errors
 from segdemo.viz import legend_html, overlay
 
 log = logging.getLogger(__name__)
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 THUMB_SIDE = 160
 ZIP_NAME = "labelled-photos.zip"
+# photos one address may add to label sets in an hour: a class of 30 behind one router, 2-3 full sets each
+PHOTOS_PER_HOUR = int(os.environ.get("SEGDEMO_LABEL_PHOTOS_PER_HOUR") or 2000)
 STILL_LOADING = (
     "The editor was still loading this photo, so what it sent belongs to the previous one. Wait a moment "
     "until the photo shows, paint it, and press Save again."
@@ -106,6 +110,7 @@ class LabelTab:
         self.ctx, self.token = ctx, token
         # beside the run folders, swept like them: a set goes ttl_s after its last change
         self.store = LabelStore(ctx.jobs.root_dir / "labelsets", ttl_s=ctx.jobs.ttl_s)
+        self.stored_photos = ByteQuota(PHOTOS_PER_HOUR, 3600, unit="photos")  # per address
         default = labelset.class_set(labelset.DEFAULT_CLASSES)
         gr.Markdown(
             "Make your own dataset: add a handful of photos, name the classes, paint each photo, then train "
@@ -288,9 +293,10 @@ class LabelTab:
         """The photo for the editor: its stored JPEG, copied where Gradio may serve it (the set's folder never
         is). Not a picture array, which Gradio would send as a PNG several times the size: the editor sends
         its photo back with every event that reads it, and more than once (see refuse_editor_blobs)."""
-        dst = self.ctx.scratch("label-photos") / f"{photo.stem}.jpg"
-        shutil.copyfile(labels.photo_file(photo), dst)
-        return str(dst)
+        src = labels.photo_file(photo)
+        st = src.stat()  # one served copy per stored photo, however often it is shown
+        key = ("label-photo", str(src), st.st_size, st.st_mtime_ns)
+        return self.ctx.served(key, f"{photo.stem}.jpg", lambda dst: shutil.copyfile(src, dst))
 
     @staticmethod
     def _progress_md(prog, classes, photos) -> str:
@@ -364,8 +370,14 @@ class LabelTab:
 
     # -- handlers -------------------------------------------------------------------------------------------
 
+    def _admit(self, request, n: int) -> None:
+        """Stored photos are bounded per browser (labelset.MAX_PHOTOS) and per address (a classroom behind one
+        router shares one: PHOTOS_PER_HOUR), and never fill the disk."""
+        ensure_free_disk(self.store.root)
+        self.stored_photos.take(client_of(request), n)
+
     @user_errors
-    def add_photos(self, token, files):
+    def add_photos(self, token, files, request: gr.Request = None):
         """Add uploaded photos to this browser's set; the first new one opens in the editor."""
         labels = self._set(token)
         if isinstance(files, str):
@@ -376,16 +388,18 @@ class LabelTab:
             raise gr.Error("Send the photos as a list of image files.")
         if len(files) > labelset.MAX_PHOTOS:
             raise gr.Error(f"{len(files)} photos at once is more than a set holds ({labelset.MAX_PHOTOS}); send fewer.")
+        self._admit(request, len(files))
         added = [labels.add_photo(f, Path(f).name) for f in files]
         return {**self._view(labels, show=added[0]), self.photos_in: None}
 
     @user_errors
-    def add_webcam(self, token, image):
+    def add_webcam(self, token, image, request: gr.Request = None):
         """Add the webcam's snapshot (a raw image payload) to the set and open it."""
         labels = self._set(token)
         path = _file_path(image)
         if path is None:
             raise gr.Error("Take a photo with the webcam first (the camera button under its picture).")
+        self._admit(request, 1)
         photo = labels.add_photo(path, f"webcam-{len(labels.photos()) + 1}.png")
         return {**self._view(labels, show=photo), self.webcam: None}
 
@@ -452,7 +466,10 @@ class LabelTab:
 
     def _zip(self, labels: LabelSet) -> str:
         """The set as a dataset zip, in a scratch folder Gradio may serve (the set's own folder never is)."""
-        return str(labels.write_zip(self.ctx.scratch("labels") / ZIP_NAME))
+        doc = labels.folder / SET_FILE  # rewritten by every change to the set: its version
+        st = doc.stat() if doc.is_file() else None
+        key = ("label-zip", str(labels.folder), st and st.st_size, st and st.st_mtime_ns)
+        return self.ctx.served(key, ZIP_NAME, labels.write_zip)
 
     @user_errors
     def train_on_these(self, token, current, editor):

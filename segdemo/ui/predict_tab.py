@@ -17,7 +17,7 @@ from PIL import Image
 from segdemo import familiar, zerogpu
 from segdemo.checkpoint import read_meta
 from segdemo.imageio import IMAGE_SUFFIXES, load_image_oriented
-from segdemo.limits import LimitError, RateLimiter
+from segdemo.limits import LimitError, RateLimiter, ensure_free_disk
 from segdemo.predict import MaskIndex, load_ground_truth
 from segdemo.tokens import hash_owner
 from segdemo.ui.common import (
@@ -38,6 +38,7 @@ from segdemo.viz import confusion_html, legend_html
 
 SLIDER_LABEL = "Left: the image, or the true mask overlaid when there is one · right: the prediction overlaid"
 REDRAWS_PER_S = 30  # per browser; a hand on the slider, one redraw after another, stays well under it
+OPACITY_STEP = 0.05  # the slider's step, applied on the server too
 MAX_SIDE = 2048  # larger photos are shrunk before predicting: a 40-megapixel softmax would need gigabytes
 MAX_FILES = 200  # images (and masks) per request: Predict shows one at a time
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
@@ -90,10 +91,15 @@ def _shrink(image: np.ndarray, mask: np.ndarray | None):
 
 
 def _alpha(alpha) -> float:
+    """The opacity on the slider's own steps: a client sending every float in between would otherwise make a
+    new picture (a new file in Gradio's cache) for each."""
     try:
-        return min(1.0, max(0.0, float(alpha if alpha is not None else 0.5)))
+        a = min(1.0, max(0.0, float(alpha if alpha is not None else 0.5)))
     except (TypeError, ValueError, OverflowError):
         raise gr.Error("Overlay opacity is a number between 0 and 1.") from None
+    if a != a:  # NaN
+        raise gr.Error("Overlay opacity is a number between 0 and 1.")
+    return round(round(a / OPACITY_STEP) * OPACITY_STEP, 2)
 
 
 def _hidden(shown, k: int) -> list[int]:
@@ -195,7 +201,7 @@ class PredictTab:
                 )
                 with gr.Row():
                     self.alpha = gr.Slider(
-                        0, 1, 0.5, step=0.05, label="Overlay opacity", elem_id="opacity", min_width=160
+                        0, 1, 0.5, step=OPACITY_STEP, label="Overlay opacity", elem_id="opacity", min_width=160
                     )
                     self.shown = gr.CheckboxGroup(
                         [],
@@ -646,7 +652,9 @@ class PredictTab:
         except LimitError:
             raise gr.Error("Too many redraws at once from this browser; move the slider again in a second.") from None
         v = self.views.get(owner, view)
-        return v.pair(_alpha(alpha), _hidden(shown, v.classes.num_classes))
+        pair = v.pair(_alpha(alpha), _hidden(shown, v.classes.num_classes))
+        ensure_free_disk(self.ctx.cache_dir)  # each new picture is a file in Gradio's cache
+        return pair
 
 
 def _trained_on(meta: dict, data: dict) -> str:

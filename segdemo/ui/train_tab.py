@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from segdemo import recipes
+from segdemo import recipes, speedups
 from segdemo.config import RunConfig, quick_cpu_preset
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import ConfigError, JobError
@@ -35,6 +35,7 @@ from segdemo.ui.common import (
     md,
     model_choices,
     public,
+    sentence,
     strip,
     tidy_paths,
     upscale,
@@ -42,6 +43,7 @@ from segdemo.ui.common import (
     user_errors,
 )
 from segdemo.viz import colorize, confusion_html, error_map, legend_html, overlay
+from segdemo.weights_file import check_weights_file
 
 log = logging.getLogger(__name__)
 PRESET_CHOICES = [(p.label, p.key) for p in recipes.PRESETS]
@@ -155,6 +157,7 @@ def _weights(cfg: RunConfig, v) -> None:
         return
     if not str(path).lower().endswith((".pth", ".pt", ".safetensors")):
         raise ConfigError("Encoder weights must be a .pth, .pt or .safetensors file (a torchvision state dict).")
+    check_weights_file(path)  # again here, whichever door the path came through: sizes before torch reads it
     cfg.model.weights = str(path)
 
 
@@ -365,12 +368,16 @@ class RunView:
             overhead = max(1.0, last.seconds / max(train_s, 1e-9))
         return remaining / self.rate() * overhead
 
-    def status(self, job: Job, position: int, running: int) -> str:
+    def status(self, job: Job, position: int, running: int, wait_s: float | None = None) -> str:
         if job.status == QUEUED:
+            wait = f", about **{fmt_duration(wait_s)}** from now" if wait_s else ""
+            again = (
+                f" It goes on from epoch {job.paused.epochs_done} where it paused." if job.paused is not None else ""
+            )
             return (
-                f"**Waiting for a free training slot: you are number {position} in line** "
-                f"({running} run{'s' if running != 1 else ''} training now). Your run starts by itself; "
-                "Stop takes it out of the line."
+                f"**Waiting for a free training slot: you are number {position} in line**{wait} "
+                f"({running} run{'s' if running != 1 else ''} training now; the wait is estimated from the time "
+                f"budgets of the runs ahead). Your run starts by itself; Stop takes it out of the line.{again}"
             )
         best = self.best()
         best_txt = f"kept so far: epoch {best.epoch}, val mIoU {best.miou:.3f}" if best else ""
@@ -391,6 +398,9 @@ class RunView:
             else:
                 parts = [f"**Epoch 1/{s.epochs}** starting"]
             eta = self.eta_s(job)
+            limit = job.config.train.time_limit_s
+            if eta is not None and limit and self.epochs:  # a time budget ends the run first: say so
+                eta = min(eta, max(0.0, limit - sum(e.seconds for e in self.epochs)))
             if eta is not None:
                 parts.append(f"about {fmt_duration(eta)} left")
             if best_txt:
@@ -426,8 +436,14 @@ class RunView:
         if job.status == STOPPED:
             n = end.epochs_done
             return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}" + run_line(job.config)
-        word = "Reached the time limit" if end.reason == "time_limit" else "Finished"
-        return f"✓ **{word}**: {end.epochs_done} epochs{took}; {tail}" + run_line(job.config)
+        if end.reason == "time_limit":
+            planned = self.started.epochs if self.started else end.epochs_done
+            budget = fmt_duration(job.config.train.time_limit_s or end.seconds)
+            return (
+                f"✓ **Used its time budget** ({budget}): {end.epochs_done} of up to {planned} epochs{took}, the "
+                f"learning rate ending with the budget; {tail}" + run_line(job.config)
+            )
+        return f"✓ **Finished**: {end.epochs_done} epochs{took}; {tail}" + run_line(job.config)
 
     def notes(self) -> str:
         """The data's warnings and the run's checkpoint rule, as Markdown lines under the status."""
@@ -726,6 +742,13 @@ class TrainTab:
             api_visibility="private",
             concurrency_id=HEAVY,
         )
+        self.settings["encoder_weights"].upload(
+            self.check_weights,
+            self.settings["encoder_weights"],
+            self.settings["encoder_weights"],
+            api_visibility="private",
+            concurrency_id=HEAVY,
+        )
         self.gif_btn.click(
             self.filmstrip_gif, [self.token, self.run_id], self.gif_file, api_name="filmstrip_gif", concurrency_id=HEAVY
         )
@@ -740,8 +763,13 @@ class TrainTab:
         return gr.update(interactive=True)
 
     @user_errors
-    def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
-        """Plan the preset for the chosen data on this server: every setting, and one line saying why."""
+    def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images, request: gr.Request = None):
+        """Plan the preset for the chosen data on this server: every setting, and one line saying why. A plan
+        that needs a new speed probe (seconds of every core) counts against the caller's address."""
+        with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
+            return self._apply_preset(preset, dataset, zip_file, train_images)
+
+    def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
         values, why, n_train = self._plan(preset, dataset, zip_file, train_images)
         label = TRAIN_IMAGES_LABEL
         if dataset != "builtin" and n_train is not None:  # a cap for one's own data: say how many there are
@@ -871,7 +899,8 @@ class TrainTab:
         owner = self.ctx.owner(token)
         if planned is not None and planned != planned_for(preset, dataset, zip_file):
             # pressed while the page's plan was still being made: the run is the plan's, as the page will show
-            values, _, _ = self._plan(preset, dataset, zip_file, settings.get("train_images"))
+            with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
+                values, _, _ = self._plan(preset, dataset, zip_file, settings.get("train_images"))
             settings.update(values or {})
         cfg = build_config(preset, dataset, encoder_weights=encoder_weights, **settings)
         active = self.ctx.jobs.active_for(owner)
@@ -965,7 +994,9 @@ class TrainTab:
                 last_new = time.monotonic()
             changed = any([view.add(ev) for ev in new])
             over = not job.is_active and i >= len(job.events)
-            status = view.status(job, self.ctx.jobs.queue_position(job), self.ctx.jobs.running_count())
+            jobs = self.ctx.jobs
+            wait = jobs.expected_wait_s(job) if job.status == QUEUED else None
+            status = view.status(job, jobs.queue_position(job), jobs.running_count(), wait)
             now = time.monotonic()
             if first or changed or over:
                 ckpt, choices = gr.skip(), gr.skip()
@@ -1005,6 +1036,18 @@ class TrainTab:
         when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))  # as the checkpoint download is named
         return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint), f"run-{when}")), visible=True)
 
+    def check_weights(self, path: str | None):
+        """Check an encoder-weights upload the moment it arrives (a zip bomb is refused before any run reads it);
+        a file that fails is taken off the page with the reason."""
+        if not path:
+            return gr.skip()
+        try:
+            check_weights_file(path)
+        except ConfigError as e:
+            gr.Warning(sentence(str(e)), title="Encoder weights")
+            return None
+        return gr.skip()
+
     @user_errors
     def filmstrip_gif(self, token: str, run_id: str):
         """This browser's run's filmstrip history as an animated GIF: one frame per epoch (up to
@@ -1016,13 +1059,15 @@ class TrainTab:
         if job is None:
             raise gr.Error("There is no run yet: press Train. Its filmstrip is kept after every epoch.")
         when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))
-        work = self.ctx.scratch("filmstrips")
-        try:
-            gif = filmstrip.write_gif(job.run_dir, work / "filmstrip.gif")
-            # served until the run expires, like the checkpoint
-            path = self.ctx.download_copy(job, gif, f"segdemo-run-{when}-filmstrip.gif")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        frames = filmstrip.frames(job.run_dir)
+        newest = frames[-1].stat().st_mtime_ns if frames else 0
+        # made once per run and number of frames, served until the run expires, like the checkpoint
+        path = self.ctx.served(
+            ("gif", job.id, len(frames), newest),
+            f"segdemo-run-{when}-filmstrip.gif",
+            lambda dst: filmstrip.write_gif(job.run_dir, dst),
+            job,
+        )
         return gr.update(value=path, visible=True)
 
     def _checkpoint_copy(self, job: Job) -> str | None:
@@ -1046,6 +1091,7 @@ class TrainTab:
             "run_id": job.id,
             "status": job.status,
             "queue_position": self.ctx.jobs.queue_position(job),
+            "expected_wait_s": self.ctx.jobs.expected_wait_s(job) if job.status == QUEUED else 0.0,
             "message": job.message,
             "classes": list(started.class_names) if started else [],
             "device": started.device if started else None,
