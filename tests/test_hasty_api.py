@@ -11,7 +11,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytest  # noqa: E402
 
-from segdemo.ui.train_tab import SETTINGS  # noqa: E402
+from segdemo.ui.train_tab import SETTINGS, preset_values  # noqa: E402
 from tests.conftest import api_session as session  # noqa: E402
 from tests.conftest import in_process_app, tiny_train_args  # noqa: E402
 
@@ -41,8 +41,12 @@ def test_train_pressed_while_the_plan_is_processing_trains_the_plan(server):
     url, jobs = server
     c, token = session(url)
     c.predict("10min", "builtin", None, 32, api_name="/plan")  # the page's plan is for another preset:
-    # the student chose "About a minute" and pressed Train before its plan landed
-    run_id, _ = c.predict(token, **tiny_train_args(train_images=32, preset="minute"), api_name="/train")
+    # the student chose "About a minute" and pressed Train before its plan landed; the page still showed its
+    # opening values, apart from the images slider (the student's own)
+    opening = {**preset_values(), "train_images": 32}
+    opening.pop("encoder_weights")
+    args = {**tiny_train_args(preset="minute"), **opening}
+    run_id, _ = c.predict(token, **args, api_name="/train")
     cfg = jobs.get(token, run_id).config
     _stop_and_wait(c, token, jobs, run_id)
     want = _plan(c, 32)  # the plan for what the run was started with (the timed probe is cached)
@@ -52,7 +56,21 @@ def test_train_pressed_while_the_plan_is_processing_trains_the_plan(server):
         want["width"],
     )
     assert cfg.train.time_limit_s == pytest.approx(want["time_budget"] * 60)
-    assert cfg.train.epochs != 2  # not the settings the page showed before its plan landed
+    assert cfg.train.epochs != opening["epochs"]  # not the opening values the page showed before its plan landed
+
+
+def test_settings_changed_by_hand_before_the_plan_landed_stay_the_students(server):
+    url, jobs = server
+    c, token = session(url)
+    c.predict("10min", "builtin", None, 32, api_name="/plan")
+    opening = {**preset_values(), "train_images": 32, "epochs": 1, "image_size": 32}
+    opening.pop("encoder_weights")
+    run_id, _ = c.predict(token, **{**tiny_train_args(preset="minute"), **opening}, api_name="/train")
+    cfg = jobs.get(token, run_id).config
+    _stop_and_wait(c, token, jobs, run_id)
+    want = _plan(c, 32)
+    assert (cfg.train.epochs, cfg.data.image_size) == (1, 32)  # changed by hand: the student's
+    assert cfg.train.time_limit_s == pytest.approx(want["time_budget"] * 60)  # untouched: the plan's
 
 
 def test_a_plan_that_landed_keeps_the_students_changes(server):

@@ -237,6 +237,16 @@ PLANS_KEPT = 64  # the planned State of a page whose first plan has not landed
 RUN_SHOWN = tuple(s.name for s in SETTINGS if s.name not in ("train_images", "encoder_weights"))
 
 
+def _same(page, opening) -> bool:
+    """A page value still equal to the page's opening one (numbers compared as numbers: 8 == 8.0)."""
+    if isinstance(opening, bool) or not isinstance(opening, int | float):
+        return page == opening
+    try:
+        return float(page) == float(opening)
+    except (TypeError, ValueError):
+        return False
+
+
 def planned_for(preset, dataset, zip_file) -> str:
     """The page's plan is for this preset and data (the planned State): Train pressed with another preset or
     other data than the page's plan was made for plans itself. (A moved images slider is the student's own.)"""
@@ -898,10 +908,14 @@ class TrainTab:
         """Start a run for this browser; returns its run id (refused while one is queued or running)."""
         owner = self.ctx.owner(token)
         if planned is not None and planned != planned_for(preset, dataset, zip_file):
-            # pressed while the page's plan was still being made: the run is the plan's, as the page will show
+            # pressed while the page's plan was still being made: every setting still showing the page's opening
+            # value takes the plan's, as the page will show; one the student changed by hand stays theirs
             with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
                 values, _, _ = self._plan(preset, dataset, zip_file, settings.get("train_images"))
-            settings.update(values or {})
+            opening = preset_values()
+            for name, v in (values or {}).items():
+                if _same(settings.get(name), opening.get(name)):
+                    settings[name] = v
         cfg = build_config(preset, dataset, encoder_weights=encoder_weights, **settings)
         active = self.ctx.jobs.active_for(owner)
         if active is not None:
