@@ -237,7 +237,7 @@ def main() -> None:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-    val = re.search(r"best val mIoU \**([\d.]+)", status_text)
+    val = re.search(r"val mIoU \*\*([\d.]+)", status_text)
     held = re.search(r"mIoU \**([\d.]+)", summary)
     print(f"label_speed: {machine()}, {load()}")
     print(f"  data: {source}; {len(label)} photos, {student.strokes} strokes")

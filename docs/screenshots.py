@@ -25,7 +25,7 @@ EXAMPLE = ROOT / "examples" / "shapes_4.png"  # one the shipped model gets right
 EXAMPLE_MASK = ROOT / "examples" / "masks" / "shapes_4.png"
 
 # a run that finishes in well under a minute here and still learns enough to show curves and a filmstrip
-SMALL_RUN = {"image-size": 64, "width": 8, "train-images": 192, "epochs": 6}
+SMALL_RUN = {"image-size": 64, "width": 8, "train-images": 256, "epochs": 10, "time-budget": 0}
 MINUTE = 60_000
 
 
@@ -45,6 +45,8 @@ def train_and_compare(page) -> None:
     from playwright.sync_api import expect
 
     expect(page.locator("#data-report")).to_contain_text("Ready to train", timeout=2 * MINUTE)
+    # the preset's plan lands after the check and sets every setting: change them only after it
+    expect(page.locator("#preset-why")).to_contain_text("epochs", timeout=2 * MINUTE)
     for elem_id, value in SMALL_RUN.items():
         set_number(page, elem_id, value)
     page.locator("#train-btn").click()

@@ -59,8 +59,10 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     training_state: dict[str, Any] | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    trained_on: dict[str, Any] | None = None,
 ) -> Path:
-    """Write atomically; training_state (JSON-able) and extra_tensors make a checkpoint resumable."""
+    """Write atomically; training_state (JSON-able) and extra_tensors make a checkpoint resumable; trained_on
+    says what data the model learnt from (description, image counts, familiar.training_stats) for its card."""
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     for k, v in (extra_tensors or {}).items():
         tensors[k] = v.detach().to("cpu").contiguous()
@@ -78,6 +80,7 @@ def save_checkpoint(
         },  # the scale Predict reproduces (also in config)
         "metrics": metrics or {},
         "training_state": training_state,
+        "trained_on": trained_on or {},
     }
     data = st_save(tensors, metadata={"segdemo": json.dumps(meta)})
     return atomic_write_bytes(Path(path), data)

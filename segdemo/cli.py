@@ -92,6 +92,12 @@ def cmd_train(args) -> int:
                 f"{ev.parameters / 1e6:.2f}M parameters; classes: {', '.join(ev.class_names)}",
                 flush=True,
             )
+            for note in ev.notes:
+                print(f"note: {note}", flush=True)
+            for warning in ev.warnings:
+                print(f"warning: {warning}", flush=True)
+            if ev.selection:
+                print(f"note: {ev.selection}", flush=True)
         elif isinstance(ev, Progress) and tty:
             bar = "#" * int(20 * ev.batch / max(ev.n_batches, 1))
             print(
@@ -107,11 +113,12 @@ def cmd_train(args) -> int:
             print(
                 f"epoch {ev.epoch:>3}/{ev.epochs}  train_loss {ev.train_loss:.4f}  val_loss {ev.val_loss:.4f}  "
                 f"mIoU {ev.miou:.4f}  acc {ev.pixel_accuracy:.4f}  lr {ev.lr:.2e}  {ev.images_per_s:.1f} img/s  "
-                f"{ev.seconds:.1f}s{'  *best' if ev.is_best else ''}",
+                f"{ev.seconds:.1f}s{'  *best' if ev.is_best else ''}"
+                + (f"  (train-photo mIoU {ev.train_miou:.4f})" if ev.train_miou is not None else ""),
                 flush=True,
             )
         elif isinstance(ev, Done):
-            best = f"best mIoU {ev.best_miou:.4f} at epoch {ev.best_epoch}" if ev.best_miou is not None else "no epoch"
+            best = f"kept epoch {ev.best_epoch}, val mIoU {ev.best_miou:.4f}" if ev.best_miou is not None else "none"
             print(f"{ev.reason} after {ev.epochs_done} epochs in {ev.seconds:.1f}s; {best}; checkpoints in {out}")
 
     from segdemo import distributed

@@ -19,6 +19,9 @@ class Started:
     class_names: list[str]
     class_colors: list[tuple[int, int, int]]
     parameters: int
+    notes: list[str] = field(default_factory=list)  # the data's own sentences: how it was split, ...
+    warnings: list[str] = field(default_factory=list)  # ... and what makes its score thin: classes on few photos
+    selection: str = ""  # a small split's rule for the checkpoint kept, in words ("" : the highest val mIoU)
 
 
 @dataclass
@@ -65,6 +68,13 @@ class EpochEnd:
     # in a job's history (jobs.Job), and a run restored after a restart has neither.
     confusion: np.ndarray | None = None
     worst: list[Preview] = field(default_factory=list)
+    # what the score stands on: validation photos and labelled pixels (per class, rows of the confusion)
+    val_images: int = 0
+    val_pixels: int = 0
+    # a small validation split: the mIoU of a fixed sample of training photos (no augmentation), and the
+    # score the kept checkpoint is chosen by (the lower of the two); on a large split score is the val mIoU
+    train_miou: float | None = None
+    score: float | None = None
 
 
 @dataclass
@@ -76,6 +86,7 @@ class Done:
     best_checkpoint: str | None
     last_checkpoint: str | None
     seconds: float
+    selection: str = ""  # how best_epoch was chosen, in words
 
 
 @dataclass
@@ -85,3 +96,17 @@ class Failed:
 
 
 Event = Started | Progress | EpochEnd | Done | Failed
+
+
+def kept_epoch(epochs: list[EpochEnd]) -> EpochEnd | None:
+    """The epoch whose checkpoint a run kept (the last flagged is_best): on a small split that is not the
+    highest val mIoU, so no page may pick it by max(miou)."""
+    flagged = [e for e in epochs if e.is_best]
+    return flagged[-1] if flagged else (epochs[-1] if epochs else None)
+
+
+def stands_on(e: EpochEnd) -> str:
+    """What a validation score stands on, in words: "1 validation photo, 1,421 labelled pixels"."""
+    if not e.val_images:
+        return ""
+    return f"{e.val_images} validation photo{'s' if e.val_images != 1 else ''}, {e.val_pixels:,} labelled pixels"

@@ -52,6 +52,12 @@ _RESIZE_TEXT = {  # meta.json's sentence for each DataConfig.resize rule (transf
 }
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 SCRIPTS = {"onnx": "predict_onnx.py", "torchscript": "predict_torchscript.py"}
+# what a stranger installs to run the script (a fresh virtual environment, nothing else): segdemo's own floors
+# for numpy and Pillow, and the runtime segdemo's export is tested with
+REQUIREMENTS = {
+    "onnx": ["numpy>=2.0", "pillow>=11.0", "onnxruntime==1.31.1"],
+    "torchscript": ["numpy>=2.0", "pillow>=11.0", f"torch=={torch.__version__.split('+')[0]}"],
+}
 OPSET = 17
 # refuse an export whose logits differ more than this from PyTorch's (the tests hold 1e-4; README, Export); looser so
 # that another CPU's kernels never block an export, while a wrong pad or crop (whole units) is still caught
@@ -69,11 +75,13 @@ class ExportResult:
     meta: Path  # meta.json: classes, colours, normalisation, sizes
     script: Path  # predict_onnx.py or predict_torchscript.py
     max_abs_diff: float | None  # exported vs PyTorch logits on a check input; None when onnxruntime is absent
+    readme: Path | None = None  # README.md: what the model is, its classes, how it was trained and scored
+    requirements: Path | None = None  # requirements.txt: the script's packages, for a fresh virtual environment
 
     @property
-    def paths(self) -> tuple[Path, Path, Path]:
-        """The three files, e.g. to offer them for download."""
-        return (self.model, self.meta, self.script)
+    def paths(self) -> tuple[Path, ...]:
+        """The files, e.g. to offer them for download: model, meta.json, script, README.md, requirements.txt."""
+        return tuple(p for p in (self.model, self.meta, self.script, self.readme, self.requirements) if p)
 
 
 class PaddedModel(nn.Module):
@@ -144,22 +152,99 @@ def export_model(checkpoint_path: str | Path, out_dir: str | Path, fmt: str = "o
     meta_path = replace_file(out / "meta.json", json.dumps(export_meta(ck, source, fmt), indent=2).encode() + b"\n")
     script_path = out / SCRIPTS[fmt]
     replace_file(script_path, (_SCRIPT_DIR / SCRIPTS[fmt]).read_bytes())
-    return ExportResult(fmt, model_path, meta_path, script_path, diff)
+    req = replace_file(out / "requirements.txt", ("\n".join(REQUIREMENTS[fmt]) + "\n").encode())
+    readme = replace_file(out / "README.md", bundle_readme(ck, fmt).encode())
+    return ExportResult(fmt, model_path, meta_path, script_path, diff, readme, req)
 
 
 def export_zip(checkpoint_path: str | Path, zip_path: str | Path, fmt: str = "onnx") -> Path:
-    """export_model() into one .zip (model, meta.json, predict script) for a browser to download."""
+    """export_model() into one .zip for a browser to download: its files in one folder named like the zip
+    (model, meta.json, predict script, README.md, requirements.txt), so unzipping makes one tidy folder."""
     import zipfile
 
     zip_path = Path(zip_path)
+    folder = zip_path.stem
     with tempfile.TemporaryDirectory(dir=zip_path.parent) as tmp:
-        result = export_model(checkpoint_path, tmp, fmt)
+        result = export_model(checkpoint_path, Path(tmp) / "files", fmt)
         part = Path(tmp) / "bundle.zip"
         with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
             for f in result.paths:
-                z.write(f, f.name)
+                z.write(f, f"{folder}/{f.name}")
         os.replace(part, zip_path)
     return zip_path
+
+
+def bundle_readme(ck: Checkpoint, fmt: str) -> str:
+    """README.md of an export: what the model is, its classes, how it was trained and scored, how to run it."""
+    from segdemo.trainer import source_name
+
+    cfg, m = ck.config, ck.metrics or {}
+    on = ck.meta.get("trained_on") if isinstance(ck.meta.get("trained_on"), dict) else {}
+    script, model_file = SCRIPTS[fmt], MODEL_FILES[fmt]
+    data = on.get("description") or source_name(cfg.data.source)
+    if cfg.data.source == "builtin" and not on:
+        data = f"built-in shapes: {cfg.data.builtin_train} train / {cfg.data.builtin_val} val synthetic images, 128x128"
+    classes = "\n".join(
+        f"| {i} | {_cell(n)} | rgb{tuple(c)} |" for i, (n, c) in enumerate(zip(ck.classes.names, ck.classes.colors))
+    )
+    score = "not recorded"
+    if isinstance(m.get("miou"), int | float):
+        score = f"validation mIoU {m['miou']:.3f} at epoch {m.get('epoch', '?')}"
+        if m.get("val_images"):
+            score += f", on {m['val_images']} validation images ({m.get('val_pixels', 0):,} labelled pixels)"
+        if m.get("train_miou") is not None:
+            score += f"; mIoU on a sample of its training images {m['train_miou']:.3f}"
+    rule = m.get("selection") or "the checkpoint kept is the epoch with the highest validation mIoU"
+    runtime = "onnxruntime" if fmt == "onnx" else "PyTorch"
+    return f"""# A segmentation model exported by segdemo
+
+A U-Net that gives every pixel of an image one of {ck.classes.num_classes} classes. `{model_file}` is the
+network; `{script}` runs it with numpy, Pillow and {runtime} only (no segdemo); `meta.json` holds every number
+the script needs (classes, colours, image size, normalisation).
+
+## Classes
+
+| id | name | colour |
+| --- | --- | --- |
+{classes}
+
+The model can only answer in these classes: every pixel of any image gets one of them, even where none fits.
+On images unlike the ones it was trained on, expect its answer to be meaningless.
+
+## How it was trained and scored
+
+- Data: {_cell(data)}
+- Settings: images at {cfg.data.image_size} px ({cfg.data.resize} side), U-Net width {cfg.model.width}, depth
+  {cfg.model.depth}, {cfg.model.upsampling} up-sampling, loss {cfg.train.loss}, up to {cfg.train.epochs} epochs,
+  batch {cfg.train.batch_size}, learning rate {cfg.train.lr:g} ({cfg.train.schedule})
+- Score: {score}; {rule}. A score on other kinds of images would be different.
+- segdemo {segdemo.__version__}, exported as {fmt}
+
+## Run it
+
+```bash
+python3 -m venv .venv
+.venv/bin/pip install -r requirements.txt
+.venv/bin/python {script} photo.jpg [more.png ...] --out preds/
+```
+
+For each image it writes, at the image's own size:
+
+- `NAME_mask.png`: the class id of each pixel (0, 1, 2, ...), a greyscale PNG
+- `NAME_color.png`: each class in its colour
+- `NAME_overlay.png`: the photo with the colours laid over it
+"""
+
+
+def _cell(text) -> str:
+    """Text from a checkpoint in a Markdown line or table cell: one line, no table pipes."""
+    return " ".join(str(text).split()).replace("|", "/")[:300]
+
+
+def _source_name(source: str) -> str:
+    from segdemo.trainer import source_name
+
+    return source_name(source)
 
 
 def pad_multiple(model: nn.Module) -> int:
@@ -214,7 +299,7 @@ def export_meta(ck: Checkpoint, source: Path, fmt: str) -> dict[str, Any]:
             "checkpoint": source.name,
             "miou": ck.metrics.get("miou"),
             "epoch": ck.metrics.get("epoch"),
-            "training_data": cfg.data.source,
+            "training_data": _source_name(cfg.data.source),
         },
         "segdemo_version": segdemo.__version__,
         "torch_version": torch.__version__,

@@ -250,11 +250,20 @@ def plan(
         reason = "the images' own size"
     else:
         reason = f"this preset's largest scale (the images are {natural} px on the {which} side)"
+    images = f"{shape.n_train} image{'s' if shape.n_train != 1 else ''}"
+    if epochs > MAX_EPOCHS:  # say what the run will do, not the epochs the budget could hold
+        fit = (
+            f"up to {t.epochs} epochs of {images} at about {1 / per_image:.0f} img/s measured here (more would fit "
+            f"in {_minutes(p.seconds)}, but {MAX_EPOCHS} are enough: it may end sooner)"
+        )
+    else:
+        fit = (
+            f"about {epochs} epochs of {images} at about {1 / per_image:.0f} img/s measured here (up to "
+            f"{t.epochs} epochs if they fit)"
+        )
     why = (
-        f"{p.label}: {scale} px on the {which} side ({reason}), about {epochs} epochs of {shape.n_train} images "
-        f"at about {1 / per_image:.0f} img/s measured here, width {cfg.model.width}; the learning rate ends at "
-        f"{_minutes(p.seconds)}, when the run stops with its best checkpoint (up to {t.epochs} epochs if they fit)."
-        + (f" {MAX_EPOCHS} epochs are enough here: it may end sooner." if epochs > MAX_EPOCHS else "")
+        f"{p.label}: {scale} px on the {which} side ({reason}), {fit}, width {cfg.model.width}; the learning rate "
+        f"ends at {_minutes(p.seconds)}, when the run stops with the checkpoint it keeps."
         + (
             f" The rarest class covers {shape.rarest:.1%} of the pixels, so classes are weighed by how rare they"
             " are (weighted CE)."

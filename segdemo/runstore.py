@@ -234,7 +234,8 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
     for line in lines:
         try:
             r = json.loads(line)
-            is_best = r["miou"] > best_miou
+            # a run's own choice where it recorded one (a small split's rule is not the highest val mIoU)
+            is_best = bool(r["is_best"]) if "is_best" in r else r["miou"] > best_miou
             best_miou = max(best_miou, r["miou"])
             events.append(
                 EpochEnd(
@@ -249,6 +250,10 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
                     r["seconds"],
                     r["images_per_s"],
                     is_best,
+                    val_images=int(r.get("val_images") or 0),
+                    val_pixels=int(r.get("val_pixels") or 0),
+                    train_miou=r.get("train_miou"),
+                    score=r.get("score"),
                 )
             )
         except (ValueError, KeyError, TypeError):

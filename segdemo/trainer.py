@@ -42,6 +42,11 @@ from segdemo.transforms import normalise, train_transform
 log = logging.getLogger(__name__)
 PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them small
 WORST_IMAGES = 4  # lowest-scoring validation images each epoch event carries (none when previews are off)
+# Fewer validation photos than this are too few to pick a checkpoint by alone: on one photo that lacks a class,
+# a model that paints everything one class scores 1.0. Then a fixed sample of up to TRAIN_PROBE training photos
+# is scored too (no augmentation) and the epoch kept is the one whose lower of the two mIoUs is highest.
+SMALL_VAL = 30
+TRAIN_PROBE = 32
 # torch's thread count is process-wide: runs that overlap in one server restore this, not each other's value
 _PROCESS_THREADS = speedups.PROCESS_THREADS
 FIRST_EPOCH_GRACE_S = 120.0  # the most a time limit waits for a run's first epoch to end (see _over_time)
@@ -237,6 +242,31 @@ class LoopState:
     last_metrics: dict | None = None  # the newest epoch's validation metrics, saved beside every checkpoint
     plateau_scale: float = 1.0  # the "plateau" schedule's factor on the learning rate, and its count of
     plateau_bad: int = 0  # epochs since the best val mIoU
+    best_score: float | None = None  # what the kept epoch won by (selection_words); None: best_miou's
+
+
+def selection_words(n_val: int, small: bool) -> str:
+    """How a run picks the checkpoint it keeps, in words for the page and the CLI."""
+    if not small:
+        return ""  # the plain rule: the highest validation mIoU
+    return (
+        f"only {n_val} validation photo{'s' if n_val != 1 else ''}: too few to judge a model alone, so the "
+        "checkpoint kept is the epoch whose lower of validation mIoU and training-photo mIoU is highest "
+        "(a model that paints everything one class cannot win it)"
+    )
+
+
+def source_name(source: str) -> str:
+    """A data source as a checkpoint's card names it: no server paths, only the data's own name."""
+    if source == "builtin" or source.startswith("oxford-pet"):
+        return source.split(":")[0]
+    return Path(source).name
+
+
+def probe_indices(n: int, k: int = TRAIN_PROBE) -> list[int]:
+    """Up to k indices spread evenly over 0..n-1: the training photos a small-split run also scores."""
+    m = min(n, k)
+    return sorted({round(i * (n - 1) / max(1, m - 1)) for i in range(m)})
 
 
 @dataclass
@@ -259,6 +289,9 @@ class Parts:
     dataset: TrainDataset
     previews_at: list[int]
     cache: FeatureCache | None = None  # instant mode: the frozen encoder's features of the training images
+    train_probe: list[int] = field(default_factory=list)  # scored each epoch when the val split is small
+    selection: str = ""
+    trained_on: dict = field(default_factory=dict)  # what the checkpoints say the model learnt from (its card)
 
 
 @dataclass
@@ -358,6 +391,9 @@ class Trainer:
             list(p.classes.names),
             list(p.classes.colors),
             count_parameters(p.net),
+            notes=list(p.splits.notes),
+            warnings=list(p.splits.warnings),
+            selection=p.selection,
         )
         reason, steps_left = "finished", self.max_steps
         for epoch in range(state.epoch + 1, p.cfg.train.epochs + 1):
@@ -392,6 +428,7 @@ class Trainer:
             str(self.best_path) if self.best_path.exists() else None,
             str(self.last_path) if self.last_path.exists() else None,
             time.perf_counter() - t_start,
+            selection=p.selection,
         )
 
     def _setup(self) -> tuple[Parts, LoopState]:
@@ -498,6 +535,21 @@ class Trainer:
             preview_indices(len(splits.val), cfg.train.preview_images),
             FeatureCache(min(CACHE_BYTES, feature_room)) if cfg.train.freeze_encoder else None,
         )
+        small = len(splits.val) < SMALL_VAL
+        p.train_probe = probe_indices(len(splits.train)) if small else []
+        p.selection = selection_words(len(splits.val), small)
+        if world.is_main:
+            from segdemo.familiar import training_stats
+
+            p.trained_on = {
+                "description": splits.description or cfg.data.source,
+                "source": source_name(cfg.data.source),
+                "train_images": len(splits.train),
+                "val_images": len(splits.val),
+                "images": training_stats(splits.train),
+            }
+        if state.best_score is None:
+            state.best_score = state.best_miou  # resumed from a run that kept its best by val mIoU alone
         return p, state
 
     def _speedups(self, cfg: RunConfig, state: LoopState, world: World) -> Speedups:
@@ -630,12 +682,14 @@ class Trainer:
         ).tolist()
         m = metrics_from_confusion(cm)
         val_loss, train_loss = sums[0] / max(sums[1], 1), sums[2] / max(sums[3], 1)
-        # a tie in mIoU goes to the lower val loss: a few scribbled validation pixels are all right after one
-        # epoch, and "best" must not stay there while the net goes on learning the rest of each photo
+        train_miou = self._probe_train(p)
+        score = m.miou if train_miou is None else min(m.miou, train_miou)
+        # a tie goes to the lower val loss: a few scribbled validation pixels are all right after one epoch, and
+        # the kept epoch must not stay there while the net goes on learning the rest of each photo
         is_best = (
-            state.best_miou is None
-            or m.miou > state.best_miou
-            or (m.miou == state.best_miou and val_loss < (state.best_val_loss or math.inf))
+            state.best_score is None
+            or score > state.best_score
+            or (score == state.best_score and val_loss < (state.best_val_loss or math.inf))
         )
         state.epoch, state.batch, state.epoch_loss, state.epoch_images, state.epoch_seconds = epoch, 0, 0.0, 0, 0.0
         seconds = train.seconds + time.perf_counter() - t_eval
@@ -649,16 +703,33 @@ class Trainer:
             "seconds": seconds,
             "images_per_s": sums[3] / max(train.seconds, 1e-9),
             "per_class_iou": [None if math.isnan(v) else v for v in m.iou],
+            "val_images": len(p.splits.val),
+            "val_pixels": int(cm.sum()),
+            "train_miou": train_miou,
+            "score": score,
+            "is_best": is_best,
         }
         state.history.append(record)
         if is_best:
-            state.best_miou, state.best_epoch, state.best_val_loss = m.miou, epoch, val_loss
+            state.best_miou, state.best_epoch, state.best_score = m.miou, epoch, score
+            state.best_val_loss = val_loss
         if p.cfg.train.schedule == "plateau":
             _plateau(state, is_best)
-        state.last_metrics = {"epoch": epoch, **m.to_dict(p.classes.names), "val_loss": val_loss}
+        state.last_metrics = {
+            "epoch": epoch,
+            **m.to_dict(p.classes.names),
+            "val_loss": val_loss,
+            "val_images": len(p.splits.val),
+            "val_pixels": int(cm.sum()),
+            "train_miou": train_miou,
+            "score": score,
+            "selection": p.selection,
+        }
         if w.is_main:
             if is_best:
-                ckpt.save_checkpoint(self.best_path, p.net, p.cfg, p.classes, metrics=state.last_metrics)
+                ckpt.save_checkpoint(
+                    self.best_path, p.net, p.cfg, p.classes, metrics=state.last_metrics, trained_on=p.trained_on
+                )
             self._save_last(p, state)
             _append_jsonl(self.run_dir / "metrics.jsonl", record)
             _draw_curves(self.run_dir / "curves.png", state.history)
@@ -690,7 +761,30 @@ class Trainer:
                 Preview(r.name, _small(r.image, False), _small(r.target, True), _small(r.pred, True), r.miou)
                 for r in res.worst
             ],
+            val_images=len(p.splits.val),
+            val_pixels=int(cm.sum()),
+            train_miou=train_miou,
+            score=score,
         )
+
+    def _probe_train(self, p: Parts) -> float | None:
+        """A small validation split's second signal: the mIoU of the fixed training-photo sample (eval mode,
+        no augmentation), its counts summed over processes like the validation's. None on a large split."""
+        if not p.train_probe:
+            return None
+        w = p.world
+        res = evaluate_model(
+            p.net,
+            p.splits.train,
+            p.cfg,
+            p.classes,
+            device=p.sp.device,
+            batch_size=p.batch_size,
+            autocast_dtype=p.sp.autocast_dtype,
+            channels_last=p.sp.channels_last,
+            indices=p.train_probe[w.rank :: w.size] if w.distributed else p.train_probe,
+        )
+        return metrics_from_confusion(distributed.sum_all(res.confusion, w, p.sp.device)).miou
 
     def _elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.t_start
@@ -742,6 +836,7 @@ class Trainer:
             metrics=state.last_metrics,
             training_state=training_state,
             extra_tensors=extra,
+            trained_on=p.trained_on,
         )
 
     def _read_state(self) -> LoopState:

@@ -243,7 +243,7 @@ def test_meta_json_holds_what_a_script_needs(exported):
     assert meta["preprocessing"]["std"] == list(ck.config.data.std)
     assert meta["ignore_index"] == 255 and meta["segdemo_version"] == segdemo.__version__
     assert meta["input"]["name"] == "image" and meta["output"]["name"] == "logits"
-    assert result.paths == (result.model, result.meta, result.script)
+    assert result.paths == (result.model, result.meta, result.script, result.readme, result.requirements)
     assert result.max_abs_diff == 0.0  # traced TorchScript runs the same kernels
 
 
@@ -330,7 +330,7 @@ def cli(*args, cwd=ROOT):
     )
 
 
-def test_cli_export_writes_three_files_and_refuses_a_bad_path(tmp_path):
+def test_cli_export_writes_the_bundle_and_refuses_a_bad_path(tmp_path):
     r = cli("export", SHIPPED, "--format", "torchscript", "--out", tmp_path / "ts")
     assert r.returncode == 0, r.stderr
     assert "logits within 0.0e+00 of PyTorch" in r.stdout and "predict_torchscript.py" in r.stdout
@@ -338,7 +338,10 @@ def test_cli_export_writes_three_files_and_refuses_a_bad_path(tmp_path):
         "model.torchscript.pt",
         "meta.json",
         "predict_torchscript.py",
+        "README.md",
+        "requirements.txt",
     }
+    assert "torch==" in (tmp_path / "ts" / "requirements.txt").read_text()
     r = cli("export", tmp_path / "nope", "--format", "torchscript", "--out", tmp_path / "x")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: no checkpoint or run folder at {tmp_path / 'nope'}"]

@@ -135,6 +135,7 @@ class Splits:
     test: PairSource | None = None
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what makes a score on this split thin (coverage_notes)
 
 
 def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -142,3 +143,79 @@ def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], lis
     order = np.random.default_rng(seed).permutation(n).tolist()
     n_val = min(max(1, round(n * val_fraction)), n - 1) if n >= 2 else 0
     return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+FEW_PHOTOS = 3  # a class on fewer photos than this cannot be both learnt and fairly scored
+
+
+def stratified_split(presence: np.ndarray, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """seeded_split that holds out every class the data allows: (train indices, val indices).
+
+    presence is (n photos, K classes) bool: which classes each photo has labelled pixels of. Rarest class
+    first, each class on two or more photos gets a validation photo (one with the most classes not yet held
+    out, then in seeded order), never a class's last training photo; the rest is filled in seeded order up
+    to val_fraction. Covering classes may hold out more than val_fraction, up to a third of the photos.
+    """
+    presence = np.asarray(presence, bool)
+    n = len(presence)
+    if n < 2 or presence.ndim != 2:
+        return seeded_split(n, val_fraction, seed)
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    cap = min(n - 1, max(n_val, n // 3))
+    in_train = presence.sum(0)  # photos of each class still on the training side
+    val: list[int] = []
+
+    def can_hold_out(i: int) -> bool:
+        return i not in val and bool(np.all(in_train[presence[i]] >= 2))
+
+    def hold_out(i: int) -> None:
+        nonlocal in_train
+        val.append(i)
+        in_train = in_train - presence[i]
+
+    for c in np.argsort(presence.sum(0), kind="stable"):
+        if len(val) >= cap or presence.sum(0)[c] < 2 or presence[val, c].any():
+            continue
+        covered = presence[val].any(0) if val else np.zeros(presence.shape[1], bool)
+        candidates = [i for i in order if presence[i, c] and can_hold_out(i)]
+        if candidates:
+            hold_out(max(candidates, key=lambda i: int((presence[i] & ~covered).sum())))
+    for i in order:
+        if len(val) >= n_val:
+            break
+        if can_hold_out(i):
+            hold_out(i)
+    if not val:  # every photo is some class's last: hold out one anyway, in seeded order
+        hold_out(order[0])
+    held = set(val)
+    return [i for i in range(n) if i not in held], sorted(val)
+
+
+def coverage_notes(
+    names: Sequence[str], presence: np.ndarray, val_idx: Sequence[int] | None = None, few: int = FEW_PHOTOS
+) -> list[str]:
+    """Sentences about classes painted on too few photos (and, given the split, where they went)."""
+    presence = np.asarray(presence, bool)
+    n = len(presence)
+    if n == 0 or presence.ndim != 2:
+        return []
+    in_val = presence[list(val_idx)].sum(0) if val_idx is not None and len(val_idx) else np.zeros(len(names), int)
+    out = []
+    for c, name in enumerate(names):
+        k = int(presence[:, c].sum())
+        if k == 0 or k >= few:
+            continue
+        where = ""
+        if val_idx is not None:
+            v = int(in_val[c])
+            where = (
+                f" ({v} held out to score the model, {k - v} to learn from)"
+                if v
+                else " (it cannot also be held out, so no validation score covers it)"
+            )
+        out.append(
+            f"{name!r} is labelled on only {k} of {n} photo{'s' if n != 1 else ''}{where}; "
+            f"label it on at least {few} photos for a model and a score you can trust"
+        )
+    return out

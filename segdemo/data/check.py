@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from segdemo.config import DataConfig
-from segdemo.data.base import IGNORE, DataError, PairSource, Splits
-from segdemo.data.folder import Labels, Layout, decide_labels, find_classes_file, find_layout
+from segdemo.data.base import IGNORE, DataError, PairSource, Splits, coverage_notes
+from segdemo.data.folder import Labels, Layout, class_presence, decide_labels, find_classes_file, find_layout
 from segdemo.data.masks import MaskSummary, summarize_mask
 from segdemo.imageio import MAX_PIXELS, load_image_oriented, load_mask_raw, mask_alignment, mismatch_message
 
@@ -25,6 +25,7 @@ EXIF_TURNED = "exif_turned"  # masks turned with an EXIF rotation that keeps the
 JPEG_MASKS = "jpeg_masks"
 NO_CLASSES_FILE = "no_classes_file"
 ABSENT_CLASSES = "absent_classes"
+FEW_PHOTOS = "few_photos"  # a class labelled on fewer than base.FEW_PHOTOS photos
 ZIP_SKIPPED = "zip_skipped"  # zip entries not unpacked (system files, nested archives)
 
 
@@ -291,6 +292,7 @@ def _report_labels(rep: CheckReport, labels: Labels, summaries: list[tuple[str, 
     rep.mask_colors = sorted({tuple(int(v) for v in c) for _, s in summaries if s.kind == "rgb" for c in s.values})
     rep.mask_colors = [list(c) for c in rep.mask_colors[:256]]
     hist = np.zeros(256, np.int64)
+    presence = []
     for file, s in summaries:
         bad = _bad_values(labels, s)
         if bad:
@@ -299,7 +301,11 @@ def _report_labels(rep: CheckReport, labels: Labels, summaries: list[tuple[str, 
             )
             continue
         np.add.at(hist, labels.class_of_values(s, file).astype(np.int64), s.counts.astype(np.int64))
+        presence.append(class_presence(labels, s, file))
     _shares(rep, hist)
+    if presence:
+        for text in coverage_notes(labels.classes.names, np.stack(presence)):
+            rep.warn(FEW_PHOTOS, text)
     if derived:
         rep.warn(
             NO_CLASSES_FILE,

@@ -22,7 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from segdemo.config import DataConfig
-from segdemo.data.base import IGNORE, ClassSet, DataError, PairSource, Splits, SubsetSource, seeded_split
+from segdemo.data.base import (
+    IGNORE,
+    ClassSet,
+    DataError,
+    PairSource,
+    Splits,
+    SubsetSource,
+    coverage_notes,
+    stratified_split,
+)
 from segdemo.data.masks import Color, MaskSummary, decode_mask, is_binary_values, summarize_mask
 from segdemo.imageio import IMAGE_SUFFIXES, MAX_PIXELS, align_mask, load_image_oriented, load_mask_raw
 
@@ -329,6 +338,15 @@ def scan_masks(
     return out
 
 
+def class_presence(labels: Labels, s: MaskSummary, name: str) -> np.ndarray:
+    """(K,) bool: which classes have labelled pixels in this mask (from its summary, no pixels read)."""
+    out = np.zeros(labels.classes.num_classes, bool)
+    ids = labels.class_of_values(s, name).astype(np.int64)
+    ids = ids[(s.counts > 0) & (ids < labels.classes.num_classes)]
+    out[ids] = True
+    return out
+
+
 # -- the source -----------------------------------------------------------------------------------
 
 
@@ -390,7 +408,7 @@ def open_folder(root: str | Path, cfg: DataConfig) -> Splits:
     for name, s in summaries:
         labels.class_of_values(s, name)  # out-of-range labels fail now, not in the middle of training
     src = lambda sf: FolderSource(layout.root, sf.pairs, labels)  # noqa: E731
-    notes = []
+    notes, warnings = [], []
     train_files, val_files, test_files = (
         layout.get("train") or layout.get("all"),
         layout.get("val"),
@@ -403,13 +421,18 @@ def open_folder(root: str | Path, cfg: DataConfig) -> Splits:
     elif len(train_files.pairs) < 2:
         raise DataError(f"{layout.root} has only one image/mask pair; training needs at least two (one to validate on)")
     else:
-        tr_idx, va_idx = seeded_split(len(train_files.pairs), cfg.val_fraction, cfg.seed)
+        by_name = dict(summaries)
+        presence = np.stack(
+            [class_presence(labels, by_name[layout.rel(mp)], layout.rel(mp)) for _, _, mp in train_files.pairs]
+        )
+        tr_idx, va_idx = stratified_split(presence, cfg.val_fraction, cfg.seed)
         whole = src(train_files)
         train, val = SubsetSource(whole, tr_idx), SubsetSource(whole, va_idx)
         notes.append(
-            f"no val/ folder: {len(va_idx)} of {len(train_files.pairs)} pairs held out for validation "
-            f"(val_fraction {cfg.val_fraction}, seed {cfg.seed})"
+            f"no val/ folder: {len(va_idx)} of {len(train_files.pairs)} pairs held out for validation, chosen so "
+            f"that every class on two or more photos is among them (val_fraction {cfg.val_fraction}, seed {cfg.seed})"
         )
+        warnings = coverage_notes(labels.classes.names, presence, va_idx)
     test = src(test_files) if test_files is not None and test_files.pairs else None
     skipped = sum(len(sf.unpaired_images) + len(sf.unpaired_masks) for sf in layout.splits)
     if skipped:
@@ -428,4 +451,6 @@ def open_folder(root: str | Path, cfg: DataConfig) -> Splits:
         f"({', '.join(labels.classes.names[:6])}{', ...' if labels.classes.num_classes > 6 else ''}), "
         f"{'/'.join(kinds)} masks"
     )
-    return Splits(train=train, val=val, classes=labels.classes, test=test, description=desc, notes=notes)
+    return Splits(
+        train=train, val=val, classes=labels.classes, test=test, description=desc, notes=notes, warnings=warnings
+    )

@@ -2,8 +2,9 @@
 
     python predict_onnx.py photo.jpg [more.png ...] [--out preds/]
 
-For each image it writes NAME_mask.png (the class id of each pixel: 0, 1, 2...) and NAME_color.png (each
-class in its colour), both at the image's own size. It reads model.onnx and meta.json from its own folder.
+For each image it writes NAME_mask.png (the class id of each pixel: 0, 1, 2...), NAME_color.png (each
+class in its colour) and NAME_overlay.png (the photo with the colours over it), all at the image's own
+size. It reads model.onnx and meta.json from its own folder.
 The steps are the ones segdemo's Predict uses: resize to the training scale (aspect ratio kept, as meta.json's
 preprocessing says), normalise, run the model on the whole image (or in overlapping windows when meta.json
 sets one), resize the class scores back to the image's size, take the best class per pixel.
@@ -163,10 +164,16 @@ def to_mask(logits, height, width):
     return scores.argmax(0).astype(np.uint8)
 
 
+def overlay(image, color, alpha=0.5):
+    """The photo with each class's colour laid over it at `alpha` (0: photo only, 1: colour mask only)."""
+    mixed = image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
 def main():
     parser = argparse.ArgumentParser(description="Segment images with the exported model beside this script.")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--out", default=".", help="folder for the mask PNGs (default: here)")
+    parser.add_argument("--out", default=".", help="folder for the mask, colour and overlay PNGs (default: here)")
     args = parser.parse_args()
 
     meta = json.loads((HERE / "meta.json").read_text())
@@ -183,6 +190,7 @@ def main():
         stem = Path(path).stem
         Image.fromarray(mask).save(out / f"{stem}_mask.png")
         Image.fromarray(colors[mask]).save(out / f"{stem}_color.png")
+        Image.fromarray(overlay(image, colors[mask])).save(out / f"{stem}_overlay.png")
         shares = np.bincount(mask.ravel(), minlength=len(colors)) / mask.size
         summary = ", ".join(f"{name} {100 * s:.1f}%" for name, s in zip(meta["classes"]["names"], shares))
         print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / (stem + '_mask.png')} ({summary})")

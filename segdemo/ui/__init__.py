@@ -47,6 +47,10 @@ CSS = """
 #out-slider img, #out-color img, #error-map img, #filmstrip img, #worst-images img, #prob-maps img {
   image-rendering: pixelated;
 }
+/* a brush stroke that runs off the canvas selects no page text */
+#label-editor, #label-editor * { user-select: none; -webkit-user-select: none; }
+/* an empty table's header keeps its words whole ("class", not "clas / s") */
+#iou-table th, #predict-table th { min-width: 5.5em; }
 /* small pictures (the built-in data is 128 px) fill their boxes instead of sitting in a corner */
 #out-color img, #error-map img {
   width: 100%; height: 100%; object-fit: contain;
@@ -92,7 +96,10 @@ def build_demo(
         compare.wire(demo, compare_tab, train, predict.model)
         label.wire(demo, tabs, train)
         instructor.wire()
-        demo.load(ctx.ensure_token, token, token, api_name="session", queue=False).success(
+        session = demo.load(ctx.ensure_token, token, token, api_name="session", queue=False)
+        # Train stays disabled until the page has its session: a click before it would only meet an error
+        session.success(train.ready, None, train.train_btn, api_visibility="private", queue=False)
+        session.success(
             train.reattach,
             token,
             train.reattach_outputs,

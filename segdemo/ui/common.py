@@ -437,21 +437,23 @@ def safe_stem(name: str) -> str:
 def run_label(job) -> str:
     when = time.strftime("%H:%M", time.localtime(job.created))
     r = job.result
-    best = f"best val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
+    best = f"val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
     return f"Your run from {when} ({job.status}, {best})"
 
 
-def export_onnx_zip(ctx: AppContext, checkpoint: Path) -> Path:
-    """A checkpoint as ONNX + meta.json + predict_onnx.py in one zip, in a scratch folder Gradio may serve."""
+def export_onnx_zip(ctx: AppContext, checkpoint: Path, name: str | None = None) -> Path:
+    """A checkpoint as a take-home bundle (ONNX model, meta.json, predict_onnx.py, README.md, requirements.txt) in
+    one zip named after the run (`segdemo-<name>-onnx.zip`), in a scratch folder Gradio may serve."""
     from segdemo.export import ExportError, export_zip
 
     st = checkpoint.stat()
-    name = f"{safe_stem(checkpoint.stem) or 'model'}-onnx.zip"
+    stem = safe_stem(name or checkpoint.stem) or "model"
+    zip_name = f"segdemo-{stem}-onnx.zip"
     try:  # exported once per checkpoint file (and version): a second click serves the same zip
         return Path(
             ctx.served(
                 ("onnx", str(checkpoint.resolve()), st.st_size, st.st_mtime_ns),
-                name,
+                zip_name,
                 lambda dst: export_zip(checkpoint, dst, "onnx"),
             )
         )

@@ -21,7 +21,7 @@ import gradio as gr
 import pandas as pd
 
 from segdemo.config import LITE, RunConfig, quick_cpu_preset, use_encoder
-from segdemo.events import EpochEnd, Started
+from segdemo.events import EpochEnd, Started, kept_epoch
 from segdemo.jobs import Job
 from segdemo.recipes import LITE_WIDTH
 from segdemo.ui.common import AppContext, bump, client_of, esc, fmt_num, user_errors
@@ -175,12 +175,12 @@ class RunSummary:
 
     @property
     def best(self) -> EpochEnd | None:
-        return max(self.epochs, key=lambda e: e.miou) if self.epochs else None
+        return kept_epoch(self.epochs)
 
     def label(self) -> str:
         b = self.best
         s = settings_of(self.config)
-        best = f"best val mIoU {b.miou:.3f}" if b else "no epoch yet"
+        best = f"kept epoch {b.epoch}, val mIoU {b.miou:.3f}" if b else "no epoch yet"
         return (
             f"{self.name} · {self.status} · {best} · {len(self.epochs)}/{self.config.train.epochs} epochs · "
             f"{s['Loss']}, augmentation {s['Augmentation']}, {s['Up-sampling'].split()[0].lower()}"
@@ -222,7 +222,7 @@ def curves_frame(runs: list[RunSummary], metric: str) -> pd.DataFrame:
 
 
 def per_class_frame(runs: list[RunSummary]) -> pd.DataFrame:
-    """A row per class (every class any run has, in order), a column per run: IoU at that run's best epoch."""
+    """A row per class (every class any run has, in order), a column per run: IoU at that run's kept epoch."""
     names: list[str] = []
     for r in runs:
         names += [n for n in r.classes if n not in names]
@@ -317,7 +317,7 @@ class CompareTab:
         with gr.Row(equal_height=False):
             self.table = gr.Dataframe(
                 value=pd.DataFrame(columns=["class"]),
-                label="Per-class IoU at each run's best epoch",
+                label="Per-class IoU at each run's kept epoch",
                 interactive=False,
                 wrap=True,
                 elem_id="compare-iou",
@@ -404,7 +404,7 @@ class CompareTab:
     @user_errors
     def compare(self, token: str, run_ids: list[str], metric: str = "val mIoU") -> dict:
         """Runs side by side: each run's curve of `metric` (val mIoU, val loss or train loss), per-class IoU
-        at its best epoch, and its settings with the ones that differ flagged."""
+        at its kept epoch, and its settings with the ones that differ flagged."""
         owner = self.ctx.owner(token)
         if metric not in METRICS:
             raise gr.Error(f"Choose the metric from: {', '.join(METRICS)}.")

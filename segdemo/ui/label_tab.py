@@ -29,6 +29,7 @@ import numpy as np
 from gradio.components.base import server
 
 from segdemo import labelset, pretrained
+from segdemo.data.base import coverage_notes
 from segdemo.imageio import IMAGE_SUFFIXES
 from segdemo.labelset import SET_FILE, LabelSet, LabelStore, Photo
 from segdemo.limits import ByteQuota, ensure_free_disk
@@ -136,23 +137,12 @@ class LabelTab:
                 self.class_names = gr.Textbox(
                     ", ".join(default.names),
                     label=f"Class names, {labelset.MIN_CLASSES} to {labelset.MAX_CLASSES}, separated by commas",
-                    info="Class 1 is usually the background. Press Enter to apply.",
+                    info="Class 1 is usually the background. Applied when you press Enter or click elsewhere.",
                     elem_id="label-classes",
                     max_length=400,
                 )
                 self.legend = gr.HTML(self._legend(default), elem_id="label-legend")
                 gr.Markdown(RULE)
-                gr.Markdown("### 4. Use them")
-                self.progress = gr.Markdown("No photos yet: add some above.", elem_id="label-progress")
-                with gr.Row():
-                    self.train_btn = gr.Button("Train on these", variant="primary", elem_id="label-train")
-                    self.download_btn = gr.Button("Download dataset (zip)", elem_id="label-download")
-                self.download_file = gr.File(
-                    label="Your dataset: images/, masks/ (class ids, 255 = unlabelled) and classes.json",
-                    interactive=False,
-                    visible=False,
-                    elem_id="label-zip",
-                )
             with gr.Column(scale=3, min_width=420):
                 gr.Markdown("### 3. Paint")
                 with gr.Row():
@@ -188,6 +178,17 @@ class LabelTab:
                     allow_preview=False,
                     elem_id="label-gallery",
                 )
+                gr.Markdown("### 4. Use them")
+                self.progress = gr.Markdown("No photos yet: add some above.", elem_id="label-progress")
+                with gr.Row():
+                    self.train_btn = gr.Button("Train on these", variant="primary", elem_id="label-train")
+                    self.download_btn = gr.Button("Download dataset (zip)", elem_id="label-download")
+                self.download_file = gr.File(
+                    label="Your dataset: images/, masks/ (class ids, 255 = unlabelled) and classes.json",
+                    interactive=False,
+                    visible=False,
+                    elem_id="label-zip",
+                )
         self.view = [self.photo, self.current, self.editor, self.progress, self.gallery, self.legend, self.class_names]
 
     # -- wiring -----------------------------------------------------------------------------------------
@@ -214,6 +215,14 @@ class LabelTab:
         )
         self.class_names.submit(
             self.set_classes, [self.token, self.class_names, *paint[1:]], self.view, api_name="label_classes", **raw
+        )
+        # a hasty student types the names and goes straight to painting: leaving the box applies them too
+        self.class_names.blur(
+            self.set_classes_if_changed,
+            [self.token, self.class_names, *paint[1:]],
+            self.view,
+            api_visibility="private",
+            **raw,
         )
         self.photo.input(self.open_photo, [*paint, self.photo], self.view, api_name="label_open", **raw)
         self.gallery.select(self.open_from_gallery, paint, self.view, api_visibility="private", **raw)
@@ -307,6 +316,11 @@ class LabelTab:
                     "No photo has **" + "**, **".join(md(n) for n in missing) + "** painted yet: the net learns "
                     "only the classes it is shown."
                 )
+        labelled = [p for p in photos if p.labelled]
+        if labelled:
+            k = classes.num_classes
+            presence = np.array([[i < len(p.counts) and p.counts[i] > 0 for i in range(k)] for p in labelled])
+            lines += [f"⚠ {md(t)}" for t in coverage_notes(classes.names, presence)]
         todo = labelset.MIN_TO_TRAIN - prog.labelled
         lines.append(
             f"Label {todo} more to train (one photo is kept aside to check the model)."
@@ -398,6 +412,19 @@ class LabelTab:
         labels.set_classes(names)
         photo = labels.get(current) if current else None
         return self._view(labels, show=photo, names_text=True)
+
+    @user_errors
+    def set_classes_if_changed(self, token, names, current, editor):
+        """set_classes when the box holds other names than the set's (leaving the box without a change keeps the
+        editor and its undo history as they are)."""
+        labels = self._set(token)
+        try:
+            same = labelset.parse_class_names(names) == list(labels.classes().names)
+        except labelset.DataError:
+            same = False  # set_classes says what is wrong with them
+        if same:
+            return {c: gr.skip() for c in self.view}
+        return self.set_classes(token, names, current, editor)
 
     @user_errors
     def open_photo(self, token, current, editor, photo_id):

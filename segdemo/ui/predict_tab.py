@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from segdemo import zerogpu
+from segdemo import familiar, zerogpu
 from segdemo.checkpoint import read_meta
 from segdemo.imageio import IMAGE_SUFFIXES, load_image_oriented
 from segdemo.limits import LimitError, RateLimiter, ensure_free_disk
@@ -49,8 +49,13 @@ def _names(files) -> list[str]:
     return [Path(f).name for f in files or []]
 
 
-def _pick(names: list[str], picked) -> str | None:
-    """The image to show: the one picked while it is still uploaded, else the first."""
+def _pick(names: list[str], picked, seen=None) -> str | None:
+    """The image to show: the first of those just added (not in `seen`, the names the page had), else the one
+    picked while it is still uploaded, else the first. A photo uploaded after an example is what is shown."""
+    seen = seen if isinstance(seen, list) else []
+    new = [n for n in names if n not in seen]
+    if seen and new:
+        return new[0]
     return picked if picked in names else (names[0] if names else None)
 
 
@@ -137,7 +142,7 @@ class PredictTab:
                 self.model_info = gr.Markdown(self._shipped_note(shipped), elem_id="model-info")
                 self.export_btn = gr.Button("Download this model as ONNX", size="sm", elem_id="export-onnx")
                 self.export_file = gr.File(
-                    label="ONNX model, meta.json and predict_onnx.py (runs with onnxruntime, no segdemo)",
+                    label="Take-home bundle: ONNX model, predict_onnx.py, README.md, requirements.txt",
                     interactive=False,
                     visible=False,
                     elem_id="export-file",
@@ -248,6 +253,7 @@ class PredictTab:
                 self.details = gr.JSON(label="details", visible=False)
                 self.view = gr.Textbox(visible=False, label="view id")  # what /redraw redraws
                 self.model_ready = gr.State(0)  # counts models chosen by hand: a change redraws the picture
+                self.seen = gr.State([])  # the image names the page had before the latest change (see _pick)
         self.outputs = [
             self.slider,
             self.out_color,
@@ -302,8 +308,8 @@ class PredictTab:
         gr.on(
             [self.images.change, self.masks.change, self.show.input, self.probs.input, self.model_ready.change],
             self.auto_predict,
-            inputs,
-            [*self.outputs, self.show],
+            [*inputs, self.seen],
+            [*self.outputs, self.show, self.seen],  # seen: written by this queued listener only (see _pick)
             api_visibility="private",
             trigger_mode="always_last",
             **heavy,
@@ -367,10 +373,10 @@ class PredictTab:
     # -- handlers -------------------------------------------------------------------------------------
 
     @staticmethod
-    def on_images(images, show):
-        """The image picker for these uploads: it keeps the picked name while that file is still there."""
+    def on_images(images, show, seen=None):
+        """The image picker for these uploads: the newest upload, else the picked name while it is still there."""
         names = _names(images)
-        return gr.update(choices=names, value=_pick(names, show), visible=len(names) > 1)
+        return gr.update(choices=names, value=_pick(names, show, seen), visible=len(names) > 1)
 
     @staticmethod
     def use_photo(photo):
@@ -428,7 +434,11 @@ class PredictTab:
         """The chosen model as ONNX (with its meta.json and a predict script), zipped for download."""
         src = self.resolve(token, model, ckpt_file)
         self.ctx.predictor(src)  # the same checks as predicting with it (format, shapes, memory) first
-        return gr.update(value=str(export_onnx_zip(self.ctx, src)), visible=True)
+        name = src.stem  # the shipped model's file name, or the uploaded checkpoint's
+        if isinstance(model, str) and model.startswith("run:"):
+            job = self.ctx.jobs.get(self.ctx.owner(token), model[4:])
+            name = "run-" + time.strftime("%Y%m%d-%H%M", time.localtime(job.created))
+        return gr.update(value=str(export_onnx_zip(self.ctx, src, name)), visible=True)
 
     def describe_path(self, path: Path) -> str:
         meta = read_meta(path)  # everything below comes from the file: shown through md(), never as markup
@@ -439,16 +449,25 @@ class PredictTab:
         m = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
         d = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
         miou = metrics.get("miou")
+        n_val, pixels = metrics.get("val_images"), metrics.get("val_pixels")
+        on = (
+            f" on {int(n_val)} validation image{'s' if n_val != 1 else ''}, {int(pixels):,} labelled pixels"
+            if isinstance(n_val, int) and isinstance(pixels, int) and n_val > 0
+            else " on its validation images"
+        )
         score = (
-            f" · val mIoU **{miou:.3f}** (epoch {md(metrics.get('epoch', '?'))}, from the checkpoint's validation set)"
+            f"  \n**Scored** val mIoU **{miou:.3f}**{on} (epoch {md(metrics.get('epoch', '?'))}). A score on other "
+            "kinds of images would be different."
             if isinstance(miou, int | float)
             else ""
         )
         up = m.get("upsampling") or ("bilinear" if m.get("bilinear") else "transposed")  # the older name
         shown = ", ".join(md(n) for n in names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
         return (
-            f"**{len(names)} classes:** {shown}{score}  \nU-Net width {md(m.get('width'))}, depth "
-            f"{md(m.get('depth'))}, {up} up-sampling; sees images at {md(d.get('image_size'))} px."
+            f"**Trained on** {_trained_on(meta, d)}.  \n**{len(names)} classes:** {shown}. It can only answer in "
+            "these classes: every pixel of any image gets one of them, even where none fits." + score + "  \n"
+            f"U-Net width {md(m.get('width'))}, depth {md(m.get('depth'))}, {up} up-sampling; sees images at "
+            f"{md(d.get('image_size'))} px."
         )
 
     @user_errors
@@ -481,25 +500,27 @@ class PredictTab:
         self.ctx.predictor(p)  # load_checkpoint: CheckpointError -> a gr.Error with its sentence
         return gr.update(value="upload"), self.describe_path(p)
 
-    def auto_predict(self, token, model, ckpt_file, images, masks, show, alpha, probability_maps):
+    def auto_predict(self, token, model, ckpt_file, images, masks, show, alpha, probability_maps, seen=None):
         if not images:
             return {
                 **dict.fromkeys(self.outputs),
                 **{self.legend: "", self.summary: "", self.confusion: "", self.details: {}, self.view: ""},
                 self.shown: gr.update(choices=[], value=[], visible=False),
+                self.seen: [],
             }
-        picker = self.on_images(images, show)  # this run may come before on_images has reached the page
+        picker = self.on_images(images, show, seen)  # this run may come before on_images has reached the page
         no_model = model is None or (model == "default" and not self.ctx.default_checkpoint.is_file())
         if no_model or (model == "upload" and not ckpt_file):
             return {  # the other outputs keep what they show
                 self.show: picker,
+                self.seen: _names(images),
                 self.summary: "**Choose a model above first**: upload a checkpoint file, or train a run in the Train "
                 "tab (it appears in the list when it ends)."
                 if no_model
                 else "**Upload the checkpoint file** (.safetensors) above, then the images are segmented.",
             }
         out = self.predict(token, model, ckpt_file, images, masks, picker["value"], alpha, probability_maps)
-        return {**out, self.show: picker}
+        return {**out, self.show: picker, self.seen: _names(images)}
 
     @user_errors
     def predict(
@@ -544,6 +565,8 @@ class PredictTab:
             "Predict: the model ran on a %dx%d image (%.0f ms)", *image.shape[1::-1], 1e3 * (time.perf_counter() - t0)
         )
         classes = predictor.classes
+        unlike = familiar.unlike(familiar.stats_of(predictor.ckpt.meta, predictor.config), image)
+        warning = f"⚠ **{unlike}**\n\n" if unlike else ""
         view = View.for_display(image, p.mask, target, classes)
         # kept for this browser's opacity and class toggles (an API client without a token gets no view)
         view_id = self.views.put(token, view) if self.ctx.jobs.valid_owner_token(token) else ""
@@ -561,7 +584,7 @@ class PredictTab:
             table = pd.DataFrame(
                 rows, columns=["class", "IoU", "Dice", "share of true pixels", "share of predicted pixels"]
             )
-            summary = (
+            summary = warning + (
                 f"**{md(name)}**{shrunk} against its mask **{md(Path(mask_path).name)}**: mIoU **{m.miou:.3f}**, "
                 f"pixel accuracy {m.pixel_accuracy:.1%}. n/a = the class is neither in the mask nor "
                 "predicted."
@@ -583,7 +606,7 @@ class PredictTab:
                     "val IoU (from the checkpoint's validation set)",
                 ],
             )
-            summary = (
+            summary = warning + (
                 f"**{md(name)}**{shrunk}: no ground truth, so this image is not scored. The last column is the "
                 "model's IoU on its own validation set, from the checkpoint"
                 + (f" (epoch {md(meta_metrics['epoch'])})" if "epoch" in meta_metrics else "")
@@ -604,7 +627,10 @@ class PredictTab:
             self.confusion: "" if p.confusion is None else confusion_html(p.confusion, classes, f"this image ({name})"),
             self.prob_maps: maps,
             self.mask_file: str(mask_png),
-            self.details: _details(name, classes, p, predictor.ckpt.metrics, bool(probability_maps)),
+            self.details: {
+                **_details(name, classes, p, predictor.ckpt.metrics, bool(probability_maps)),
+                "unlike_training": unlike,
+            },
             self.shown: gr.update(
                 choices=[(n, i) for i, n in enumerate(classes.names)],
                 value=list(range(classes.num_classes)),
@@ -629,6 +655,23 @@ class PredictTab:
         pair = v.pair(_alpha(alpha), _hidden(shown, v.classes.num_classes))
         ensure_free_disk(self.ctx.cache_dir)  # each new picture is a file in Gradio's cache
         return pair
+
+
+def _trained_on(meta: dict, data: dict) -> str:
+    """What a checkpoint's model learnt from, in words (from its own meta: shown through md())."""
+    on = meta.get("trained_on") if isinstance(meta.get("trained_on"), dict) else {}
+    source = on.get("source") or data.get("source") or "?"
+    n_tr, n_va = on.get("train_images"), on.get("val_images")
+    if source == "builtin":
+        n_tr = n_tr if isinstance(n_tr, int) else data.get("builtin_train")
+        n_va = n_va if isinstance(n_va, int) else data.get("builtin_val")
+        what = "the built-in shapes: synthetic circles, squares and triangles on coloured noise, 128x128 px"
+    elif source == "oxford-pet":
+        what = "Oxford-IIIT Pet photos of cats and dogs"
+    else:
+        what = f"a dataset named {md(Path(str(source)).name)}"
+    counts = f" ({n_tr} training / {n_va} validation images)" if isinstance(n_tr, int) and isinstance(n_va, int) else ""
+    return what + counts
 
 
 def _num(v) -> float | None:

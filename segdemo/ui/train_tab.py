@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ from segdemo import recipes, speedups
 from segdemo.config import LITE, RunConfig, quick_cpu_preset, use_encoder
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import ConfigError, JobError
-from segdemo.events import Done, EpochEnd, Failed, Progress, Started
+from segdemo.events import Done, EpochEnd, Failed, Progress, Started, kept_epoch, stands_on
 from segdemo.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
 from segdemo.limits import LimitError
 from segdemo.metrics import confusion_to_dict
@@ -75,7 +76,7 @@ ENCODERS = [
     ("ResNet-34 encoder", "resnet34"),
 ]
 BLOCKS = [("Plain (two convolutions)", "plain"), ("Residual (plus a shortcut)", "residual")]
-TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the best epoch"]
+TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the kept epoch"]
 CURVE_COLUMNS = ["epoch", "value", "curve"]
 CURVE_COLORS = {"train loss": "#1f77b4", "val loss": "#ff7f0e", "val mIoU": "#2ca02c"}  # matplotlib's, as curves.png
 STREAM_IDLE_S = 600  # a live view ends when its run has sent nothing new for this long (reload to reattach)
@@ -119,6 +120,8 @@ blocks** add a shortcut around each pair of convolutions, which helps deeper or 
 
 
 # -- the Train settings, named once ------------------------------------------------------------------
+
+TRAIN_IMAGES_LABEL = "Training images"
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ SETTINGS = (
             lambda c, v: setattr(c.model, "upsampling", "bilinear" if v == "bilinear" else "transposed")),
     Setting("augment", lambda v: gr.Checkbox(v, label="Augmentation (flips, small turns, brightness)"),
             lambda c: c.data.augment, lambda c, v: setattr(c.data, "augment", bool(v))),
-    Setting("train_images", lambda v: gr.Slider(16, 2000, v, step=16, label="Training images", elem_id="train-images",
+    Setting("train_images", lambda v: gr.Slider(16, 2000, v, step=16, label=TRAIN_IMAGES_LABEL, elem_id="train-images",
                                                 info="Fewer = faster; for your own data it is a cap."),
             lambda c: c.data.builtin_train, _train_images),
     Setting("time_budget", lambda v: gr.Slider(0, 60, v, step=0.25, label="Time budget (minutes)",
@@ -221,6 +224,48 @@ ROWS = (("image_size", "epochs"), ("batch_size", "learning_rate"), ("time_budget
         ("width", "depth"), ("upsampling",), ("augment", "train_images"), ("encoder", "block"),
         ("pretrained", "encoder_weights"))
 # fmt: on
+
+
+def run_line(cfg: RunConfig) -> str:
+    """The settings a run started with, in one Markdown line (numbers and fixed labels only)."""
+    loss = dict((v, k.split(":")[0]) for k, v in LOSSES).get(cfg.train.loss, cfg.train.loss)
+    n = cfg.train.epochs
+    budget = f"time budget {cfg.train.time_limit_s / 60:g} min" if cfg.train.time_limit_s else "no time limit"
+    return (
+        f"\n\n**This run's settings**: up to {n} epoch{'s' if n != 1 else ''} · {budget} · {cfg.data.image_size} px · "
+        f"batch {cfg.train.batch_size} · width {cfg.model.width}, depth {cfg.model.depth} · "
+        f"learning rate {cfg.train.lr:g} · {loss} · augmentation {'on' if cfg.data.augment else 'off'}"
+    )
+
+
+PAGE_OPENED = "page opened, no plan yet"
+PLANS_KEPT = 64  # the planned State of a page whose first plan has not landed
+RUN_SHOWN = tuple(s.name for s in SETTINGS if s.name not in ("train_images", "encoder_weights"))
+
+
+def _same(page, opening) -> bool:
+    """A page value still equal to the page's opening one (numbers compared as numbers: 8 == 8.0)."""
+    if isinstance(opening, bool) or not isinstance(opening, int | float):
+        return page == opening
+    try:
+        return float(page) == float(opening)
+    except (TypeError, ValueError):
+        return False
+
+
+def planned_for(preset, dataset, zip_file) -> str:
+    """The page's plan is for this preset and data (the planned State): Train pressed with another preset or
+    other data than the page's plan was made for plans itself. (A moved images slider is the student's own.)"""
+    return f"{preset_key(preset)}|{dataset}|{zip_file or ''}"
+
+
+def plan_key(preset, dataset, zip_file, train_images) -> str:
+    """What a plan was made for: the preset, the data and how many training images."""
+    try:
+        n = int(float(train_images or 0))
+    except (TypeError, ValueError):
+        n = 0
+    return f"{preset_key(preset)}|{dataset}|{zip_file or ''}|{n}"
 
 
 def preset_values(cfg: RunConfig | None = None) -> dict[str, Any]:
@@ -314,7 +359,8 @@ class RunView:
         return ClassSet(tuple(s.class_names), tuple(tuple(c) for c in s.class_colors)) if s else None
 
     def best(self) -> EpochEnd | None:
-        return max(self.epochs, key=lambda e: e.miou) if self.epochs else None
+        """The epoch whose checkpoint the run keeps (by the run's own rule, Started.selection)."""
+        return kept_epoch(self.epochs)
 
     def rate(self) -> float:
         """Training images per second: this epoch's, once a tenth of it is done; until then the last epoch's
@@ -352,7 +398,7 @@ class RunView:
                 f"budgets of the runs ahead). Your run starts by itself; Stop takes it out of the line.{again}"
             )
         best = self.best()
-        best_txt = f"best val mIoU so far {best.miou:.3f} (epoch {best.epoch})" if best else ""
+        best_txt = f"kept so far: epoch {best.epoch}, val mIoU {best.miou:.3f}" if best else ""
         if job.status == RUNNING or self.end is None:
             s = self.started
             if s is None:
@@ -380,6 +426,8 @@ class RunView:
             return (
                 " · ".join(parts) + f"\n\nTraining on **{s.device}**, {s.precision} · {s.n_train} training / "
                 f"{s.n_val} validation images · {s.parameters / 1e6:.2f} M parameters"
+                + run_line(job.config)
+                + self.notes()
             )
         end = self.end
         if isinstance(end, Failed) or job.status == FAILED:
@@ -393,23 +441,37 @@ class RunView:
             return f"✗ **Training failed:** {md(public(msg))}"
         took = f" in {fmt_duration(end.seconds)}" if end.seconds else ""
         if end.best_miou is not None:
+            kept = next((e for e in self.epochs if e.epoch == end.best_epoch), None)
+            on = f" on {stands_on(kept)}" if kept is not None and stands_on(kept) else ""
+            probe = kept.train_miou if kept is not None else None
+            also = f" (training-photo mIoU {probe:.3f})" if probe is not None else ""
             tail = (
-                f"best val mIoU **{end.best_miou:.3f}** at epoch {end.best_epoch}. Its checkpoint is below, "
-                "and it is selected in the **Predict** tab: try it on new images."
+                f"kept epoch {end.best_epoch}: val mIoU **{end.best_miou:.3f}**{on}{also}. Its checkpoint is "
+                "below, and it is selected in the **Predict** tab: try it on new images." + self.notes()
             )
         else:
             tail = "no epoch finished, so no checkpoint was saved. Press Train to start again."
         if job.status == STOPPED:
             n = end.epochs_done
-            return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}"
+            return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}" + run_line(job.config)
         if end.reason == "time_limit":
             planned = self.started.epochs if self.started else end.epochs_done
             budget = fmt_duration(job.config.train.time_limit_s or end.seconds)
             return (
                 f"✓ **Used its time budget** ({budget}): {end.epochs_done} of up to {planned} epochs{took}, the "
-                f"learning rate ending with the budget; {tail}"
+                f"learning rate ending with the budget; {tail}" + run_line(job.config)
             )
-        return f"✓ **Finished**: {end.epochs_done} epochs{took}; {tail}"
+        return f"✓ **Finished**: {end.epochs_done} epochs{took}; {tail}" + run_line(job.config)
+
+    def notes(self) -> str:
+        """The data's warnings and the run's checkpoint rule, as Markdown lines under the status."""
+        s = self.started
+        if s is None:
+            return ""
+        lines = [f"⚠ {md(n)}" for n in s.warnings]
+        if s.selection:
+            lines.append(f"ℹ {md(s.selection[0].upper() + s.selection[1:])}.")
+        return "".join(f"\n\n{line}" for line in lines)
 
     def figure(self):
         """The curves as data for the page's gr.LinePlot, which draws them in the browser: epoch, value, curve.
@@ -425,13 +487,20 @@ class RunView:
             for name, v in (("train loss", e.train_loss), ("val loss", e.val_loss), ("val mIoU", e.miou))
         ]
         planned = self.started.epochs if self.started else 1
-        return gr.update(value=pd.DataFrame(rows, columns=CURVE_COLUMNS), x_lim=[1, max(5, planned)])
+        caption = None
+        if len(self.epochs) == 1:  # one point per curve draws no line: say the numbers instead of an empty chart
+            e = self.epochs[0]
+            caption = (
+                f"Epoch {e.epoch}: train loss {e.train_loss:.3f} · val loss {e.val_loss:.3f} · val mIoU "
+                f"{e.miou:.3f}. The lines appear from the next epoch on."
+            )
+        return gr.update(value=pd.DataFrame(rows, columns=CURVE_COLUMNS), x_lim=[1, max(5, planned)], caption=caption)
 
     def table(self) -> pd.DataFrame:
         if not self.epochs or self.started is None:
             return pd.DataFrame(columns=TABLE_COLUMNS)
         last, best = self.epochs[-1], self.best()
-        cols = ["class", f"IoU, epoch {last.epoch} (latest)", f"IoU, epoch {best.epoch} (best)"]
+        cols = ["class", f"IoU, epoch {last.epoch} (latest)", f"IoU, epoch {best.epoch} (kept)"]
         rows = [
             [name, fmt_num(a, 3), fmt_num(b, 3)]
             for name, a, b in zip(self.started.class_names, last.per_class_iou, best.per_class_iou, strict=False)
@@ -480,6 +549,7 @@ class TrainTab:
 
     def __init__(self, ctx: AppContext, token: gr.BrowserState):
         self.ctx, self.token = ctx, token
+        self._plan_lock, self._plans = threading.Lock(), {}  # plan_key -> (settings, why): see _plan
         gr.Markdown(
             "Pick the data, check it, choose settings and press **Train**. The curves, the per-class "
             "table and the validation filmstrip update after every epoch. Your run keeps going if "
@@ -516,6 +586,10 @@ class TrainTab:
                     elem_id="preset",
                 )
                 self.preset_why = gr.Markdown("", elem_id="preset-why")
+                # what the settings on the page were planned for (plan_key); None where no page asked for a plan
+                # (an API caller's settings are its own). Train compares it with the data and preset it is sent
+                # and plans itself when the page's plan has not landed yet ("processing")
+                self.planned = gr.State(None)
                 v = preset_values()
                 widgets = {}
                 for row in ROWS:
@@ -530,7 +604,8 @@ class TrainTab:
             with gr.Column(scale=3, min_width=420):
                 gr.Markdown("### 3. Train and watch")
                 with gr.Row():
-                    self.train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
+                    # enabled once the page has its session (ui/__init__.py: ready)
+                    self.train_btn = gr.Button("Train", variant="primary", elem_id="train-btn", interactive=False)
                     self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                 self.run_id = gr.Textbox(visible=False, label="run id")
                 self.status = gr.Markdown(
@@ -549,7 +624,7 @@ class TrainTab:
                     height=280,
                     # a title inside the chart, not a label above it: Gradio 6.31 cuts the legend off by the
                     # label's height
-                    title="Loss and validation mIoU per epoch (lines from the second epoch on)",
+                    title="Loss and validation mIoU per epoch",
                     label="Loss and validation mIoU per epoch",
                     show_label=False,
                     elem_id="curves",
@@ -600,7 +675,7 @@ class TrainTab:
                     "Download the best checkpoint as ONNX", size="sm", elem_id="run-export-onnx"
                 )
                 self.export_file = gr.File(
-                    label="ONNX model, meta.json and predict_onnx.py",
+                    label="Take-home bundle: ONNX model, predict_onnx.py, README.md, requirements.txt",
                     interactive=False,
                     visible=False,
                     elem_id="run-export-file",
@@ -645,18 +720,24 @@ class TrainTab:
             concurrency_id=HEAVY,
         )
         plan_inputs = [self.preset, self.dataset, self.zip_file, self.settings["train_images"]]
-        plan_outputs = [*self.settings.values(), self.preset_why]
+        plan_outputs = [*self.settings.values(), self.preset_why, self.planned]
+        # a page is open: from now on its settings are a plan's only once one has landed (the planned key)
+        demo.load(lambda: PAGE_OPENED, None, self.planned, queue=False, api_visibility="private")
         self.preset.input(self.apply_preset, plan_inputs, plan_outputs, api_name="plan", concurrency_id=HEAVY)
         checked.then(self.apply_preset, plan_inputs, plan_outputs, api_visibility="private", concurrency_id=HEAVY)
-        self.train_btn.click(
+        started = self.train_btn.click(
             self.start,
-            [self.token, self.dataset, self.zip_file, self.preset],
+            [self.token, self.dataset, self.zip_file, self.preset, self.planned],
             [self.run_id, self.status],
             inputs_kwargs=self.settings,  # /train's parameters after preset, by name, in SETTINGS order
             api_name="train",
             concurrency_limit=4,
             concurrency_id="train",
-        ).success(
+        )
+        # the page shows the settings the run started with (a plan Train made itself, when the page's was late)
+        shown = [self.settings[n] for n in RUN_SHOWN]
+        started.success(self.run_settings, [self.token, self.run_id], shown, api_visibility="private", queue=False)
+        started.success(
             self.watch,
             [self.token, self.run_id],
             outs,
@@ -694,6 +775,11 @@ class TrainTab:
 
     # -- handlers -------------------------------------------------------------------------------------
 
+    @staticmethod
+    def ready():
+        """The page has its session: Train may be pressed."""
+        return gr.update(interactive=True)
+
     @user_errors
     def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images, request: gr.Request = None):
         """Plan the preset for the chosen data on this server: every setting, and one line saying why. A plan
@@ -702,26 +788,60 @@ class TrainTab:
             return self._apply_preset(preset, dataset, zip_file, train_images)
 
     def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
+        values, why, n_train = self._plan(preset, dataset, zip_file, train_images)
+        label = TRAIN_IMAGES_LABEL
+        if dataset != "builtin" and n_train is not None:  # a cap for one's own data: say how many there are
+            label = f"Training images, at most (this dataset has {n_train} to train on)"
+        return {
+            **{self.settings[name]: v for name, v in (values or {}).items()},
+            self.preset_why: why,
+            self.planned: planned_for(preset, dataset, zip_file),
+            self.settings["train_images"]: gr.update(label=label),
+        }  # numbers only: no user text
+
+    def _plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str, Any]:
+        """(the planned settings by name, or None when the data cannot be planned for yet; the line saying why;
+        the number of training pairs the plan is for, or None).
+
+        One plan per plan_key, made once (under a lock) and kept: the page's plan and the one Train makes when
+        pressed before it landed are the same plan, not two timed probes on a machine one of them keeps busy."""
+        key = plan_key(preset, dataset, zip_file, train_images)
+        with self._plan_lock:
+            hit = self._plans.get(key)
+            if hit is None:
+                hit = self._make_plan(preset, dataset, zip_file, train_images)
+                if hit[0] is not None:
+                    self._plans[key] = hit
+                    while len(self._plans) > PLANS_KEPT:
+                        self._plans.pop(next(iter(self._plans)))
+        return (dict(hit[0]) if hit[0] is not None else None), hit[1], hit[2]
+
+    def _make_plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str, Any]:
         p = recipes.BY_KEY[preset_key(preset)]
         cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
         if dataset == "builtin":
             shape = recipes.builtin_shape(cfg.data)
         elif dataset == "zip" and not zip_file:
-            return {self.preset_why: "Upload your data and the preset will be planned for it."}
+            return None, "Upload your data and the preset will be planned for it.", None
         else:
             if dataset == "zip":
                 cfg.data.source = zip_file
             _, _, _, shape = self._check(cfg)
             if shape is None:  # the data has problems: the report says which
-                return {self.preset_why: "Fix the data (see the check above) and the preset will be planned for it."}
+                return None, "Fix the data (see the check above) and the preset will be planned for it.", None
         plan = recipes.plan(p, shape, base=cfg)
         values = preset_values(plan.config)
         values.pop("train_images")  # the data's choice, not the preset's
         values.pop("encoder_weights")
-        return {
-            **{self.settings[name]: v for name, v in values.items()},
-            self.preset_why: plan.why,
-        }  # numbers only: no user text
+        return values, plan.why, shape.n_train
+
+    @user_errors
+    def run_settings(self, token: str, run_id: str):
+        """The settings of the run just started, for the page's widgets (they may be a plan the page had not
+        shown yet)."""
+        job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
+        values = preset_values(job.config)
+        return [values[n] for n in RUN_SHOWN]
 
     @user_errors
     def check_data(self, dataset: str, zip_file: str | None, train_images):
@@ -786,6 +906,7 @@ class TrainTab:
         dataset: str,
         zip_file: str | None,
         preset: str,
+        planned=None,  # the page's plan_key (gr.State: never an API parameter)
         request: gr.Request = None,
         encoder_weights=None,  # named, with its default, so the API may leave out the one file setting
         # the Train settings by name (SETTINGS), untyped: build_config answers any value with a sentence (a type
@@ -794,6 +915,15 @@ class TrainTab:
     ):
         """Start a run for this browser; returns its run id (refused while one is queued or running)."""
         owner = self.ctx.owner(token)
+        if planned is not None and planned != planned_for(preset, dataset, zip_file):
+            # pressed while the page's plan was still being made: every setting still showing the page's opening
+            # value takes the plan's, as the page will show; one the student changed by hand stays theirs
+            with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
+                values, _, _ = self._plan(preset, dataset, zip_file, settings.get("train_images"))
+            opening = preset_values()
+            for name, v in (values or {}).items():
+                if _same(settings.get(name), opening.get(name)):
+                    settings[name] = v
         cfg = build_config(preset, dataset, encoder_weights=encoder_weights, **settings)
         active = self.ctx.jobs.active_for(owner)
         if active is not None:
@@ -925,7 +1055,8 @@ class TrainTab:
         job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
         if job.best_checkpoint is None:
             raise gr.Error("This run has no checkpoint yet: one is saved when its first epoch ends.")
-        return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint))), visible=True)
+        when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))  # as the checkpoint download is named
+        return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint), f"run-{when}")), visible=True)
 
     def check_weights(self, path: str | None):
         """Check an encoder-weights upload the moment it arrives (a zip bomb is refused before any run reads it);
