@@ -23,7 +23,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from segdemo.events import EpochEnd
+from segdemo.events import EpochEnd, kept_epoch, stands_on
 from segdemo.jobs import ACTIVE, QUEUED, RUNNING, Job
 from segdemo.limits import LimitError, RateLimiter
 from segdemo.ui.common import AppContext, client_of, fmt_duration, user_errors
@@ -31,7 +31,7 @@ from segdemo.ui.common import AppContext, client_of, fmt_duration, user_errors
 WRONG_KEYS_PER_10_MIN = 10
 HELD_BACK = 48  # built-in images for the leaderboard
 HELD_BACK_SEED = 999_983  # far from the seeds runs draw their train (2s+1) and val (2s+2) images from
-RUN_COLUMNS = ["run", "status", "epochs", "best val mIoU", "held-back mIoU", "wait / time", "data"]
+RUN_COLUMNS = ["run", "status", "epochs", "kept epoch's val mIoU", "held-back mIoU", "wait / time", "data"]
 NO_KEY = "That is not the instructor key."
 
 
@@ -65,7 +65,9 @@ class InstructorTab:
         self.curves = gr.LinePlot(
             x="epoch", y="val mIoU", color="run", label="Validation mIoU per epoch", elem_id="instructor-curves"
         )
-        self.classes = gr.Dataframe(interactive=False, elem_id="instructor-classes", label="Per-class IoU, best epoch")
+        self.classes = gr.Dataframe(
+            interactive=False, elem_id="instructor-classes", label="Per-class IoU, the kept epoch"
+        )
         with gr.Row():
             self.pick = gr.Dropdown(
                 label="Run", choices=[], elem_id="instructor-pick", scale=3, allow_custom_value=True
@@ -117,7 +119,7 @@ class InstructorTab:
         rows, curves, classes = [], [], []
         for job in jobs:
             epochs = [e for e in job.events if isinstance(e, EpochEnd)]
-            best = max(epochs, key=lambda e: e.miou) if epochs else None
+            best = kept_epoch(epochs)  # the checkpoint's epoch (on a small split not the highest val mIoU)
             if job.status == QUEUED:
                 wait = fmt_duration(self.ctx.jobs.expected_wait_s(job) or 0)
                 when = f"waits ~{wait} (#{self.ctx.jobs.queue_position(job)})"
@@ -128,7 +130,9 @@ class InstructorTab:
                     alias(job),
                     job.status,
                     f"{epochs[-1].epoch}/{job.config.train.epochs}" if epochs else "0",
-                    f"{best.miou:.3f}" if best else "",
+                    f"{best.miou:.3f} (epoch {best.epoch}{', ' + stands_on(best) if stands_on(best) else ''})"
+                    if best
+                    else "",
                     self._held_back_score(job),
                     when,
                     _data_name(job),
@@ -204,8 +208,8 @@ class InstructorTab:
         if ckpt is None:
             return ""
         if job.config.data.source != "builtin":
-            epochs = [e for e in job.events if isinstance(e, EpochEnd)]
-            return f"{max(e.miou for e in epochs):.3f} (own val)" if epochs else ""
+            kept = kept_epoch([e for e in job.events if isinstance(e, EpochEnd)])
+            return f"{kept.miou:.3f} (own val)" if kept else ""
         key = (str(ckpt), ckpt.stat().st_mtime_ns)
         with self._lock:
             if key not in self._scores:
