@@ -635,6 +635,11 @@ class Trainer:
         if p.sp.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = masks.to(p.sp.device, non_blocking=True)
+        m = p.cfg.model
+        if x.shape[0] == 1 and min(x.shape[-2:]) < 2 * (2**m.depth if m.encoder == "unet" else 32):
+            # BatchNorm needs more than one value per channel: a lone small image (one training photo) whose
+            # deepest map is 1x1 goes in twice, which leaves its loss and gradient as they are
+            x, y, indices = torch.cat([x, x]), torch.cat([y, y]), [*indices, *indices]
         with torch.autocast(
             p.sp.device.type, dtype=p.sp.autocast_dtype or torch.float32, enabled=p.sp.autocast_dtype is not None
         ):

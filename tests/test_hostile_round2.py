@@ -447,3 +447,15 @@ def test_connections_held_open_are_capped_per_address(tmp_path, monkeypatch):
                 break
             time.sleep(0.5)
         assert first.startswith("HTTP/1.1 200")
+
+
+def test_one_small_training_photo_trains_instead_of_failing_in_batchnorm(tmp_path):
+    """One labelled photo to train on and a 1x1 deepest map: a batch of one failed in BatchNorm ("Expected more
+    than 1 value per channel") as "failed unexpectedly"; the lone image now goes in twice."""
+    from segdemo.trainer import Trainer
+
+    cfg = tiny_config(epochs=1, batch_size=4)
+    cfg.data.builtin_train, cfg.data.builtin_val, cfg.data.image_size = 1, 2, 32
+    cfg.model.depth = 5
+    end = Trainer(cfg, tmp_path / "run").run()
+    assert type(end).__name__ == "Done" and end.epochs_done == 1, end
