@@ -469,10 +469,10 @@ def main() -> None:
             f"gap or duplicate: {len(gaps)} {gaps[:3]}"
         )
     if shares:
-        import hashlib
+        from segdemo.jobs import address_key
 
         def who(key: str) -> str:
-            if key == hashlib.sha256(b"192.0.2.66").hexdigest():
+            if key == address_key("192.0.2.66"):
                 return "hostile"
             return "class" if args.one_address else "students"
 

@@ -300,7 +300,7 @@ class JobManager:
         cache that may be cleaned while it waits.
         """
         key = hash_owner(owner)
-        client_key = hashlib.sha256(client.encode()).hexdigest() if client else None
+        client_key = address_key(client) if client else None
         config = copy.deepcopy(config)
         try:
             config.validate()
@@ -323,7 +323,7 @@ class JobManager:
                 )
             if client_key is not None:
                 n = sum(j.is_active and j.client_key == client_key for j in self._jobs.values())
-                if n >= self.address_cap(client_key):
+                if n >= self.address_cap(client):
                     raise JobError(
                         f"{n} runs from your network address are waiting or training, the most this server allows "
                         "for one address (everyone behind one router shares it): wait a few minutes for some to "
@@ -360,8 +360,9 @@ class JobManager:
             self._start_thread(job)
         return job
 
-    def address_cap(self, client_key: str) -> int:
-        return self.max_active_per_client * (TRUSTED_FACTOR if client_key in self.trusted else 1)
+    def address_cap(self, client: str) -> int:
+        """Runs one address may have waiting or training at once (more for an instructor-trusted one)."""
+        return self.max_active_per_client * (TRUSTED_FACTOR if address_key(client) in self.trusted else 1)
 
     def stop(self, owner: str, job_id: str | None = None) -> Job:
         """Stop the owner's run (`job_id`, or their active one): a queued run leaves the queue at once,
@@ -428,10 +429,11 @@ class JobManager:
         tests, are first come first served."""
         now = time.time()
         served = dict(self._served)
-        for job_id in self._running:
+        for job_id in self._running:  # the turns in progress count too, for their address and their browser
             j = self._jobs.get(job_id)
             if j is not None and j.client_key is not None and j.slice_started is not None:
-                served[j.client_key] = served.get(j.client_key, 0.0) + now - j.slice_started
+                for k in (j.client_key, "owner:" + j.owner_key):
+                    served[k] = served.get(k, 0.0) + now - j.slice_started
 
         def key(j: Job):
             by_address = served.get(j.client_key, 0.0) if j.client_key else 0.0
@@ -439,11 +441,6 @@ class JobManager:
             by_owner = served.get("owner:" + j.owner_key, 0.0) if j.client_key else 0.0
             return (not j.priority, by_address, by_owner, j.created)
 
-        for job_id in self._running:
-            j = self._jobs.get(job_id)
-            if j is not None and j.client_key is not None and j.slice_started is not None:
-                k = "owner:" + j.owner_key
-                served[k] = served.get(k, 0.0) + now - j.slice_started
         return sorted(self._queue, key=key)
 
     def _should_yield(self, job: Job) -> bool:
@@ -481,7 +478,7 @@ class JobManager:
     def trust_address(self, client: str) -> None:
         """The room's router: its address gets TRUSTED_FACTOR times the per-address caps."""
         with self._lock:
-            self.trusted.add(hashlib.sha256(client.encode()).hexdigest())
+            self.trusted.add(address_key(client))
 
     def extend_retention(self, ttl_s: float) -> None:
         """Keep finished runs (and, in the app, labelled sets) at least ttl_s after they end."""
@@ -791,6 +788,11 @@ class JobManager:
     def _start_thread(self, job: Job) -> None:
         job.thread = threading.Thread(target=self._run_job, args=(job,), name=f"segdemo-job-{job.id[:6]}", daemon=True)
         job.thread.start()
+
+
+def address_key(client: str) -> str:
+    """How runs, the fair order and the trusted set know an address: a hash, never the address itself."""
+    return hashlib.sha256(client.encode()).hexdigest()
 
 
 def _save_filmstrip_frame(job: Job, ev: EpochEnd) -> None:

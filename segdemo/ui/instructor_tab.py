@@ -198,7 +198,7 @@ class InstructorTab:
         self.ctx.jobs.trust_address(client_of(request))
         return (
             "This room's address (yours, shared by everyone behind this router) now gets larger limits: "
-            f"{self.ctx.jobs.address_cap(_key_of(client_of(request)))} runs waiting or training at once."
+            f"{self.ctx.jobs.address_cap(client_of(request))} runs waiting or training at once."
         )
 
     # -- the leaderboard ------------------------------------------------------------------------------------
@@ -241,9 +241,3 @@ def _class_names(job: Job) -> list[str]:
 
     s = job.last(Started)
     return list(s.class_names) if s is not None else []
-
-
-def _key_of(client: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(client.encode()).hexdigest()
