@@ -22,6 +22,8 @@ import torch
 
 from segdemo.config import ModelConfig, RunConfig
 from segdemo.errors import BudgetError  # noqa: F401  (re-exported)
+from segdemo.evaluate import OUTPUT_BAND_BYTES, max_batch_pixels
+from segdemo.transforms import max_scaled_pixels
 
 FLOAT = 4  # bytes per float32
 TRAIN_ACTIVATION_FLOATS = 35  # per pixel per first-level channel, forward + saved for backward (fitted)
@@ -34,7 +36,6 @@ RESNET_WIDTH = 64  # a ResNet stem's channels at half resolution: count it like 
 # (measured: width 16, 256 px, batch 8, one training step 1166 MB; this estimate 1.8 GB, a plain U-Net's 1.5x)
 LITE_WIDTH = 24
 MAX_PARAMETERS = 250_000_000  # a 1 GB checkpoint's worth (checkpoint.MAX_FILE_BYTES); ours are far smaller
-OUTPUT_BAND_BYTES = 64 << 20  # class scores are up-sampled to full size in bands of at most this
 PREDICT_CAP = 1 << 30
 
 
@@ -113,9 +114,6 @@ def _eval_pixels(cfg: RunConfig) -> tuple[int, int, int]:
 
     Evaluation and prediction run the whole image at the training scale (evaluate.forward_scaled), which for a
     "short" scale can be up to transforms.MAX_ASPECT times the square; a sliding window bounds the net's part."""
-    from segdemo.evaluate import max_batch_pixels
-    from segdemo.transforms import max_scaled_pixels
-
     whole = max_scaled_pixels(cfg.data)
     one = min(whole, cfg.data.window**2) if cfg.data.window else whole
     return one, max(one, min(whole, max_batch_pixels(cfg))), whole
