@@ -1,7 +1,7 @@
 """CamVid with a time-budget preset on this machine: train on camvid/train, evaluate on camvid/val with the
 shipped class file (11 classes, void ignored), every image whole at the training scale and scored at its
 full 480x360 resolution. The preset plans scale, width and epochs from the data and a timed probe of this
-machine (segdemo/recipes.py); --minutes sets its budget. Options override the plan, for experiments.
+machine (segdemo/training/recipes.py); --minutes sets its budget. Options override the plan, for experiments.
 
     python bench/camvid.py [--data ../shared/data/camvid] [--minutes 20] [--preset 10min] [--out RUN_DIR]
 
@@ -18,11 +18,11 @@ import time
 
 from common import DEFAULT_DATA, REPO, load, machine
 
-from segdemo import recipes
 from segdemo.config import RunConfig
 from segdemo.data import open_dataset
 from segdemo.events import Done, EpochEnd, Failed, Started
-from segdemo.trainer import Trainer
+from segdemo.training import recipes
+from segdemo.training.trainer import Trainer
 
 
 def main() -> None:

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from common import REPO, load, machine, median
 
+from segdemo.core.evaluate import forward_resized, logits_to_labels
+from segdemo.core.predict import Predictor
+from segdemo.core.transforms import eval_resize, to_tensor
 from segdemo.data.builtin import make_sample
-from segdemo.evaluate import forward_resized, logits_to_labels
-from segdemo.export import export_model
+from segdemo.export.exporter import export_model
 from segdemo.imageio import load_image
-from segdemo.predict import Predictor
-from segdemo.transforms import eval_resize, to_tensor
 
 
 def cpu_name() -> str:

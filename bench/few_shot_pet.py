@@ -18,12 +18,12 @@ import time
 
 from common import DEFAULT_DATA, load, machine
 
-from segdemo import recipes
 from segdemo.config import LITE, RunConfig
 from segdemo.data import open_dataset
 from segdemo.data.base import Splits
 from segdemo.events import EpochEnd, Failed
-from segdemo.trainer import Trainer
+from segdemo.training import recipes
+from segdemo.training.trainer import Trainer
 
 
 def run(data: str, preset: str, encoder: str | None, seed: int, **over) -> tuple[float, float, str]:

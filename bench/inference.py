@@ -19,17 +19,17 @@ import numpy as np
 import torch
 from common import REPO, load, machine, median, peak_rss_mb
 
-from segdemo.checkpoint import Checkpoint
 from segdemo.config import quick_cpu_preset
+from segdemo.core.checkpoint import Checkpoint
+from segdemo.core.model import build_model
+from segdemo.core.predict import Predictor
 from segdemo.data.builtin import CLASSES, make_sample
-from segdemo.model import build_model
-from segdemo.predict import Predictor
 
 TRAIN_ONE_EPOCH = """
 import tempfile
 from segdemo.config import quick_cpu_preset
 from segdemo.data.builtin import open_builtin
-from segdemo.trainer import Trainer
+from segdemo.training.trainer import Trainer
 cfg = quick_cpu_preset()
 cfg.train.epochs = 1
 with tempfile.TemporaryDirectory() as d:
@@ -82,7 +82,7 @@ def main() -> None:
         h, w = image.shape[:2]
     else:
         image = test_image(max(w, h))[:h, :w]
-    from segdemo.transforms import eval_resize
+    from segdemo.core.transforms import eval_resize
 
     scaled = eval_resize(image, cfg.data)  # the model's input: the whole image at the training scale
     x = torch.randn(1, 3, *scaled.shape[:2])

@@ -30,7 +30,7 @@ from common import DEFAULT_DATA, load, machine, median, start_app
 from PIL import Image
 
 from segdemo.data.builtin import make_sample
-from segdemo.labelset import LABEL_MAX_SIDE
+from segdemo.server.labelset import LABEL_MAX_SIDE
 from tests.label_page import open_photo, pick_class, stroke
 
 CHROMIUM = "/usr/bin/chromium"

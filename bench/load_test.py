@@ -469,7 +469,7 @@ def main() -> None:
             f"gap or duplicate: {len(gaps)} {gaps[:3]}"
         )
     if shares:
-        from segdemo.jobs import address_key
+        from segdemo.server.jobs import address_key
 
         def who(key: str) -> str:
             if key == address_key("192.0.2.66"):

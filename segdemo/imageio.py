@@ -276,7 +276,7 @@ def load_mask_raw(src: Source, name: str | None = None, max_pixels: int = MAX_PI
 
 def load_rgba(src: Source, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """(H, W, 4) uint8 RGBA exactly as stored, alpha kept and no EXIF turn: a layer painted in the browser,
-    whose transparent pixels mean "not painted" (segdemo/labelset.py)."""
+    whose transparent pixels mean "not painted" (segdemo/server/labelset.py)."""
     label = _display_name(src, name)
     im, _ = _decode(src, label, max_pixels)
     try:

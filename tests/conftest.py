@@ -105,7 +105,7 @@ def wait_until_serving(url: str, proc, log: Path, timeout: float = 120) -> None:
 def in_process_app(tmp: Path):
     """The app built in this process on a free port, with its runs under `tmp`, no shipped model and one
     training slot: (url, its JobManager, the Blocks). Closed on exit."""
-    from segdemo.jobs import JobManager
+    from segdemo.server.jobs import JobManager
     from segdemo.ui import build_demo, launch
 
     jobs = JobManager(tmp / "runs", max_concurrent=1, reaper=False)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segdemo.checkpoint import save_checkpoint
 from segdemo.config import RunConfig
+from segdemo.core.checkpoint import save_checkpoint
+from segdemo.core.model import build_model
 from segdemo.data.base import ClassSet
-from segdemo.model import build_model
 
 
 def lying_checkpoint(path: Path, width: int, depth: int) -> Path:

@@ -21,11 +21,11 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segdemo.checkpoint import load_checkpoint  # noqa: E402
+from segdemo.core.checkpoint import load_checkpoint  # noqa: E402
+from segdemo.core.metrics import metrics_from_confusion, most_confused  # noqa: E402
+from segdemo.core.predict import Predictor  # noqa: E402
+from segdemo.core.viz import overlay  # noqa: E402
 from segdemo.imageio import load_image  # noqa: E402
-from segdemo.metrics import metrics_from_confusion, most_confused  # noqa: E402
-from segdemo.predict import Predictor  # noqa: E402
-from segdemo.viz import overlay  # noqa: E402
 from tests.conftest import api_session as session
 from tests.conftest import in_process_app, tiny_train_args
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.export import export_zip
+from segdemo.export.exporter import export_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "shapes_unet.safetensors"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from segdemo.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, read_meta, save_checkpoint
+from segdemo.core.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, read_meta, save_checkpoint
+from segdemo.core.model import build_model
 from segdemo.data.builtin import CLASSES
-from segdemo.model import build_model
 from tests.conftest import tiny_config
 
 

@@ -60,7 +60,7 @@ def test_evaluate_json(builtin_run):
     best = json.loads((builtin_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert doc["miou"] == pytest.approx(best["miou"], abs=1e-5)  # the same honest evaluation as training
     # where it fails: the counts behind those numbers, each true class's row as shares, the worst pairs in words
-    from segdemo.metrics import metrics_from_confusion
+    from segdemo.core.metrics import metrics_from_confusion
 
     conf = doc["confusion"]
     assert conf["classes"] == [c["name"] for c in doc["per_class"]]
@@ -168,9 +168,9 @@ def test_predict_scores_against_masks_paired_by_name(tmp_path):
     """--masks: each image against its mask, then one confusion matrix over all of them (as the app's Predict)."""
     import torch
 
+    from segdemo.core.metrics import metrics_from_confusion
+    from segdemo.core.predict import Predictor, load_ground_truth
     from segdemo.imageio import load_image_oriented
-    from segdemo.metrics import metrics_from_confusion
-    from segdemo.predict import Predictor, load_ground_truth
 
     ckpt, ex = ROOT / "checkpoints" / "shapes_unet.safetensors", ROOT / "examples"
     images = [ex / "shapes_1.png", ex / "shapes_3.png"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from segdemo.checkpoint import load_checkpoint
+from segdemo.core.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -10,13 +10,13 @@ from segdemo.errors import ConfigError, UserError, is_user_error
 
 
 def test_every_refusal_is_a_user_error_and_old_imports_still_work():
-    from segdemo.budget import BudgetError
-    from segdemo.checkpoint import CheckpointError, CheckpointWriteError
+    from segdemo.core.budget import BudgetError
+    from segdemo.core.checkpoint import CheckpointError, CheckpointWriteError
+    from segdemo.core.model import PretrainedUnavailable
     from segdemo.data.base import DataError
-    from segdemo.export import ExportError
-    from segdemo.jobs import JobError
-    from segdemo.limits import LimitError
-    from segdemo.model import PretrainedUnavailable
+    from segdemo.export.exporter import ExportError
+    from segdemo.server.jobs import JobError
+    from segdemo.server.limits import LimitError
 
     for cls in (
         BudgetError,

@@ -31,22 +31,22 @@ import torch.nn.functional as F
 from PIL import Image
 
 import segdemo
-from segdemo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from segdemo.cli import main
 from segdemo.config import LITE, use_encoder
+from segdemo.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from segdemo.core.model import build_model
+from segdemo.core.predict import Predictor
+from segdemo.core.pretrained import provenance
+from segdemo.core.transforms import eval_resize, to_tensor
 from segdemo.data.base import ClassSet
-from segdemo.export import FORMATS, ExportError, export_model
+from segdemo.export.exporter import FORMATS, ExportError, export_model
 from segdemo.imageio import load_image
-from segdemo.model import build_model
-from segdemo.predict import Predictor
-from segdemo.pretrained import provenance
-from segdemo.transforms import eval_resize, to_tensor
 from tests.conftest import shared_data, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "shapes_unet.safetensors"
 EXAMPLES = sorted((ROOT / "examples").glob("shapes_*.png"))
-SCRIPTS = ROOT / "segdemo" / "export_scripts"
+SCRIPTS = ROOT / "segdemo" / "export" / "scripts"
 HAS_ORT = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 NO_ORT = "onnx and onnxruntime are not installed (pip install -r requirements-dev.txt installs them)"
 LOGIT_ATOL = 1e-4

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdemo.checkpoint import load_checkpoint, read_meta
 from segdemo.config import DataConfig
+from segdemo.core.checkpoint import load_checkpoint, read_meta
 from segdemo.events import Done
-from segdemo.familiar import stats_of, training_stats, unlike
 from segdemo.imageio import load_image
-from segdemo.trainer import Trainer
+from segdemo.training.familiar import stats_of, training_stats, unlike
+from segdemo.training.trainer import Trainer
 from tests.conftest import SHARED_DATA, tiny_config
 from tests.sloppy import pet_photo, write_sloppy_set
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from segdemo.checkpoint import load_checkpoint
+from segdemo.core.checkpoint import load_checkpoint
 from segdemo.data.builtin import open_builtin
 from segdemo.events import Done, EpochEnd, Failed
-from segdemo.trainer import Trainer
+from segdemo.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,9 +25,9 @@ SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r})
     from tests.conftest import tiny_config
-    from segdemo import checkpoint
+    from segdemo.core import checkpoint
     from segdemo.data.builtin import open_builtin
-    from segdemo.trainer import Trainer
+    from segdemo.training.trainer import Trainer
     cfg = tiny_config(epochs={epochs})
     kill_at = os.environ.get("KILL_AT", "")
     if kill_at.startswith("write:"):  # die after the temp file is written, before the rename
@@ -110,7 +110,7 @@ def test_disk_full_while_saving_is_reported_and_previous_survives(tmp_path, monk
 def test_out_of_memory_in_an_epoch_fails_with_advice(tmp_path, monkeypatch):
     cfg = tiny_config(epochs=2)
     tr = Trainer(cfg, tmp_path, splits=open_builtin(cfg.data))
-    import segdemo.model as model_mod
+    import segdemo.core.model as model_mod
 
     def oom(self, x):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

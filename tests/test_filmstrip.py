@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo import filmstrip
+from segdemo.core import filmstrip
 from segdemo.data.base import ClassSet
 from segdemo.events import EpochEnd, Preview
-from segdemo.jobs import DONE, JobManager
+from segdemo.server.jobs import DONE, JobManager
 from tests.conftest import tiny_config
 
 CLASSES = ClassSet.default(["background", "thing"])

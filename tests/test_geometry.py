@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo import budget
-from segdemo.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from segdemo.config import RunConfig
+from segdemo.core import budget
+from segdemo.core.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from segdemo.core.evaluate import evaluate_model, forward_scaled, logits_to_labels, sliding_window, upsample
+from segdemo.core.losses import SegLoss
+from segdemo.core.metrics import confusion_matrix
+from segdemo.core.model import build_model
+from segdemo.core.predict import Predictor
+from segdemo.core.transforms import scaled_size, train_transform
 from segdemo.data.base import IGNORE, ArraySource, ClassSet, Splits
-from segdemo.evaluate import evaluate_model, forward_scaled, logits_to_labels, sliding_window, upsample
-from segdemo.losses import SegLoss
-from segdemo.metrics import confusion_matrix
-from segdemo.model import build_model
-from segdemo.predict import Predictor
-from segdemo.trainer import TrainDataset, Trainer
-from segdemo.transforms import scaled_size, train_transform
+from segdemo.training.trainer import TrainDataset, Trainer
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +154,7 @@ def test_shipped_checkpoint_predicts_exactly_as_before(tmp_path):
     image = cv2.imread(str(ROOT / "examples" / "shapes_1.png"))[:, :, ::-1]
     image = np.ascontiguousarray(cv2.resize(image, (91, 37), interpolation=cv2.INTER_AREA))
     # the old code path, written out: square INTER_AREA resize, model, bilinear up-sampling, argmax
-    from segdemo.transforms import to_tensor
+    from segdemo.core.transforms import to_tensor
 
     x = to_tensor(cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA)[None], d.mean, d.std)
     with torch.inference_mode():

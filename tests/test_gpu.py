@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from segdemo.core.predict import Predictor
 from segdemo.data.builtin import open_builtin
 from segdemo.events import Done, Started
-from segdemo.predict import Predictor
-from segdemo.trainer import Trainer
+from segdemo.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segdemo.jobs import JobManager  # noqa: E402
+from segdemo.server.jobs import JobManager  # noqa: E402
 from tests.conftest import free_port, tiny_train_args  # noqa: E402
 from tests.payloads import flat_image, lying_checkpoint, many_class_checkpoint  # noqa: E402
 
@@ -466,7 +466,7 @@ def test_a_runs_dir_under_tmp_is_never_emptied_at_exit(tmp_path):
     runs = tmp_path / "shared-tmp"
     runs.mkdir()
     (runs / "not-ours.txt").write_text("keep me")
-    code = "from segdemo.jobs import JobManager; JobManager.from_env(reaper=False)"
+    code = "from segdemo.server.jobs import JobManager; JobManager.from_env(reaper=False)"
     env = {**os.environ, "SEGDEMO_RUNS_DIR": str(runs)}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
     assert (runs / "not-ours.txt").read_text() == "keep me"
@@ -519,7 +519,7 @@ def test_uploads_have_a_quota_per_address(server, tmp_path):
 
 def test_pairing_thousands_of_masks_is_refused_quickly(server, tmp_path):
     url, _, _ = server
-    from segdemo.predict import MaskIndex
+    from segdemo.core.predict import MaskIndex
     from segdemo.ui.predict_tab import MAX_FILES
 
     c, token = client(url, "203.0.113.11")
@@ -604,7 +604,7 @@ def test_cache_folders_of_dead_servers_are_swept(tmp_path):
 
 
 def test_cpu_out_of_memory_is_recognised():
-    from segdemo.trainer import is_out_of_memory
+    from segdemo.training.trainer import is_out_of_memory
 
     assert is_out_of_memory(
         RuntimeError(

@@ -20,13 +20,14 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from segdemo import recipes, speedups
 from segdemo.config import RunConfig
+from segdemo.core import speedups
+from segdemo.core.weights_file import MAX_WEIGHTS_BYTES, check_weights_file
 from segdemo.errors import ConfigError, LimitError
-from segdemo.jobs import DONE, FAILED, JobManager
-from segdemo.limits import RateLimiter
-from segdemo.tokens import OwnerTokens
-from segdemo.weights_file import MAX_WEIGHTS_BYTES, check_weights_file
+from segdemo.server.jobs import DONE, FAILED, JobManager
+from segdemo.server.limits import RateLimiter
+from segdemo.server.tokens import OwnerTokens
+from segdemo.training import recipes
 from tests.conftest import api_session, in_process_app, tiny_config, tiny_train_args
 
 
@@ -355,7 +356,7 @@ class FakePanic(BaseException):
 
 
 def test_a_baseexception_in_a_run_ends_it_as_failed_and_frees_its_slots(tmp_path, monkeypatch):
-    from segdemo import checkpoint
+    from segdemo.core import checkpoint
 
     real = checkpoint.save_checkpoint
     calls = {"n": 0}
@@ -400,7 +401,7 @@ def test_batch_one_with_a_one_pixel_bottom_is_refused_with_a_sentence():
 
 
 def test_the_memory_budget_covers_the_resumable_save():
-    from segdemo import budget
+    from segdemo.core import budget
 
     cfg = RunConfig()
     cfg.model.width, cfg.data.image_size, cfg.train.batch_size = 64, 32, 2
@@ -455,7 +456,7 @@ def test_connections_held_open_are_capped_per_address(tmp_path, monkeypatch):
 def test_one_small_training_photo_trains_instead_of_failing_in_batchnorm(tmp_path):
     """One labelled photo to train on and a 1x1 deepest map: a batch of one failed in BatchNorm ("Expected more
     than 1 value per channel") as "failed unexpectedly"; the lone image now goes in twice."""
-    from segdemo.trainer import Trainer
+    from segdemo.training.trainer import Trainer
 
     cfg = tiny_config(epochs=1, batch_size=4)
     cfg.data.builtin_train, cfg.data.builtin_val, cfg.data.image_size = 1, 2, 32

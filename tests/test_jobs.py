@@ -13,7 +13,7 @@ import torch
 
 from segdemo.data.builtin import open_builtin
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
-from segdemo.jobs import DONE, FAILED, NO_SUCH_RUN, QUEUED, RUNNING, STOPPED, JobError, JobManager
+from segdemo.server.jobs import DONE, FAILED, NO_SUCH_RUN, QUEUED, RUNNING, STOPPED, JobError, JobManager
 from tests.conftest import tiny_config
 
 
@@ -317,8 +317,8 @@ def _rss_mb() -> float:
 def test_stop_mid_epoch_frees_the_run_and_the_next_one_starts(tmp_path):
     """Stop, four times over, each in the middle of an epoch: the thread ends, no model, optimiser or
     trainer stays alive after it, memory does not creep up from run to run, and a new run starts."""
-    from segdemo.model import UNet
-    from segdemo.trainer import Trainer
+    from segdemo.core.model import UNet
+    from segdemo.training.trainer import Trainer
 
     cfg = tiny_config(epochs=50, batch_size=4)
     cfg.data.builtin_train = 64

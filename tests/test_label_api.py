@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from segdemo.config import DataConfig  # noqa: E402
 from segdemo.data import open_dataset  # noqa: E402
 from segdemo.data.base import IGNORE  # noqa: E402
-from segdemo.labelset import LABEL_COLORS, layer_from_mask  # noqa: E402
+from segdemo.server.labelset import LABEL_COLORS, layer_from_mask  # noqa: E402
 from tests.conftest import api_session as session
 from tests.conftest import in_process_app, tiny_train_args  # noqa: E402
 from tests.payloads import png_claiming  # noqa: E402

@@ -1,4 +1,4 @@
-"""segdemo.labelset: painted layers -> class ids, one owner's set on disk, the zip the app reads back, expiry."""
+"""segdemo.server.labelset: painted layers -> class ids, one owner's set on disk, the zip the app reads back, expiry."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo import labelset
 from segdemo.config import DataConfig
 from segdemo.data import check_source, open_dataset
 from segdemo.data.base import IGNORE
 from segdemo.errors import DataError, LimitError
-from segdemo.labelset import (
+from segdemo.server import labelset
+from segdemo.server.labelset import (
     ALPHA_MIN,
     LABEL_COLORS,
     LabelStore,

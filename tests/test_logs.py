@@ -19,10 +19,10 @@ BUG = "deliberate bug in a training step"
 PRESET = "minute"
 # Makes the training step's loss fail the way a bug in the loop would (the speed probe has its own loss).
 PLANT_BUG = textwrap.dedent(f"""
-    import segdemo.losses
+    import segdemo.core.losses
     def forward(self, logits, target):
         raise RuntimeError({BUG!r})
-    segdemo.losses.SegLoss.forward = forward
+    segdemo.core.losses.SegLoss.forward = forward
 """)
 ENV = {
     "NO_ALBUMENTATIONS_UPDATE": "1",
@@ -60,7 +60,7 @@ def test_verbose_shows_the_traceback_on_stderr(tmp_path):
 def test_a_bug_outside_the_trainer_points_to_verbose(tmp_path):
     """`segdemo predict` has no run folder: a bug says it is one, exits 1, and --verbose shows the traceback."""
     code = (
-        "import segdemo.predict as p\n"
+        "import segdemo.core.predict as p\n"
         "def predict(self, *a, **k):\n    raise ValueError('operands could not be broadcast')\n"
         "p.Predictor.predict = predict\n"
         "import sys\nfrom segdemo.cli import main\nsys.exit(main(sys.argv[1:]))\n"
@@ -87,11 +87,11 @@ def test_a_bug_in_training_and_in_a_handler_reach_the_server_log(tmp_path):
 
     port = free_port()
     code = PLANT_BUG + textwrap.dedent(f"""
-        import segdemo.predict as p
+        import segdemo.core.predict as p
         def predict(self, *a, **k):
             raise ValueError("deliberate bug in a handler")
         p.Predictor.predict = predict
-        from segdemo.jobs import JobManager
+        from segdemo.server.jobs import JobManager
         from segdemo.ui import build_demo, launch
         jobs = JobManager({str(tmp_path / "runs")!r}, reaper=False)
         launch(build_demo(jobs, cache_dir={str(tmp_path / "cache")!r}), server_name="127.0.0.1", server_port={port})

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from segdemo.core.losses import SegLoss, class_weights_from_counts, soft_dice_loss
 from segdemo.data.base import IGNORE
-from segdemo.losses import SegLoss, class_weights_from_counts, soft_dice_loss
 
 
 def test_ce_ignores_ignored_pixels():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from segdemo.core.metrics import ConfusionMeter, confusion_matrix, metrics_from_confusion
 from segdemo.data.base import IGNORE
-from segdemo.metrics import ConfusionMeter, confusion_matrix, metrics_from_confusion
 
 T = torch.tensor([[0, 0, 1], [0, 1, 1], [2, 2, IGNORE]])
 P = torch.tensor([[0, 1, 1], [0, 1, 0], [2, 1, 2]])

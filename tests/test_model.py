@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from segdemo.config import ModelConfig
-from segdemo.model import PretrainedUnavailable, UNet, build_model
+from segdemo.core.model import PretrainedUnavailable, UNet, build_model
 
 
 @pytest.mark.parametrize("bilinear", [True, False])

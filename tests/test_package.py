@@ -210,7 +210,7 @@ def launch_opts(monkeypatch):
     """The options segdemo.ui.launch() hands to demo.launch, for an environment and keyword arguments."""
     from segdemo import ui
 
-    monkeypatch.setattr("segdemo.trainer.warm_up", lambda: None)
+    monkeypatch.setattr("segdemo.training.trainer.warm_up", lambda: None)
 
     def opts(env: dict[str, str], **kw) -> dict:
         for name in ("GRADIO_SERVER_NAME", "SPACE_ID", "SYSTEM", "PORT", "GRADIO_SERVER_PORT"):

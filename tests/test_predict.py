@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from segdemo.core.evaluate import evaluate_model
+from segdemo.core.metrics import confusion_matrix, metrics_from_confusion
+from segdemo.core.predict import Predictor
 from segdemo.data.base import DataError
 from segdemo.data.builtin import make_sample, open_builtin
-from segdemo.evaluate import evaluate_model
 from segdemo.events import Done, EpochEnd
-from segdemo.metrics import confusion_matrix, metrics_from_confusion
-from segdemo.predict import Predictor
-from segdemo.trainer import Trainer
+from segdemo.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 
@@ -106,7 +106,7 @@ def test_labels_in_bands_equal_the_full_upsample():
     """The banded path (bounded memory for many classes on big images) gives the full path's labels."""
     import torch
 
-    from segdemo.evaluate import labels_at_size, logits_to_labels, upsample
+    from segdemo.core.evaluate import labels_at_size, logits_to_labels, upsample
 
     logits = torch.randn(1, 7, 13, 17, generator=torch.Generator().manual_seed(0))
     size = (101, 77)

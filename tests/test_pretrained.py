@@ -9,13 +9,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from segdemo import pretrained
-from segdemo.checkpoint import CheckpointError, load_checkpoint, read_meta
 from segdemo.config import LITE, RunConfig, use_encoder
+from segdemo.core import pretrained
+from segdemo.core.checkpoint import CheckpointError, load_checkpoint, read_meta
+from segdemo.core.model import LiteUNet, build_model
+from segdemo.core.predict import Predictor
 from segdemo.errors import PretrainedUnavailable
-from segdemo.model import LiteUNet, build_model
-from segdemo.predict import Predictor
-from segdemo.trainer import Trainer
+from segdemo.training.trainer import Trainer
 from tests.conftest import shared_data, tiny_config
 
 
@@ -103,7 +103,7 @@ def test_a_hostile_checkpoint_naming_the_encoder_is_refused(tmp_path):
     cfg = lite_config()
     cfg.model.num_classes = 4
     net = build_model(cfg.model)  # pretrained: the file claims the weights are here
-    from segdemo.checkpoint import save_checkpoint
+    from segdemo.core.checkpoint import save_checkpoint
     from segdemo.data.builtin import CLASSES
 
     path = save_checkpoint(tmp_path / "m.safetensors", net, cfg, CLASSES)
@@ -135,7 +135,7 @@ def test_a_hostile_checkpoint_naming_the_encoder_is_refused(tmp_path):
 
 
 def test_presets_choose_the_imagenet_encoder_for_photos_and_the_tutorial_unet_for_shapes(monkeypatch):
-    from segdemo import recipes
+    from segdemo.training import recipes
 
     shape = recipes.DataShape(20, 6, 300, 400)
     shapes = recipes.plan(recipes.preset("minute"), shape, per_pixel=2e-6)
@@ -158,7 +158,7 @@ def test_presets_choose_the_imagenet_encoder_for_photos_and_the_tutorial_unet_fo
 
 
 def test_the_encoder_learns_at_a_fraction_of_the_decoders_rate():
-    from segdemo.trainer import param_groups
+    from segdemo.training.trainer import param_groups
 
     cfg = lite_config()
     net = build_model(cfg.model)
@@ -194,7 +194,7 @@ def test_instant_mode_trains_only_the_decoder(tmp_path):
 
 
 def test_instant_modes_feature_cache_is_bounded_and_exact():
-    from segdemo.instant import FeatureCache, decoder_logits
+    from segdemo.training.instant import FeatureCache, decoder_logits
 
     net = build_model(lite_config().model).eval()
     one = sum(f.numel() * 4 for f in net.encode(torch.zeros(1, 3, 64, 64)))

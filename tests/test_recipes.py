@@ -1,4 +1,4 @@
-"""Presets as time budgets (segdemo/recipes.py): the plan adapts to the data's size and the machine's speed."""
+"""Presets as time budgets (segdemo/training/recipes.py): the plan adapts to the data's size and the machine's speed."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo import recipes
-from segdemo.checkpoint import load_checkpoint
 from segdemo.config import ModelConfig, RunConfig
+from segdemo.core.checkpoint import load_checkpoint
+from segdemo.core.model import build_model
 from segdemo.errors import ConfigError
-from segdemo.model import build_model
-from segdemo.recipes import DataShape
+from segdemo.training import recipes
+from segdemo.training.recipes import DataShape
 
 SHAPES = DataShape(768, 128, 128, 128)
 CAMVID = DataShape(367, 101, 360, 480)

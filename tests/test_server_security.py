@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from segdemo.jobs import JobManager  # noqa: E402
+from segdemo.server.jobs import JobManager  # noqa: E402
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo.checkpoint import load_checkpoint
 from segdemo.config import DataConfig
+from segdemo.core.checkpoint import load_checkpoint
+from segdemo.core.evaluate import evaluate_model
+from segdemo.core.metrics import metrics_from_confusion
 from segdemo.data import open_dataset
 from segdemo.data.base import SubsetSource, coverage_notes, seeded_split, stratified_split
 from segdemo.data.check import FEW_PHOTOS
 from segdemo.data.folder import open_folder
-from segdemo.evaluate import evaluate_model
 from segdemo.events import Done, EpochEnd, Started
-from segdemo.metrics import metrics_from_confusion
-from segdemo.trainer import Trainer
+from segdemo.training.trainer import Trainer
 from tests.conftest import tiny_config
 from tests.sloppy import write_fair_set, write_sloppy_set
 
@@ -109,7 +109,7 @@ def test_a_model_that_paints_everything_pet_cannot_win_on_a_thin_split(sloppy, t
 
     base = whole.train.base
     splits = Splits(train=SubsetSource(base, [0, 1, 2, 4, 5]), val=SubsetSource(base, [3]), classes=whole.classes)
-    monkeypatch.setattr("segdemo.trainer.build_model", AllPet)
+    monkeypatch.setattr("segdemo.training.trainer.build_model", AllPet)
     events = list(Trainer(cfg, tmp_path / "run", splits=splits).events())
     end = next(e for e in events if isinstance(e, EpochEnd))
     assert end.miou == pytest.approx(1.0)  # the thin split's one number says "perfect"
@@ -167,7 +167,7 @@ def test_the_cli_says_it_too(sloppy, tmp_path):
 
 
 def test_the_training_photo_sample_spreads_over_every_photo_of_a_small_set():
-    from segdemo.trainer import probe_indices
+    from segdemo.training.trainer import probe_indices
 
     assert probe_indices(5) == [0, 1, 2, 3, 4]
     assert probe_indices(0) == []
@@ -175,8 +175,8 @@ def test_the_training_photo_sample_spreads_over_every_photo_of_a_small_set():
 
 
 def test_the_plan_line_for_a_few_photos_says_what_the_run_will_do():
-    from segdemo import recipes
-    from segdemo.recipes import MAX_EPOCHS, DataShape
+    from segdemo.training import recipes
+    from segdemo.training.recipes import MAX_EPOCHS, DataShape
 
     p = recipes.BY_KEY["minute"]
     plan = recipes.plan(p, DataShape(5, 1, 384, 512), per_pixel=1e-9)

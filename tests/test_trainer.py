@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo.checkpoint import load_checkpoint
 from segdemo.config import RunConfig
+from segdemo.core.checkpoint import load_checkpoint
+from segdemo.core.metrics import confusion_matrix, metrics_from_confusion
 from segdemo.data.builtin import open_builtin
 from segdemo.errors import ConfigError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
-from segdemo.metrics import confusion_matrix, metrics_from_confusion
-from segdemo.trainer import LoopState, Trainer, _plateau, lr_at, next_epoch_misses_budget, schedule_progress
+from segdemo.training.trainer import LoopState, Trainer, _plateau, lr_at, next_epoch_misses_budget, schedule_progress
 from tests.conftest import tiny_config
 
 

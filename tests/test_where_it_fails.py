@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo.data.base import IGNORE, ArraySource, ClassSet
-from segdemo.evaluate import evaluate_model
-from segdemo.events import EpochEnd, Preview
-from segdemo.jobs import Job
-from segdemo.metrics import (
+from segdemo.core.evaluate import evaluate_model
+from segdemo.core.metrics import (
     confusion_matrix,
     confusion_to_dict,
     image_miou,
     most_confused,
     row_normalised,
 )
+from segdemo.core.viz import ERROR_COLORS, confusion_html, error_map
+from segdemo.data.base import IGNORE, ArraySource, ClassSet
+from segdemo.events import EpochEnd, Preview
 from segdemo.palette import HAND_PICKED, distinct_colors, to_lab
-from segdemo.viz import ERROR_COLORS, confusion_html, error_map
+from segdemo.server.jobs import Job
 from tests.conftest import tiny_config
 
 # the 3x3 masks of test_metrics.py: cm = [[2, 1, 0], [1, 2, 0], [0, 1, 1]] (rows = truth)
@@ -184,7 +184,7 @@ def test_a_job_keeps_pictures_and_confusion_of_the_newest_epoch_only(tmp_path: P
 
 def test_kept_predictions_are_bounded_and_only_their_owner_finds_them():
     from segdemo.errors import UserError
-    from segdemo.tokens import OwnerTokens
+    from segdemo.server.tokens import OwnerTokens
     from segdemo.ui.views import View, ViewCache
 
     tokens = OwnerTokens(b"x" * 32)

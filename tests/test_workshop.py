@@ -17,7 +17,7 @@ from gradio_client.exceptions import AppError
 
 from segdemo.config import RunConfig
 from segdemo.events import EpochEnd
-from segdemo.jobs import DONE, QUEUED, RUNNING, JobManager
+from segdemo.server.jobs import DONE, QUEUED, RUNNING, JobManager
 from tests.conftest import in_process_app, tiny_config, tiny_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_a_class_behind_one_router_is_not_an_attack(classroom):
 def test_the_wait_shown_adds_up_the_budgets_ahead(tmp_path):
     """A queued student's wait: the running run's budget left plus the budgets of the runs ahead, slot by
     slot. The line is laid out by hand (no thread runs), so the arithmetic is checked, not a clock."""
-    from segdemo.jobs import Job
+    from segdemo.server.jobs import Job
 
     jm = JobManager(tmp_path, max_concurrent=1, reaper=False)
     line = []
@@ -115,7 +115,7 @@ def test_a_restart_mid_run_resumes_and_loses_no_epoch(tmp_path):
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from tests.conftest import tiny_config
-from segdemo.jobs import JobManager
+from segdemo.server.jobs import JobManager
 jm = JobManager({str(runs)!r}, max_concurrent=1, reaper=False, persist=True)
 done = jm.submit("alice", tiny_config(epochs=1), client="10.0.0.1")
 done.thread.join()
@@ -179,7 +179,7 @@ def _shapes_zip(path: Path, n: int = 12) -> Path:
 def test_a_budget_run_on_a_busy_machine_still_ends_with_a_checkpoint(tmp_path):
     """A 6-second budget whose first epoch took longer (a server just restarted, 10 processes on 2 cores)
     ended "after 0 epochs" with nothing to predict with: the budget now waits for the first epoch."""
-    from segdemo.trainer import Trainer
+    from segdemo.training.trainer import Trainer
 
     cfg = tiny_config(epochs=5)
     cfg.train.time_limit_s = 0.05  # far less than one epoch here
@@ -188,7 +188,7 @@ def test_a_budget_run_on_a_busy_machine_still_ends_with_a_checkpoint(tmp_path):
 
 
 def test_runs_are_kept_a_day_by_default():
-    from segdemo.jobs import DEFAULT_TTL_S
+    from segdemo.server.jobs import DEFAULT_TTL_S
 
     assert DEFAULT_TTL_S >= 24 * 3600
 

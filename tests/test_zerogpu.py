@@ -23,14 +23,14 @@ from spaces.config import boolean as spaces_boolean  # noqa: E402
 from spaces.utils import gradio_request_var  # noqa: E402
 from spaces.zero.gradio import error as spaces_error  # noqa: E402
 
-from segdemo import zerogpu  # noqa: E402
-from segdemo.checkpoint import load_checkpoint  # noqa: E402
+from segdemo.core.checkpoint import load_checkpoint  # noqa: E402
+from segdemo.core.predict import Predictor  # noqa: E402
 from segdemo.data.base import DataError  # noqa: E402
 from segdemo.data.builtin import open_builtin  # noqa: E402
 from segdemo.events import Done, EpochEnd, Progress, Started  # noqa: E402
-from segdemo.jobs import DONE, FAILED, STOPPED, JobManager  # noqa: E402
-from segdemo.predict import Predictor  # noqa: E402
-from segdemo.trainer import Trainer  # noqa: E402
+from segdemo.server import zerogpu  # noqa: E402
+from segdemo.server.jobs import DONE, FAILED, STOPPED, JobManager  # noqa: E402
+from segdemo.training.trainer import Trainer  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

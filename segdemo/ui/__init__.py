@@ -20,8 +20,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import gradio as gr  # noqa: E402
 
 from segdemo import logs  # noqa: E402
-from segdemo.hosting import default_host, warn_if_exposed  # noqa: E402
-from segdemo.jobs import JobManager  # noqa: E402
+from segdemo.server.hosting import default_host, warn_if_exposed  # noqa: E402
+from segdemo.server.jobs import JobManager  # noqa: E402
 from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
 from segdemo.ui.compare_tab import CompareTab  # noqa: E402
 from segdemo.ui.guard import QUEUE_SIZE, cap_queue_per_client  # noqa: E402
@@ -128,7 +128,7 @@ def build_demo(
 
 def launch(demo: gr.Blocks, **kw):
     """demo.launch with this app's defaults: 127.0.0.1 unless GRADIO_SERVER_NAME or a Hugging Face Space says
-    otherwise (segdemo.hosting), port from PORT, 50 MB uploads, only the examples folder readable, no
+    otherwise (segdemo.server.hosting), port from PORT, 50 MB uploads, only the examples folder readable, no
     tracebacks on the page, capped request bodies and an upload quota per address (ui/guard.py), files private
     to the server's user. Keyword arguments override; listening beyond loopback prints a warning."""
     from starlette.middleware import Middleware
@@ -154,7 +154,7 @@ def launch(demo: gr.Blocks, **kw):
     opts.update(kw)
     logs.log_to_stderr(logging.INFO)  # the server's log: engine records and the tracebacks of bugs
     warn_if_exposed(opts["server_name"] or default_host(), bool(opts.get("share")))
-    from segdemo.trainer import warm_up
+    from segdemo.training.trainer import warm_up
 
     threading.Thread(target=warm_up, name="segdemo-warm-up", daemon=True).start()
     return demo.launch(**opts)

@@ -3,7 +3,7 @@ token, turning engine errors into gr.Error sentences, and small picture helpers.
 
 Owner / session isolation
 -------------------------
-Each browser gets an owner token the SERVER issues (segdemo/tokens.py: 192 random bits plus an HMAC
+Each browser gets an owner token the SERVER issues (segdemo/server/tokens.py: 192 random bits plus an HMAC
 with a server secret). It lives in a gr.BrowserState (the browser's localStorage), so it
 survives reloads and is shared by the tabs of one browser, and every event sends it back. Runs are
 registered under a hash of that token; every lookup needs the token AND the run id, and a wrong pair
@@ -34,13 +34,13 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from segdemo import budget
 from segdemo.assets import EXAMPLES, SHIPPED_CHECKPOINT, asset
 from segdemo.atomic import replace_file
+from segdemo.core import budget
 from segdemo.errors import is_user_error
 from segdemo.escape import esc, md  # noqa: F401  (the UI's one way to put user text into HTML/Markdown)
-from segdemo.jobs import JobManager
-from segdemo.limits import LimitError, RateLimiter, Slots, client_address, ensure_free_disk
+from segdemo.server.jobs import JobManager
+from segdemo.server.limits import LimitError, RateLimiter, Slots, client_address, ensure_free_disk
 
 log = logging.getLogger("segdemo.ui")
 
@@ -159,8 +159,8 @@ class AppContext:
 
     def predictor(self, path: str | Path):
         """A Predictor for a checkpoint file, kept in a small LRU keyed by path, size and mtime."""
-        from segdemo import zerogpu
-        from segdemo.predict import Predictor
+        from segdemo.core.predict import Predictor
+        from segdemo.server import zerogpu
 
         p = Path(path)
         st = p.stat()
@@ -444,7 +444,7 @@ def run_label(job) -> str:
 def export_onnx_zip(ctx: AppContext, checkpoint: Path, name: str | None = None) -> Path:
     """A checkpoint as a take-home bundle (ONNX model, meta.json, predict_onnx.py, README.md, requirements.txt) in
     one zip named after the run (`segdemo-<name>-onnx.zip`), in a scratch folder Gradio may serve."""
-    from segdemo.export import ExportError, export_zip
+    from segdemo.export.exporter import ExportError, export_zip
 
     st = checkpoint.stat()
     stem = safe_stem(name or checkpoint.stem) or "model"

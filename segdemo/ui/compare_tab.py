@@ -22,8 +22,8 @@ import pandas as pd
 
 from segdemo.config import LITE, RunConfig, quick_cpu_preset, use_encoder
 from segdemo.events import EpochEnd, Started, kept_epoch
-from segdemo.jobs import Job
-from segdemo.recipes import LITE_WIDTH
+from segdemo.server.jobs import Job
+from segdemo.training.recipes import LITE_WIDTH
 from segdemo.ui.common import AppContext, bump, client_of, esc, fmt_num, user_errors
 from segdemo.ui.train_tab import LOSSES, SETTINGS, UPSAMPLING
 

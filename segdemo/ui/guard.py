@@ -16,7 +16,7 @@ import os
 
 from gradio.utils import get_upload_folder
 
-from segdemo.limits import ByteQuota, LimitError, RateLimiter, Slots, client_address, ensure_free_disk
+from segdemo.server.limits import ByteQuota, LimitError, RateLimiter, Slots, client_address, ensure_free_disk
 
 MAX_BODY = 256 << 10  # JSON bodies: ours carry tokens, settings and file references, a few KB at most
 UPLOAD_BYTES_PER_HOUR = int(os.environ.get("SEGDEMO_UPLOAD_MB_PER_HOUR") or 1024) << 20  # per address

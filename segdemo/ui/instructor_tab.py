@@ -24,8 +24,8 @@ import gradio as gr
 import pandas as pd
 
 from segdemo.events import EpochEnd, kept_epoch, stands_on
-from segdemo.jobs import ACTIVE, QUEUED, RUNNING, Job
-from segdemo.limits import LimitError, RateLimiter
+from segdemo.server.jobs import ACTIVE, QUEUED, RUNNING, Job
+from segdemo.server.limits import LimitError, RateLimiter
 from segdemo.ui.common import AppContext, client_of, fmt_duration, user_errors
 
 WRONG_KEYS_PER_10_MIN = 10
@@ -218,9 +218,9 @@ class InstructorTab:
         return "" if score is None else f"{score:.3f}"
 
     def _score(self, ckpt: Path) -> float | None:
-        from segdemo.checkpoint import CheckpointError, load_checkpoint
+        from segdemo.core.checkpoint import CheckpointError, load_checkpoint
+        from segdemo.core.evaluate import evaluate_model
         from segdemo.data.builtin import IMAGE_SIZE, make_split
-        from segdemo.evaluate import evaluate_model
 
         if self._held_back is None:
             self._held_back = make_split(HELD_BACK, HELD_BACK_SEED, IMAGE_SIZE, "heldback")

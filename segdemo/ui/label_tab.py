@@ -1,7 +1,7 @@
 """Label tab: make a small dataset in the browser. Add photos (or webcam shots), name 2-5 classes, paint each
 photo with a brush per class, then train on them in the Train tab or download them as a dataset zip.
 
-The set lives on the server in this browser's own folder (segdemo/labelset.py); every handler finds it by
+The set lives on the server in this browser's own folder (segdemo/server/labelset.py); every handler finds it by
 the browser's owner token, so no other browser can read, change or download it.
 
 Painting uses gr.ImageEditor with these choices, each working around a known limit of drawing masks in it
@@ -28,13 +28,14 @@ import gradio as gr
 import numpy as np
 from gradio.components.base import server
 
-from segdemo import labelset, pretrained
+from segdemo.core import pretrained
+from segdemo.core.viz import legend_html, overlay
 from segdemo.data.base import coverage_notes
 from segdemo.imageio import IMAGE_SUFFIXES
-from segdemo.labelset import SET_FILE, LabelSet, LabelStore, Photo
-from segdemo.limits import ByteQuota, ensure_free_disk
+from segdemo.server import labelset
+from segdemo.server.labelset import SET_FILE, LabelSet, LabelStore, Photo
+from segdemo.server.limits import ByteQuota, ensure_free_disk
 from segdemo.ui.common import HEAVY, AppContext, client_of, md, user_errors
-from segdemo.viz import legend_html, overlay
 
 log = logging.getLogger(__name__)
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)

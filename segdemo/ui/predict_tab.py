@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from segdemo import familiar, zerogpu
-from segdemo.checkpoint import read_meta
+from segdemo.core.checkpoint import read_meta
+from segdemo.core.predict import MaskIndex, load_ground_truth
+from segdemo.core.viz import confusion_html, legend_html
 from segdemo.imageio import IMAGE_SUFFIXES, load_image_oriented
-from segdemo.limits import LimitError, RateLimiter, ensure_free_disk
-from segdemo.predict import MaskIndex, load_ground_truth
-from segdemo.tokens import hash_owner
+from segdemo.server import zerogpu
+from segdemo.server.limits import LimitError, RateLimiter, ensure_free_disk
+from segdemo.server.tokens import hash_owner
+from segdemo.training import familiar
 from segdemo.ui.common import (
     EXAMPLES_DIR,
     HEAVY,
@@ -34,7 +36,6 @@ from segdemo.ui.common import (
     user_errors,
 )
 from segdemo.ui.views import View, ViewCache
-from segdemo.viz import confusion_html, legend_html
 
 SLIDER_LABEL = "Left: the image, or the true mask overlaid when there is one · right: the prediction overlaid"
 REDRAWS_PER_S = 30  # per browser; a hand on the slider, one redraw after another, stays well under it

@@ -16,14 +16,17 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from segdemo import recipes, speedups
 from segdemo.config import LITE, RunConfig, quick_cpu_preset, use_encoder
+from segdemo.core import speedups
+from segdemo.core.metrics import confusion_to_dict
+from segdemo.core.viz import colorize, confusion_html, error_map, legend_html, overlay
+from segdemo.core.weights_file import check_weights_file
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import ConfigError, JobError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started, kept_epoch, stands_on
-from segdemo.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
-from segdemo.limits import LimitError
-from segdemo.metrics import confusion_to_dict
+from segdemo.server.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
+from segdemo.server.limits import LimitError
+from segdemo.training import recipes
 from segdemo.ui.common import (
     HEAVY,
     AppContext,
@@ -42,8 +45,6 @@ from segdemo.ui.common import (
     user_error,
     user_errors,
 )
-from segdemo.viz import colorize, confusion_html, error_map, legend_html, overlay
-from segdemo.weights_file import check_weights_file
 
 log = logging.getLogger(__name__)
 PRESET_CHOICES = [(p.label, p.key) for p in recipes.PRESETS]
@@ -1074,7 +1075,7 @@ class TrainTab:
     def filmstrip_gif(self, token: str, run_id: str):
         """This browser's run's filmstrip history as an animated GIF: one frame per epoch (up to
         filmstrip.MAX_GIF_FRAMES, spread evenly), for slides."""
-        from segdemo import filmstrip
+        from segdemo.core import filmstrip
 
         owner = self.ctx.owner(token)
         job = self.ctx.jobs.get(owner, run_id) if run_id else self.ctx.jobs.latest_for(owner)

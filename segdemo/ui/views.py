@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from segdemo.core.viz import overlay
 from segdemo.data.base import ClassSet
 from segdemo.errors import UserError
-from segdemo.tokens import hash_owner
-from segdemo.viz import overlay
+from segdemo.server.tokens import hash_owner
 
 VIEWS_BYTES = 256 << 20  # all browsers together: 50 views of 1024 px photos with masks, hundreds of 512 px ones
 DISPLAY_MAX_SIDE = 1024  # the slider's pictures: a page shows them smaller still, and a redraw stays ~10 ms

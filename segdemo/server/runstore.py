@@ -1,5 +1,5 @@
 """The run store: run folders under one root, their job.json records, what survives a server restart,
-and sweeping old folders. The queue (segdemo/jobs.py) decides WHEN a run expires; this decides what is on disk.
+and sweeping old folders. The queue (segdemo/server/jobs.py) decides WHEN a run expires; this decides what is on disk.
 
 A run folder is `root/<run id>/`; job.json in it holds enough to list the run again after a restart
 (owner hash, status, times, config, result), never the owner's token. Only folders that look like ours
@@ -203,7 +203,7 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
     events: list[Event] = []
     best = run_dir / "best.safetensors"
     try:
-        from segdemo.checkpoint import read_meta
+        from segdemo.core.checkpoint import read_meta
 
         meta = read_meta(best)
         classes = ClassSet.from_dict(meta["classes"])

@@ -25,9 +25,9 @@ from torch import nn
 
 from segdemo.atomic import fsync_folder, replace_file  # noqa: F401  (replace_file re-exported)
 from segdemo.config import RunConfig
+from segdemo.core.model import build_model
 from segdemo.data.base import ClassSet
 from segdemo.errors import CheckpointError, CheckpointWriteError  # noqa: F401  (re-exported)
-from segdemo.model import build_model
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def load_checkpoint(path: str | Path, *, max_predict_bytes: int | None = None) -
     device, no memory) before a byte of weights is read, so a small file that claims a huge model costs
     nothing. With max_predict_bytes, a model that would need more to predict one image is refused too.
     """
-    from segdemo import budget
+    from segdemo.core import budget
 
     path = Path(path)
     if not path.is_file():

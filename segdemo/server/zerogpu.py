@@ -190,7 +190,7 @@ def _chunk_seconds(chunk: Chunk) -> int:
 def train_chunk(chunk: Chunk) -> Iterator[Event]:
     """Train at most chunk.max_steps steps and yield every event; the last is Done (reason "paused" when steps
     remain, a resumable checkpoint written) or Failed. Stop is the run folder's STOP_FILE."""
-    from segdemo.trainer import Trainer
+    from segdemo.training.trainer import Trainer
 
     stop = Path(chunk.run_dir) / STOP_FILE
     trainer = Trainer(

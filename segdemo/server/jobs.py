@@ -3,7 +3,7 @@
 A Job owns one run: its thread, its stop flag, its event history and its run folder
 `root_dir/<job_id>/`. The JobManager keeps the registry, a fair FIFO queue and a server-wide cap
 on how many runs TRAIN at once; queued runs wait in their own thread for their turn. Its two helpers
-have a file each: segdemo/tokens.py (signed owner tokens) and segdemo/runstore.py (run folders, job.json
+have a file each: segdemo/server/tokens.py (signed owner tokens) and segdemo/server/runstore.py (run folders, job.json
 records, restoring runs after a restart, sweeping old folders).
 
 Ownership: every call names an owner (an opaque secret string the UI keeps per browser) and a
@@ -34,15 +34,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segdemo import budget
 from segdemo.config import RunConfig
+from segdemo.core import budget
 from segdemo.data import ZIP_MARKER
 from segdemo.data.base import ClassSet, Splits
 from segdemo.errors import JobError, UserError
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
-from segdemo.limits import ensure_free_disk
-from segdemo.runstore import RunStore, default_root_dir
-from segdemo.tokens import OwnerTokens, hash_owner
+from segdemo.server.limits import ensure_free_disk
+from segdemo.server.runstore import RunStore, default_root_dir
+from segdemo.server.tokens import OwnerTokens, hash_owner
 
 log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, STOPPED, FAILED = "queued", "running", "done", "stopped", "failed"
@@ -99,7 +99,7 @@ class Job:
         self._cond = threading.Condition()
         self.thread: threading.Thread | None = None
         # the submitter's context (in the app: Gradio's request for the Train click), so that on ZeroGPU each
-        # training chunk is asked for on behalf of the visitor who pressed Train (segdemo/zerogpu.py)
+        # training chunk is asked for on behalf of the visitor who pressed Train (segdemo/server/zerogpu.py)
         self.context = contextvars.copy_context()
 
     # -- events ------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ class JobManager:
         kw.setdefault("max_run_s", default_max_run_s())
         return cls(root, default_max_concurrent(), ttl, persist=persist, **kw)
 
-    # -- owner tokens (segdemo/tokens.py) --------------------------------------------------------------
+    # -- owner tokens (segdemo/server/tokens.py) --------------------------------------------------------------
 
     def issue_owner_token(self) -> str:
         return self.tokens.issue()
@@ -633,8 +633,8 @@ class JobManager:
 
     def _train(self, job: Job, resume: bool = False) -> Done | Failed:
         """One turn of a run on a slot: to its end, a Stop, or a pause for another address (see fair_slice_s)."""
-        from segdemo import zerogpu
-        from segdemo.trainer import Trainer
+        from segdemo.server import zerogpu
+        from segdemo.training.trainer import Trainer
 
         def on_event(ev: Event) -> None:
             self._from_trainer(job, ev)
@@ -798,7 +798,7 @@ def address_key(client: str) -> str:
 def _save_filmstrip_frame(job: Job, ev: EpochEnd) -> None:
     """Keep this epoch's filmstrip as a small picture in the run folder (the job keeps only the latest previews
     in memory), for the run's animated GIF. A frame that cannot be written costs the GIF a frame, never the run."""
-    from segdemo import filmstrip
+    from segdemo.core import filmstrip
 
     started = job.last(Started)
     if started is None:

@@ -1,6 +1,6 @@
 """Take the model out: write a checkpoint as ONNX or TorchScript, with meta.json and a standalone predict script.
 
-    from segdemo.export import export_model
+    from segdemo.export.exporter import export_model
     result = export_model("checkpoints/shapes_unet.safetensors", "exported/", fmt="onnx")
     result.model, result.meta, result.script   # model.onnx, meta.json, predict_onnx.py
 
@@ -10,7 +10,7 @@ The exported model is the U-Net alone, wrapped so that it takes any height and w
                      H and W free (at least meta.json's input.min_size), N free
     output "logits": (N, C, H, W) float32 class scores at the input's size (C = 1: one binary logit, > 0 is class 1)
 
-Prediction as segdemo does it (segdemo/evaluate.py forward_resized) resizes the image to the training scale
+Prediction as segdemo does it (segdemo/core/evaluate.py forward_resized) resizes the image to the training scale
 (OpenCV INTER_AREA; its short or long side to image_size, aspect ratio kept; square only for checkpoints from
 before that, transforms.scaled_size), runs the model on the whole image (or in overlapping windows when the
 run set one), up-samples the logits bilinearly (align_corners=False) to the
@@ -36,11 +36,11 @@ from torch import nn
 
 import segdemo
 from segdemo.atomic import replace_file
-from segdemo.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from segdemo.core.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from segdemo.core.model import UNet
+from segdemo.core.transforms import MAX_ASPECT
 from segdemo.data.base import IGNORE
 from segdemo.errors import ConfigError, ExportError  # noqa: F401  (ExportError re-exported)
-from segdemo.model import UNet
-from segdemo.transforms import MAX_ASPECT
 
 FORMATS = ("onnx", "torchscript")
 _AREA = "OpenCV INTER_AREA (cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))"
@@ -63,7 +63,7 @@ OPSET = 17
 # that another CPU's kernels never block an export, while a wrong pad or crop (whole units) is still caught
 CHECK_TOLERANCE = 1e-3
 INSTALL_HINT = 'pip install onnx==1.23.2 onnxruntime==1.31.1 (in a segdemo checkout: pip install ".[export]")'
-_SCRIPT_DIR = Path(__file__).resolve().parent / "export_scripts"
+_SCRIPT_DIR = Path(__file__).resolve().parent / "scripts"
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def export_zip(checkpoint_path: str | Path, zip_path: str | Path, fmt: str = "on
 
 def bundle_readme(ck: Checkpoint, fmt: str) -> str:
     """README.md of an export: what the model is, its classes, how it was trained and scored, how to run it."""
-    from segdemo.trainer import source_name
+    from segdemo.training.trainer import source_name
 
     cfg, m = ck.config, ck.metrics or {}
     on = ck.meta.get("trained_on") if isinstance(ck.meta.get("trained_on"), dict) else {}
@@ -242,7 +242,7 @@ def _cell(text) -> str:
 
 
 def _source_name(source: str) -> str:
-    from segdemo.trainer import source_name
+    from segdemo.training.trainer import source_name
 
     return source_name(source)
 

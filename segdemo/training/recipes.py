@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from segdemo.config import LITE, DataConfig, ModelConfig, RunConfig, TrainConfig, use_encoder
+from segdemo.core.speedups import Speedups
 from segdemo.data.base import PairSource, Splits
-from segdemo.speedups import Speedups
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,8 @@ def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> tupl
 
     Per-pixel cost falls a little as images grow (fixed costs per step spread thinner), so estimates for
     scales above the probe's are slightly pessimistic: the run then ends by its time limit, not early."""
-    from segdemo.speedups import choose_speedups, measured_step_seconds, pick_device, probe_threads
-    from segdemo.trainer import cpu_training_threads
+    from segdemo.core.speedups import choose_speedups, measured_step_seconds, pick_device, probe_threads
+    from segdemo.training.trainer import cpu_training_threads
 
     # priced once per size class and class-count class, whatever the data: a visitor cycling image sizes or
     # class counts cannot buy a fresh multi-second probe with each request (the per-pixel cost barely moves)
@@ -280,7 +280,7 @@ def choose_encoder(d: DataConfig) -> tuple[str, str]:
     """(encoder, why) for this data: the ImageNet EfficientNet-Lite0 encoder for real photos (a folder, a zip,
     a labelled set, Oxford-IIIT Pet), the tutorial U-Net for the built-in shapes, which it learns well from
     scratch (measured: bench/README.md, "Which encoder")."""
-    from segdemo import pretrained
+    from segdemo.core import pretrained
 
     if d.source == "builtin":
         return "unet", "Tutorial U-Net: the built-in shapes need no ImageNet features, and it trains fastest"

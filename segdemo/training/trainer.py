@@ -24,20 +24,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from segdemo import budget, distributed, speedups
-from segdemo import checkpoint as ckpt
 from segdemo.config import LITE, LITE_MEAN, LITE_STD, RunConfig
+from segdemo.core import budget, speedups
+from segdemo.core import checkpoint as ckpt
+from segdemo.core.evaluate import evaluate_model, preview_indices
+from segdemo.core.losses import WEIGHTED, SegLoss, class_weights_from_counts
+from segdemo.core.metrics import metrics_from_confusion
+from segdemo.core.model import build_model, count_parameters, encoder_parameters
+from segdemo.core.speedups import Speedups, choose_speedups, pick_device, prepare_model
+from segdemo.core.transforms import normalise, train_transform
 from segdemo.data.base import IGNORE, ArraySource, CachedSource, ClassSet, DataError, PairSource, Splits
-from segdemo.distributed import World
 from segdemo.errors import ConfigError, UserError
-from segdemo.evaluate import evaluate_model, preview_indices
 from segdemo.events import Done, EpochEnd, Event, Failed, Preview, Progress, Started
-from segdemo.instant import CACHE_BYTES, FeatureCache, decoder_logits
-from segdemo.losses import WEIGHTED, SegLoss, class_weights_from_counts
-from segdemo.metrics import metrics_from_confusion
-from segdemo.model import build_model, count_parameters, encoder_parameters
-from segdemo.speedups import Speedups, choose_speedups, pick_device, prepare_model
-from segdemo.transforms import normalise, train_transform
+from segdemo.training import distributed
+from segdemo.training.distributed import World
+from segdemo.training.instant import CACHE_BYTES, FeatureCache, decoder_logits
 
 log = logging.getLogger(__name__)
 PREVIEW_MAX_SIDE = 256  # previews travel to browsers every epoch: keep them small
@@ -473,7 +474,7 @@ class Trainer:
             net = build_model(replace(cfg.model, pretrained=False, weights=None))
         else:
             if cfg.model.encoder == LITE and cfg.model.pretrained:
-                from segdemo.pretrained import provenance
+                from segdemo.core.pretrained import provenance
 
                 cfg.model.weights_from = provenance()
             net = build_model(cfg.model)  # the same seed everywhere: every process starts from the same weights
@@ -539,7 +540,7 @@ class Trainer:
         p.train_probe = probe_indices(len(splits.train)) if small else []
         p.selection = selection_words(len(splits.val), small)
         if world.is_main:
-            from segdemo.familiar import training_stats
+            from segdemo.training.familiar import training_stats
 
             p.trained_on = {
                 "description": splits.description or cfg.data.source,
@@ -927,7 +928,7 @@ def _truncate_metrics_log(path: Path, last_epoch: int) -> None:
 
 
 def _draw_curves(path: Path, history: list[dict]) -> None:
-    from segdemo.viz import curves_figure
+    from segdemo.core.viz import curves_figure
 
     png = io.BytesIO()
     curves_figure(history).savefig(png, format="png", dpi=80)

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdemo.config import ModelConfig, TrainConfig
+from segdemo.core.model import build_model
 from segdemo.errors import ConfigError
-from segdemo.model import build_model
 
 PROBE_IMAGES = 4  # a timed probe step's batch
 PROBE_MAX_SIDE = 128  # and its largest side: bigger runs are estimated from it by pixel count

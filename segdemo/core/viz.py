@@ -8,9 +8,9 @@ import cv2  # comes with albumentations
 import numpy as np
 from matplotlib.figure import Figure
 
+from segdemo.core.metrics import most_confused, row_normalised
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.escape import esc
-from segdemo.metrics import most_confused, row_normalised
 
 ERROR_COLORS = {"correct": (40, 170, 70), "wrong": (220, 40, 40), "missed": (250, 200, 30), "ignored": (90, 90, 90)}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segdemo.model import pad_to_multiple
+from segdemo.core.model import pad_to_multiple
 
 CACHE_BYTES = 512 << 20  # at most this much of features per run (160 px crops: about 0.7 MB an image)
 

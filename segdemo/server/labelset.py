@@ -35,7 +35,7 @@ from segdemo.atomic import replace_file
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import DataError, LimitError
 from segdemo.imageio import load_image, load_rgba
-from segdemo.tokens import hash_owner
+from segdemo.server.tokens import hash_owner
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """U-Net of the tutorials (DoubleConv / Down / Up), with depth, width and up-sampling as settings, an optional
-torchvision ResNet-18/34 encoder, and an ImageNet EfficientNet-Lite0 encoder (segdemo/pretrained.py)."""
+torchvision ResNet-18/34 encoder, and an ImageNet EfficientNet-Lite0 encoder (segdemo/core/pretrained.py)."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ class LiteUNet(nn.Module):
         self, num_classes: int, width: int = 16, bilinear: bool = True, pretrained: bool = False, residual: bool = False
     ):
         super().__init__()
-        from segdemo import pretrained as imagenet
+        from segdemo.core import pretrained as imagenet
 
         self.encoder = imagenet.encoder(pretrained)
         enc = imagenet.CHANNELS
@@ -231,8 +231,8 @@ def load_encoder_weights(net: nn.Module, path: str, name: str) -> None:
     (fc.*) may be missing or any size: the U-Net does not use it. Anything else must match exactly."""
     from pathlib import Path
 
+    from segdemo.core.weights_file import check_weights_file
     from segdemo.errors import ConfigError
-    from segdemo.weights_file import check_weights_file
 
     p = Path(path)
     check_weights_file(p, name)  # sizes as stored and as unpacked, before torch allocates what a zip claims

@@ -44,7 +44,7 @@ def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == size:
         return image
     # INTER_AREA both ways, as before aspect-kept geometry: old checkpoints predict exactly as they did, and
-    # the exported scripts reproduce it in numpy (export_scripts/, area_weights)
+    # the exported scripts reproduce it in numpy (export/scripts/, area_weights)
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 

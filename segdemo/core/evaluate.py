@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdemo.config import RunConfig
+from segdemo.core.metrics import ConfusionMeter, SegMetrics, image_miou
+from segdemo.core.transforms import eval_resize, to_tensor
 from segdemo.data.base import IGNORE, ClassSet, PairSource
-from segdemo.metrics import ConfusionMeter, SegMetrics, image_miou
-from segdemo.transforms import eval_resize, to_tensor
 
 # class scores are up-sampled to full size in bands of at most this (budget.py counts it in a run's peak)
 OUTPUT_BAND_BYTES = 64 << 20

@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from segdemo.atomic import replace_file
+from segdemo.core.viz import colorize
 from segdemo.data.base import ClassSet
 from segdemo.errors import JobError
 from segdemo.events import EpochEnd
-from segdemo.viz import colorize
 
 log = logging.getLogger(__name__)
 FOLDER = "filmstrip"

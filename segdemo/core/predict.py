@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segdemo.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from segdemo.core.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from segdemo.core.evaluate import forward_scaled, labels_at_size, upsample
+from segdemo.core.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
+from segdemo.core.viz import colorize, error_map, overlay
 from segdemo.data.base import IGNORE, ClassSet, DataError
-from segdemo.evaluate import forward_scaled, labels_at_size, upsample
 from segdemo.imageio import align_mask, load_mask_raw
-from segdemo.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
-from segdemo.viz import colorize, error_map, overlay
 
 PROB_MAX_SIDE = 512  # probability maps are for looking at: no need for 250 full-size float images
 PROB_MAX_VALUES = 16 << 20
@@ -38,7 +38,7 @@ class Predictor:
     """Holds one model in eval mode; safe to call from several threads (inference only, no state)."""
 
     def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
-        from segdemo.speedups import pick_device
+        from segdemo.core.speedups import pick_device
 
         self.ckpt = checkpoint
         self.device = pick_device(device)  # the GPU when there is one ("auto"); the labels come back to the CPU

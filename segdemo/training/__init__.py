@@ -1,0 +1,2 @@
+"""Training: the loop (trainer), presets planned as time budgets (recipes), torchrun, instant mode and the
+familiarity statistics a checkpoint keeps. Built on segdemo.core and segdemo.data."""
