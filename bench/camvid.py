@@ -18,7 +18,7 @@ import time
 
 from common import DEFAULT_DATA, REPO, load, machine
 
-from segdemo.config import RunConfig
+from segdemo.core.config import RunConfig
 from segdemo.data import open_dataset
 from segdemo.events import Done, EpochEnd, Failed, Started
 from segdemo.training import recipes

@@ -18,7 +18,7 @@ import time
 
 from common import DEFAULT_DATA, load, machine
 
-from segdemo.config import LITE, RunConfig
+from segdemo.core.config import LITE, RunConfig
 from segdemo.data import open_dataset
 from segdemo.data.base import Splits
 from segdemo.events import EpochEnd, Failed

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from common import REPO, load, machine, median, peak_rss_mb
 
-from segdemo.config import quick_cpu_preset
 from segdemo.core.checkpoint import Checkpoint
-from segdemo.core.model import build_model
+from segdemo.core.config import quick_cpu_preset
+from segdemo.core.encoders import build_model
 from segdemo.core.predict import Predictor
 from segdemo.data.builtin import CLASSES, make_sample
 
 TRAIN_ONE_EPOCH = """
 import tempfile
-from segdemo.config import quick_cpu_preset
+from segdemo.core.config import quick_cpu_preset
 from segdemo.data.builtin import open_builtin
 from segdemo.training.trainer import Trainer
 cfg = quick_cpu_preset()

@@ -18,7 +18,7 @@ import time
 
 from common import load, machine, median
 
-from segdemo.config import quick_cpu_preset
+from segdemo.core.config import quick_cpu_preset
 from segdemo.data.builtin import open_builtin
 from segdemo.events import Done, EpochEnd, Failed
 from segdemo.training import recipes

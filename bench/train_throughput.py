@@ -23,8 +23,8 @@ from common import busy_processes, load, machine, median
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from segdemo.config import quick_cpu_preset
 from segdemo.core import speedups
+from segdemo.core.config import quick_cpu_preset
 from segdemo.core.model import UNet
 from segdemo.core.transforms import train_transform
 from segdemo.data.base import IGNORE

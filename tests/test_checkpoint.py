@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from segdemo.core.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, read_meta, save_checkpoint
-from segdemo.core.model import build_model
+from segdemo.core.encoders import build_model
 from segdemo.data.builtin import CLASSES
 from tests.conftest import tiny_config
 
@@ -139,7 +139,7 @@ def test_configs_saved_with_the_old_upsampling_name_still_load():
     """Checkpoints and job records from before `upsampling` say `bilinear: true/false`."""
     from pathlib import Path
 
-    from segdemo.config import RunConfig
+    from segdemo.core.config import RunConfig
     from segdemo.errors import ConfigError
 
     shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_unet.safetensors"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.config import DataConfig
+from segdemo.core.config import DataConfig
 from segdemo.data import check_source
 from segdemo.data.base import ArraySource, ClassSet, Splits
 from segdemo.data.check import check_dataset

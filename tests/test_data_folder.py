@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.config import DataConfig
+from segdemo.core.config import DataConfig
 from segdemo.data import open_dataset, parse_source
 from segdemo.data.base import IGNORE, DataError
 from segdemo.data.folder import open_folder, read_classes_file

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdemo.config import DataConfig
+from segdemo.core.config import DataConfig
 from segdemo.data import open_dataset
 from segdemo.data.base import IGNORE, DataError
 from segdemo.data.oxford import open_oxford_pet, trimap_lut

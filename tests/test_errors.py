@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segdemo import errors
-from segdemo.config import RunConfig
+from segdemo.core.config import RunConfig
 from segdemo.errors import ConfigError, UserError, is_user_error
 
 

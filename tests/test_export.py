@@ -32,9 +32,9 @@ from PIL import Image
 
 import segdemo
 from segdemo.cli import main
-from segdemo.config import LITE, use_encoder
 from segdemo.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from segdemo.core.model import build_model
+from segdemo.core.config import LITE, use_encoder
+from segdemo.core.encoders import build_model
 from segdemo.core.predict import Predictor
 from segdemo.core.pretrained import provenance
 from segdemo.core.transforms import eval_resize, to_tensor

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdemo.config import DataConfig
 from segdemo.core.checkpoint import load_checkpoint, read_meta
+from segdemo.core.config import DataConfig
 from segdemo.events import Done
 from segdemo.imageio import load_image
 from segdemo.training.familiar import stats_of, training_stats, unlike

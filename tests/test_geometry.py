@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo.config import RunConfig
 from segdemo.core import budget
 from segdemo.core.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from segdemo.core.config import RunConfig
+from segdemo.core.encoders import build_model
 from segdemo.core.evaluate import evaluate_model, forward_scaled, logits_to_labels, sliding_window, upsample
 from segdemo.core.losses import SegLoss
 from segdemo.core.metrics import confusion_matrix
-from segdemo.core.model import build_model
 from segdemo.core.predict import Predictor
 from segdemo.core.transforms import scaled_size, train_transform
 from segdemo.data.base import IGNORE, ArraySource, ClassSet, Splits

@@ -430,7 +430,7 @@ def test_one_address_cannot_fill_the_queue_and_a_full_queue_says_when(server):
 
 def test_runs_get_the_servers_time_limit(server):
     _, jobs, _ = server
-    from segdemo.config import RunConfig as RC
+    from segdemo.core.config import RunConfig as RC
 
     job = jobs.submit("x" * 10, RC(), client="203.0.113.40")
     jobs.stop("x" * 10, job.id)

@@ -20,8 +20,8 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from segdemo.config import RunConfig
 from segdemo.core import speedups
+from segdemo.core.config import RunConfig
 from segdemo.core.weights_file import MAX_WEIGHTS_BYTES, check_weights_file
 from segdemo.errors import ConfigError, LimitError
 from segdemo.server.jobs import DONE, FAILED, JobManager

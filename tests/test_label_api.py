@@ -19,7 +19,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segdemo.config import DataConfig  # noqa: E402
+from segdemo.core.config import DataConfig  # noqa: E402
 from segdemo.data import open_dataset  # noqa: E402
 from segdemo.data.base import IGNORE  # noqa: E402
 from segdemo.server.labelset import LABEL_COLORS, layer_from_mask  # noqa: E402

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.config import DataConfig
+from segdemo.core.config import DataConfig
 from segdemo.data import check_source, open_dataset
 from segdemo.data.base import IGNORE
 from segdemo.errors import DataError, LimitError

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from segdemo.config import ModelConfig
-from segdemo.core.model import PretrainedUnavailable, UNet, build_model
+from segdemo.core.config import ModelConfig
+from segdemo.core.encoders import build_model
+from segdemo.core.model import PretrainedUnavailable, UNet
 
 
 @pytest.mark.parametrize("bilinear", [True, False])

@@ -9,10 +9,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from segdemo.config import LITE, RunConfig, use_encoder
 from segdemo.core import pretrained
 from segdemo.core.checkpoint import CheckpointError, load_checkpoint, read_meta
-from segdemo.core.model import LiteUNet, build_model
+from segdemo.core.config import LITE, RunConfig, use_encoder
+from segdemo.core.encoders import build_model
+from segdemo.core.model import LiteUNet
 from segdemo.core.predict import Predictor
 from segdemo.errors import PretrainedUnavailable
 from segdemo.training.trainer import Trainer

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo.config import ModelConfig, RunConfig
 from segdemo.core.checkpoint import load_checkpoint
-from segdemo.core.model import build_model
+from segdemo.core.config import ModelConfig, RunConfig
+from segdemo.core.encoders import build_model
 from segdemo.errors import ConfigError
 from segdemo.training import recipes
 from segdemo.training.recipes import DataShape

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo.config import DataConfig
 from segdemo.core.checkpoint import load_checkpoint
+from segdemo.core.config import DataConfig
 from segdemo.core.evaluate import evaluate_model
 from segdemo.core.metrics import metrics_from_confusion
 from segdemo.data import open_dataset

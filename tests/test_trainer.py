@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo.config import RunConfig
 from segdemo.core.checkpoint import load_checkpoint
+from segdemo.core.config import RunConfig
 from segdemo.core.metrics import confusion_matrix, metrics_from_confusion
 from segdemo.data.builtin import open_builtin
 from segdemo.errors import ConfigError

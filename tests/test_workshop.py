@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from segdemo.config import RunConfig
+from segdemo.core.config import RunConfig
 from segdemo.events import EpochEnd
 from segdemo.server.jobs import DONE, QUEUED, RUNNING, JobManager
 from tests.conftest import in_process_app, tiny_config, tiny_train_args

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import torch
 
-from segdemo.config import ModelConfig, RunConfig
+from segdemo.core.config import ModelConfig, RunConfig
 from segdemo.core.evaluate import OUTPUT_BAND_BYTES, max_batch_pixels
 from segdemo.core.transforms import max_scaled_pixels
 from segdemo.errors import BudgetError  # noqa: F401  (re-exported)
@@ -91,7 +91,7 @@ def _key(cfg: ModelConfig) -> tuple:
 def _describe(encoder: str, depth: int, width: int, upsampling: str, num_classes: int, block: str) -> tuple[tuple, int]:
     """(state dict as ((name, (shape, dtype)), ...), parameter count) of a model built on the meta device
     (never with pretrained weights: only the shapes matter)."""
-    from segdemo.core.model import build_model
+    from segdemo.core.encoders import build_model
 
     cfg = ModelConfig(
         encoder=encoder, depth=depth, width=width, upsampling=upsampling, num_classes=num_classes, block=block

@@ -24,8 +24,9 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from segdemo.atomic import fsync_folder, replace_file  # noqa: F401  (replace_file re-exported)
-from segdemo.config import RunConfig
-from segdemo.core.model import build_model
+from segdemo.core.config import RunConfig
+from segdemo.core.encoders import build_model
+from segdemo.core.losses import out_channels
 from segdemo.data.base import ClassSet
 from segdemo.errors import CheckpointError, CheckpointWriteError  # noqa: F401  (re-exported)
 
@@ -161,7 +162,7 @@ def _config_from_meta(path: Path, meta: dict[str, Any]) -> tuple[RunConfig, Clas
         config = RunConfig.from_stored(meta["config"])
         config.validate()
         classes = ClassSet.from_dict(meta["classes"])
-        expected_out = 1 if config.train.loss == "bce" else classes.num_classes
+        expected_out = out_channels(config.train.loss, classes.num_classes)
         if config.model.num_classes != expected_out:
             raise ValueError("model output channels do not match the class list")
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segdemo.config import RunConfig
+from segdemo.core.config import RunConfig
 from segdemo.core.metrics import ConfusionMeter, SegMetrics, image_miou
 from segdemo.core.transforms import eval_resize, to_tensor
 from segdemo.data.base import IGNORE, ClassSet, PairSource

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segdemo.config import ModelConfig
 from segdemo.errors import PretrainedUnavailable  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -275,35 +274,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
         return x
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    residual = cfg.block == "residual"
-    if cfg.encoder == "unet":
-        return UNet(
-            cfg.num_classes,
-            depth=cfg.depth,
-            width=cfg.width,
-            bilinear=cfg.upsampling == "bilinear",
-            residual=residual,
-        )
-    if cfg.encoder == "efficientnet_lite0":
-        return LiteUNet(
-            cfg.num_classes,
-            width=cfg.width,
-            bilinear=cfg.upsampling == "bilinear",
-            pretrained=cfg.pretrained,
-            residual=residual,
-        )
-    return ResNetUNet(
-        cfg.num_classes,
-        encoder=cfg.encoder,
-        width=cfg.width,
-        bilinear=cfg.upsampling == "bilinear",
-        pretrained=cfg.pretrained,
-        weights=cfg.weights,
-        residual=residual,
-    )
 
 
 def encoder_parameters(model: nn.Module) -> set[int]:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segdemo.config import ModelConfig, TrainConfig
-from segdemo.core.model import build_model
+from segdemo.core.config import ModelConfig, TrainConfig
+from segdemo.core.encoders import build_model
 from segdemo.errors import ConfigError
 
 PROBE_IMAGES = 4  # a timed probe step's batch

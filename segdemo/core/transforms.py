@@ -17,8 +17,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from segdemo.config import DataConfig  # noqa: E402
 from segdemo.data.base import IGNORE  # noqa: E402
+from segdemo.data.config import DataConfig  # noqa: E402
 
 MAX_ASPECT = 8  # a scaled image's long side is at most this many times image_size: a 40000x1 strip must not
 # become a 64 x 2.5-million-pixel input (budget.py counts on this bound)

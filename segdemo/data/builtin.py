@@ -12,8 +12,8 @@ import functools
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segdemo.config import DataConfig
 from segdemo.data.base import ArraySource, ClassSet, Splits
+from segdemo.data.config import DataConfig
 
 IMAGE_SIZE = 128  # the shapes are drawn at this size; cfg.image_size rescales them in the transforms
 CLASSES = ClassSet(

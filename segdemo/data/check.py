@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from segdemo.config import DataConfig
 from segdemo.data.base import IGNORE, DataError, PairSource, Splits, coverage_notes
+from segdemo.data.config import DataConfig
 from segdemo.data.folder import Labels, Layout, class_presence, decide_labels, find_classes_file, find_layout
 from segdemo.data.masks import MaskSummary, summarize_mask
 from segdemo.imageio import MAX_PIXELS, load_image_oriented, load_mask_raw, mask_alignment, mismatch_message

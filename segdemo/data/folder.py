@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from segdemo.config import DataConfig
 from segdemo.data.base import (
     IGNORE,
     ClassSet,
@@ -32,6 +31,7 @@ from segdemo.data.base import (
     coverage_notes,
     stratified_split,
 )
+from segdemo.data.config import DataConfig
 from segdemo.data.masks import Color, MaskSummary, decode_mask, is_binary_values, summarize_mask
 from segdemo.imageio import IMAGE_SUFFIXES, MAX_PIXELS, align_mask, load_image_oriented, load_mask_raw
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segdemo.config import DataConfig
 from segdemo.data.base import IGNORE, ClassSet, DataError, PairSource, Splits, SubsetSource, seeded_split
+from segdemo.data.config import DataConfig
 from segdemo.imageio import align_mask, load_image_oriented, load_mask_raw
 
 log = logging.getLogger(__name__)

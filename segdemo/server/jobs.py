@@ -34,8 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segdemo.config import RunConfig
 from segdemo.core import budget
+from segdemo.core.config import RunConfig
 from segdemo.data import ZIP_MARKER
 from segdemo.data.base import ClassSet, Splits
 from segdemo.errors import JobError, UserError

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from segdemo.atomic import replace_file
-from segdemo.config import RunConfig
+from segdemo.core.config import RunConfig
 from segdemo.data.base import ClassSet
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from segdemo.config import RunConfig
+from segdemo.core.config import RunConfig
 from segdemo.data.base import DataError, Splits
 from segdemo.errors import ConfigError
 from segdemo.events import Done, Event, Failed, Progress, Started

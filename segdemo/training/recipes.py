@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from segdemo.config import LITE, DataConfig, ModelConfig, RunConfig, TrainConfig, use_encoder
+from segdemo.core.config import LITE, DataConfig, ModelConfig, RunConfig, TrainConfig, use_encoder
 from segdemo.core.speedups import Speedups
 from segdemo.data.base import PairSource, Splits
 

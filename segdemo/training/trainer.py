@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from segdemo.config import LITE, LITE_MEAN, LITE_STD, RunConfig
 from segdemo.core import budget, speedups
 from segdemo.core import checkpoint as ckpt
+from segdemo.core.config import LITE, LITE_MEAN, LITE_STD, RunConfig
+from segdemo.core.encoders import build_model
 from segdemo.core.evaluate import evaluate_model, preview_indices
 from segdemo.core.losses import WEIGHTED, SegLoss, class_weights_from_counts
 from segdemo.core.metrics import metrics_from_confusion
-from segdemo.core.model import build_model, count_parameters, encoder_parameters
+from segdemo.core.model import count_parameters, encoder_parameters
 from segdemo.core.speedups import Speedups, choose_speedups, pick_device, prepare_model
 from segdemo.core.transforms import normalise, train_transform
 from segdemo.data.base import IGNORE, ArraySource, CachedSource, ClassSet, DataError, PairSource, Splits
@@ -196,7 +197,7 @@ def warm_up(cfg: RunConfig | None = None) -> None:
     torch.optim's first optimiser imports torch._dynamo (seconds), and the built-in data takes a few seconds
     to draw (then shared, read-only, by every run that asks for the same split). The app calls this in a
     background thread at start; it leaves torch's thread count alone."""
-    from segdemo.config import quick_cpu_preset
+    from segdemo.core.config import quick_cpu_preset
     from segdemo.data.builtin import open_builtin
 
     cfg = cfg or quick_cpu_preset()

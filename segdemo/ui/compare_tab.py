@@ -20,7 +20,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from segdemo.config import LITE, RunConfig, quick_cpu_preset, use_encoder
+from segdemo.core.config import LITE, RunConfig, quick_cpu_preset, use_encoder
+from segdemo.data.sources import source_of
 from segdemo.events import EpochEnd, Started, kept_epoch
 from segdemo.server.jobs import Job
 from segdemo.training.recipes import LITE_WIDTH
@@ -129,12 +130,8 @@ SETTING_LABELS = {
 
 
 def _dataset(cfg: RunConfig) -> str:
-    src = cfg.data.source
-    if src == "builtin":
-        return "built-in shapes"
-    if src.startswith("oxford-pet"):
-        return f"Oxford-IIIT Pet ({cfg.data.pet_mode})"
-    return Path(src).name  # an upload's own file name; the run folder around it is nobody's business
+    src = source_of(cfg.data)
+    return src.describe(cfg.data) if src else Path(cfg.data.source).name  # never a server path
 
 
 def settings_of(cfg: RunConfig) -> dict[str, str]:

