@@ -51,7 +51,7 @@ def distinct_colors(n: int) -> tuple[tuple[int, int, int], ...]:
     if n > 256:
         first = distinct_colors(256)
         return tuple(first[i % 256] for i in range(n))
-    chosen = [tuple(c) for c in HAND_PICKED[:n]]
+    chosen: list[tuple[int, int, int]] = [(int(c[0]), int(c[1]), int(c[2])) for c in HAND_PICKED[:n]]
     if n <= len(chosen):
         return tuple(chosen)
     levels = np.linspace(0, 255, 16).round().astype(int)
@@ -62,6 +62,6 @@ def distinct_colors(n: int) -> tuple[tuple[int, int, int], ...]:
         nearest = np.minimum(nearest, np.linalg.norm(lab - to_lab(np.array(c)), axis=1))
     while len(chosen) < n:
         j = int(nearest.argmax())
-        chosen.append(tuple(int(v) for v in grid[j]))
+        chosen.append((int(grid[j][0]), int(grid[j][1]), int(grid[j][2])))
         nearest = np.minimum(nearest, np.linalg.norm(lab - lab[j], axis=1))
     return tuple(chosen)

@@ -75,17 +75,17 @@ def forward_scaled(
         step = max(1, limit // (h * w))
         for k in range(0, len(idx), step):
             part = idx[k : k + step]
-            x = to_tensor(np.stack([scaled[i] for i in part]), d.mean, d.std).to(device)
+            xt = to_tensor(np.stack([scaled[i] for i in part]), d.mean, d.std).to(device)
             if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+                xt = xt.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 if d.window and max(h, w) > d.window:
-                    logits = torch.cat([sliding_window(model, x[j : j + 1], d.window) for j in range(len(part))])
+                    logits = torch.cat([sliding_window(model, xt[j : j + 1], d.window) for j in range(len(part))])
                 else:
-                    logits = model(x)
+                    logits = model(xt)
             for j, i in enumerate(part):
                 out[i] = logits[j : j + 1].float()
-    return out
+    return [t for t in out if t is not None]  # every image is in one group: all filled
 
 
 def max_batch_pixels(config: RunConfig) -> int:
@@ -100,18 +100,19 @@ def sliding_window(model: nn.Module, x: torch.Tensor, window: int) -> torch.Tens
     h, w = x.shape[-2:]
     stride = max(1, window * 2 // 3)
 
-    def starts(n):
+    def starts(n: int) -> list[int]:
         return [0] if n <= window else sorted({*range(0, n - window, stride), n - window})
 
-    total = count = None
+    total: torch.Tensor | None = None
+    count = torch.zeros((1, 1, h, w), device=x.device)
     for y in starts(h):
         for x0 in starts(w):
             tile = model(x[..., y : y + window, x0 : x0 + window]).float()
-            if total is None:
+            if total is None:  # the class count is known at the first tile
                 total = torch.zeros((1, tile.shape[1], h, w), device=x.device)
-                count = torch.zeros((1, 1, h, w), device=x.device)
             total[..., y : y + tile.shape[-2], x0 : x0 + tile.shape[-1]] += tile
             count[..., y : y + tile.shape[-2], x0 : x0 + tile.shape[-1]] += 1
+    assert total is not None  # starts() always gives at least one tile
     return total / count
 
 

@@ -127,10 +127,10 @@ def _fit(a: np.ndarray, nearest: bool) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(np.ascontiguousarray(a), size, interpolation=interp))
 
 
-_FONTS: dict[int, ImageFont.ImageFont] = {}
+_FONTS: dict[int, ImageFont.ImageFont | ImageFont.FreeTypeFont] = {}
 
 
-def _font(size: int):
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """Pillow's built-in font at this size (its bitmap font where Pillow has no FreeType)."""
     if size not in _FONTS:
         try:

@@ -104,6 +104,8 @@ def check_fits(loss: str, num_classes: int) -> str | None:
 class SegLoss(nn.Module):
     """The loss `kind` (an id in LOSSES) as a module; class weights are kept only for a weighted loss."""
 
+    class_weights: torch.Tensor | None  # a buffer: moves with .to(device)
+
     def __init__(self, kind: str, class_weights: torch.Tensor | None = None, ignore_index: int = IGNORE):
         super().__init__()
         self.kind, self.ignore_index = kind, ignore_index

@@ -4,6 +4,7 @@ torchvision ResNet-18/34 encoder, and an ImageNet EfficientNet-Lite0 encoder (se
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,7 @@ class Up(nn.Module):
         super().__init__()
         if bilinear:
             # Smooth and weight-free; the following conv learns the detail.
-            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            self.up: nn.Module = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
             up_ch = in_ch
         else:
             # Learned up-sampling; can show checkerboard artefacts early in training.
@@ -138,7 +139,7 @@ class ResNetUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, 32)
-        e = self.encoder
+        e: Any = self.encoder  # a torchvision ResNet: its stages by name
         s0 = e.relu(e.bn1(e.conv1(x)))  # /2
         s1 = e.layer1(e.maxpool(s0))  # /4
         s2 = e.layer2(s1)  # /8
@@ -248,7 +249,7 @@ def load_encoder_weights(net: nn.Module, path: str, name: str) -> None:
             f"saved with torch.save(model.state_dict()) or safetensors"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a training checkpoint that wraps its state dict
+        state = state["state_dict"]  # type: ignore[assignment]  # a training checkpoint that wraps its state dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{p.name} holds no state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}

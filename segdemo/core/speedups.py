@@ -129,11 +129,11 @@ def cpu_has_native_bf16() -> bool:
 def choose_speedups(model_cfg: ModelConfig, train_cfg: TrainConfig, image_size: int) -> Speedups:
     device = pick_device(train_cfg.device)
     prec, cl = train_cfg.precision, train_cfg.channels_last
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dtypes: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if prec != "auto" and cl != "auto":
         return Speedups(device, dtypes[prec], cl == "on", f"{prec}{' + channels_last' if cl == 'on' else ''} (as set)")
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype: torch.dtype | None = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         dtype = dtypes[prec] if prec != "auto" else dtype
         return Speedups(
             device,
@@ -142,7 +142,7 @@ def choose_speedups(model_cfg: ModelConfig, train_cfg: TrainConfig, image_size: 
             f"{'fp32' if dtype is None else str(dtype)[6:]} autocast "
             f"{'+ channels_last ' if cl != 'off' else ''}on {torch.cuda.get_device_name()}",
         )
-    candidates = [(None, False), (None, True)]
+    candidates: list[tuple[torch.dtype | None, bool]] = [(None, False), (None, True)]
     if cpu_has_native_bf16():
         candidates += [(torch.bfloat16, True), (torch.bfloat16, False)]
     if prec != "auto":
@@ -157,7 +157,7 @@ def choose_speedups(model_cfg: ModelConfig, train_cfg: TrainConfig, image_size: 
         return Speedups(device, d, c, _label(d, c) + " (only candidate)")
     side = min(image_size, PROBE_MAX_SIDE)
     timings = _measure_cpu(_key(model_cfg), side, tuple(candidates), torch.get_num_threads())
-    best = min(timings, key=timings.get)
+    best = min(timings, key=lambda k: timings[k])
     base = timings[(None, False)] if (None, False) in timings else max(timings.values())
     why = "" if cpu_has_native_bf16() else "; bf16 skipped: this CPU has no native bf16"
     return Speedups(
@@ -201,12 +201,12 @@ def _measure_cpu(model_key: tuple, size: int, candidates: tuple, threads: int = 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(PROBE_IMAGES, 3, size, size, generator=gen)
     y = torch.randint(0, max(model_key[4], 2), (PROBE_IMAGES, size, size), generator=gen)
-    out = {}
+    out: dict[tuple[torch.dtype | None, bool], float] = {}
     for dtype, cl in candidates:
         model = copy.deepcopy(base).train()
         xi = x.contiguous(memory_format=torch.channels_last) if cl else x
         if cl:
-            model = model.to(memory_format=torch.channels_last)
+            model = to_channels_last(model)
         times = []
         for _ in range(3):  # first step warms up oneDNN's kernel choice; keep the faster of the rest
             t0 = time.perf_counter()
@@ -234,7 +234,7 @@ def _measure_cuda(model_key: tuple, size: int, mode: tuple) -> float:
     x = torch.randn(PROBE_IMAGES, 3, size, size, device="cuda")
     y = torch.randint(0, max(model_key[4], 2), (PROBE_IMAGES, size, size), device="cuda")
     if cl:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        model, x = to_channels_last(model), x.contiguous(memory_format=torch.channels_last)
     times = []
     for _ in range(6):
         torch.cuda.synchronize()
@@ -258,4 +258,9 @@ def _probe_model(model_key: tuple) -> nn.Module:
 
 def prepare_model(model: nn.Module, sp: Speedups) -> nn.Module:
     model = model.to(sp.device)
-    return model.to(memory_format=torch.channels_last) if sp.channels_last else model
+    return to_channels_last(model) if sp.channels_last else model
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """The model's 4-d weights in NHWC order (Module.to takes memory_format; torch's stubs omit it)."""
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

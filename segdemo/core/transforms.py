@@ -107,7 +107,7 @@ def train_transform(cfg: DataConfig) -> A.Compose:
 
 def eval_resize(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
     """The whole image as the model sees it at evaluation and prediction: scaled by scaled_size()."""
-    return _resize_image(image, scaled_size(*image.shape[:2], cfg))
+    return _resize_image(image, scaled_size(image.shape[0], image.shape[1], cfg))
 
 
 def to_tensor(images: np.ndarray, mean, std) -> torch.Tensor:

@@ -43,7 +43,7 @@ class ClassSet:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassSet:
-        return cls(tuple(str(n) for n in d["names"]), tuple(tuple(int(v) for v in c) for c in d["colors"]))
+        return cls(tuple(str(n) for n in d["names"]), tuple((int(c[0]), int(c[1]), int(c[2])) for c in d["colors"]))
 
     def palette(self) -> np.ndarray:
         """(256, 3) uint8 lookup: class id -> colour, IGNORE -> white, unknown -> black."""

@@ -25,7 +25,7 @@ CLASSES = ClassSet(
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Low-frequency colour blotches plus pixel noise, so the background is not one flat colour."""
     coarse = rng.uniform(0, 255, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.float32)
-    bg = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.BICUBIC), np.float32)
+    bg = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC), np.float32)
     return bg + rng.standard_normal((size, size, 3), dtype=np.float32) * 10
 
 

@@ -289,8 +289,8 @@ def _report_labels(rep: CheckReport, labels: Labels, summaries: list[tuple[str, 
     rep.encoding = kinds[0] if len(kinds) == 1 else f"mixed ({', '.join(kinds)})"
     grey = sorted({int(v) for _, s in summaries if s.kind != "rgb" for v in s.values})
     rep.label_values = grey
-    rep.mask_colors = sorted({tuple(int(v) for v in c) for _, s in summaries if s.kind == "rgb" for c in s.values})
-    rep.mask_colors = [list(c) for c in rep.mask_colors[:256]]
+    colors = sorted({tuple(int(v) for v in c) for _, s in summaries if s.kind == "rgb" for c in s.values})
+    rep.mask_colors = [list(c) for c in colors[:256]]
     hist = np.zeros(256, np.int64)
     presence = []
     for file, s in summaries:

@@ -297,7 +297,7 @@ def decide_labels(summaries: Sequence[tuple[str, MaskSummary]], cf: ClassesFile 
         return Labels(ClassSet.default(["background", "foreground"]), "binary")
     if "rgb" in kinds:
         keys = sorted(
-            {tuple(int(v) for v in c) for _, s in summaries for c in s.values},
+            {(int(c[0]), int(c[1]), int(c[2])) for _, s in summaries for c in s.values},
             key=lambda c: (c != (0, 0, 0), c),
         )  # black first: it is usually the background
         if len(keys) > MAX_DISCOVERED_COLORS:
@@ -407,33 +407,9 @@ def open_folder(root: str | Path, cfg: DataConfig) -> Splits:
     labels = decide_labels(summaries, cf)
     for name, s in summaries:
         labels.class_of_values(s, name)  # out-of-range labels fail now, not in the middle of training
-    src = lambda sf: FolderSource(layout.root, sf.pairs, labels)  # noqa: E731
-    notes, warnings = [], []
-    train_files, val_files, test_files = (
-        layout.get("train") or layout.get("all"),
-        layout.get("val"),
-        layout.get("test"),
-    )
-    if not train_files.pairs:
-        raise DataError(f"{layout.root / 'train'} has no image/mask pairs; put the training pairs there")
-    if val_files is not None and val_files.pairs:
-        train, val = src(train_files), src(val_files)
-    elif len(train_files.pairs) < 2:
-        raise DataError(f"{layout.root} has only one image/mask pair; training needs at least two (one to validate on)")
-    else:
-        by_name = dict(summaries)
-        presence = np.stack(
-            [class_presence(labels, by_name[layout.rel(mp)], layout.rel(mp)) for _, _, mp in train_files.pairs]
-        )
-        tr_idx, va_idx = stratified_split(presence, cfg.val_fraction, cfg.seed)
-        whole = src(train_files)
-        train, val = SubsetSource(whole, tr_idx), SubsetSource(whole, va_idx)
-        notes.append(
-            f"no val/ folder: {len(va_idx)} of {len(train_files.pairs)} pairs held out for validation, chosen so "
-            f"that every class on two or more photos is among them (val_fraction {cfg.val_fraction}, seed {cfg.seed})"
-        )
-        warnings = coverage_notes(labels.classes.names, presence, va_idx)
-    test = src(test_files) if test_files is not None and test_files.pairs else None
+    train, val, notes, warnings = _train_val(layout, labels, summaries, cfg)
+    test_files = layout.get("test")
+    test = FolderSource(layout.root, test_files.pairs, labels) if test_files is not None and test_files.pairs else None
     skipped = sum(len(sf.unpaired_images) + len(sf.unpaired_masks) for sf in layout.splits)
     if skipped:
         notes.append(f"{skipped} files without a partner were skipped; the dataset check lists them")
@@ -454,3 +430,30 @@ def open_folder(root: str | Path, cfg: DataConfig) -> Splits:
     return Splits(
         train=train, val=val, classes=labels.classes, test=test, description=desc, notes=notes, warnings=warnings
     )
+
+
+def _train_val(
+    layout: Layout, labels: Labels, summaries: list[tuple[str, MaskSummary]], cfg: DataConfig
+) -> tuple[PairSource, PairSource, list[str], list[str]]:
+    """The training and validation sources, and the notes and warnings their split earns: a val/ folder as it
+    is, else a seeded split that puts every class on two or more photos among the validation pairs."""
+    train_files = layout.get("train") or layout.get("all")
+    val_files = layout.get("val")
+    if train_files is None or not train_files.pairs:
+        raise DataError(f"{layout.root / 'train'} has no image/mask pairs; put the training pairs there")
+    whole = FolderSource(layout.root, train_files.pairs, labels)
+    if val_files is not None and val_files.pairs:
+        return whole, FolderSource(layout.root, val_files.pairs, labels), [], []
+    if len(train_files.pairs) < 2:
+        raise DataError(f"{layout.root} has only one image/mask pair; training needs at least two (one to validate on)")
+    by_name = dict(summaries)
+    presence = np.stack(
+        [class_presence(labels, by_name[layout.rel(mp)], layout.rel(mp)) for _, _, mp in train_files.pairs]
+    )
+    tr_idx, va_idx = stratified_split(presence, cfg.val_fraction, cfg.seed)
+    note = (
+        f"no val/ folder: {len(va_idx)} of {len(train_files.pairs)} pairs held out for validation, chosen so "
+        f"that every class on two or more photos is among them (val_fraction {cfg.val_fraction}, seed {cfg.seed})"
+    )
+    warnings = coverage_notes(labels.classes.names, presence, va_idx)
+    return SubsetSource(whole, tr_idx), SubsetSource(whole, va_idx), [note], warnings

@@ -75,7 +75,8 @@ def _vet(
         )
     plan: list[tuple[zipfile.ZipInfo, list[str]]] = []
     seen: dict[str, str] = {}  # case- and Unicode-folded path -> name as written, files and folders alike
-    files, dirs = set(), set()
+    files: set[str] = set()
+    dirs: set[str] = set()
     declared = 0
     for info in infos:
         parts = _parts(zip_name, info.filename)

@@ -179,7 +179,8 @@ def bundle_readme(ck: Checkpoint, fmt: str) -> str:
     from segdemo.training.trainer import source_name
 
     cfg, m = ck.config, ck.metrics or {}
-    on = ck.meta.get("trained_on") if isinstance(ck.meta.get("trained_on"), dict) else {}
+    trained_on = ck.meta.get("trained_on")
+    on: dict = trained_on if isinstance(trained_on, dict) else {}
     script, model_file = SCRIPTS[fmt], MODEL_FILES[fmt]
     data = on.get("description") or source_name(cfg.data.source)
     if cfg.data.source == "builtin" and not on:
