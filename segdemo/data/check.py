@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -388,20 +388,3 @@ def _check_splits(splits: Splits, source: str, max_pairs: int | None) -> CheckRe
         rep.warn(PARTIAL, f"only the first {max_pairs} pairs of each split were checked")
     _shares(rep, hist)
     return rep.finish()
-
-
-def check_for_page(cfg: DataConfig, workdir: Path) -> tuple[CheckReport, DataConfig]:
-    """check_source as the app shows it before training: (the report, the config that was checked).
-
-    The built-in data is drawn from a seed, so it is checked on BUILTIN_CHECK_PAIRS pairs (the returned
-    config, also cheap to draw samples from) while the report gives the sizes the run will use and carries
-    no PARTIAL warning, which would be about the check and not about the data."""
-    from segdemo.data import check_source
-
-    if cfg.source != "builtin":
-        return check_source(cfg, workdir), cfg
-    small = replace(cfg, builtin_train=min(cfg.builtin_train, BUILTIN_CHECK_PAIRS), builtin_val=8)
-    report = check_source(small, workdir)
-    report.pairs = {"train": int(cfg.builtin_train), "val": int(cfg.builtin_val)}
-    report.warnings = [w for w in report.warnings if w.code != PARTIAL]
-    return report, small

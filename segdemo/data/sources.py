@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segdemo.data.base import DataError, Splits
+import numpy as np
+
+from segdemo.data.base import DataError, Splits, SubsetSource
 from segdemo.data.config import DataConfig
 from segdemo.registry import Registry
 
@@ -100,8 +102,8 @@ def _zip_parse(s: str) -> str | None:
 
 
 def _zip_open(arg: str, cfg: DataConfig, workdir: Path | None) -> Splits:
-    from segdemo.data import extract_for_run, skipped_note
     from segdemo.data.folder import open_folder
+    from segdemo.data.zipdata import extract_for_run, skipped_note
 
     if workdir is None:
         raise DataError(f"{Path(arg).name} needs a run folder to be unpacked into; pass a workdir")
@@ -113,9 +115,8 @@ def _zip_open(arg: str, cfg: DataConfig, workdir: Path | None) -> Splits:
 
 
 def _zip_check(arg: str, cfg: DataConfig, workdir: Path | None, max_pairs: int | None) -> CheckReport:
-    from segdemo.data import extract_for_run, with_skipped
     from segdemo.data.check import check_dataset
-    from segdemo.data.zipdata import extract_zip
+    from segdemo.data.zipdata import extract_for_run, extract_zip
 
     if workdir is not None:
         root, skipped = extract_for_run(Path(arg), Path(workdir))
@@ -201,8 +202,6 @@ SOURCES: Registry[Source] = Registry(
 def source_of(cfg: DataConfig) -> Source | None:
     """The registry entry a config's source string belongs to; None when no source takes it."""
     try:
-        from segdemo.data import parse_source
-
         return SOURCES[parse_source(cfg.source)[0]]
     except DataError:
         return None
@@ -214,3 +213,74 @@ def page_source(value: str) -> Source:
         if value == src.id or value in src.aliases:
             return src
     return SOURCES[value]  # ConfigError naming the choices
+
+
+CHOICES = "builtin, oxford-pet (or oxford-pet:FOLDER), a dataset folder (images/ + masks/), or a .zip of one"
+
+
+def _cap_train(splits: Splits, cfg: DataConfig) -> Splits:
+    """cfg.max_train_images: keep a seeded sample of the training pairs for quick runs."""
+    n, cap = len(splits.train), cfg.max_train_images
+    if cap is None or n <= cap:
+        return splits
+    keep = sorted(np.random.default_rng(cfg.seed).permutation(n)[: max(cap, 1)].tolist())
+    splits.train = SubsetSource(splits.train, keep)
+    splits.notes.append(f"training on {len(keep)} of {n} training pairs (max_train_images)")
+    return splits
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """(the source's id in SOURCES, its argument); DataError for a string no source takes."""
+    s = (source or "").strip()
+    for src in SOURCES:
+        arg = src.parse(s)
+        if arg is not None:
+            return src.id, arg
+    p = Path(s).expanduser()
+    if s and (p.exists() or "/" in s or "\\" in s):
+        what = "is not a folder or a .zip file" if p.exists() else "does not exist"
+        raise DataError(f"data source {s} {what}; choose {CHOICES}")
+    raise DataError(f"unknown data source {s!r}; choose {CHOICES}")
+
+
+def open_dataset(cfg: DataConfig, workdir: Path | None = None) -> Splits:
+    """Open cfg.source; a .zip is unpacked into workdir/data (workdir is required for it)."""
+    kind, arg = parse_source(cfg.source)
+    return _cap_train(SOURCES[kind].open(arg, cfg, workdir), cfg)
+
+
+def check_source(cfg: DataConfig, workdir: Path | None = None, max_pairs: int | None = None) -> CheckReport:
+    """Check whatever cfg.source is; never raises for bad data (the report says what is wrong)."""
+    from segdemo.data.check import failed_report
+
+    try:
+        kind, arg = parse_source(cfg.source)
+        return SOURCES[kind].check(arg, cfg, workdir, max_pairs)
+    except DataError as e:
+        return failed_report(cfg.source, str(e))
+
+
+def with_skipped(rep: CheckReport, zip_path: str, skipped: list[str]) -> CheckReport:
+    from segdemo.data.check import ZIP_SKIPPED
+    from segdemo.data.zipdata import skipped_note
+
+    if skipped:
+        rep.warn(ZIP_SKIPPED, skipped_note(Path(zip_path).name, skipped))
+    return rep
+
+
+def check_for_page(cfg: DataConfig, workdir: Path) -> tuple[CheckReport, DataConfig]:
+    """check_source as the app shows it before training: (the report, the config that was checked).
+
+    The built-in data is drawn from a seed, so it is checked on BUILTIN_CHECK_PAIRS pairs (the returned
+    config, also cheap to draw samples from) while the report gives the sizes the run will use and carries
+    no PARTIAL warning, which would be about the check and not about the data."""
+    from segdemo.data.check import BUILTIN_CHECK_PAIRS, PARTIAL
+
+    if cfg.source != "builtin":
+        return check_source(cfg, workdir), cfg
+    small = replace(cfg, builtin_train=min(cfg.builtin_train, BUILTIN_CHECK_PAIRS), builtin_val=8)
+    report = check_source(small, workdir)
+    report.pairs = {"train": int(cfg.builtin_train), "val": int(cfg.builtin_val)}
+    report.warnings = [w for w in report.warnings if w.code != PARTIAL]
+    return report, small

@@ -9,14 +9,17 @@ dotfiles and Thumbs.db/desktop.ini are skipped too. On any refusal everything wr
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import stat
 import unicodedata
 import zipfile
 import zlib
 from pathlib import Path
 
+from segdemo.atomic import replace_file
 from segdemo.data.base import DataError
 
 CHUNK = 1 << 20
@@ -280,3 +283,33 @@ def _cleanup(created: list[Path], made_dest: Path | None) -> None:
             os.rmdir(made_dest)
         except OSError:
             pass
+
+
+ZIP_MARKER = ".segdemo-zip.json"  # written beside an extraction so a resumed run reuses it
+
+
+def extract_for_run(zip_path: Path, workdir: Path) -> tuple[Path, list[str]]:
+    """Unpack into workdir/data once (a resumed run reuses it); return the root and skipped entries."""
+    dest = workdir / "data"
+    st = zip_path.stat()
+    stamp = {"zip": str(zip_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    marker = dest / ZIP_MARKER
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+            if {k: old.get(k) for k in stamp} == stamp:
+                return dataset_root(dest), list(old.get("skipped", []))
+        except (OSError, ValueError, AttributeError):
+            pass
+        shutil.rmtree(dest)  # our own earlier extraction (it carries our marker), of another zip
+    elif dest.exists() and any(dest.iterdir()):
+        raise DataError(f"{dest} already exists and is not empty; use a new run folder to unpack {zip_path.name}")
+    skipped: list[str] = []
+    root = extract_zip(zip_path, dest, skipped=skipped)
+    replace_file(marker, json.dumps({**stamp, "skipped": skipped}).encode(), fsync=False)  # whole or absent
+    return root, skipped
+
+
+def skipped_note(zip_name: str, skipped: list[str]) -> str:
+    shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return f"{len(skipped)} entries of {zip_name} were not unpacked (system files or nested archives): {shown}"

@@ -36,8 +36,8 @@ from typing import Any
 
 from segdemo.core import budget
 from segdemo.core.config import RunConfig
-from segdemo.data import ZIP_MARKER
 from segdemo.data.base import ClassSet, Splits
+from segdemo.data.zipdata import ZIP_MARKER
 from segdemo.errors import JobError, UserError
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
 from segdemo.server.limits import ensure_free_disk

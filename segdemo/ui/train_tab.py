@@ -845,7 +845,7 @@ class TrainTab:
     def _check(self, cfg: RunConfig):
         """(report, classes or None, sample pictures, DataShape or None) for a data config; cached per source."""
         from segdemo.data import open_dataset
-        from segdemo.data.check import check_for_page
+        from segdemo.data.sources import check_for_page
 
         src = cfg.data.source
         key: tuple = (src, cfg.data.builtin_train, cfg.data.builtin_val, cfg.data.seed)
