@@ -159,3 +159,33 @@ def test_a_few_strokes_label_real_pet_photos():
         valid = truth != IGNORE
         agree.append((out.mask[valid] == truth[valid]).mean())
     assert np.mean(agree) > 0.9, agree
+
+
+def test_a_model_from_saved_photos_prelabels_the_next_and_strokes_correct_it():
+    saved = [(image, truth) for image, truth in (one_object(s) for s in range(2))]
+    model = fill.LabelModel.fit(saved, 2)
+    assert model is not None and model.photos == 2
+    image, truth = one_object(7)
+    guess = model.prelabel(image)
+    assert "2 saved photos" in guess.method
+    assert (guess.mask == truth).mean() > 0.9  # the next photo opens nearly labelled
+    # a correction: paint part of the object as background; that region changes, the rest stays proposed
+    strokes = np.full(truth.shape, IGNORE, np.uint8)
+    strokes[55:58, 40:60] = 0
+    out = fill.fill_strokes(image, strokes, 2, proposal=guess.mask)
+    assert (out.mask[55:58, 40:60] == 0).all()
+    assert (out.mask[truth == 0] == 0).mean() > 0.95  # the background the model had right stays background
+    assert fill.kept_share(guess.mask, out.mask) < 1.0
+    assert fill.kept_share(guess.mask, guess.mask) == 1.0
+    assert fill.kept_share(guess.mask, np.full(truth.shape, IGNORE, np.uint8)) is None
+
+
+def test_no_model_without_two_classes_or_the_encoder(monkeypatch):
+    image, truth = one_object()
+    assert fill.LabelModel.fit([], 2) is None
+    assert fill.LabelModel.fit([(image, np.zeros_like(truth))], 2) is None  # one class: nothing to tell apart
+    assert fill.LabelModel.fit([(image, np.full_like(truth, IGNORE))], 2) is None
+    monkeypatch.setattr(fill, "_encoder", lambda: None)
+    assert fill.LabelModel.fit([(image, truth)], 2) is None
+    with pytest.raises(DataError, match="photo's size"):
+        fill.fill_strokes(image, strokes_inside(truth), 2, proposal=truth[:10])
