@@ -27,6 +27,8 @@ def test_every_tracked_file_has_a_line_and_every_line_a_file():
         names = re.split(r",\s*", line.split("  ")[0].strip())  # "a/*.png, masks/*.png  description"
         folder = names[0].rsplit("/", 1)[0] + "/" if "/" in names[0] else ""
         patterns += [names[0]] + [n if "/" in n and n.startswith(folder) else folder + n for n in names[1:]]
+    twice = sorted({p for p in patterns if patterns.count(p) > 1})
+    assert not twice, f"the README's file map names these more than once: {twice}"
     files = _tracked()
     unmapped = [f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in patterns)]
     assert not unmapped, f"add these to the README's file map: {unmapped}"
