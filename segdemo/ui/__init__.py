@@ -22,11 +22,12 @@ import gradio as gr  # noqa: E402
 from segdemo import logs  # noqa: E402
 from segdemo.server.hosting import default_host, warn_if_exposed  # noqa: E402
 from segdemo.server.jobs import JobManager  # noqa: E402
-from segdemo.ui.common import EXAMPLES_DIR, AppContext, write_pictures_to_cache_atomically  # noqa: E402
 from segdemo.ui.compare_tab import CompareTab  # noqa: E402
+from segdemo.ui.context import EXAMPLES_DIR, AppContext  # noqa: E402
 from segdemo.ui.guard import QUEUE_SIZE, cap_queue_per_client  # noqa: E402
 from segdemo.ui.instructor_tab import InstructorTab  # noqa: E402
 from segdemo.ui.label_tab import LabelTab  # noqa: E402
+from segdemo.ui.picture_cache import write_pictures_to_cache_atomically  # noqa: E402
 from segdemo.ui.predict_tab import PredictTab  # noqa: E402
 from segdemo.ui.train_tab import TrainTab  # noqa: E402
 

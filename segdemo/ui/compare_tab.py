@@ -25,8 +25,11 @@ from segdemo.data.sources import source_of
 from segdemo.events import EpochEnd, Started, kept_epoch
 from segdemo.server.jobs import Job
 from segdemo.training.recipes import LITE_WIDTH
-from segdemo.ui.common import AppContext, bump, client_of, esc, fmt_num, user_errors
+from segdemo.ui.context import AppContext, client_of
+from segdemo.ui.errors import user_errors
+from segdemo.ui.listeners import bump
 from segdemo.ui.train_tab import LOSSES, SETTINGS, UPSAMPLING
+from segdemo.ui.words import esc, fmt_num
 
 MAX_COMPARED = 8  # runs in one comparison: more than a browser keeps (jobs.max_runs_per_owner), far fewer than a flood
 METRICS = {"val mIoU": "miou", "val loss": "val_loss", "train loss": "train_loss"}  # plot choice -> EpochEnd field

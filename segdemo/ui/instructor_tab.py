@@ -26,7 +26,9 @@ import pandas as pd
 from segdemo.events import EpochEnd, kept_epoch, stands_on
 from segdemo.server.jobs import ACTIVE, QUEUED, RUNNING, Job
 from segdemo.server.limits import LimitError, RateLimiter
-from segdemo.ui.common import AppContext, client_of, fmt_duration, user_errors
+from segdemo.ui.context import AppContext, client_of
+from segdemo.ui.errors import user_errors
+from segdemo.ui.words import fmt_duration
 
 WRONG_KEYS_PER_10_MIN = 10
 HELD_BACK = 48  # built-in images for the leaderboard

@@ -35,7 +35,10 @@ from segdemo.imageio import IMAGE_SUFFIXES
 from segdemo.server import labelset
 from segdemo.server.labelset import SET_FILE, LabelSet, LabelStore, Photo
 from segdemo.server.limits import ByteQuota, ensure_free_disk
-from segdemo.ui.common import HEAVY, AppContext, client_of, md, user_errors
+from segdemo.ui.context import AppContext, client_of
+from segdemo.ui.errors import user_errors
+from segdemo.ui.listeners import HEAVY
+from segdemo.ui.words import md
 
 log = logging.getLogger(__name__)
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)

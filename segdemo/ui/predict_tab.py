@@ -22,20 +22,12 @@ from segdemo.server import zerogpu
 from segdemo.server.limits import LimitError, RateLimiter, ensure_free_disk
 from segdemo.server.tokens import hash_owner
 from segdemo.training import familiar
-from segdemo.ui.common import (
-    EXAMPLES_DIR,
-    HEAVY,
-    AppContext,
-    bump,
-    esc,
-    export_onnx_zip,
-    fmt_num,
-    md,
-    model_choices,
-    safe_stem,
-    user_errors,
-)
+from segdemo.ui.context import EXAMPLES_DIR, AppContext
+from segdemo.ui.errors import user_errors
+from segdemo.ui.listeners import HEAVY, bump
+from segdemo.ui.models import export_onnx_zip, model_choices
 from segdemo.ui.views import View, ViewCache
+from segdemo.ui.words import esc, fmt_num, md, safe_stem
 
 SLIDER_LABEL = "Left: the image, or the true mask overlaid when there is one · right: the prediction overlaid"
 REDRAWS_PER_S = 30  # per browser; a hand on the slider, one redraw after another, stays well under it

@@ -29,24 +29,12 @@ from segdemo.events import Done, EpochEnd, Failed, Progress, Started, kept_epoch
 from segdemo.server.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
 from segdemo.server.limits import LimitError
 from segdemo.training import recipes
-from segdemo.ui.common import (
-    HEAVY,
-    AppContext,
-    client_of,
-    esc,
-    export_onnx_zip,
-    fmt_duration,
-    fmt_num,
-    md,
-    model_choices,
-    public,
-    sentence,
-    strip,
-    tidy_paths,
-    upscale,
-    user_error,
-    user_errors,
-)
+from segdemo.ui.context import AppContext, client_of
+from segdemo.ui.errors import user_error, user_errors
+from segdemo.ui.listeners import HEAVY
+from segdemo.ui.models import export_onnx_zip, model_choices
+from segdemo.ui.pictures import strip, upscale
+from segdemo.ui.words import esc, fmt_duration, fmt_num, md, public, sentence, tidy_paths
 
 log = logging.getLogger(__name__)
 PRESET_CHOICES = [(p.label, p.key) for p in recipes.PRESETS]
