@@ -413,7 +413,7 @@ def test_presets_are_planned_for_the_chosen_data(server, tmp_path):
             Image.fromarray((rng.random((600, 800)) > 0.5).astype(np.uint8)).save(mask)
             f.write(photo, f"images/p{i}.png")
             f.write(mask, f"masks/p{i}.png")
-    from segdemo.ui.train_tab import SETTINGS
+    from segdemo.ui.settings import SETTINGS
 
     names = [s.name for s in SETTINGS]  # /plan's outputs: every setting, in SETTINGS order
     shapes = dict(zip([*names, "why"], c.predict("10min", "builtin", None, 768, api_name="/plan"), strict=True))

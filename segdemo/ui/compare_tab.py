@@ -28,7 +28,7 @@ from segdemo.training.recipes import LITE_WIDTH
 from segdemo.ui.context import AppContext, client_of
 from segdemo.ui.errors import user_errors
 from segdemo.ui.listeners import bump
-from segdemo.ui.train_tab import LOSSES, SETTINGS, UPSAMPLING
+from segdemo.ui.settings import LOSSES, SETTINGS, UPSAMPLING
 from segdemo.ui.words import esc, fmt_num
 
 MAX_COMPARED = 8  # runs in one comparison: more than a browser keeps (jobs.max_runs_per_owner), far fewer than a flood
@@ -122,15 +122,6 @@ def variant_of(cfg: RunConfig, change: str) -> RunConfig:
 
 # -- what a comparison shows -----------------------------------------------------------------------------
 
-SETTING_LABELS = {
-    "image_size": "Image size (px)",
-    "train_images": "Training images",
-    "learning_rate": "Learning rate",
-    "width": "Width (channels)",
-    "upsampling": "Up-sampling",
-    "augment": "Augmentation",
-}
-
 
 def _dataset(cfg: RunConfig) -> str:
     src = source_of(cfg.data)
@@ -154,7 +145,7 @@ def settings_of(cfg: RunConfig) -> dict[str, str]:
             v = Path(cfg.model.weights).name.removeprefix("encoder-") if cfg.model.weights else "none"
         elif s.name == "train_images" and cfg.data.source != "builtin":
             v = cfg.data.max_train_images or "all"
-        out[SETTING_LABELS.get(s.name, s.name.replace("_", " ").capitalize())] = str(v)
+        out[s.title] = str(v)
     if cfg.data.source == "builtin":
         out["Validation images"] = str(cfg.data.builtin_val)
     out["Encoder"] = cfg.model.encoder
