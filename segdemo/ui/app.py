@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -61,7 +62,11 @@ CSS = """
 
 
 def build_demo(
-    jobs: JobManager | None = None, *, cache_dir=None, default_checkpoint=None, concurrency: int | None = None
+    jobs: JobManager | None = None,
+    *,
+    cache_dir: Any = None,
+    default_checkpoint: Any = None,
+    concurrency: int | None = None,
 ) -> gr.Blocks:
     """The whole app. `jobs` defaults to JobManager.from_env() (SEGDEMO_MAX_CONCURRENT, SEGDEMO_RUN_TTL_S)."""
     write_pictures_to_cache_atomically()
@@ -128,7 +133,7 @@ def build_demo(
     return demo
 
 
-def launch(demo: gr.Blocks, **kw):
+def launch(demo: gr.Blocks, **kw: Any) -> Any:
     """demo.launch with this app's defaults: 127.0.0.1 unless GRADIO_SERVER_NAME or a Hugging Face Space says
     otherwise (segdemo.server.hosting), port from PORT, 50 MB uploads, only the examples folder readable, no
     tracebacks on the page, capped request bodies and an upload quota per address (ui/guard.py), files private

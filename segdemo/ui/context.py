@@ -113,7 +113,7 @@ class AppContext:
             )
         return token
 
-    def ensure_token(self, token: Any, request: gr.Request = None) -> str:
+    def ensure_token(self, token: Any, request: gr.Request | None = None) -> str:
         """Keep a valid token; issue a fresh one for a new browser (or one from an old server), at most
         NEW_SESSIONS_PER_10_MIN per address: a client minting sessions without end could otherwise claim a
         run slot with each."""
@@ -125,7 +125,7 @@ class AppContext:
             raise user_error(str(e), title="Session") from None
         return self.jobs.issue_owner_token()
 
-    def forget_browser(self, token: Any, request: gr.Request = None) -> str:
+    def forget_browser(self, token: Any, request: gr.Request | None = None) -> str:
         """A fresh owner token for this browser (a shared PC's next user); the old one's runs and labelled
         photos stay on the server until they expire, unreachable from here."""
         try:

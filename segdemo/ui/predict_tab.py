@@ -40,11 +40,11 @@ IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 log = logging.getLogger("segdemo.ui")
 
 
-def _names(files) -> list[str]:
+def _names(files: Any) -> list[str]:
     return [Path(f).name for f in files or []]
 
 
-def _pick(names: list[str], picked, seen=None) -> str | None:
+def _pick(names: list[str], picked: Any, seen: Any = None) -> str | None:
     """The image to show: the first of those just added (not in `seen`, the names the page had), else the one
     picked while it is still uploaded, else the first. A photo uploaded after an example is what is shown."""
     seen = seen if isinstance(seen, list) else []
@@ -54,7 +54,7 @@ def _pick(names: list[str], picked, seen=None) -> str | None:
     return picked if picked in names else (names[0] if names else None)
 
 
-def _file_list(files, what: str) -> list[str]:
+def _file_list(files: Any, what: str) -> list[str]:
     """Uploaded file paths as a list of strings, at most MAX_FILES; gr.Error for anything else."""
     if not files:
         return []
@@ -73,7 +73,7 @@ def heatmap(p: np.ndarray, cmap: str = "inferno") -> np.ndarray:
     return (rgba[..., :3] * 255).round().astype(np.uint8)
 
 
-def _alpha(alpha) -> float:
+def _alpha(alpha: Any) -> float:
     """The opacity on the slider's own steps: a client sending every float in between would otherwise make a
     new picture (a new file in Gradio's cache) for each."""
     try:
@@ -85,7 +85,7 @@ def _alpha(alpha) -> float:
     return round(round(a / OPACITY_STEP) * OPACITY_STEP, 2)
 
 
-def _hidden(shown, k: int) -> list[int]:
+def _hidden(shown: Any, k: int) -> list[int]:
     """The class ids NOT ticked in "Classes to colour" (None: all are shown)."""
     if shown is None:
         return []
@@ -95,7 +95,7 @@ def _hidden(shown, k: int) -> list[int]:
 
 
 class PredictTab:
-    def __init__(self, ctx: AppContext, token: gr.BrowserState):
+    def __init__(self, ctx: AppContext, token: gr.BrowserState) -> None:
         self.ctx, self.token = ctx, token
         self.views = ViewCache()  # the last predictions per browser: opacity and class toggles redraw them
         # redraws skip the queue (a queued one took ~35 ms more): a cap per browser keeps a flood off the CPU
@@ -262,41 +262,58 @@ class PredictTab:
 
     # -- wiring ---------------------------------------------------------------------------------------
 
-    def wire(self, demo: gr.Blocks, tab: gr.Tab) -> None:
-        inputs = [
-            self.token,
-            self.model,
-            self.ckpt_file,
-            self.images,
-            self.masks,
-            self.show,
-            self.alpha,
-            self.probs,
-        ]
-        show = dict(
-            fn=self.toggle,
-            inputs=self.details,
-            outputs=[self.errors, self.prob_maps],
-            api_visibility="private",
+    def wire(self, demo: gr.Blocks, tab: gr.Tab) -> None:  # noqa: ARG002 - every tab's wire takes the demo
+        """The tab's listeners, each group next to its handlers below (in this order: the queue keeps it)."""
+        self._wire_predict()
+        self._wire_models()
+        self._wire_redraw()
+        self._wire_inputs(tab)
+
+    def _show_maps(self) -> dict[str, Any]:
+        """Listener arguments: the error map only with a ground truth, the probability maps only when asked for."""
+        return dict(
+            fn=self.toggle, inputs=self.details, outputs=[self.errors, self.prob_maps], api_visibility="private",
             queue=False,
+        )  # fmt: skip
+
+    @staticmethod
+    def toggle(details: Any) -> Any:
+        """Show the error map only with a ground truth, the probability maps only when asked for."""
+        d = details if isinstance(details, dict) else {}
+        return gr.update(visible=bool(d.get("ground_truth"))), gr.update(visible=bool(d.get("probability_maps")))
+
+    # -- handlers -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def on_images(images: Any, show: Any, seen: Any = None) -> Any:
+        """The image picker for these uploads: the newest upload, else the picked name while it is still there."""
+        names = _names(images)
+        return gr.update(choices=names, value=_pick(names, show, seen), visible=len(names) > 1)
+
+    def _wire_inputs(self, tab: gr.Tab) -> None:
+        self.webcam.change(
+            self.use_photo, self.webcam, [self.images, self.masks], api_visibility="private", queue=False
         )
-        heavy = dict(concurrency_id=HEAVY)  # one limit for every listener that loads a model or predicts
-        self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
-        self.images.change(self.on_images, [self.images, self.show], self.show, api_visibility="private", queue=False)
-        # One listener for every input of the picture, a model chosen by hand included: while it runs, a newer
-        # change waits and then runs with what the page holds by then, so images, masks and a checkpoint
-        # uploaded a moment apart end in one picture scored against the masks. (Separate listeners sharing the
-        # queue's two slots finish in either order, and one that read the page before the masks arrived could
-        # leave its unscored picture on top: a CI run failed on it.)
-        gr.on(
-            [self.images.change, self.masks.change, self.show.input, self.probs.input, self.model_ready.change],
-            self.auto_predict,
-            [*inputs, self.seen],
-            [*self.outputs, self.show, self.seen],  # seen: written by this queued listener only (see _pick)
-            api_visibility="private",
-            trigger_mode="always_last",
-            **heavy,
-        ).then(**show)
+        self.example_gallery.select(
+            self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
+        )
+        tab.select(self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False)
+
+    @staticmethod
+    def use_photo(photo: Any) -> Any:
+        """A webcam photo becomes the one image to segment (and any masks go: none of them is its mask)."""
+        if not photo:
+            return gr.skip(), gr.skip()
+        return [photo], None
+
+    def pick_example(self, evt: gr.SelectData) -> Any:
+        img, mask = self.example_files[evt.index]
+        return [str(img)], [str(mask)]
+
+    # -- the model ------------------------------------------------------------------------------------------
+
+    def _wire_models(self) -> None:
+        heavy = dict(concurrency_id=HEAVY)
         ready = bump(self.model_ready)
         self.model.input(
             lambda m: gr.update(visible=m == "upload"),
@@ -328,51 +345,8 @@ class PredictTab:
             api_visibility="private",
             **heavy,
         )
-        # opacity and class toggles redraw the kept prediction: no model, no queue, a few ms of blending
-        redraw = dict(
-            fn=self.redraw,
-            inputs=[self.token, self.view, self.alpha, self.shown],
-            outputs=self.slider,
-            queue=False,
-            show_progress="hidden",
-            trigger_mode="always_last",
-        )
-        self.alpha.input(**redraw, api_name="redraw")
-        self.shown.input(**redraw, api_visibility="private")
-        self.webcam.change(
-            self.use_photo, self.webcam, [self.images, self.masks], api_visibility="private", queue=False
-        )
-        self.example_gallery.select(
-            self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
-        )
-        tab.select(self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False)
 
-    @staticmethod
-    def toggle(details):
-        """Show the error map only with a ground truth, the probability maps only when asked for."""
-        d = details if isinstance(details, dict) else {}
-        return gr.update(visible=bool(d.get("ground_truth"))), gr.update(visible=bool(d.get("probability_maps")))
-
-    # -- handlers -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def on_images(images, show, seen=None):
-        """The image picker for these uploads: the newest upload, else the picked name while it is still there."""
-        names = _names(images)
-        return gr.update(choices=names, value=_pick(names, show, seen), visible=len(names) > 1)
-
-    @staticmethod
-    def use_photo(photo):
-        """A webcam photo becomes the one image to segment (and any masks go: none of them is its mask)."""
-        if not photo:
-            return gr.skip(), gr.skip()
-        return [photo], None
-
-    def pick_example(self, evt: gr.SelectData):
-        img, mask = self.example_files[evt.index]
-        return [str(img)], [str(mask)]
-
-    def refresh_models(self, token, current):
+    def refresh_models(self, token: Any, current: Any) -> Any:
         choices = model_choices(self.ctx, token)
         values = [v for _, v in choices]
         return gr.update(choices=choices, value=current if current in values else None)
@@ -382,7 +356,7 @@ class PredictTab:
         return checkpoint_for(self.ctx, token, model, ckpt_file)
 
     @user_errors
-    def export_onnx(self, token, model, ckpt_file):
+    def export_onnx(self, token: Any, model: Any, ckpt_file: Any) -> Any:
         """The chosen model as ONNX (with its meta.json and a predict script), zipped for download."""
         src = self.resolve(token, model, ckpt_file)
         self.ctx.predictor(src)  # the same checks as predicting with it (format, shapes, memory) first
@@ -396,21 +370,21 @@ class PredictTab:
         return model_card(path)
 
     @user_errors
-    def describe(self, token, model, ckpt_file):
+    def describe(self, token: Any, model: Any, ckpt_file: Any) -> Any:
         if model == "upload" and not ckpt_file:
             return "Upload a checkpoint file (.safetensors) saved by segdemo."
         if model == "default" and not self.ctx.default_checkpoint.is_file():
             return self._shipped_note(False)
         return self.describe_path(self.resolve(token, model, ckpt_file))
 
-    def describe_quiet(self, token, model, ckpt_file):
+    def describe_quiet(self, token: Any, model: Any, ckpt_file: Any) -> Any:
         try:
             return self.describe(token, model, ckpt_file)
         except gr.Error:  # a user mistake (user_errors made it a gr.Error; a bug was logged there)
             return gr.skip()
 
     @user_errors
-    def on_checkpoint(self, ckpt_file):
+    def on_checkpoint(self, ckpt_file: Any) -> Any:
         """Validate an uploaded checkpoint fully (format, config, shapes, finite weights) before using it."""
         if not ckpt_file:
             return gr.skip(), gr.skip()
@@ -418,7 +392,40 @@ class PredictTab:
         self.ctx.predictor(p)  # load_checkpoint: CheckpointError -> a gr.Error with its sentence
         return gr.update(value="upload"), self.describe_path(p)
 
-    def auto_predict(self, token, model, ckpt_file, images, masks, show, alpha, probability_maps, seen=None):
+    # -- segmenting -------------------------------------------------------------------------------------
+
+    def _wire_predict(self) -> None:
+        inputs = [self.token, self.model, self.ckpt_file, self.images, self.masks, self.show, self.alpha, self.probs]
+        show, heavy = self._show_maps(), dict(concurrency_id=HEAVY)  # one limit for all that load a model or predict
+        self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
+        self.images.change(self.on_images, [self.images, self.show], self.show, api_visibility="private", queue=False)
+        # One listener for every input of the picture, a model chosen by hand included: while it runs, a newer
+        # change waits and then runs with what the page holds by then, so images, masks and a checkpoint
+        # uploaded a moment apart end in one picture scored against the masks. (Separate listeners sharing the
+        # queue's two slots finish in either order, and one that read the page before the masks arrived could
+        # leave its unscored picture on top: a CI run failed on it.)
+        gr.on(
+            [self.images.change, self.masks.change, self.show.input, self.probs.input, self.model_ready.change],
+            self.auto_predict,
+            [*inputs, self.seen],
+            [*self.outputs, self.show, self.seen],  # seen: written by this queued listener only (see _pick)
+            api_visibility="private",
+            trigger_mode="always_last",
+            **heavy,
+        ).then(**show)
+
+    def auto_predict(
+        self,
+        token: Any,
+        model: Any,
+        ckpt_file: Any,
+        images: Any,
+        masks: Any,
+        show: Any,
+        alpha: Any,
+        probability_maps: Any,
+        seen: Any = None,
+    ) -> Any:
         if not images:
             return {
                 **dict.fromkeys(self.outputs),
@@ -448,10 +455,10 @@ class PredictTab:
         checkpoint_file: str | None,
         images: list[str] | None,
         masks: list[str] | None,
-        show,  # untyped: checked here, so a wrong type gets a sentence, not Gradio's generic error
-        alpha,
-        probability_maps,
-    ):
+        show: Any,  # untyped: checked here, so a wrong type gets a sentence, not Gradio's generic error
+        alpha: Any,
+        probability_maps: Any,
+    ) -> Any:
         """Segment one of the uploaded images (`show`, by file name; default the first).
 
         Returns: the slider's two pictures (image | prediction overlaid, or with a ground truth, truth |
@@ -524,8 +531,21 @@ class PredictTab:
             self.view: view_id,
         }
 
+    def _wire_redraw(self) -> None:
+        # opacity and class toggles redraw the kept prediction: no model, no queue, a few ms of blending
+        redraw = dict(
+            fn=self.redraw,
+            inputs=[self.token, self.view, self.alpha, self.shown],
+            outputs=self.slider,
+            queue=False,
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+        self.alpha.input(**redraw, api_name="redraw")
+        self.shown.input(**redraw, api_visibility="private")
+
     @user_errors
-    def redraw(self, token: str, view: str, alpha, shown):
+    def redraw(self, token: str, view: str, alpha: Any, shown: Any) -> Any:
         """Redraw the last prediction (by its view id) at another opacity or with some classes left uncoloured
         (`shown`: the class numbers to colour, None for all), without running the model. Returns the slider's two
         pictures; only the browser that predicted may redraw."""

@@ -11,10 +11,11 @@ import numpy as np
 
 from segdemo.core.config import RunConfig
 from segdemo.core.losses import LOSSES
+from segdemo.core.metrics import confusion_to_dict
 from segdemo.core.viz import colorize, confusion_html, error_map
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started, kept_epoch, stands_on
-from segdemo.server.jobs import FAILED, QUEUED, RUNNING, STOPPED, Job
+from segdemo.server.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
 from segdemo.ui.pictures import strip, upscale
 from segdemo.ui.words import fmt_duration, fmt_num, md, public, tidy_paths
 
@@ -257,3 +258,50 @@ class RunView:
             (strip(upscale(p.image), upscale(error_map(p.pred, p.target))), f"{p.name}: mIoU {p.miou:.2f}")
             for p in ev.worst
         ]
+
+
+def run_record(job: Job, position: int, wait_s: float) -> dict[str, Any]:
+    """A run as JSON (/run_info): status, place in line, message, classes, one record per finished epoch and, for
+    the newest epoch, where it fails (the confusion matrix and the worst validation images by name and mIoU)."""
+    started = job.last(Started)
+    return {
+        "run_id": job.id,
+        "status": job.status,
+        "queue_position": position,
+        "expected_wait_s": wait_s,
+        "message": job.message,
+        "classes": list(started.class_names) if started else [],
+        "device": started.device if started else None,
+        "events": [type(e).__name__ for e in job.events if not isinstance(e, Progress)],
+        "epochs": [
+            {
+                "epoch": e.epoch,
+                "train_loss": e.train_loss,
+                "val_loss": e.val_loss,
+                "miou": e.miou,
+                "pixel_accuracy": e.pixel_accuracy,
+                "per_class_iou": e.per_class_iou,
+                "is_best": e.is_best,
+            }
+            for e in job.events
+            if isinstance(e, EpochEnd)
+        ],
+        "where_it_fails": _where_it_fails(job, started),
+        "has_checkpoint": job.best_checkpoint is not None,
+        "finished": job.status in (DONE, STOPPED, FAILED),
+        "created": job.created,  # server clock, seconds: queue waits and overlaps for the load test
+        "started": job.started,
+        "finished_at": job.finished,
+    }
+
+
+def _where_it_fails(job: Job, started: Started | None) -> dict | None:
+    """The newest epoch's confusion (metrics.confusion_to_dict) and worst images, or None before the first."""
+    ev = next((e for e in reversed(job.events) if isinstance(e, EpochEnd) and e.confusion is not None), None)
+    if ev is None or started is None:
+        return None
+    return {
+        "epoch": ev.epoch,
+        "confusion": confusion_to_dict(ev.confusion, started.class_names),
+        "worst_images": [{"name": p.name, "miou": p.miou} for p in ev.worst],
+    }

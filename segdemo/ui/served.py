@@ -19,7 +19,7 @@ SERVED_BYTES = int(os.environ.get("SEGDEMO_SERVED_MB") or 2048) << 20  # downloa
 class ServedFiles:
     """The files the app serves; `scratch(kind)` gives a fresh work folder to make one in."""
 
-    def __init__(self, scratch: Callable[[str], Path]):
+    def __init__(self, scratch: Callable[[str], Path]) -> None:
         self._scratch = scratch
         self._lock = threading.Lock()
         self._downloads: dict[str, list[Path]] = {}  # run id -> files handed out for download

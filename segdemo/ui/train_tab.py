@@ -13,11 +13,9 @@ import gradio as gr
 import pandas as pd
 
 from segdemo.core import speedups
-from segdemo.core.metrics import confusion_to_dict
 from segdemo.core.weights_file import check_weights_file
 from segdemo.errors import ConfigError, JobError
-from segdemo.events import EpochEnd, Progress, Started
-from segdemo.server.jobs import DONE, FAILED, QUEUED, STOPPED, Job
+from segdemo.server.jobs import QUEUED, Job
 from segdemo.server.limits import LimitError
 from segdemo.training import recipes
 from segdemo.ui.context import AppContext, client_of
@@ -25,7 +23,7 @@ from segdemo.ui.data_report import ZIP_PROMPT, checked_data, classes_html, repor
 from segdemo.ui.errors import user_error, user_errors
 from segdemo.ui.listeners import HEAVY
 from segdemo.ui.models import export_onnx_zip, model_choices, refuse_a_second_run
-from segdemo.ui.run_view import Curves, RunView
+from segdemo.ui.run_view import Curves, RunView, run_record
 from segdemo.ui.settings import (
     DATASETS,
     PAGE_OPENED,
@@ -58,7 +56,7 @@ STREAM_IDLE_S = 600  # a live view ends when its run has sent nothing new for th
 class TrainTab:
     """Builds the tab's widgets (inside an open gr.Tab) and wires its events."""
 
-    def __init__(self, ctx: AppContext, token: gr.BrowserState):
+    def __init__(self, ctx: AppContext, token: gr.BrowserState) -> None:
         self.ctx, self.token = ctx, token
         self._plan_lock, self._plans = threading.Lock(), {}  # plan_key -> (settings, why): see _plan
         gr.Markdown(
@@ -287,18 +285,20 @@ class TrainTab:
     # -- handlers -------------------------------------------------------------------------------------
 
     @staticmethod
-    def ready():
+    def ready() -> Any:
         """The page has its session: Train may be pressed."""
         return gr.update(interactive=True)
 
     @user_errors
-    def apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images, request: gr.Request = None):
+    def apply_preset(
+        self, preset: str, dataset: str, zip_file: str | None, train_images: Any, request: gr.Request | None = None
+    ) -> Any:
         """Plan the preset for the chosen data on this server: every setting, and one line saying why. A plan
         that needs a new speed probe (seconds of every core) counts against the caller's address."""
         with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
             return self._apply_preset(preset, dataset, zip_file, train_images)
 
-    def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images):
+    def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images: Any) -> Any:
         values, why, n_train = self._plan(preset, dataset, zip_file, train_images)
         label = TRAIN_IMAGES_LABEL
         if dataset != "builtin" and n_train is not None:  # a cap for one's own data: say how many there are
@@ -310,7 +310,7 @@ class TrainTab:
             self.settings["train_images"]: gr.update(label=label),
         }  # numbers only: no user text
 
-    def _plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str, Any]:
+    def _plan(self, preset: str, dataset: str, zip_file: str | None, train_images: Any) -> tuple[dict | None, str, Any]:
         """(the planned settings by name, or None when the data cannot be planned for yet; the line saying why;
         the number of training pairs the plan is for, or None).
 
@@ -327,7 +327,9 @@ class TrainTab:
                         self._plans.pop(next(iter(self._plans)))
         return (dict(hit[0]) if hit[0] is not None else None), hit[1], hit[2]
 
-    def _make_plan(self, preset: str, dataset: str, zip_file: str | None, train_images) -> tuple[dict | None, str, Any]:
+    def _make_plan(
+        self, preset: str, dataset: str, zip_file: str | None, train_images: Any
+    ) -> tuple[dict | None, str, Any]:
         p = recipes.BY_KEY[preset_key(preset)]
         cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
         if dataset == "builtin":
@@ -347,7 +349,7 @@ class TrainTab:
         return values, plan.why, shape.n_train
 
     @user_errors
-    def run_settings(self, token: str, run_id: str):
+    def run_settings(self, token: str, run_id: str) -> Any:
         """The settings of the run just started, for the page's widgets (they may be a plan the page had not
         shown yet)."""
         job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
@@ -355,7 +357,7 @@ class TrainTab:
         return [values[n] for n in RUN_SHOWN]
 
     @user_errors
-    def check_data(self, dataset: str, zip_file: str | None, train_images):
+    def check_data(self, dataset: str, zip_file: str | None, train_images: Any) -> Any:
         """Check the chosen data: pairs, classes with colours and pixel shares, a few samples, problems."""
         if dataset == "zip" and not zip_file:
             return ZIP_PROMPT, "", []
@@ -372,13 +374,13 @@ class TrainTab:
         dataset: str,
         zip_file: str | None,
         preset: str,
-        planned=None,  # the page's plan_key (gr.State: never an API parameter)
-        request: gr.Request = None,
-        encoder_weights=None,  # named, with its default, so the API may leave out the one file setting
+        planned: Any = None,  # the page's plan_key (gr.State: never an API parameter)
+        request: gr.Request | None = None,
+        encoder_weights: Any = None,  # named, with its default, so the API may leave out the one file setting
         # the Train settings by name (SETTINGS), untyped: build_config answers any value with a sentence (a type
         # hint would make Gradio refuse a wrong type with a generic error instead)
-        **settings,
-    ):
+        **settings: Any,
+    ) -> Any:
         """Start a run for this browser; returns its run id (refused while one is queued or running)."""
         owner = self.ctx.owner(token)
         if planned is not None and planned != planned_for(preset, dataset, zip_file):
@@ -412,7 +414,7 @@ class TrainTab:
         return job.id, ("Waiting in line…" if pos > 1 else "Starting…")
 
     @user_errors
-    def stop(self, token: str, run_id: str | None):
+    def stop(self, token: str, run_id: str | None) -> Any:
         """Stop this browser's run: it ends after the current batch and keeps its best checkpoint."""
         owner = self.ctx.owner(token)
         jobs = self.ctx.jobs
@@ -427,7 +429,7 @@ class TrainTab:
         return "Stopping after the current batch…"
 
     @user_errors
-    async def watch(self, token: str, run_id: str, request: gr.Request = None):
+    async def watch(self, token: str, run_id: str, request: gr.Request | None = None) -> Any:
         """Stream a run's progress (status, curves, per-class IoU, filmstrip, checkpoint, confusion matrix, worst
         images) until it ends."""
         owner = self.ctx.owner(token)
@@ -438,7 +440,7 @@ class TrainTab:
             async for out in self._stream(owner, job):
                 yield out
 
-    async def reattach(self, token: str, request: gr.Request = None):
+    async def reattach(self, token: str, request: gr.Request | None = None) -> Any:
         """On page load: show this browser's running or latest run (and keep streaming it while it runs)."""
         if not self.ctx.jobs.valid_owner_token(token):
             yield [gr.skip()] * len(self.reattach_outputs)
@@ -463,7 +465,7 @@ class TrainTab:
             log.exception("reattaching to a run failed")
             return
 
-    async def _stream(self, owner: str, job: Job, once: bool = False):
+    async def _stream(self, owner: str, job: Job, once: bool = False) -> Any:
         """Yield the page's view of a run as it changes, until the run ends, it has been idle STREAM_IDLE_S
         (the page says to reload), or at once after the first view with `once`."""
         view, i, last_status = RunView(), 0, 0.0
@@ -512,14 +514,14 @@ class TrainTab:
             await asyncio.sleep(0.25)
 
     @user_errors
-    def export_onnx(self, token: str, run_id: str):
+    def export_onnx(self, token: str, run_id: str) -> Any:
         job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
         if job.best_checkpoint is None:
             raise gr.Error("This run has no checkpoint yet: one is saved when its first epoch ends.")
         when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))  # as the checkpoint download is named
         return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint), f"run-{when}")), visible=True)
 
-    def check_weights(self, path: str | None):
+    def check_weights(self, path: str | None) -> Any:
         """Check an encoder-weights upload the moment it arrives (a zip bomb is refused before any run reads it);
         a file that fails is taken off the page with the reason."""
         if not path:
@@ -532,7 +534,7 @@ class TrainTab:
         return gr.skip()
 
     @user_errors
-    def filmstrip_gif(self, token: str, run_id: str):
+    def filmstrip_gif(self, token: str, run_id: str) -> Any:
         """This browser's run's filmstrip history as an animated GIF: one frame per epoch (up to
         filmstrip.MAX_GIF_FRAMES, spread evenly), for slides."""
         from segdemo.core import filmstrip
@@ -569,36 +571,8 @@ class TrainTab:
         job = self.ctx.jobs.get(owner, run_id) if run_id else self.ctx.jobs.latest_for(owner)
         if job is None:
             raise gr.Error("This browser session has no runs yet; press Train.")
-        started = job.last(Started)
-        return {
-            "run_id": job.id,
-            "status": job.status,
-            "queue_position": self.ctx.jobs.queue_position(job),
-            "expected_wait_s": self.ctx.jobs.expected_wait_s(job) if job.status == QUEUED else 0.0,
-            "message": job.message,
-            "classes": list(started.class_names) if started else [],
-            "device": started.device if started else None,
-            "events": [type(e).__name__ for e in job.events if not isinstance(e, Progress)],
-            "epochs": [
-                {
-                    "epoch": e.epoch,
-                    "train_loss": e.train_loss,
-                    "val_loss": e.val_loss,
-                    "miou": e.miou,
-                    "pixel_accuracy": e.pixel_accuracy,
-                    "per_class_iou": e.per_class_iou,
-                    "is_best": e.is_best,
-                }
-                for e in job.events
-                if isinstance(e, EpochEnd)
-            ],
-            "where_it_fails": _where_it_fails(job, started),
-            "has_checkpoint": job.best_checkpoint is not None,
-            "finished": job.status in (DONE, STOPPED, FAILED),
-            "created": job.created,  # server clock, seconds: queue waits and overlaps for the load test
-            "started": job.started,
-            "finished_at": job.finished,
-        }
+        jobs = self.ctx.jobs
+        return run_record(job, jobs.queue_position(job), jobs.expected_wait_s(job) if job.status == QUEUED else 0.0)
 
 
 def _plot(curves: Curves | None) -> Any:
@@ -616,15 +590,3 @@ def _table(table: tuple[list[str], list[list[str]]] | None) -> pd.DataFrame:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     columns, rows = table
     return pd.DataFrame(rows, columns=columns)
-
-
-def _where_it_fails(job: Job, started: Started | None) -> dict | None:
-    """The newest epoch's confusion (metrics.confusion_to_dict) and worst images, or None before the first."""
-    ev = next((e for e in reversed(job.events) if isinstance(e, EpochEnd) and e.confusion is not None), None)
-    if ev is None or started is None:
-        return None
-    return {
-        "epoch": ev.epoch,
-        "confusion": confusion_to_dict(ev.confusion, started.class_names),
-        "worst_images": [{"name": p.name, "miou": p.miou} for p in ev.worst],
-    }
