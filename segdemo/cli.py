@@ -278,8 +278,7 @@ def cmd_predict(args) -> int:
     from PIL import Image
 
     from segdemo.core.metrics import metrics_from_confusion
-    from segdemo.core.predict import MaskIndex, Predictor, load_ground_truth
-    from segdemo.imageio import load_image_oriented
+    from segdemo.core.predict import MaskIndex, Predictor
 
     predictor = Predictor.from_path(args.checkpoint)
     names = predictor.classes.names
@@ -291,21 +290,16 @@ def cmd_predict(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed, scored, total = 0, 0, torch.zeros(len(names), len(names), dtype=torch.int64)
     for path in args.images:
+        mask_path = index.mask_for(path)
         try:
-            image, orientation = load_image_oriented(path)
-            mask_path = index.mask_for(path)
-            target = (
-                None
-                if mask_path is None
-                else load_ground_truth(mask_path, image.shape, orientation, predictor.classes, Path(path).name)
-            )
-            p = predictor.predict(image, target=target, alpha=args.alpha, probabilities=False)
+            result = predictor.predict_file(path, mask_path, alpha=args.alpha)
         except Exception as e:
             if not is_user_error(e):
                 raise
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
+        p, image = result.prediction, result.image
         stem = Path(path).stem
         Image.fromarray(p.mask).save(out / f"{stem}_mask.png")  # class ids, not colours
         Image.fromarray(p.color).save(out / f"{stem}_color.png")

@@ -413,7 +413,7 @@ def test_presets_are_planned_for_the_chosen_data(server, tmp_path):
             Image.fromarray((rng.random((600, 800)) > 0.5).astype(np.uint8)).save(mask)
             f.write(photo, f"images/p{i}.png")
             f.write(mask, f"masks/p{i}.png")
-    from segdemo.ui.train_tab import SETTINGS
+    from segdemo.ui.settings import SETTINGS
 
     names = [s.name for s in SETTINGS]  # /plan's outputs: every setting, in SETTINGS order
     shapes = dict(zip([*names, "why"], c.predict("10min", "builtin", None, 768, api_name="/plan"), strict=True))
@@ -429,14 +429,14 @@ def test_presets_are_planned_for_the_chosen_data(server, tmp_path):
 
 def test_a_picture_sent_again_is_never_rewritten_under_a_reader(tmp_path):
     """Gradio names output pictures by a hash of their bytes; sending one again must never truncate the
-    copy a browser is reading (segdemo.ui.common.write_pictures_to_cache_atomically). Gradio's own
+    copy a browser is reading (segdemo.ui.picture_cache.write_pictures_to_cache_atomically). Gradio's own
     write gave this reader hundreds of short reads in 100 saves."""
     import threading
 
     from gradio import processing_utils as pu
     from PIL import Image
 
-    from segdemo.ui.common import write_pictures_to_cache_atomically
+    from segdemo.ui.picture_cache import write_pictures_to_cache_atomically
 
     write_pictures_to_cache_atomically()
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8))

@@ -11,7 +11,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytest  # noqa: E402
 
-from segdemo.ui.train_tab import SETTINGS, preset_values  # noqa: E402
+from segdemo.ui.settings import SETTINGS, preset_values  # noqa: E402
 from tests.conftest import api_session as session  # noqa: E402
 from tests.conftest import in_process_app, tiny_train_args  # noqa: E402
 

@@ -210,7 +210,7 @@ def test_data_check_cache_is_bounded_in_bytes(server, tmp_path):
                 f.write(tmp_path / "m.png", f"masks/p{n}.png")
         report, _, samples = c.predict("zip", handle_file(str(z)), 768, api_name="/check_data")
         assert "Ready to train" in report, report
-    from segdemo.ui.common import CHECK_CACHE_BYTES
+    from segdemo.ui.context import CHECK_CACHE_BYTES
 
     held = sum(n for _, n in ctx.check_cache.values())
     assert 0 < held <= CHECK_CACHE_BYTES
@@ -386,7 +386,7 @@ def test_one_browser_cannot_keep_the_cpu_busy_redrawing(server):
 
 def test_one_address_cannot_mint_sessions_without_end(server):
     url, _, _ = server
-    from segdemo.ui.common import NEW_SESSIONS_PER_10_MIN
+    from segdemo.ui.context import NEW_SESSIONS_PER_10_MIN
 
     c = Client(url, verbose=False, ssl_verify=False, headers={"X-Forwarded-For": "203.0.113.6"})
     got = [c.predict(None, api_name="/session") for _ in range(NEW_SESSIONS_PER_10_MIN - 1)]
@@ -439,7 +439,7 @@ def test_runs_get_the_servers_time_limit(server):
 
 def test_one_client_cannot_hold_the_servers_streams(server):
     url, _, demo = server
-    from segdemo.ui.common import STREAMS_PER_BROWSER
+    from segdemo.ui.context import STREAMS_PER_BROWSER
 
     c, token = client(url, "203.0.113.8")
     run_id = c.predict(token, **train_args(epochs=50), api_name="/train")[0]
@@ -590,7 +590,7 @@ def test_the_checkpoint_link_ends_with_the_run(server):
 
 
 def test_cache_folders_of_dead_servers_are_swept(tmp_path):
-    from segdemo.ui.common import sweep_dead_caches
+    from segdemo.ui.context import sweep_dead_caches
 
     dead = tmp_path / "4194999-deadbeef"  # above the kernel's default pid_max: no such process
     dead.mkdir()

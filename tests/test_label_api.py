@@ -96,7 +96,7 @@ def test_train_on_these_opens_the_train_tab_with_the_dataset_and_trains(labelled
     report, classes_html, _ = c.predict("zip", handle_file(zip_path), 768, api_name="/check_data")
     assert "Ready to train" in report and "2 pairs" in report, report
     assert "triangle" in classes_html
-    from segdemo.ui.train_tab import SETTINGS
+    from segdemo.ui.settings import SETTINGS
 
     planned = c.predict("minute", "zip", handle_file(zip_path), 768, api_name="/plan")  # what the page does next
     plan = dict(zip([*(s.name for s in SETTINGS), "why"], planned, strict=True))

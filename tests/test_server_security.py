@@ -110,7 +110,7 @@ def test_a_gradio_the_picture_patch_was_not_written_for_is_loud(monkeypatch, cap
     import gradio as gr
     from gradio import processing_utils as pu
 
-    from segdemo.ui import common
+    from segdemo.ui import picture_cache as common
 
     assert common.picture_patch_mismatch() is None  # the pinned gradio: the patch fits
     monkeypatch.setattr(gr, "__version__", "7.0.0")

@@ -3,6 +3,7 @@ decoded with the model's classes scores it (the app's Predict tab and `segdemo p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from segdemo.core.evaluate import forward_scaled, labels_at_size, upsample
 from segdemo.core.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
 from segdemo.core.viz import colorize, error_map, overlay
 from segdemo.data.base import IGNORE, ClassSet, DataError
-from segdemo.imageio import align_mask, load_mask_raw
+from segdemo.imageio import align_mask, load_image_oriented, load_mask_raw
 
 PROB_MAX_SIDE = 512  # probability maps are for looking at: no need for 250 full-size float images
 PROB_MAX_VALUES = 16 << 20
@@ -32,6 +33,20 @@ class Prediction:
     metrics: SegMetrics | None = None  # when a ground truth was given
     errors: np.ndarray | None = None  # (H, W, 3) error map, when a ground truth was given
     confusion: torch.Tensor | None = None  # (C, C) int64, rows = truth: sum these for a set's metrics
+
+
+@dataclass
+class FilePrediction:
+    """One image file predicted, scored against its true mask when one was given (Predictor.predict_file)."""
+
+    name: str  # the image's file name
+    image: np.ndarray  # (H, W, 3) uint8, upright, as predicted (shrunk when it was over max_side)
+    target: np.ndarray | None  # the true mask's class ids at that size, when one was given
+    prediction: Prediction
+    shrunk_from: tuple[int, int] | None = None  # (width, height) before shrinking, when it was shrunk
+
+
+Runner = Callable[..., Prediction]  # predict(image, target=, alpha=, probabilities=): Predictor.predict or a wrapper
 
 
 class Predictor:
@@ -84,6 +99,36 @@ class Predictor:
             pred.metrics, pred.confusion = metrics_from_confusion(cm), cm
             pred.errors = error_map(mask, target)
         return pred
+
+    def predict_file(
+        self,
+        image_path: str | Path,
+        mask_path: str | Path | None = None,
+        *,
+        alpha: float = 0.5,
+        probabilities: bool = False,
+        name: str | None = None,
+        max_side: int | None = None,
+        decoded: tuple[np.ndarray, int] | None = None,
+        run: Runner | None = None,
+    ) -> FilePrediction:
+        """Predict an image file; with its true mask (decoded with the model's classes), scored too.
+
+        `name` is how messages name the image (default: as load_image_oriented does); `max_side` shrinks larger
+        images first; `decoded` is (image, EXIF orientation) when the caller has read the file already (the app
+        checks the student's file before it loads a model); `run` replaces self.predict (ZeroGPU's wrapper)."""
+        image, orientation = decoded if decoded is not None else load_image_oriented(image_path, name)
+        file_name = Path(image_path).name
+        target = None
+        if mask_path is not None:
+            target = load_ground_truth(mask_path, image.shape, orientation, self.classes, file_name)
+        shrunk_from = None
+        if max_side is not None and max(image.shape[:2]) > max_side:
+            shrunk_from = (image.shape[1], image.shape[0])
+            image, target = shrink(image, target, max_side)
+        predict = run or self.predict
+        p = predict(image, target=target, alpha=alpha, probabilities=probabilities)
+        return FilePrediction(file_name, image, target, p, shrunk_from)
 
     def _probabilities(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         h, w = size
@@ -144,3 +189,18 @@ def load_ground_truth(
     enc = detect_encoding(raw, mode, classes.num_classes, colors)
     ids = decode_mask(raw, enc, num_classes=classes.num_classes, colormap=colors, name=name, classes_from="the model")
     return align_mask(ids, image_shape, orientation, mask_name=name, image_name=image_name)
+
+
+def shrink(image: np.ndarray, mask: np.ndarray | None, max_side: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image (bilinear) and its mask (nearest) with the longest side at most max_side."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    f = max(h, w) / max_side
+    if f <= 1:
+        return image, mask
+    size = (max(1, round(w / f)), max(1, round(h / f)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    return image, mask

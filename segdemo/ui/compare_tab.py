@@ -25,8 +25,11 @@ from segdemo.data.sources import source_of
 from segdemo.events import EpochEnd, Started, kept_epoch
 from segdemo.server.jobs import Job
 from segdemo.training.recipes import LITE_WIDTH
-from segdemo.ui.common import AppContext, bump, client_of, esc, fmt_num, user_errors
-from segdemo.ui.train_tab import LOSSES, SETTINGS, UPSAMPLING
+from segdemo.ui.context import AppContext, client_of
+from segdemo.ui.errors import user_errors
+from segdemo.ui.listeners import bump
+from segdemo.ui.settings import LOSSES, SETTINGS, UPSAMPLING
+from segdemo.ui.words import esc, fmt_num
 
 MAX_COMPARED = 8  # runs in one comparison: more than a browser keeps (jobs.max_runs_per_owner), far fewer than a flood
 METRICS = {"val mIoU": "miou", "val loss": "val_loss", "train loss": "train_loss"}  # plot choice -> EpochEnd field
@@ -119,15 +122,6 @@ def variant_of(cfg: RunConfig, change: str) -> RunConfig:
 
 # -- what a comparison shows -----------------------------------------------------------------------------
 
-SETTING_LABELS = {
-    "image_size": "Image size (px)",
-    "train_images": "Training images",
-    "learning_rate": "Learning rate",
-    "width": "Width (channels)",
-    "upsampling": "Up-sampling",
-    "augment": "Augmentation",
-}
-
 
 def _dataset(cfg: RunConfig) -> str:
     src = source_of(cfg.data)
@@ -151,7 +145,7 @@ def settings_of(cfg: RunConfig) -> dict[str, str]:
             v = Path(cfg.model.weights).name.removeprefix("encoder-") if cfg.model.weights else "none"
         elif s.name == "train_images" and cfg.data.source != "builtin":
             v = cfg.data.max_train_images or "all"
-        out[SETTING_LABELS.get(s.name, s.name.replace("_", " ").capitalize())] = str(v)
+        out[s.title] = str(v)
     if cfg.data.source == "builtin":
         out["Validation images"] = str(cfg.data.builtin_val)
     out["Encoder"] = cfg.model.encoder
@@ -283,7 +277,7 @@ def x_limits(runs: list[RunSummary]) -> list[float]:
 class CompareTab:
     """Builds the tab's widgets (inside an open gr.Tab) and wires its events."""
 
-    def __init__(self, ctx: AppContext, token: gr.BrowserState):
+    def __init__(self, ctx: AppContext, token: gr.BrowserState) -> None:
         self.ctx, self.token = ctx, token
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
@@ -337,7 +331,7 @@ class CompareTab:
 
     # -- wiring -----------------------------------------------------------------------------------------
 
-    def wire(self, demo: gr.Blocks, tab: gr.Tab, train, predict_model: gr.Dropdown) -> None:
+    def wire(self, demo: gr.Blocks, tab: gr.Tab, train: Any, predict_model: gr.Dropdown) -> None:
         """`train` is the TrainTab: a queued variant streams there like a Train click, then shows up here."""
         quiet = dict(api_visibility="private", show_progress="hidden")
         listed = [self.runs, self.known, self.base, *self.ablate_btns.values()]
@@ -380,7 +374,7 @@ class CompareTab:
         """This owner's runs that have finished an epoch (a run without one has nothing to compare)."""
         return [r for r in summarise(self.ctx.jobs.jobs_for(owner)) if r.epochs]
 
-    def _chosen(self, owner: str, run_ids) -> list[RunSummary]:
+    def _chosen(self, owner: str, run_ids: Any) -> list[RunSummary]:
         """The owner's runs with these ids, in the order given; the same 'no such run' for a wrong id and for
         another browser's, so nobody learns that another's run exists."""
         if not isinstance(run_ids, list | tuple) or not all(isinstance(i, str) for i in run_ids):
@@ -420,7 +414,7 @@ class CompareTab:
 
     # -- the page -----------------------------------------------------------------------------------------
 
-    def refresh(self, token: str, chosen: list | None, known: list | None, base_id: str | None):
+    def refresh(self, token: str, chosen: list | None, known: list | None, base_id: str | None) -> Any:
         """List this browser's runs: keep what was ticked, tick runs the list has not shown before; keep the run
         to change, else offer the newest finished one."""
         if not self.ctx.jobs.valid_owner_token(token):
@@ -442,7 +436,7 @@ class CompareTab:
         cfg = base.config if base else quick_cpu_preset()
         return [gr.update(value=f"Same run, {a.label(cfg)}", interactive=base is not None) for a in ABLATIONS.values()]
 
-    def button_labels(self, token: str, run_id: str | None):
+    def button_labels(self, token: str, run_id: str | None) -> Any:
         """The ablation buttons say what they would change in the chosen run ("Dice instead of CE + Dice")."""
         if not self.ctx.jobs.valid_owner_token(token) or not isinstance(run_id, str) or not run_id:
             return self._labels(None)
@@ -450,7 +444,7 @@ class CompareTab:
         return self._labels(by_id.get(run_id))
 
     @user_errors
-    def show(self, token: str, run_ids: list | None, metric: str):
+    def show(self, token: str, run_ids: list | None, metric: str) -> Any:
         """The comparison of the ticked runs, for the page."""
         owner = self.ctx.owner(token)
         mine = {j.id for j in self.ctx.jobs.jobs_for(owner)}
@@ -474,7 +468,7 @@ class CompareTab:
     # -- ablations ------------------------------------------------------------------------------------------
 
     @user_errors
-    def ablate(self, token: str, run_id: str, change: str, request: gr.Request = None) -> dict:
+    def ablate(self, token: str, run_id: str, change: str, request: gr.Request | None = None) -> dict:
         """Queue a copy of one of this browser's finished runs with one setting changed (`change`: loss, augment
         upsampling or encoder) as a new run, under the same limits as Train. Returns its run id."""
         owner = self.ctx.owner(token)
@@ -507,10 +501,10 @@ class CompareTab:
             + "Watch it in the Train tab; it appears here when its first epoch is done.",
         }
 
-    def _ablate_button(self, change: str):
+    def _ablate_button(self, change: str) -> Any:
         """The page's handler for one ablation button: (the new run id for the Train tab, a message)."""
 
-        def click(token: str, run_id: str | None, request: gr.Request = None):
+        def click(token: str, run_id: str | None, request: gr.Request | None = None) -> Any:
             out = self.ablate(token, run_id, change, request)
             return out["run_id"], out["message"]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from gradio.utils import get_upload_folder
 
@@ -37,13 +38,13 @@ QUEUE_PER_SESSION = int(os.environ.get("SEGDEMO_QUEUE_PER_SESSION") or 32)
 class RequestGuard:
     def __init__(
         self,
-        app,
+        app: Any,
         max_body: int = MAX_BODY,
         upload_bytes_per_hour: int = UPLOAD_BYTES_PER_HOUR,
         uploads_per_minute: int = UPLOADS_PER_MINUTE,
         files_per_upload: int | None = None,
         upload_files_per_hour: int | None = None,
-    ):
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.upload_quota = ByteQuota(upload_bytes_per_hour, 3600)
@@ -60,7 +61,7 @@ class RequestGuard:
         )
         self.upload_files = ByteQuota(upload_files_per_hour or UPLOAD_FILES_PER_HOUR, 3600, unit="files")
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
         if scope["type"] == "http" and scope["method"] == "GET" and _is_long_lived(scope["path"]):
             return await self._held_open(scope, receive, send)
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -105,7 +106,7 @@ class RequestGuard:
 
         sent = False
 
-        async def replay():
+        async def replay() -> Any:
             nonlocal sent
             if sent:
                 return await receive()
@@ -114,7 +115,7 @@ class RequestGuard:
 
         return await self.app(scope, replay, send)
 
-    async def _held_open(self, scope, receive, send):
+    async def _held_open(self, scope: Any, receive: Any, send: Any) -> Any:
         """A connection Gradio keeps open (a page's heartbeat, an event stream) takes a slot of its address for as
         long as it lasts: Gradio holds a heartbeat open for any made-up session id, so without a cap one client
         could open connections until the server runs out of file descriptors."""
@@ -137,14 +138,14 @@ class _PartCounter:
     address's file quota. Over either, the next read raises python_multipart's parse error, on which Gradio
     deletes the parts it had written; the response Gradio then sends is replaced by the reason (429)."""
 
-    def __init__(self, content_type: str, per_request: int, quota: ByteQuota, addr: str):
+    def __init__(self, content_type: str, per_request: int, quota: ByteQuota, addr: str) -> None:
         b = content_type.partition("boundary=")[2].split(";")[0].strip().strip('"')
         self.delimiter = b"--" + b.encode("latin-1", "replace") if b else b""
         self.per_request, self.quota, self.addr = per_request, quota, addr
         self.seen, self.tail, self.refusal = 0, b"", None
 
-    def receive(self, receive):
-        async def counted():
+    def receive(self, receive: Any) -> Any:
+        async def counted() -> Any:
             msg = await receive()
             if self.delimiter and msg["type"] == "http.request":
                 self._count(msg.get("body", b""))
@@ -170,8 +171,8 @@ class _PartCounter:
             self.refusal = str(e).capitalize() + "."
             raise MultipartParseError(self.refusal) from None
 
-    def send(self, send):
-        async def replaced(msg):
+    def send(self, send: Any) -> Any:
+        async def replaced(msg: Any) -> Any:
             if self.refusal is None:
                 return await send(msg)
             if msg["type"] == "http.response.start":
@@ -180,7 +181,7 @@ class _PartCounter:
         return replaced
 
 
-async def _drain(receive, limit: int) -> None:
+async def _drain(receive: Any, limit: int) -> None:
     """Read and drop up to `limit` bytes of the request body."""
     seen = 0
     while seen <= limit:
@@ -192,7 +193,7 @@ async def _drain(receive, limit: int) -> None:
             return
 
 
-async def _refuse(send, status: int, detail: str) -> None:
+async def _refuse(send: Any, status: int, detail: str) -> None:
     data = json.dumps({"detail": detail}).encode()
     await send(
         {
@@ -204,7 +205,7 @@ async def _refuse(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-def cap_queue_per_client(demo) -> None:
+def cap_queue_per_client(demo: Any) -> None:
     """Refuse a new event when its address already has QUEUE_PER_ADDRESS events waiting, or its browser tab
     QUEUE_PER_SESSION: one client can fill no more than its share of the queue. Gradio has no setting for this,
     so its queue's `push` is wrapped (gradio 6.31: `Queue.push(body, request, username)` returning
@@ -212,7 +213,7 @@ def cap_queue_per_client(demo) -> None:
     queue = demo._queue
     push = queue.push
 
-    async def capped_push(body, request, username):
+    async def capped_push(body: Any, request: Any, username: Any) -> Any:
         addr = _address_of(request)
         waiting = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
         mine = sum(1 for e in waiting if _address_of(e.request) == addr)
@@ -230,7 +231,7 @@ def cap_queue_per_client(demo) -> None:
     queue.push = capped_push
 
 
-def _address_of(request) -> str:
+def _address_of(request: Any) -> str:
     """The limits' address of a queued event's request (computed once per event)."""
     cached = getattr(request, "_segdemo_address", None)
     if cached is None:

@@ -19,6 +19,7 @@ import hmac
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -26,7 +27,9 @@ import pandas as pd
 from segdemo.events import EpochEnd, kept_epoch, stands_on
 from segdemo.server.jobs import ACTIVE, QUEUED, RUNNING, Job
 from segdemo.server.limits import LimitError, RateLimiter
-from segdemo.ui.common import AppContext, client_of, fmt_duration, user_errors
+from segdemo.ui.context import AppContext, client_of
+from segdemo.ui.errors import user_errors
+from segdemo.ui.words import fmt_duration
 
 WRONG_KEYS_PER_10_MIN = 10
 HELD_BACK = 48  # built-in images for the leaderboard
@@ -41,7 +44,7 @@ def alias(job: Job) -> str:
 
 
 class InstructorTab:
-    def __init__(self, ctx: AppContext, label_store=None):
+    def __init__(self, ctx: AppContext, label_store: Any = None) -> None:
         self.ctx, self.label_store = ctx, label_store
         self.key = os.environ.get("SEGDEMO_INSTRUCTOR_KEY") or None
         self.wrong = RateLimiter(WRONG_KEYS_PER_10_MIN, 600, "wrong instructor keys")
@@ -99,7 +102,7 @@ class InstructorTab:
 
     # -- the key ------------------------------------------------------------------------------------------
 
-    def _check(self, key, request) -> None:
+    def _check(self, key: Any, request: Any) -> None:
         """gr.Error(NO_KEY) unless `key` is the instructor key; wrong tries are limited per address."""
         addr = client_of(request)
         try:
@@ -113,7 +116,7 @@ class InstructorTab:
     # -- handlers -----------------------------------------------------------------------------------------
 
     @user_errors
-    def overview(self, key, request: gr.Request = None):
+    def overview(self, key: Any, request: gr.Request | None = None) -> Any:
         self._check(key, request)
         jobs = self.ctx.jobs.all_jobs()
         rows, curves, classes = [], [], []
@@ -167,19 +170,19 @@ class InstructorTab:
         )
 
     @user_errors
-    def stop(self, key, run_id, request: gr.Request = None) -> str:
+    def stop(self, key: Any, run_id: Any, request: gr.Request | None = None) -> str:
         self._check(key, request)
         job = self.ctx.jobs.stop_any(str(run_id or ""))
         return f"Stopped {alias(job)}: it keeps its best checkpoint, and its student sees that it was stopped."
 
     @user_errors
-    def front(self, key, run_id, request: gr.Request = None) -> str:
+    def front(self, key: Any, run_id: Any, request: gr.Request | None = None) -> str:
         self._check(key, request)
         job = self.ctx.jobs.prioritise(str(run_id or ""))
         return f"{alias(job)} is now first in line."
 
     @user_errors
-    def keep(self, key, hours, request: gr.Request = None) -> str:
+    def keep(self, key: Any, hours: Any, request: gr.Request | None = None) -> str:
         self._check(key, request)
         try:
             h = float(hours)
@@ -193,7 +196,7 @@ class InstructorTab:
         return f"Runs and labelled sets are now kept at least {h:g} h after their last change."
 
     @user_errors
-    def trust(self, key, request: gr.Request = None) -> str:
+    def trust(self, key: Any, request: gr.Request | None = None) -> str:
         self._check(key, request)
         self.ctx.jobs.trust_address(client_of(request))
         return (

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import gradio as gr
@@ -35,7 +36,10 @@ from segdemo.imageio import IMAGE_SUFFIXES
 from segdemo.server import labelset
 from segdemo.server.labelset import SET_FILE, LabelSet, LabelStore, Photo
 from segdemo.server.limits import ByteQuota, ensure_free_disk
-from segdemo.ui.common import HEAVY, AppContext, client_of, md, user_errors
+from segdemo.ui.context import AppContext, client_of
+from segdemo.ui.errors import user_errors
+from segdemo.ui.listeners import HEAVY
+from segdemo.ui.words import md
 
 log = logging.getLogger(__name__)
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
@@ -70,19 +74,19 @@ def refuse_editor_blobs() -> None:
         return
 
     @server
-    def accept_blobs(self, data=None):  # noqa: ARG001 - the signature gradio calls
+    def accept_blobs(self, data: Any = None) -> Any:  # noqa: ARG001 - the signature gradio calls
         return None
 
     accept_blobs.segdemo_refuses = True  # type: ignore[attr-defined]
     gr.ImageEditor.accept_blobs = accept_blobs
 
 
-def _brush(classes) -> gr.Brush:
+def _brush(classes: Any) -> gr.Brush:
     colors = [("#" + "".join(f"{v:02x}" for v in c), labelset.BRUSH_ALPHA) for c in classes.colors]
     return gr.Brush(colors=colors, default_color=colors[0], color_mode="fixed", default_size="auto")
 
 
-def _layer_files(editor) -> list[str]:
+def _layer_files(editor: Any) -> list[str]:
     """The painted layers' files from a raw ImageEditor payload (preprocess=False: Gradio has already checked
     that every path is one of its uploads); gr.Error for anything that is not such a payload."""
     if editor is None:
@@ -98,7 +102,7 @@ def _layer_files(editor) -> list[str]:
     return files
 
 
-def _file_path(payload) -> str | None:
+def _file_path(payload: Any) -> str | None:
     """The file path of a raw file payload (a FileData dict), or None."""
     if isinstance(payload, dict) and isinstance(payload.get("path"), str):
         return payload["path"]
@@ -108,7 +112,7 @@ def _file_path(payload) -> str | None:
 class LabelTab:
     """Builds the tab's widgets (inside an open gr.Tab) and wires its events."""
 
-    def __init__(self, ctx: AppContext, token: gr.BrowserState):
+    def __init__(self, ctx: AppContext, token: gr.BrowserState) -> None:
         self.ctx, self.token = ctx, token
         # beside the run folders, swept like them: a set goes ttl_s after its last change
         self.store = LabelStore(ctx.jobs.root_dir / "labelsets", ttl_s=ctx.jobs.ttl_s)
@@ -194,7 +198,7 @@ class LabelTab:
 
     # -- wiring -----------------------------------------------------------------------------------------
 
-    def wire(self, demo: gr.Blocks, tabs: gr.Tabs, train) -> None:
+    def wire(self, demo: gr.Blocks, tabs: gr.Tabs, train: Any) -> None:
         """`tabs` and `train` (the TrainTab): "Train on these" opens the Train tab with this dataset chosen."""
         self._tabs, self._train = tabs, train
         # The spinner shows on the photo list and the progress line, never on the editor: gradio 6.31 now and
@@ -247,11 +251,11 @@ class LabelTab:
 
     # -- the page's view of a set ------------------------------------------------------------------------
 
-    def _set(self, token) -> LabelSet:
+    def _set(self, token: Any) -> LabelSet:
         return self.store.for_owner(self.ctx.owner(token))
 
     @staticmethod
-    def _legend(classes) -> str:
+    def _legend(classes: Any) -> str:
         swatches = legend_html(classes)  # escapes the names
         return (
             '<div style="font-size:0.9em;opacity:0.8">Brush colours (the palette in the editor, in this '
@@ -301,7 +305,7 @@ class LabelTab:
         return self.ctx.served(key, f"{photo.stem}.jpg", lambda dst: shutil.copyfile(src, dst))
 
     @staticmethod
-    def _progress_md(prog, classes, photos) -> str:
+    def _progress_md(prog: Any, classes: Any, photos: Any) -> str:
         if prog.total == 0:
             return "No photos yet: add some above."
         lines = [f"**{prog.labelled} of {prog.total} labelled**"]
@@ -331,7 +335,7 @@ class LabelTab:
         return "  \n".join(lines)
 
     @staticmethod
-    def _thumb(labels: LabelSet, p: Photo, classes) -> tuple[np.ndarray, str]:
+    def _thumb(labels: LabelSet, p: Photo, classes: Any) -> tuple[np.ndarray, str]:
         image, mask = labels.image(p), labels.mask(p)
         f = THUMB_SIDE / max(p.width, p.height)
         if f < 1:
@@ -340,7 +344,7 @@ class LabelTab:
             mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         return overlay(image, mask, classes, 0.5), ("✓ " if p.labelled else "") + p.name
 
-    def _save_current(self, labels: LabelSet, current, editor, asked: bool = False) -> Photo | None:
+    def _save_current(self, labels: LabelSet, current: Any, editor: Any, asked: bool = False) -> Photo | None:
         """Store the editor's paint as the mask of the photo it shows; the photo, or None when there is none.
 
         The editor loads a photo a moment after the page switches to it; until then it still holds the previous
@@ -372,14 +376,14 @@ class LabelTab:
 
     # -- handlers -------------------------------------------------------------------------------------------
 
-    def _admit(self, request, n: int) -> None:
+    def _admit(self, request: Any, n: int) -> None:
         """Stored photos are bounded per browser (labelset.MAX_PHOTOS) and per address (a classroom behind one
         router shares one: PHOTOS_PER_HOUR), and never fill the disk."""
         ensure_free_disk(self.store.root)
         self.stored_photos.take(client_of(request), n)
 
     @user_errors
-    def add_photos(self, token, files, request: gr.Request = None):
+    def add_photos(self, token: Any, files: Any, request: gr.Request | None = None) -> Any:
         """Add uploaded photos to this browser's set; the first new one opens in the editor."""
         labels = self._set(token)
         if isinstance(files, str):
@@ -395,7 +399,7 @@ class LabelTab:
         return {**self._view(labels, show=added[0]), self.photos_in: None}
 
     @user_errors
-    def add_webcam(self, token, image, request: gr.Request = None):
+    def add_webcam(self, token: Any, image: Any, request: gr.Request | None = None) -> Any:
         """Add the webcam's snapshot (a raw image payload) to the set and open it."""
         labels = self._set(token)
         path = _file_path(image)
@@ -406,7 +410,7 @@ class LabelTab:
         return {**self._view(labels, show=photo), self.webcam: None}
 
     @user_errors
-    def set_classes(self, token, names, current, editor):
+    def set_classes(self, token: Any, names: Any, current: Any, editor: Any) -> Any:
         """Name the classes (2-5). The photo in the editor is saved first, with the colours it was painted in."""
         labels = self._set(token)
         self._save_current(labels, current, editor)
@@ -415,7 +419,7 @@ class LabelTab:
         return self._view(labels, show=photo, names_text=True)
 
     @user_errors
-    def set_classes_if_changed(self, token, names, current, editor):
+    def set_classes_if_changed(self, token: Any, names: Any, current: Any, editor: Any) -> Any:
         """set_classes when the box holds other names than the set's (leaving the box without a change keeps the
         editor and its undo history as they are)."""
         labels = self._set(token)
@@ -428,7 +432,7 @@ class LabelTab:
         return self.set_classes(token, names, current, editor)
 
     @user_errors
-    def open_photo(self, token, current, editor, photo_id):
+    def open_photo(self, token: Any, current: Any, editor: Any, photo_id: Any) -> Any:
         """Save the photo in the editor, then open `photo_id` (one of this browser's photos)."""
         labels = self._set(token)
         target = labels.get(photo_id)  # refuse a made-up or another browser's id before saving anything
@@ -436,7 +440,7 @@ class LabelTab:
         return self._view(labels, show=target)
 
     @user_errors
-    def open_from_gallery(self, token, current, editor, evt: gr.SelectData):
+    def open_from_gallery(self, token: Any, current: Any, editor: Any, evt: gr.SelectData) -> Any:
         labels = self._set(token)
         photos = labels.photos()
         if not 0 <= evt.index < len(photos):
@@ -445,21 +449,21 @@ class LabelTab:
         return self._view(labels, show=labels.get(photos[evt.index].id))
 
     @user_errors
-    def save(self, token, current, editor):
+    def save(self, token: Any, current: Any, editor: Any) -> Any:
         """Store the editor's paint as the current photo's mask."""
         labels = self._set(token)
         self._save_current(labels, current, editor, asked=True)
         return self._view(labels)
 
     @user_errors
-    def save_next(self, token, current, editor):
+    def save_next(self, token: Any, current: Any, editor: Any) -> Any:
         """Save, then open the next photo that has no labels yet."""
         labels = self._set(token)
         self._save_current(labels, current, editor, asked=True)
         return self._view(labels, show=self._pick(labels.photos(), after=current))
 
     @user_errors
-    def remove(self, token, current):
+    def remove(self, token: Any, current: Any) -> Any:
         labels = self._set(token)
         if not current:
             raise gr.Error("Choose the photo to remove first.")
@@ -474,7 +478,7 @@ class LabelTab:
         return self.ctx.served(key, ZIP_NAME, labels.write_zip)
 
     @user_errors
-    def train_on_these(self, token, current, editor):
+    def train_on_these(self, token: Any, current: Any, editor: Any) -> Any:
         """Save, write the dataset zip and open the Train tab with it chosen."""
         labels = self._set(token)
         self._save_current(labels, current, editor)
@@ -495,13 +499,13 @@ class LabelTab:
         }  # the Train tab checks the zip, then its preset (a time budget) plans the settings for this set
 
     @user_errors
-    def download(self, token, current, editor):
+    def download(self, token: Any, current: Any, editor: Any) -> Any:
         """Save, then offer the labelled photos as a dataset zip (the format the Train tab reads back)."""
         labels = self._set(token)
         self._save_current(labels, current, editor)
         return {**self._view(labels), self.download_file: gr.update(value=self._zip(labels), visible=True)}
 
-    def reattach(self, token):
+    def reattach(self, token: Any) -> Any:
         """On page load: this browser's set, if it has one, with the first photo to paint."""
         if not self.ctx.jobs.valid_owner_token(token):
             return dict.fromkeys(self.view, gr.skip())

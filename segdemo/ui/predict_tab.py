@@ -4,9 +4,11 @@ hide classes without running the model again, look at per-class probabilities, d
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import matplotlib
@@ -14,28 +16,20 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from segdemo.core.checkpoint import read_meta
-from segdemo.core.predict import MaskIndex, load_ground_truth
+from segdemo.core.predict import FilePrediction, MaskIndex, Predictor
 from segdemo.core.viz import confusion_html, legend_html
 from segdemo.imageio import IMAGE_SUFFIXES, load_image_oriented
 from segdemo.server import zerogpu
 from segdemo.server.limits import LimitError, RateLimiter, ensure_free_disk
 from segdemo.server.tokens import hash_owner
 from segdemo.training import familiar
-from segdemo.ui.common import (
-    EXAMPLES_DIR,
-    HEAVY,
-    AppContext,
-    bump,
-    esc,
-    export_onnx_zip,
-    fmt_num,
-    md,
-    model_choices,
-    safe_stem,
-    user_errors,
-)
+from segdemo.ui.context import EXAMPLES_DIR, AppContext
+from segdemo.ui.errors import user_errors
+from segdemo.ui.listeners import HEAVY, bump
+from segdemo.ui.models import checkpoint_for, export_onnx_zip, model_choices, uploaded_checkpoint
+from segdemo.ui.predict_tables import SCORED_COLUMNS, details, model_card, per_class_table, summary
 from segdemo.ui.views import View, ViewCache
+from segdemo.ui.words import safe_stem
 
 SLIDER_LABEL = "Left: the image, or the true mask overlaid when there is one · right: the prediction overlaid"
 REDRAWS_PER_S = 30  # per browser; a hand on the slider, one redraw after another, stays well under it
@@ -46,11 +40,11 @@ IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 log = logging.getLogger("segdemo.ui")
 
 
-def _names(files) -> list[str]:
+def _names(files: Any) -> list[str]:
     return [Path(f).name for f in files or []]
 
 
-def _pick(names: list[str], picked, seen=None) -> str | None:
+def _pick(names: list[str], picked: Any, seen: Any = None) -> str | None:
     """The image to show: the first of those just added (not in `seen`, the names the page had), else the one
     picked while it is still uploaded, else the first. A photo uploaded after an example is what is shown."""
     seen = seen if isinstance(seen, list) else []
@@ -60,7 +54,7 @@ def _pick(names: list[str], picked, seen=None) -> str | None:
     return picked if picked in names else (names[0] if names else None)
 
 
-def _file_list(files, what: str) -> list[str]:
+def _file_list(files: Any, what: str) -> list[str]:
     """Uploaded file paths as a list of strings, at most MAX_FILES; gr.Error for anything else."""
     if not files:
         return []
@@ -79,19 +73,7 @@ def heatmap(p: np.ndarray, cmap: str = "inferno") -> np.ndarray:
     return (rgba[..., :3] * 255).round().astype(np.uint8)
 
 
-def _shrink(image: np.ndarray, mask: np.ndarray | None):
-    h, w = image.shape[:2]
-    f = max(h, w) / MAX_SIDE
-    if f <= 1:
-        return image, mask, ""
-    size = (max(1, round(w / f)), max(1, round(h / f)))
-    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    if mask is not None:
-        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-    return image, mask, f" (shrunk from {w}x{h} to {size[0]}x{size[1]} for speed)"
-
-
-def _alpha(alpha) -> float:
+def _alpha(alpha: Any) -> float:
     """The opacity on the slider's own steps: a client sending every float in between would otherwise make a
     new picture (a new file in Gradio's cache) for each."""
     try:
@@ -103,7 +85,7 @@ def _alpha(alpha) -> float:
     return round(round(a / OPACITY_STEP) * OPACITY_STEP, 2)
 
 
-def _hidden(shown, k: int) -> list[int]:
+def _hidden(shown: Any, k: int) -> list[int]:
     """The class ids NOT ticked in "Classes to colour" (None: all are shown)."""
     if shown is None:
         return []
@@ -113,7 +95,7 @@ def _hidden(shown, k: int) -> list[int]:
 
 
 class PredictTab:
-    def __init__(self, ctx: AppContext, token: gr.BrowserState):
+    def __init__(self, ctx: AppContext, token: gr.BrowserState) -> None:
         self.ctx, self.token = ctx, token
         self.views = ViewCache()  # the last predictions per browser: opacity and class toggles redraw them
         # redraws skip the queue (a queued one took ~35 ms more): a cap per browser keeps a flood off the CPU
@@ -213,7 +195,7 @@ class PredictTab:
                 self.legend = gr.HTML(label="legend")
                 self.summary = gr.Markdown(label="summary", elem_id="predict-summary")
                 self.table = gr.Dataframe(
-                    value=pd.DataFrame(columns=["class", "IoU", "Dice", "share of true pixels"]),
+                    value=pd.DataFrame(columns=SCORED_COLUMNS),
                     label="Per class",
                     interactive=False,
                     wrap=True,
@@ -280,41 +262,58 @@ class PredictTab:
 
     # -- wiring ---------------------------------------------------------------------------------------
 
-    def wire(self, demo: gr.Blocks, tab: gr.Tab) -> None:
-        inputs = [
-            self.token,
-            self.model,
-            self.ckpt_file,
-            self.images,
-            self.masks,
-            self.show,
-            self.alpha,
-            self.probs,
-        ]
-        show = dict(
-            fn=self.toggle,
-            inputs=self.details,
-            outputs=[self.errors, self.prob_maps],
-            api_visibility="private",
+    def wire(self, demo: gr.Blocks, tab: gr.Tab) -> None:  # noqa: ARG002 - every tab's wire takes the demo
+        """The tab's listeners, each group next to its handlers below (in this order: the queue keeps it)."""
+        self._wire_predict()
+        self._wire_models()
+        self._wire_redraw()
+        self._wire_inputs(tab)
+
+    def _show_maps(self) -> dict[str, Any]:
+        """Listener arguments: the error map only with a ground truth, the probability maps only when asked for."""
+        return dict(
+            fn=self.toggle, inputs=self.details, outputs=[self.errors, self.prob_maps], api_visibility="private",
             queue=False,
+        )  # fmt: skip
+
+    @staticmethod
+    def toggle(details: Any) -> Any:
+        """Show the error map only with a ground truth, the probability maps only when asked for."""
+        d = details if isinstance(details, dict) else {}
+        return gr.update(visible=bool(d.get("ground_truth"))), gr.update(visible=bool(d.get("probability_maps")))
+
+    # -- handlers -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def on_images(images: Any, show: Any, seen: Any = None) -> Any:
+        """The image picker for these uploads: the newest upload, else the picked name while it is still there."""
+        names = _names(images)
+        return gr.update(choices=names, value=_pick(names, show, seen), visible=len(names) > 1)
+
+    def _wire_inputs(self, tab: gr.Tab) -> None:
+        self.webcam.change(
+            self.use_photo, self.webcam, [self.images, self.masks], api_visibility="private", queue=False
         )
-        heavy = dict(concurrency_id=HEAVY)  # one limit for every listener that loads a model or predicts
-        self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
-        self.images.change(self.on_images, [self.images, self.show], self.show, api_visibility="private", queue=False)
-        # One listener for every input of the picture, a model chosen by hand included: while it runs, a newer
-        # change waits and then runs with what the page holds by then, so images, masks and a checkpoint
-        # uploaded a moment apart end in one picture scored against the masks. (Separate listeners sharing the
-        # queue's two slots finish in either order, and one that read the page before the masks arrived could
-        # leave its unscored picture on top: a CI run failed on it.)
-        gr.on(
-            [self.images.change, self.masks.change, self.show.input, self.probs.input, self.model_ready.change],
-            self.auto_predict,
-            [*inputs, self.seen],
-            [*self.outputs, self.show, self.seen],  # seen: written by this queued listener only (see _pick)
-            api_visibility="private",
-            trigger_mode="always_last",
-            **heavy,
-        ).then(**show)
+        self.example_gallery.select(
+            self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
+        )
+        tab.select(self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False)
+
+    @staticmethod
+    def use_photo(photo: Any) -> Any:
+        """A webcam photo becomes the one image to segment (and any masks go: none of them is its mask)."""
+        if not photo:
+            return gr.skip(), gr.skip()
+        return [photo], None
+
+    def pick_example(self, evt: gr.SelectData) -> Any:
+        img, mask = self.example_files[evt.index]
+        return [str(img)], [str(mask)]
+
+    # -- the model ------------------------------------------------------------------------------------------
+
+    def _wire_models(self) -> None:
+        heavy = dict(concurrency_id=HEAVY)
         ready = bump(self.model_ready)
         self.model.input(
             lambda m: gr.update(visible=m == "upload"),
@@ -346,92 +345,18 @@ class PredictTab:
             api_visibility="private",
             **heavy,
         )
-        # opacity and class toggles redraw the kept prediction: no model, no queue, a few ms of blending
-        redraw = dict(
-            fn=self.redraw,
-            inputs=[self.token, self.view, self.alpha, self.shown],
-            outputs=self.slider,
-            queue=False,
-            show_progress="hidden",
-            trigger_mode="always_last",
-        )
-        self.alpha.input(**redraw, api_name="redraw")
-        self.shown.input(**redraw, api_visibility="private")
-        self.webcam.change(
-            self.use_photo, self.webcam, [self.images, self.masks], api_visibility="private", queue=False
-        )
-        self.example_gallery.select(
-            self.pick_example, None, [self.images, self.masks], api_visibility="private", queue=False
-        )
-        tab.select(self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False)
 
-    @staticmethod
-    def toggle(details):
-        """Show the error map only with a ground truth, the probability maps only when asked for."""
-        d = details if isinstance(details, dict) else {}
-        return gr.update(visible=bool(d.get("ground_truth"))), gr.update(visible=bool(d.get("probability_maps")))
-
-    # -- handlers -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def on_images(images, show, seen=None):
-        """The image picker for these uploads: the newest upload, else the picked name while it is still there."""
-        names = _names(images)
-        return gr.update(choices=names, value=_pick(names, show, seen), visible=len(names) > 1)
-
-    @staticmethod
-    def use_photo(photo):
-        """A webcam photo becomes the one image to segment (and any masks go: none of them is its mask)."""
-        if not photo:
-            return gr.skip(), gr.skip()
-        return [photo], None
-
-    def pick_example(self, evt: gr.SelectData):
-        img, mask = self.example_files[evt.index]
-        return [str(img)], [str(mask)]
-
-    def refresh_models(self, token, current):
+    def refresh_models(self, token: Any, current: Any) -> Any:
         choices = model_choices(self.ctx, token)
         values = [v for _, v in choices]
         return gr.update(choices=choices, value=current if current in values else None)
 
-    def resolve(self, token, model: str | None, ckpt_file: str | None) -> Path:
+    def resolve(self, token: Any, model: str | None, ckpt_file: Any) -> Path:
         """The checkpoint file for a model choice; gr.Error with what to do when there is none."""
-        if model == "default" or model is None:
-            if not self.ctx.default_checkpoint.is_file():
-                raise gr.Error(
-                    "The shipped model is not installed on this server. Train a run in the Train tab "
-                    "or upload a .safetensors checkpoint, then choose it under Model."
-                )
-            return self.ctx.default_checkpoint
-        if model == "upload":
-            if not ckpt_file:
-                raise gr.Error("Upload a .safetensors checkpoint first, or choose another model.")
-            if not isinstance(ckpt_file, str):
-                raise gr.Error("Upload the checkpoint as one file.")
-            p = Path(ckpt_file)
-            if p.suffix.lower() != ".safetensors":
-                raise gr.Error(
-                    f"{esc(p.name, quote=False)} is not a .safetensors file. Upload a checkpoint saved by segdemo "
-                    "(.pt/.pth files are refused: loading them can run code)."
-                )
-            return p
-        if isinstance(model, str) and model.startswith("run:"):
-            owner = self.ctx.owner(token)
-            job = self.ctx.jobs.get(owner, model[4:])
-            best = job.best_checkpoint
-            if best is None:
-                if job.is_active:
-                    raise gr.Error(
-                        "That run is still training; its checkpoint appears here when it ends "
-                        "(or press Stop in the Train tab)."
-                    )
-                raise gr.Error("That run ended before its first epoch finished, so it has no checkpoint.")
-            return best
-        raise gr.Error("Choose a model from the list.")
+        return checkpoint_for(self.ctx, token, model, ckpt_file)
 
     @user_errors
-    def export_onnx(self, token, model, ckpt_file):
+    def export_onnx(self, token: Any, model: Any, ckpt_file: Any) -> Any:
         """The chosen model as ONNX (with its meta.json and a predict script), zipped for download."""
         src = self.resolve(token, model, ckpt_file)
         self.ctx.predictor(src)  # the same checks as predicting with it (format, shapes, memory) first
@@ -442,66 +367,65 @@ class PredictTab:
         return gr.update(value=str(export_onnx_zip(self.ctx, src, name)), visible=True)
 
     def describe_path(self, path: Path) -> str:
-        meta = read_meta(path)  # everything below comes from the file: shown through md(), never as markup
-        cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-        metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
-        classes = meta.get("classes") if isinstance(meta.get("classes"), dict) else {}
-        names = classes.get("names") if isinstance(classes.get("names"), list) else []
-        m = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-        d = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-        miou = metrics.get("miou")
-        n_val, pixels = metrics.get("val_images"), metrics.get("val_pixels")
-        on = (
-            f" on {int(n_val)} validation image{'s' if n_val != 1 else ''}, {int(pixels):,} labelled pixels"
-            if isinstance(n_val, int) and isinstance(pixels, int) and n_val > 0
-            else " on its validation images"
-        )
-        score = (
-            f"  \n**Scored** val mIoU **{miou:.3f}**{on} (epoch {md(metrics.get('epoch', '?'))}). A score on other "
-            "kinds of images would be different."
-            if isinstance(miou, int | float)
-            else ""
-        )
-        up = m.get("upsampling") or ("bilinear" if m.get("bilinear") else "transposed")  # the older name
-        shown = ", ".join(md(n) for n in names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
-        return (
-            f"**Trained on** {_trained_on(meta, d)}.  \n**{len(names)} classes:** {shown}. It can only answer in "
-            "these classes: every pixel of any image gets one of them, even where none fits." + score + "  \n"
-            f"U-Net width {md(m.get('width'))}, depth {md(m.get('depth'))}, {up} up-sampling; sees images at "
-            f"{md(d.get('image_size'))} px."
-        )
+        return model_card(path)
 
     @user_errors
-    def describe(self, token, model, ckpt_file):
+    def describe(self, token: Any, model: Any, ckpt_file: Any) -> Any:
         if model == "upload" and not ckpt_file:
             return "Upload a checkpoint file (.safetensors) saved by segdemo."
         if model == "default" and not self.ctx.default_checkpoint.is_file():
             return self._shipped_note(False)
         return self.describe_path(self.resolve(token, model, ckpt_file))
 
-    def describe_quiet(self, token, model, ckpt_file):
+    def describe_quiet(self, token: Any, model: Any, ckpt_file: Any) -> Any:
         try:
             return self.describe(token, model, ckpt_file)
         except gr.Error:  # a user mistake (user_errors made it a gr.Error; a bug was logged there)
             return gr.skip()
 
     @user_errors
-    def on_checkpoint(self, ckpt_file):
+    def on_checkpoint(self, ckpt_file: Any) -> Any:
         """Validate an uploaded checkpoint fully (format, config, shapes, finite weights) before using it."""
         if not ckpt_file:
             return gr.skip(), gr.skip()
-        if not isinstance(ckpt_file, str):
-            raise gr.Error("Upload the checkpoint as one file.")
-        p = Path(ckpt_file)
-        if p.suffix.lower() != ".safetensors":
-            raise gr.Error(
-                f"{esc(p.name, quote=False)} is not a .safetensors file. Upload a checkpoint saved by segdemo "
-                "(.pt/.pth files are refused: loading them can run code)."
-            )
+        p = uploaded_checkpoint(ckpt_file)
         self.ctx.predictor(p)  # load_checkpoint: CheckpointError -> a gr.Error with its sentence
         return gr.update(value="upload"), self.describe_path(p)
 
-    def auto_predict(self, token, model, ckpt_file, images, masks, show, alpha, probability_maps, seen=None):
+    # -- segmenting -------------------------------------------------------------------------------------
+
+    def _wire_predict(self) -> None:
+        inputs = [self.token, self.model, self.ckpt_file, self.images, self.masks, self.show, self.alpha, self.probs]
+        show, heavy = self._show_maps(), dict(concurrency_id=HEAVY)  # one limit for all that load a model or predict
+        self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
+        self.images.change(self.on_images, [self.images, self.show], self.show, api_visibility="private", queue=False)
+        # One listener for every input of the picture, a model chosen by hand included: while it runs, a newer
+        # change waits and then runs with what the page holds by then, so images, masks and a checkpoint
+        # uploaded a moment apart end in one picture scored against the masks. (Separate listeners sharing the
+        # queue's two slots finish in either order, and one that read the page before the masks arrived could
+        # leave its unscored picture on top: a CI run failed on it.)
+        gr.on(
+            [self.images.change, self.masks.change, self.show.input, self.probs.input, self.model_ready.change],
+            self.auto_predict,
+            [*inputs, self.seen],
+            [*self.outputs, self.show, self.seen],  # seen: written by this queued listener only (see _pick)
+            api_visibility="private",
+            trigger_mode="always_last",
+            **heavy,
+        ).then(**show)
+
+    def auto_predict(
+        self,
+        token: Any,
+        model: Any,
+        ckpt_file: Any,
+        images: Any,
+        masks: Any,
+        show: Any,
+        alpha: Any,
+        probability_maps: Any,
+        seen: Any = None,
+    ) -> Any:
         if not images:
             return {
                 **dict.fromkeys(self.outputs),
@@ -531,10 +455,10 @@ class PredictTab:
         checkpoint_file: str | None,
         images: list[str] | None,
         masks: list[str] | None,
-        show,  # untyped: checked here, so a wrong type gets a sentence, not Gradio's generic error
-        alpha,
-        probability_maps,
-    ):
+        show: Any,  # untyped: checked here, so a wrong type gets a sentence, not Gradio's generic error
+        alpha: Any,
+        probability_maps: Any,
+    ) -> Any:
         """Segment one of the uploaded images (`show`, by file name; default the first).
 
         Returns: the slider's two pictures (image | prediction overlaid, or with a ground truth, truth |
@@ -547,91 +471,58 @@ class PredictTab:
             raise gr.Error("Upload an image first, or click one of the examples below.")
         path = next((p for p in images if Path(p).name == show), images[0])
         name = Path(path).name
-        image, orientation = load_image_oriented(path, name)  # the student's own file is checked first
-        ckpt = self.resolve(token, model, checkpoint_file)
-        predictor = self.ctx.predictor(ckpt)  # a CheckpointError becomes a sentence (user_errors)
+        decoded = load_image_oriented(path, name)  # the student's own file is checked before any model is loaded
+        predictor = self.ctx.predictor(self.resolve(token, model, checkpoint_file))  # CheckpointError: a sentence
         index = MaskIndex(masks, len(images))
         mask_path = index.mask_for(path)
         if mask_path is None:
             index.require_a_match(images)
-        target = None
-        if mask_path is not None:
-            target = load_ground_truth(mask_path, image.shape, orientation, predictor.classes, name)
-        image, target, shrunk = _shrink(image, target)
-        alpha = _alpha(alpha)
+        alpha, probability_maps = _alpha(alpha), bool(probability_maps)
         t0 = time.perf_counter()
-        # inside a @spaces.GPU function: on ZeroGPU the GPU is lent for this call only
-        p = zerogpu.predict(predictor, image, target=target, alpha=alpha, probabilities=bool(probability_maps))
-        log.info(
-            "Predict: the model ran on a %dx%d image (%.0f ms)", *image.shape[1::-1], 1e3 * (time.perf_counter() - t0)
+        result = predictor.predict_file(
+            path,
+            mask_path,
+            alpha=alpha,
+            probabilities=probability_maps,
+            max_side=MAX_SIDE,
+            decoded=decoded,
+            # inside a @spaces.GPU function: on ZeroGPU the GPU is lent for this call only
+            run=functools.partial(zerogpu.predict, predictor),
         )
-        classes = predictor.classes
+        ms = 1e3 * (time.perf_counter() - t0)
+        log.info("Predict: the model ran on a %dx%d image (%.0f ms)", *result.image.shape[1::-1], ms)
+        return self._shown(token, predictor, result, mask_path, alpha, probability_maps)
+
+    def _shown(
+        self,
+        token: str | None,
+        predictor: Predictor,
+        result: FilePrediction,
+        mask_path: str | None,
+        alpha: float,
+        probability_maps: bool,
+    ) -> dict[gr.components.Component, Any]:
+        """A prediction as the page's outputs; kept as a view for this browser's opacity and class toggles."""
+        image, p, name, classes = result.image, result.prediction, result.name, predictor.classes
         unlike = familiar.unlike(familiar.stats_of(predictor.ckpt.meta, predictor.config), image)
-        warning = f"⚠ **{unlike}**\n\n" if unlike else ""
-        view = View.for_display(image, p.mask, target, classes)
-        # kept for this browser's opacity and class toggles (an API client without a token gets no view)
+        view = View.for_display(image, p.mask, result.target, classes)
+        # an API client without a token gets no view
         view_id = self.views.put(token, view) if self.ctx.jobs.valid_owner_token(token) else ""
-        legend = legend_html(classes, p.pixel_share)
-        if p.metrics is not None:
-            m = p.metrics
-            rows = [
-                [n, fmt_num(iou), fmt_num(dice), fmt_num(share), fmt_num(pred_share)]
-                for n, iou, dice, share, pred_share in zip(
-                    classes.names, m.iou, m.dice, m.pixel_share, p.pixel_share, strict=True
-                )
-            ]
-            dices = [d for d in m.dice if not np.isnan(d)]
-            rows.append(["mean (mIoU)", fmt_num(m.miou), fmt_num(np.mean(dices) if dices else None), "", ""])
-            table = pd.DataFrame(
-                rows, columns=["class", "IoU", "Dice", "share of true pixels", "share of predicted pixels"]
-            )
-            summary = warning + (
-                f"**{md(name)}**{shrunk} against its mask **{md(Path(mask_path).name)}**: mIoU **{m.miou:.3f}**, "
-                f"pixel accuracy {m.pixel_accuracy:.1%}. n/a = the class is neither in the mask nor "
-                "predicted."
-            )
-            errors = p.errors
-        else:
-            meta_metrics = predictor.ckpt.metrics or {}
-            per = {r.get("name"): r for r in meta_metrics.get("per_class", []) if isinstance(r, dict)}
-            rows = [
-                [n, fmt_num(share), fmt_num(per.get(n, {}).get("iou"))]
-                for n, share in zip(classes.names, p.pixel_share, strict=True)
-            ]
-            rows.append(["mean (mIoU)", "", fmt_num(meta_metrics.get("miou"))])
-            table = pd.DataFrame(
-                rows,
-                columns=[
-                    "class",
-                    "share of predicted pixels",
-                    "val IoU (from the checkpoint's validation set)",
-                ],
-            )
-            summary = warning + (
-                f"**{md(name)}**{shrunk}: no ground truth, so this image is not scored. The last column is the "
-                "model's IoU on its own validation set, from the checkpoint"
-                + (f" (epoch {md(meta_metrics['epoch'])})" if "epoch" in meta_metrics else "")
-                + "."
-            )
-            errors = None
-        maps = [(heatmap(p.probs[c]), n) for c, n in enumerate(classes.names)] if probability_maps else None
-        out_dir = self.ctx.scratch("predict")
-        mask_png = out_dir / f"{safe_stem(name)}_mask.png"
+        ckpt_metrics = predictor.ckpt.metrics
+        maps = [(heatmap(p.probs[c]), n) for c, n in enumerate(classes.names)] if p.probs is not None else None
+        mask_png = self.ctx.scratch("predict") / f"{safe_stem(name)}_mask.png"
         Image.fromarray(p.mask).save(mask_png)  # 2-D uint8: a greyscale PNG
         return {
             self.slider: view.pair(alpha),
             self.out_color: p.color,
-            self.legend: legend,
-            self.table: table,
-            self.summary: summary,
-            self.errors: errors,
+            self.legend: legend_html(classes, p.pixel_share),
+            self.table: per_class_table(classes, p, ckpt_metrics),
+            self.summary: summary(result, mask_path and Path(mask_path).name, ckpt_metrics, unlike),
+            self.errors: p.errors,
             self.confusion: "" if p.confusion is None else confusion_html(p.confusion, classes, f"this image ({name})"),
-            self.prob_maps: maps,
+            self.prob_maps: maps if probability_maps else None,
             self.mask_file: str(mask_png),
-            self.details: {
-                **_details(name, classes, p, predictor.ckpt.metrics, bool(probability_maps)),
-                "unlike_training": unlike,
-            },
+            self.details: {**details(name, classes, p, ckpt_metrics, probability_maps), "unlike_training": unlike},
             self.shown: gr.update(
                 choices=[(n, i) for i, n in enumerate(classes.names)],
                 value=list(range(classes.num_classes)),
@@ -640,8 +531,21 @@ class PredictTab:
             self.view: view_id,
         }
 
+    def _wire_redraw(self) -> None:
+        # opacity and class toggles redraw the kept prediction: no model, no queue, a few ms of blending
+        redraw = dict(
+            fn=self.redraw,
+            inputs=[self.token, self.view, self.alpha, self.shown],
+            outputs=self.slider,
+            queue=False,
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+        self.alpha.input(**redraw, api_name="redraw")
+        self.shown.input(**redraw, api_visibility="private")
+
     @user_errors
-    def redraw(self, token: str, view: str, alpha, shown):
+    def redraw(self, token: str, view: str, alpha: Any, shown: Any) -> Any:
         """Redraw the last prediction (by its view id) at another opacity or with some classes left uncoloured
         (`shown`: the class numbers to colour, None for all), without running the model. Returns the slider's two
         pictures; only the browser that predicted may redraw."""
@@ -656,49 +560,3 @@ class PredictTab:
         pair = v.pair(_alpha(alpha), _hidden(shown, v.classes.num_classes))
         ensure_free_disk(self.ctx.cache_dir)  # each new picture is a file in Gradio's cache
         return pair
-
-
-def _trained_on(meta: dict, data: dict) -> str:
-    """What a checkpoint's model learnt from, in words (from its own meta: shown through md())."""
-    on = meta.get("trained_on") if isinstance(meta.get("trained_on"), dict) else {}
-    source = on.get("source") or data.get("source") or "?"
-    n_tr, n_va = on.get("train_images"), on.get("val_images")
-    if source == "builtin":
-        n_tr = n_tr if isinstance(n_tr, int) else data.get("builtin_train")
-        n_va = n_va if isinstance(n_va, int) else data.get("builtin_val")
-        what = "the built-in shapes: synthetic circles, squares and triangles on coloured noise, 128x128 px"
-    elif source == "oxford-pet":
-        what = "Oxford-IIIT Pet photos of cats and dogs"
-    else:
-        what = f"a dataset named {md(Path(str(source)).name)}"
-    counts = f" ({n_tr} training / {n_va} validation images)" if isinstance(n_tr, int) and isinstance(n_va, int) else ""
-    return what + counts
-
-
-def _num(v) -> float | None:
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
-
-
-def _details(name: str, classes, p, ckpt_metrics: dict, probability_maps: bool) -> dict:
-    """The numbers behind the table, for API clients (NaN -> None: undefined IoU)."""
-    m = p.metrics
-    val = {r.get("name"): r.get("iou") for r in (ckpt_metrics or {}).get("per_class", []) if isinstance(r, dict)}
-    return {
-        "image": name,
-        "ground_truth": m is not None,
-        "probability_maps": probability_maps,
-        "miou": _num(m.miou) if m else None,
-        "pixel_accuracy": _num(m.pixel_accuracy) if m else None,
-        "checkpoint_val_miou": _num((ckpt_metrics or {}).get("miou")),
-        "per_class": [
-            {
-                "name": n,
-                "predicted_share": _num(p.pixel_share[i]),
-                "iou": _num(m.iou[i]) if m else None,
-                "dice": _num(m.dice[i]) if m else None,
-                "true_share": _num(m.pixel_share[i]) if m else None,
-                "checkpoint_val_iou": _num(val.get(n)),
-            }
-            for i, n in enumerate(classes.names)
-        ],
-    }

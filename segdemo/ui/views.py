@@ -10,6 +10,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -36,7 +37,7 @@ class View:
     owner_key: str = ""  # set when kept (ViewCache.put)
 
     @classmethod
-    def for_display(cls, image, mask, target, classes: ClassSet) -> View:
+    def for_display(cls, image: Any, mask: Any, target: Any, classes: ClassSet) -> View:
         """A prediction at display size: the image shrunk by area, the masks by nearest neighbour."""
         h, w = image.shape[:2]
         f = max(h, w) / DISPLAY_MAX_SIDE
@@ -52,7 +53,7 @@ class View:
     def nbytes(self) -> int:
         return self.image.nbytes + self.mask.nbytes + (0 if self.target is None else self.target.nbytes)
 
-    def pair(self, alpha: float, hidden=()) -> tuple[np.ndarray, np.ndarray]:
+    def pair(self, alpha: float, hidden: Any = ()) -> tuple[np.ndarray, np.ndarray]:
         """The slider's two pictures: truth and prediction overlaid when there is a truth, else the image and
         the prediction overlaid; `hidden` class ids left uncoloured in both."""
         pred = overlay(self.image, self.mask, self.classes, alpha, hidden=hidden)
@@ -62,7 +63,7 @@ class View:
 
 
 class ViewCache:
-    def __init__(self, max_bytes: int = VIEWS_BYTES, per_owner: int = VIEWS_PER_OWNER):
+    def __init__(self, max_bytes: int = VIEWS_BYTES, per_owner: int = VIEWS_PER_OWNER) -> None:
         self.max_bytes, self.per_owner = max_bytes, per_owner
         self._views: OrderedDict[str, View] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
@@ -80,7 +81,7 @@ class ViewCache:
                 self._views.popitem(last=False)
         return view_id
 
-    def get(self, owner: str, view_id) -> View:
+    def get(self, owner: str, view_id: Any) -> View:
         """The view, for its owner only; UserError (the same words for another's, a made-up or an evicted id)."""
         key = hash_owner(owner)
         with self._lock:
