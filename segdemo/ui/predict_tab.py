@@ -107,136 +107,11 @@ class PredictTab:
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                shipped = ctx.default_checkpoint.is_file()
-                self.model = gr.Dropdown(
-                    model_choices(ctx, None),
-                    value="default" if shipped else None,
-                    allow_custom_value=True,
-                    label="Model",
-                    elem_id="model-choice",
-                    info="The shipped model, one of your finished runs, or a file.",
-                )
-                self.ckpt_file = gr.File(
-                    label="Checkpoint file (.safetensors saved by segdemo)",
-                    file_types=[".safetensors"],
-                    visible=False,
-                    elem_id="checkpoint-upload",
-                )
-                self.model_info = gr.Markdown(self._shipped_note(shipped), elem_id="model-info")
-                self.export_btn = gr.Button("Download this model as ONNX", size="sm", elem_id="export-onnx")
-                self.export_file = gr.File(
-                    label="Take-home bundle: ONNX model, predict_onnx.py, README.md, requirements.txt",
-                    interactive=False,
-                    visible=False,
-                    elem_id="export-file",
-                )
-                self.images = gr.File(
-                    label="Images (one or more)",
-                    file_count="multiple",
-                    file_types=IMAGE_TYPES,
-                    elem_id="predict-images",
-                    height=130,
-                )
-                self.masks = gr.File(
-                    label="Ground-truth masks, optional (same file names as the images)",
-                    file_count="multiple",
-                    file_types=IMAGE_TYPES,
-                    elem_id="predict-masks",
-                    height=130,
-                )
-                with gr.Accordion("Or take a photo with the webcam", open=False):
-                    self.webcam = gr.Image(
-                        sources=["webcam"],
-                        type="filepath",
-                        format="png",
-                        label="Webcam: take a photo and it is segmented",
-                        height=240,
-                        elem_id="webcam",
-                    )
-                self.show = gr.Dropdown([], label="Image to show", visible=False, allow_custom_value=True)
-                self.probs = gr.Checkbox(False, label="Show per-class probability maps")
-                self.go = gr.Button("Segment", variant="primary", elem_id="segment-btn")
-                self.example_files = [
-                    (p, EXAMPLES_DIR / "masks" / p.name)
-                    for p in sorted(EXAMPLES_DIR.glob("*.png"))
-                    if (EXAMPLES_DIR / "masks" / p.name).is_file()
-                ]
-                self.example_gallery = gr.Gallery(
-                    [str(img) for img, _ in self.example_files],
-                    label="Examples: click one (it comes with its true mask)",
-                    columns=4,
-                    height=140,
-                    allow_preview=False,
-                    object_fit="contain",
-                    interactive=False,
-                    visible=bool(self.example_files),
-                    elem_id="examples",
-                )
+                self._model_panel()
+                self._inputs_panel()
             with gr.Column(scale=3, min_width=420):
-                # photos travel as JPEG: PNG-encoding a noisy photo took most of a request (bench/README.md,
-                # app speed); the masks stay PNG so their colours stay exact
-                self.slider = gr.ImageSlider(
-                    label=SLIDER_LABEL,
-                    format="jpeg",
-                    interactive=False,
-                    max_height=420,
-                    elem_id="out-slider",
-                )
-                with gr.Row():
-                    self.alpha = gr.Slider(
-                        0, 1, 0.5, step=OPACITY_STEP, label="Overlay opacity", elem_id="opacity", min_width=160
-                    )
-                    self.shown = gr.CheckboxGroup(
-                        [],
-                        label="Classes to colour (untick to see the image there)",
-                        visible=False,
-                        elem_id="shown-classes",
-                    )
-                self.legend = gr.HTML(label="legend")
-                self.summary = gr.Markdown(label="summary", elem_id="predict-summary")
-                self.table = gr.Dataframe(
-                    value=pd.DataFrame(columns=SCORED_COLUMNS),
-                    label="Per class",
-                    interactive=False,
-                    wrap=True,
-                    elem_id="predict-table",
-                )
-                with gr.Row():
-                    self.out_color = gr.Image(
-                        label="Predicted mask",
-                        format="png",
-                        interactive=False,
-                        height=260,
-                        elem_id="out-color",
-                    )
-                    self.errors = gr.Image(
-                        label="Error map: green right · red wrong class · yellow missed "
-                        "(predicted background) · grey ignored",
-                        format="png",
-                        interactive=False,
-                        height=260,
-                        visible=False,
-                        elem_id="error-map",
-                    )
-                self.confusion = gr.HTML(elem_id="predict-confusion")
-                self.prob_maps = gr.Gallery(
-                    label="Probability of each class (dark 0, bright 1)",
-                    columns=4,
-                    height=210,
-                    format="png",
-                    visible=False,
-                    object_fit="contain",
-                    elem_id="prob-maps",
-                )
-                self.mask_file = gr.File(
-                    label="Predicted mask: a PNG of class ids (0, 1, 2, …)",
-                    interactive=False,
-                    elem_id="mask-file",
-                )
-                self.details = gr.JSON(label="details", visible=False)
-                self.view = gr.Textbox(visible=False, label="view id")  # what /redraw redraws
-                self.model_ready = gr.State(0)  # counts models chosen by hand: a change redraws the picture
-                self.seen = gr.State([])  # the image names the page had before the latest change (see _pick)
+                self._overlay_panel()
+                self._maps_panel()
         self.outputs = [
             self.slider,
             self.out_color,
@@ -251,6 +126,148 @@ class PredictTab:
             self.shown,
             self.view,
         ]
+
+    # -- layout, by section (called inside __init__'s columns, in page order) ------------------------------
+
+    def _model_panel(self) -> None:
+        """The model: shipped, a run, or an uploaded checkpoint; what it is; its ONNX download."""
+        shipped = self.ctx.default_checkpoint.is_file()
+        self.model = gr.Dropdown(
+            model_choices(self.ctx, None),
+            value="default" if shipped else None,
+            allow_custom_value=True,
+            label="Model",
+            elem_id="model-choice",
+            info="The shipped model, one of your finished runs, or a file.",
+        )
+        self.ckpt_file = gr.File(
+            label="Checkpoint file (.safetensors saved by segdemo)",
+            file_types=[".safetensors"],
+            visible=False,
+            elem_id="checkpoint-upload",
+        )
+        self.model_info = gr.Markdown(self._shipped_note(shipped), elem_id="model-info")
+        self.export_btn = gr.Button("Download this model as ONNX", size="sm", elem_id="export-onnx")
+        self.export_file = gr.File(
+            label="Take-home bundle: ONNX model, predict_onnx.py, README.md, requirements.txt",
+            interactive=False,
+            visible=False,
+            elem_id="export-file",
+        )
+
+    def _inputs_panel(self) -> None:
+        """What to segment: images and optional masks, a webcam photo, the picker, the examples."""
+        self.images = gr.File(
+            label="Images (one or more)",
+            file_count="multiple",
+            file_types=IMAGE_TYPES,
+            elem_id="predict-images",
+            height=130,
+        )
+        self.masks = gr.File(
+            label="Ground-truth masks, optional (same file names as the images)",
+            file_count="multiple",
+            file_types=IMAGE_TYPES,
+            elem_id="predict-masks",
+            height=130,
+        )
+        with gr.Accordion("Or take a photo with the webcam", open=False):
+            self.webcam = gr.Image(
+                sources=["webcam"],
+                type="filepath",
+                format="png",
+                label="Webcam: take a photo and it is segmented",
+                height=240,
+                elem_id="webcam",
+            )
+        self.show = gr.Dropdown([], label="Image to show", visible=False, allow_custom_value=True)
+        self.probs = gr.Checkbox(False, label="Show per-class probability maps")
+        self.go = gr.Button("Segment", variant="primary", elem_id="segment-btn")
+        self.example_files = [
+            (p, EXAMPLES_DIR / "masks" / p.name)
+            for p in sorted(EXAMPLES_DIR.glob("*.png"))
+            if (EXAMPLES_DIR / "masks" / p.name).is_file()
+        ]
+        self.example_gallery = gr.Gallery(
+            [str(img) for img, _ in self.example_files],
+            label="Examples: click one (it comes with its true mask)",
+            columns=4,
+            height=140,
+            allow_preview=False,
+            object_fit="contain",
+            interactive=False,
+            visible=bool(self.example_files),
+            elem_id="examples",
+        )
+
+    def _overlay_panel(self) -> None:
+        """The prediction over the image (or the truth), its opacity and classes, the legend and numbers."""
+        # photos travel as JPEG: PNG-encoding a noisy photo took most of a request (bench/README.md,
+        # app speed); the masks stay PNG so their colours stay exact
+        self.slider = gr.ImageSlider(
+            label=SLIDER_LABEL,
+            format="jpeg",
+            interactive=False,
+            max_height=420,
+            elem_id="out-slider",
+        )
+        with gr.Row():
+            self.alpha = gr.Slider(
+                0, 1, 0.5, step=OPACITY_STEP, label="Overlay opacity", elem_id="opacity", min_width=160
+            )
+            self.shown = gr.CheckboxGroup(
+                [],
+                label="Classes to colour (untick to see the image there)",
+                visible=False,
+                elem_id="shown-classes",
+            )
+        self.legend = gr.HTML(label="legend")
+        self.summary = gr.Markdown(label="summary", elem_id="predict-summary")
+        self.table = gr.Dataframe(
+            value=pd.DataFrame(columns=SCORED_COLUMNS),
+            label="Per class",
+            interactive=False,
+            wrap=True,
+            elem_id="predict-table",
+        )
+
+    def _maps_panel(self) -> None:
+        """The colour mask, error map, confusion, probability maps, the mask download and hidden state."""
+        with gr.Row():
+            self.out_color = gr.Image(
+                label="Predicted mask",
+                format="png",
+                interactive=False,
+                height=260,
+                elem_id="out-color",
+            )
+            self.errors = gr.Image(
+                label="Error map: green right · red wrong class · yellow missed (predicted background) · grey ignored",
+                format="png",
+                interactive=False,
+                height=260,
+                visible=False,
+                elem_id="error-map",
+            )
+        self.confusion = gr.HTML(elem_id="predict-confusion")
+        self.prob_maps = gr.Gallery(
+            label="Probability of each class (dark 0, bright 1)",
+            columns=4,
+            height=210,
+            format="png",
+            visible=False,
+            object_fit="contain",
+            elem_id="prob-maps",
+        )
+        self.mask_file = gr.File(
+            label="Predicted mask: a PNG of class ids (0, 1, 2, …)",
+            interactive=False,
+            elem_id="mask-file",
+        )
+        self.details = gr.JSON(label="details", visible=False)
+        self.view = gr.Textbox(visible=False, label="view id")  # what /redraw redraws
+        self.model_ready = gr.State(0)  # counts models chosen by hand: a change redraws the picture
+        self.seen = gr.State([])  # the image names the page had before the latest change (see _pick)
 
     def _shipped_note(self, shipped: bool) -> str:
         if shipped:

@@ -66,136 +66,12 @@ class TrainTab:
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=340):
-                gr.Markdown("### 1. Data")
-                with gr.Group():
-                    self.dataset = gr.Radio(DATASETS, value="builtin", label="Dataset", show_label=False)
-                    self.zip_file = gr.File(
-                        label="Dataset .zip (images/ and masks/, paired by file name)",
-                        file_types=[".zip"],
-                        visible=False,
-                        elem_id="dataset-zip",
-                    )
-                self.data_report = gr.Markdown(elem_id="data-report", label="data report")
-                self.classes_html = gr.HTML(label="classes")
-                self.samples = gr.Gallery(
-                    label="A few training pairs: image and its mask overlaid",
-                    columns=3,
-                    height=300,
-                    format="png",
-                    object_fit="contain",
-                    allow_preview=True,
-                )
-                gr.Markdown("### 2. Settings")
-                self.preset = gr.Dropdown(
-                    PRESET_CHOICES,
-                    value=QUICK,
-                    label="Preset: a time budget",
-                    info="Plans everything below for the chosen data and this server's measured speed; "
-                    "change any of it afterwards.",
-                    elem_id="preset",
-                )
-                self.preset_why = gr.Markdown("", elem_id="preset-why")
-                # what the settings on the page were planned for (plan_key); None where no page asked for a plan
-                # (an API caller's settings are its own). Train compares it with the data and preset it is sent
-                # and plans itself when the page's plan has not landed yet ("processing")
-                self.planned = gr.State(None)
-                v = preset_values()
-                widgets = {}
-                for row in ROWS:
-                    with gr.Row():
-                        for s in SETTINGS:
-                            if s.name in row:
-                                widgets[s.name] = s.widget(v[s.name])
-                # by name, in SETTINGS order whatever the layout: /train's positional parameters follow it
-                self.settings: dict[str, gr.Component] = {s.name: widgets[s.name] for s in SETTINGS}
-                with gr.Accordion("Why? Loss, up-sampling and the other settings", open=False):
-                    gr.Markdown(WHY_LOSS + WHY_UPSAMPLING + WHY_OTHER)
+                self._data_panel()
+                self._settings_panel()
             with gr.Column(scale=3, min_width=420):
-                gr.Markdown("### 3. Train and watch")
-                with gr.Row():
-                    # enabled once the page has its session (ui/app.py: ready)
-                    self.train_btn = gr.Button("Train", variant="primary", elem_id="train-btn", interactive=False)
-                    self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                self.run_id = gr.Textbox(visible=False, label="run id")
-                self.status = gr.Markdown(
-                    "Choose data and settings, then press **Train**.", elem_id="run-status", label="status"
-                )
-                self.curves = gr.LinePlot(
-                    x="epoch",
-                    y="value",
-                    color="curve",
-                    color_map=CURVE_COLORS,
-                    x_title="epoch",
-                    y_title="loss · mIoU",
-                    x_axis_format="d",
-                    x_lim=[1, 5],
-                    y_lim=[0, None],
-                    height=280,
-                    # a title inside the chart, not a label above it: Gradio 6.31 cuts the legend off by the
-                    # label's height
-                    title="Loss and validation mIoU per epoch",
-                    label="Loss and validation mIoU per epoch",
-                    show_label=False,
-                    elem_id="curves",
-                )
-                with gr.Row(equal_height=False):
-                    self.table = gr.Dataframe(
-                        value=pd.DataFrame(columns=TABLE_COLUMNS),
-                        label="Per-class IoU on the validation images",
-                        interactive=False,
-                        wrap=True,
-                        elem_id="iou-table",
-                        min_width=260,
-                    )
-                    self.confusion = gr.HTML(label="confusion matrix", elem_id="confusion", min_width=260)
-                gr.Markdown(
-                    "**Validation filmstrip**: the same validation images every epoch, each as *image · "
-                    "true mask · prediction* (with the share of its pixels the prediction gets right)."
-                )
-                self.filmstrip = gr.Gallery(
-                    label="Validation filmstrip",
-                    show_label=False,
-                    columns=6,
-                    height=440,
-                    format="png",
-                    object_fit="contain",
-                    elem_id="filmstrip",
-                )
-                gr.Markdown(
-                    "**Where it fails**: this epoch's validation images with the lowest mIoU of their own, each "
-                    "beside its error map (green right · red wrong class · yellow missed, predicted background "
-                    "· grey ignored)."
-                )
-                self.worst = gr.Gallery(
-                    label="Worst validation images",
-                    show_label=False,
-                    columns=2,
-                    height=440,
-                    format="png",
-                    object_fit="contain",
-                    elem_id="worst-images",
-                )
-                self.checkpoint = gr.File(
-                    label="Best checkpoint of this run (.safetensors)",
-                    interactive=False,
-                    elem_id="best-checkpoint",
-                )
-                self.export_btn = gr.Button(
-                    "Download the best checkpoint as ONNX", size="sm", elem_id="run-export-onnx"
-                )
-                self.export_file = gr.File(
-                    label="Take-home bundle: ONNX model, predict_onnx.py, README.md, requirements.txt",
-                    interactive=False,
-                    visible=False,
-                    elem_id="run-export-file",
-                )
-                self.gif_btn = gr.Button("Download the filmstrip as an animated GIF", size="sm", elem_id="run-gif")
-                self.gif_file = gr.File(
-                    label="The filmstrip, one frame per epoch (for slides)",
-                    interactive=False,
-                    visible=False,
-                    elem_id="run-gif-file",
-                )
+                self._run_panel()
+                self._diagnosis_panel()
+                self._downloads_panel()
         self.watch_outputs = [
             self.status,
             self.curves,
@@ -205,6 +81,150 @@ class TrainTab:
             self.confusion,
             self.worst,
         ]
+
+    # -- layout, by section (called inside __init__'s columns, in page order) ------------------------------
+
+    def _data_panel(self) -> None:
+        """1. Data: which dataset (or a .zip), its check, its classes and a few samples."""
+        gr.Markdown("### 1. Data")
+        with gr.Group():
+            self.dataset = gr.Radio(DATASETS, value="builtin", label="Dataset", show_label=False)
+            self.zip_file = gr.File(
+                label="Dataset .zip (images/ and masks/, paired by file name)",
+                file_types=[".zip"],
+                visible=False,
+                elem_id="dataset-zip",
+            )
+        self.data_report = gr.Markdown(elem_id="data-report", label="data report")
+        self.classes_html = gr.HTML(label="classes")
+        self.samples = gr.Gallery(
+            label="A few training pairs: image and its mask overlaid",
+            columns=3,
+            height=300,
+            format="png",
+            object_fit="contain",
+            allow_preview=True,
+        )
+
+    def _settings_panel(self) -> None:
+        """2. Settings: the preset, why it planned what it did, every setting, and why each matters."""
+        gr.Markdown("### 2. Settings")
+        self.preset = gr.Dropdown(
+            PRESET_CHOICES,
+            value=QUICK,
+            label="Preset: a time budget",
+            info="Plans everything below for the chosen data and this server's measured speed; "
+            "change any of it afterwards.",
+            elem_id="preset",
+        )
+        self.preset_why = gr.Markdown("", elem_id="preset-why")
+        # what the settings on the page were planned for (plan_key); None where no page asked for a plan
+        # (an API caller's settings are its own). Train compares it with the data and preset it is sent
+        # and plans itself when the page's plan has not landed yet ("processing")
+        self.planned = gr.State(None)
+        v = preset_values()
+        widgets = {}
+        for row in ROWS:
+            with gr.Row():
+                for s in SETTINGS:
+                    if s.name in row:
+                        widgets[s.name] = s.widget(v[s.name])
+        # by name, in SETTINGS order whatever the layout: /train's positional parameters follow it
+        self.settings: dict[str, gr.Component] = {s.name: widgets[s.name] for s in SETTINGS}
+        with gr.Accordion("Why? Loss, up-sampling and the other settings", open=False):
+            gr.Markdown(WHY_LOSS + WHY_UPSAMPLING + WHY_OTHER)
+
+    def _run_panel(self) -> None:
+        """3. Train and watch: the buttons, the status, the curves, per-class IoU and the confusion matrix."""
+        gr.Markdown("### 3. Train and watch")
+        with gr.Row():
+            # enabled once the page has its session (ui/app.py: ready)
+            self.train_btn = gr.Button("Train", variant="primary", elem_id="train-btn", interactive=False)
+            self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+        self.run_id = gr.Textbox(visible=False, label="run id")
+        self.status = gr.Markdown(
+            "Choose data and settings, then press **Train**.", elem_id="run-status", label="status"
+        )
+        self.curves = gr.LinePlot(
+            x="epoch",
+            y="value",
+            color="curve",
+            color_map=CURVE_COLORS,
+            x_title="epoch",
+            y_title="loss · mIoU",
+            x_axis_format="d",
+            x_lim=[1, 5],
+            y_lim=[0, None],
+            height=280,
+            # a title inside the chart, not a label above it: Gradio 6.31 cuts the legend off by the
+            # label's height
+            title="Loss and validation mIoU per epoch",
+            label="Loss and validation mIoU per epoch",
+            show_label=False,
+            elem_id="curves",
+        )
+        with gr.Row(equal_height=False):
+            self.table = gr.Dataframe(
+                value=pd.DataFrame(columns=TABLE_COLUMNS),
+                label="Per-class IoU on the validation images",
+                interactive=False,
+                wrap=True,
+                elem_id="iou-table",
+                min_width=260,
+            )
+            self.confusion = gr.HTML(label="confusion matrix", elem_id="confusion", min_width=260)
+
+    def _diagnosis_panel(self) -> None:
+        """The validation filmstrip and the worst validation images with their error maps."""
+        gr.Markdown(
+            "**Validation filmstrip**: the same validation images every epoch, each as *image · "
+            "true mask · prediction* (with the share of its pixels the prediction gets right)."
+        )
+        self.filmstrip = gr.Gallery(
+            label="Validation filmstrip",
+            show_label=False,
+            columns=6,
+            height=440,
+            format="png",
+            object_fit="contain",
+            elem_id="filmstrip",
+        )
+        gr.Markdown(
+            "**Where it fails**: this epoch's validation images with the lowest mIoU of their own, each "
+            "beside its error map (green right · red wrong class · yellow missed, predicted background "
+            "· grey ignored)."
+        )
+        self.worst = gr.Gallery(
+            label="Worst validation images",
+            show_label=False,
+            columns=2,
+            height=440,
+            format="png",
+            object_fit="contain",
+            elem_id="worst-images",
+        )
+
+    def _downloads_panel(self) -> None:
+        """The best checkpoint, its ONNX bundle and the filmstrip as a GIF."""
+        self.checkpoint = gr.File(
+            label="Best checkpoint of this run (.safetensors)",
+            interactive=False,
+            elem_id="best-checkpoint",
+        )
+        self.export_btn = gr.Button("Download the best checkpoint as ONNX", size="sm", elem_id="run-export-onnx")
+        self.export_file = gr.File(
+            label="Take-home bundle: ONNX model, predict_onnx.py, README.md, requirements.txt",
+            interactive=False,
+            visible=False,
+            elem_id="run-export-file",
+        )
+        self.gif_btn = gr.Button("Download the filmstrip as an animated GIF", size="sm", elem_id="run-gif")
+        self.gif_file = gr.File(
+            label="The filmstrip, one frame per epoch (for slides)",
+            interactive=False,
+            visible=False,
+            elem_id="run-gif-file",
+        )
 
     # -- wiring -----------------------------------------------------------------------------------------
 
