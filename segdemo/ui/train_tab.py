@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,12 @@ from segdemo.core.weights_file import check_weights_file
 from segdemo.errors import ConfigError, JobError
 from segdemo.server.jobs import QUEUED, Job
 from segdemo.server.limits import LimitError
-from segdemo.training import recipes
 from segdemo.ui.context import AppContext, client_of
 from segdemo.ui.data_report import ZIP_PROMPT, checked_data, classes_html, report_markdown
 from segdemo.ui.errors import user_error, user_errors
 from segdemo.ui.listeners import HEAVY
 from segdemo.ui.models import export_onnx_zip, model_choices, refuse_a_second_run
+from segdemo.ui.plans import Plans
 from segdemo.ui.run_view import Curves, RunView, run_record
 from segdemo.ui.settings import (
     DATASETS,
@@ -37,9 +36,7 @@ from segdemo.ui.settings import (
     WHY_OTHER,
     WHY_UPSAMPLING,
     build_config,
-    plan_key,
     planned_for,
-    preset_key,
     preset_values,
     same_value,
 )
@@ -49,7 +46,6 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the kept epoch"]
 CURVE_COLUMNS = ["epoch", "value", "curve"]
 CURVE_COLORS = {"train loss": "#1f77b4", "val loss": "#ff7f0e", "val mIoU": "#2ca02c"}  # matplotlib's, as curves.png
-PLANS_KEPT = 64  # the planned State of a page whose first plan has not landed
 STREAM_IDLE_S = 600  # a live view ends when its run has sent nothing new for this long (reload to reattach)
 
 
@@ -58,7 +54,7 @@ class TrainTab:
 
     def __init__(self, ctx: AppContext, token: gr.BrowserState) -> None:
         self.ctx, self.token = ctx, token
-        self._plan_lock, self._plans = threading.Lock(), {}  # plan_key -> (settings, why): see _plan
+        self.plans = Plans(ctx)  # the preset's plan per data, made once: the page's and Train's are one
         gr.Markdown(
             "Pick the data, check it, choose settings and press **Train**. The curves, the per-class "
             "table and the validation filmstrip update after every epoch. Your run keeps going if "
@@ -319,7 +315,7 @@ class TrainTab:
             return self._apply_preset(preset, dataset, zip_file, train_images)
 
     def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images: Any) -> Any:
-        values, why, n_train = self._plan(preset, dataset, zip_file, train_images)
+        values, why, n_train = self.plans.get(preset, dataset, zip_file, train_images)
         label = TRAIN_IMAGES_LABEL
         if dataset != "builtin" and n_train is not None:  # a cap for one's own data: say how many there are
             label = f"Training images, at most (this dataset has {n_train} to train on)"
@@ -329,44 +325,6 @@ class TrainTab:
             self.planned: planned_for(preset, dataset, zip_file),
             self.settings["train_images"]: gr.update(label=label),
         }  # numbers only: no user text
-
-    def _plan(self, preset: str, dataset: str, zip_file: str | None, train_images: Any) -> tuple[dict | None, str, Any]:
-        """(the planned settings by name, or None when the data cannot be planned for yet; the line saying why;
-        the number of training pairs the plan is for, or None).
-
-        One plan per plan_key, made once (under a lock) and kept: the page's plan and the one Train makes when
-        pressed before it landed are the same plan, not two timed probes on a machine one of them keeps busy."""
-        key = plan_key(preset, dataset, zip_file, train_images)
-        with self._plan_lock:
-            hit = self._plans.get(key)
-            if hit is None:
-                hit = self._make_plan(preset, dataset, zip_file, train_images)
-                if hit[0] is not None:
-                    self._plans[key] = hit
-                    while len(self._plans) > PLANS_KEPT:
-                        self._plans.pop(next(iter(self._plans)))
-        return (dict(hit[0]) if hit[0] is not None else None), hit[1], hit[2]
-
-    def _make_plan(
-        self, preset: str, dataset: str, zip_file: str | None, train_images: Any
-    ) -> tuple[dict | None, str, Any]:
-        p = recipes.BY_KEY[preset_key(preset)]
-        cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
-        if dataset == "builtin":
-            shape = recipes.builtin_shape(cfg.data)
-        elif dataset == "zip" and not zip_file:
-            return None, "Upload your data and the preset will be planned for it.", None
-        else:
-            if dataset == "zip":
-                cfg.data.source = zip_file
-            _, _, _, shape = checked_data(self.ctx, cfg)
-            if shape is None:  # the data has problems: the report says which
-                return None, "Fix the data (see the check above) and the preset will be planned for it.", None
-        plan = recipes.plan(p, shape, base=cfg)
-        values = preset_values(plan.config)
-        values.pop("train_images")  # the data's choice, not the preset's
-        values.pop("encoder_weights")
-        return values, plan.why, shape.n_train
 
     @user_errors
     def run_settings(self, token: str, run_id: str) -> Any:
@@ -407,7 +365,7 @@ class TrainTab:
             # pressed while the page's plan was still being made: every setting still showing the page's opening
             # value takes the plan's, as the page will show; one the student changed by hand stays theirs
             with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
-                values, _, _ = self._plan(preset, dataset, zip_file, settings.get("train_images"))
+                values, _, _ = self.plans.get(preset, dataset, zip_file, settings.get("train_images"))
             opening = preset_values()
             for name, v in (values or {}).items():
                 if same_value(settings.get(name), opening.get(name)):
