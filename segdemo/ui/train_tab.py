@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from pathlib import Path
@@ -10,11 +9,14 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+from gradio.blocks import Block
+from gradio.components import Component
+from gradio.events import Dependency
 
 from segdemo.core import speedups
 from segdemo.core.weights_file import check_weights_file
 from segdemo.errors import ConfigError, JobError
-from segdemo.server.jobs import QUEUED, Job
+from segdemo.server.jobs import QUEUED
 from segdemo.server.limits import LimitError
 from segdemo.ui.context import AppContext, client_of
 from segdemo.ui.data_report import ZIP_PROMPT, checked_data, classes_html, report_markdown
@@ -22,7 +24,8 @@ from segdemo.ui.errors import user_error, user_errors
 from segdemo.ui.listeners import HEAVY
 from segdemo.ui.models import export_onnx_zip, model_choices, refuse_a_second_run
 from segdemo.ui.plans import Plans
-from segdemo.ui.run_view import Curves, RunView, run_record
+from segdemo.ui.run_stream import CURVE_COLORS, TABLE_COLUMNS, stream_run
+from segdemo.ui.run_view import run_record
 from segdemo.ui.settings import (
     DATASETS,
     PAGE_OPENED,
@@ -43,10 +46,6 @@ from segdemo.ui.settings import (
 from segdemo.ui.words import public, sentence
 
 log = logging.getLogger(__name__)
-TABLE_COLUMNS = ["class", "IoU, latest epoch", "IoU at the kept epoch"]
-CURVE_COLUMNS = ["epoch", "value", "curve"]
-CURVE_COLORS = {"train loss": "#1f77b4", "val loss": "#ff7f0e", "val mIoU": "#2ca02c"}  # matplotlib's, as curves.png
-STREAM_IDLE_S = 600  # a live view ends when its run has sent nothing new for this long (reload to reattach)
 
 
 class TrainTab:
@@ -225,7 +224,21 @@ class TrainTab:
     # -- wiring -----------------------------------------------------------------------------------------
 
     def wire(self, demo: gr.Blocks, predict_model: gr.Dropdown) -> None:
+        """The tab's listeners, each group next to its handlers below (in this order: the queue keeps it)."""
         outs = [*self.watch_outputs, predict_model]
+        checked = self._wire_data(demo)
+        self._wire_plan(demo, checked)
+        self._wire_train(outs)
+        self._wire_stop()
+        self._wire_export()
+        self._wire_weights()
+        self._wire_gif()
+        self._wire_run_info()
+        self.reattach_outputs = [self.run_id, *outs]
+
+    # -- the data ---------------------------------------------------------------------------------------
+
+    def _wire_data(self, demo: gr.Blocks) -> Dependency:
         self.dataset.change(
             lambda d: gr.update(visible=d == "zip"),
             self.dataset,
@@ -235,7 +248,7 @@ class TrainTab:
         )
         # the page's first check and every data change share one always_last listener, so a check of the data
         # the page opened with cannot land after the check of data the student chose a moment later
-        checked = gr.on(
+        return gr.on(
             [demo.load, self.dataset.change, self.zip_file.change, self.settings["train_images"].change],
             self.check_data,
             [self.dataset, self.zip_file, self.settings["train_images"]],
@@ -244,66 +257,27 @@ class TrainTab:
             trigger_mode="always_last",
             concurrency_id=HEAVY,
         )
+
+    @user_errors
+    def check_data(self, dataset: str, zip_file: str | None, train_images: Any) -> Any:
+        """Check the chosen data: pairs, classes with colours and pixel shares, a few samples, problems."""
+        if dataset == "zip" and not zip_file:
+            return ZIP_PROMPT, "", []
+        cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
+        if dataset == "zip":
+            cfg.data.source = zip_file
+        report, classes, samples, _ = checked_data(self.ctx, cfg)
+        return report_markdown(report), classes_html(report, classes), samples
+
+    # -- the preset's plan ------------------------------------------------------------------------------
+
+    def _wire_plan(self, demo: gr.Blocks, checked: Dependency) -> None:
         plan_inputs = [self.preset, self.dataset, self.zip_file, self.settings["train_images"]]
         plan_outputs = [*self.settings.values(), self.preset_why, self.planned]
         # a page is open: from now on its settings are a plan's only once one has landed (the planned key)
         demo.load(lambda: PAGE_OPENED, None, self.planned, queue=False, api_visibility="private")
         self.preset.input(self.apply_preset, plan_inputs, plan_outputs, api_name="plan", concurrency_id=HEAVY)
         checked.then(self.apply_preset, plan_inputs, plan_outputs, api_visibility="private", concurrency_id=HEAVY)
-        started = self.train_btn.click(
-            self.start,
-            [self.token, self.dataset, self.zip_file, self.preset, self.planned],
-            [self.run_id, self.status],
-            inputs_kwargs=self.settings,  # /train's parameters after preset, by name, in SETTINGS order
-            api_name="train",
-            concurrency_limit=4,
-            concurrency_id="train",
-        )
-        # the page shows the settings the run started with (a plan Train made itself, when the page's was late)
-        shown = [self.settings[n] for n in RUN_SHOWN]
-        started.success(self.run_settings, [self.token, self.run_id], shown, api_visibility="private", queue=False)
-        started.success(
-            self.watch,
-            [self.token, self.run_id],
-            outs,
-            api_name="watch",
-            concurrency_limit=None,
-            show_progress="hidden",
-        )
-        self.stop_btn.click(
-            self.stop,
-            [self.token, self.run_id],
-            self.status,
-            api_name="stop",
-            concurrency_limit=None,
-            show_progress="hidden",
-        )
-        self.export_btn.click(
-            self.export_onnx,
-            [self.token, self.run_id],
-            self.export_file,
-            api_visibility="private",
-            concurrency_id=HEAVY,
-        )
-        self.settings["encoder_weights"].upload(
-            self.check_weights,
-            self.settings["encoder_weights"],
-            self.settings["encoder_weights"],
-            api_visibility="private",
-            concurrency_id=HEAVY,
-        )
-        self.gif_btn.click(
-            self.filmstrip_gif, [self.token, self.run_id], self.gif_file, api_name="filmstrip_gif", concurrency_id=HEAVY
-        )
-        gr.api(self.run_info, api_name="run_info", concurrency_limit=None)
-        self.reattach_outputs = [self.run_id, *outs]
-
-    # -- handlers -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def ready() -> Any:
-        """The page has its session: Train may be pressed."""
-        return gr.update(interactive=True)
 
     @user_errors
     def apply_preset(
@@ -326,24 +300,35 @@ class TrainTab:
             self.settings["train_images"]: gr.update(label=label),
         }  # numbers only: no user text
 
-    @user_errors
-    def run_settings(self, token: str, run_id: str) -> Any:
-        """The settings of the run just started, for the page's widgets (they may be a plan the page had not
-        shown yet)."""
-        job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
-        values = preset_values(job.config)
-        return [values[n] for n in RUN_SHOWN]
+    # -- a run: start it, show its settings, stream it ---------------------------------------------------
 
-    @user_errors
-    def check_data(self, dataset: str, zip_file: str | None, train_images: Any) -> Any:
-        """Check the chosen data: pairs, classes with colours and pixel shares, a few samples, problems."""
-        if dataset == "zip" and not zip_file:
-            return ZIP_PROMPT, "", []
-        cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
-        if dataset == "zip":
-            cfg.data.source = zip_file
-        report, classes, samples, _ = checked_data(self.ctx, cfg)
-        return report_markdown(report), classes_html(report, classes), samples
+    def _wire_train(self, outs: list[Component]) -> None:
+        by_name: dict[str, Block] = {**self.settings}  # gradio's inputs_kwargs is typed dict[str, Block]
+        started = self.train_btn.click(
+            self.start,
+            [self.token, self.dataset, self.zip_file, self.preset, self.planned],
+            [self.run_id, self.status],
+            inputs_kwargs=by_name,  # /train's parameters after preset, by name, in SETTINGS order
+            api_name="train",
+            concurrency_limit=4,
+            concurrency_id="train",
+        )
+        # the page shows the settings the run started with (a plan Train made itself, when the page's was late)
+        shown = [self.settings[n] for n in RUN_SHOWN]
+        started.success(self.run_settings, [self.token, self.run_id], shown, api_visibility="private", queue=False)
+        started.success(
+            self.watch,
+            [self.token, self.run_id],
+            outs,
+            api_name="watch",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
+
+    @staticmethod
+    def ready() -> Any:
+        """The page has its session: Train may be pressed."""
+        return gr.update(interactive=True)
 
     @user_errors
     def start(
@@ -392,19 +377,12 @@ class TrainTab:
         return job.id, ("Waiting in line…" if pos > 1 else "Starting…")
 
     @user_errors
-    def stop(self, token: str, run_id: str | None) -> Any:
-        """Stop this browser's run: it ends after the current batch and keeps its best checkpoint."""
-        owner = self.ctx.owner(token)
-        jobs = self.ctx.jobs
-        job = None
-        if run_id:
-            try:
-                job = jobs.get(owner, run_id)
-            except JobError:  # expired or not this browser's: stop its active run, if any
-                job = None
-        target = job.id if job is not None and job.is_active else None
-        jobs.stop(owner, target)  # None: this browser's active run, or "Nothing is running to stop"
-        return "Stopping after the current batch…"
+    def run_settings(self, token: str, run_id: str) -> Any:
+        """The settings of the run just started, for the page's widgets (they may be a plan the page had not
+        shown yet)."""
+        job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
+        values = preset_values(job.config)
+        return [values[n] for n in RUN_SHOWN]
 
     @user_errors
     async def watch(self, token: str, run_id: str, request: gr.Request | None = None) -> Any:
@@ -415,7 +393,7 @@ class TrainTab:
         if job is None:
             raise gr.Error("There is no run to watch yet; press Train.")
         with self.ctx.streams.hold(job.owner_key, client_of(request)):
-            async for out in self._stream(owner, job):
+            async for out in stream_run(self.ctx, owner, job, len(self.watch_outputs)):
                 yield out
 
     async def reattach(self, token: str, request: gr.Request | None = None) -> Any:
@@ -432,64 +410,52 @@ class TrainTab:
         try:
             held = self.ctx.streams.hold(job.owner_key, client_of(request))
         except LimitError:  # too many live views: show the run once, without streaming
-            async for out in self._stream(owner, job, once=True):
+            async for out in stream_run(self.ctx, owner, job, len(self.watch_outputs), once=True):
                 yield [job.id, *out]
             return
         try:
             with held:
-                async for out in self._stream(owner, job):
+                async for out in stream_run(self.ctx, owner, job, len(self.watch_outputs)):
                     yield [job.id, *out]
         except Exception:  # a page load must never show an error box
             log.exception("reattaching to a run failed")
             return
 
-    async def _stream(self, owner: str, job: Job, once: bool = False) -> Any:
-        """Yield the page's view of a run as it changes, until the run ends, it has been idle STREAM_IDLE_S
-        (the page says to reload), or at once after the first view with `once`."""
-        view, i, last_status = RunView(), 0, 0.0
-        first, finished_once, last_new = True, False, time.monotonic()
-        film_sent = None  # the epoch whose previews the page has: a filmstrip is 24 pictures, send it once
-        diagnosis_sent = None  # likewise the confusion matrix and the worst images
-        while True:
-            new = job.wait_events(i, timeout=0)
-            i += len(new)
-            if new:
-                last_new = time.monotonic()
-            changed = any([view.add(ev) for ev in new])
-            over = not job.is_active and i >= len(job.events)
-            jobs = self.ctx.jobs
-            wait = jobs.expected_wait_s(job) if job.status == QUEUED else None
-            status = view.status(job, jobs.queue_position(job), jobs.running_count(), wait)
-            now = time.monotonic()
-            if first or changed or over:
-                ckpt, choices = gr.skip(), gr.skip()
-                if first:
-                    ckpt = None
-                if over and not finished_once:
-                    finished_once = True
-                    ckpt = self._checkpoint_copy(job)
-                    value = f"run:{job.id}" if job.best_checkpoint is not None else gr.skip()
-                    choices = gr.update(choices=model_choices(self.ctx, owner), value=value)
-                film = gr.skip() if not first and view.previews_from is film_sent else view.filmstrip()
-                film_sent = view.previews_from
-                fresh = first or view.diagnosis_from is not diagnosis_sent
-                confusion, worst = (view.confusion(), view.worst()) if fresh else (gr.skip(), gr.skip())
-                diagnosis_sent = view.diagnosis_from
-                yield [status, _plot(view.curves()), _table(view.table()), film, ckpt, confusion, worst, choices]
-                first, last_status = False, now
-            elif now - last_status >= 1.0 and (new or job.status == QUEUED):
-                yield [status, *[gr.skip()] * len(self.watch_outputs)]
-                last_status = now
-            if over or once:
-                return
-            if now - last_new > STREAM_IDLE_S and job.status != QUEUED:
-                yield [
-                    status + "\n\n*This live view paused (nothing new for a while). Reload the page to see "
-                    "the latest.*",
-                    *[gr.skip()] * len(self.watch_outputs),
-                ]
-                return
-            await asyncio.sleep(0.25)
+    def _wire_stop(self) -> None:
+        self.stop_btn.click(
+            self.stop,
+            [self.token, self.run_id],
+            self.status,
+            api_name="stop",
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
+
+    @user_errors
+    def stop(self, token: str, run_id: str | None) -> Any:
+        """Stop this browser's run: it ends after the current batch and keeps its best checkpoint."""
+        owner = self.ctx.owner(token)
+        jobs = self.ctx.jobs
+        job = None
+        if run_id:
+            try:
+                job = jobs.get(owner, run_id)
+            except JobError:  # expired or not this browser's: stop its active run, if any
+                job = None
+        target = job.id if job is not None and job.is_active else None
+        jobs.stop(owner, target)  # None: this browser's active run, or "Nothing is running to stop"
+        return "Stopping after the current batch…"
+
+    # -- downloads and checks ---------------------------------------------------------------------------
+
+    def _wire_export(self) -> None:
+        self.export_btn.click(
+            self.export_onnx,
+            [self.token, self.run_id],
+            self.export_file,
+            api_visibility="private",
+            concurrency_id=HEAVY,
+        )
 
     @user_errors
     def export_onnx(self, token: str, run_id: str) -> Any:
@@ -498,6 +464,15 @@ class TrainTab:
             raise gr.Error("This run has no checkpoint yet: one is saved when its first epoch ends.")
         when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))  # as the checkpoint download is named
         return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint), f"run-{when}")), visible=True)
+
+    def _wire_weights(self) -> None:
+        self.settings["encoder_weights"].upload(
+            self.check_weights,
+            self.settings["encoder_weights"],
+            self.settings["encoder_weights"],
+            api_visibility="private",
+            concurrency_id=HEAVY,
+        )
 
     def check_weights(self, path: str | None) -> Any:
         """Check an encoder-weights upload the moment it arrives (a zip bomb is refused before any run reads it);
@@ -510,6 +485,11 @@ class TrainTab:
             gr.Warning(sentence(str(e)), title="Encoder weights")
             return None
         return gr.skip()
+
+    def _wire_gif(self) -> None:
+        self.gif_btn.click(
+            self.filmstrip_gif, [self.token, self.run_id], self.gif_file, api_name="filmstrip_gif", concurrency_id=HEAVY
+        )
 
     @user_errors
     def filmstrip_gif(self, token: str, run_id: str) -> Any:
@@ -533,13 +513,8 @@ class TrainTab:
         )
         return gr.update(value=path, visible=True)
 
-    def _checkpoint_copy(self, job: Job) -> str | None:
-        """The best checkpoint, copied where Gradio can serve it (run folders never are), until the run expires."""
-        best = job.best_checkpoint
-        if best is None:
-            return None
-        when = time.strftime("%Y%m%d-%H%M", time.localtime(job.created))
-        return self.ctx.download_copy(job, best, f"segdemo-run-{when}-best.safetensors")
+    def _wire_run_info(self) -> None:
+        gr.api(self.run_info, api_name="run_info", concurrency_limit=None)
 
     @user_errors
     def run_info(self, token: str, run_id: str = "") -> dict:
@@ -551,20 +526,3 @@ class TrainTab:
             raise gr.Error("This browser session has no runs yet; press Train.")
         jobs = self.ctx.jobs
         return run_record(job, jobs.queue_position(job), jobs.expected_wait_s(job) if job.status == QUEUED else 0.0)
-
-
-def _plot(curves: Curves | None) -> Any:
-    """The curves for the page's gr.LinePlot, which draws them in the browser. None until the first epoch: Gradio
-    6.31 builds the chart (column types, colours, legend) when a plot gets data after having none, and afterwards
-    only swaps the data, so it must first see real columns."""
-    if curves is None:
-        return None
-    frame = pd.DataFrame(curves.rows, columns=CURVE_COLUMNS)
-    return gr.update(value=frame, x_lim=curves.x_lim, caption=curves.caption)
-
-
-def _table(table: tuple[list[str], list[list[str]]] | None) -> pd.DataFrame:
-    if table is None:
-        return pd.DataFrame(columns=TABLE_COLUMNS)
-    columns, rows = table
-    return pd.DataFrame(rows, columns=columns)
