@@ -31,6 +31,7 @@ from segdemo.ui.listeners import bump
 from segdemo.ui.settings import LOSSES, SETTINGS, UPSAMPLING
 from segdemo.ui.words import esc, fmt_num
 
+QUIET: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")  # the page's own listeners
 MAX_COMPARED = 8  # runs in one comparison: more than a browser keeps (jobs.max_runs_per_owner), far fewer than a flood
 METRICS = {"val mIoU": "miou", "val loss": "val_loss", "train loss": "train_loss"}  # plot choice -> EpochEnd field
 DIFFERS_STYLE = "background:#fff1b8;color:#1f1f1f;font-weight:600"  # readable in light and dark themes alike
@@ -332,60 +333,99 @@ class CompareTab:
     # -- wiring -----------------------------------------------------------------------------------------
 
     def wire(self, demo: gr.Blocks, tab: gr.Tab, train: Any, predict_model: gr.Dropdown) -> None:
-        """`train` is the TrainTab: a queued variant streams there like a Train click, then shows up here."""
-        quiet = dict(api_visibility="private", show_progress="hidden")
-        listed = [self.runs, self.known, self.base, *self.ablate_btns.values()]
-        shown = [self.note, self.curves, self.table, self.settings]
-        compare = dict(fn=self.show, inputs=[self.token, self.runs, self.metric], outputs=shown, **quiet)
-        refresh = dict(fn=self.refresh, inputs=[self.token, self.runs, self.known, self.base], outputs=listed, **quiet)
+        """`train` is the TrainTab: a queued variant streams there like a Train click, then shows up here. The
+        listeners, each group next to its handlers below (in this order: the queue keeps it)."""
+        # one dict each, used by several listeners: one function, so one concurrency group, as before
+        refresh, relisted = self._refresh_args(), bump(self.listed, show_progress="hidden")
+        self._wire_show()
+        self._wire_refresh(tab, refresh, relisted)
+        self._wire_labels()
+        self._wire_ablations(train, predict_model, refresh, relisted)
+        self._wire_api()
+
+    # -- the comparison on the page ------------------------------------------------------------------------
+
+    def _wire_show(self) -> None:
         # one listener draws the comparison, deferring a newer tick while it runs (always_last): a refresh bumps
         # `listed` rather than drawing by itself, so a drawing from before a tick can never land after it
-        relisted = bump(self.listed, show_progress="hidden")
-        gr.on([self.runs.input, self.metric.input, self.listed.change], **compare, trigger_mode="always_last")
+        gr.on(
+            [self.runs.input, self.metric.input, self.listed.change],
+            self.show,
+            [self.token, self.runs, self.metric],
+            [self.note, self.curves, self.table, self.settings],
+            **QUIET,
+            trigger_mode="always_last",
+        )
+
+    @user_errors
+    def show(self, token: str, run_ids: list | None, metric: str) -> Any:
+        """The comparison of the ticked runs, for the page."""
+        owner = self.ctx.owner(token)
+        mine = {j.id for j in self.ctx.jobs.jobs_for(owner)}
+        # a ticked run may have expired (or made room for a newer one) since the list was drawn: leave it out
+        runs = self._chosen(owner, [i for i in run_ids or [] if i in mine])
+        if not runs:  # no data at all (not an empty frame), so the next runs' plot is drawn afresh
+            return "Tick two or more runs above.", None, pd.DataFrame(columns=["class"]), ""
+        note = "" if len(runs) > 1 else "Tick a second run to compare it with this one."
+        metric = metric if metric in METRICS else "val mIoU"
+        plot = gr.update(
+            value=curves_frame(runs, metric),
+            y_title=metric,
+            x_lim=x_limits(runs),
+            y_lim=[0, 1] if metric == "val mIoU" else [0, None],
+            # Gradio 6.31 redraws a plot's colours and legend only when a setting changes, not its data alone:
+            # naming the runs here is that setting, so a newly ticked run gets its colour and legend entry
+            colors_in_legend=[r.name for r in runs],
+        )
+        return note, plot, per_class_frame(runs), settings_html(runs)
+
+    # -- the list of runs ------------------------------------------------------------------------------------
+
+    def _refresh_args(self) -> dict[str, Any]:
+        listed = [self.runs, self.known, self.base, *self.ablate_btns.values()]
+        return dict(fn=self.refresh, inputs=[self.token, self.runs, self.known, self.base], outputs=listed, **QUIET)
+
+    def _wire_refresh(self, tab: gr.Tab, refresh: dict[str, Any], relisted: dict[str, Any]) -> None:
         gr.on([tab.select, self.refresh_btn.click], **refresh).then(**relisted)
-        self.base.input(self.button_labels, [self.token, self.base], list(self.ablate_btns.values()), **quiet)
-        for name, btn in self.ablate_btns.items():
-            btn.click(
-                self._ablate_button(name),
-                [self.token, self.base],
-                [train.run_id, self.ablate_status],
-                concurrency_limit=4,  # the Train button's group and limit: a variant is a Train click
-                concurrency_id="train",
-                **quiet,
-            ).success(
-                train.watch,
-                [self.token, train.run_id],
-                [*train.watch_outputs, predict_model],
-                concurrency_limit=None,
-                **quiet,
-            ).then(**refresh).then(**relisted).then(
-                lambda: "The variant's run has ended: it is ticked above (its details are in the Train tab).",
-                None,
-                self.ablate_status,
-                **quiet,
-            )
+
+    def refresh(self, token: str, chosen: list | None, known: list | None, base_id: str | None) -> Any:
+        """List this browser's runs: keep what was ticked, tick runs the list has not shown before; keep the run
+        to change, else offer the newest finished one."""
+        if not self.ctx.jobs.valid_owner_token(token):
+            return [gr.skip()] * (3 + len(self.ablate_btns))
+        runs = self._listed(token)
+        ids = [r.id for r in runs]
+        known = set(known or [])
+        ticked = [i for i in ids if i in (chosen or []) or i not in known]
+        finished = [r for r in runs if r.status not in ("queued", "running")]
+        base = next((r for r in finished if r.id == base_id), finished[-1] if finished else None)
+        return [
+            gr.update(choices=[(r.label(), r.id) for r in runs], value=ticked),
+            ids,
+            gr.update(choices=[(r.label(), r.id) for r in finished], value=base.id if base else None),
+            *self._labels(base),
+        ]
+
+    def _labels(self, base: RunSummary | None) -> list:
+        cfg = base.config if base else quick_cpu_preset()
+        return [gr.update(value=f"Same run, {a.label(cfg)}", interactive=base is not None) for a in ABLATIONS.values()]
+
+    def _wire_labels(self) -> None:
+        self.base.input(self.button_labels, [self.token, self.base], list(self.ablate_btns.values()), **QUIET)
+
+    def button_labels(self, token: str, run_id: str | None) -> Any:
+        """The ablation buttons say what they would change in the chosen run ("Dice instead of CE + Dice")."""
+        if not self.ctx.jobs.valid_owner_token(token) or not isinstance(run_id, str) or not run_id:
+            return self._labels(None)
+        by_id = {r.id: r for r in summarise(self.ctx.jobs.jobs_for(token))}
+        return self._labels(by_id.get(run_id))
+
+    # -- the API: this browser's runs, a comparison as JSON, an ablation ------------------------------------
+
+    def _wire_api(self) -> None:
         gr.api(self.my_runs, api_name="my_runs", concurrency_limit=None)
         gr.api(self.compare, api_name="compare", concurrency_limit=None)
         gr.api(self.ablate, api_name="ablate", concurrency_limit=4, concurrency_id="train")
-
-    # -- reading this browser's runs ---------------------------------------------------------------------
-
-    def _listed(self, owner: str) -> list[RunSummary]:
-        """This owner's runs that have finished an epoch (a run without one has nothing to compare)."""
-        return [r for r in summarise(self.ctx.jobs.jobs_for(owner)) if r.epochs]
-
-    def _chosen(self, owner: str, run_ids: Any) -> list[RunSummary]:
-        """The owner's runs with these ids, in the order given; the same 'no such run' for a wrong id and for
-        another browser's, so nobody learns that another's run exists."""
-        if not isinstance(run_ids, list | tuple) or not all(isinstance(i, str) for i in run_ids):
-            raise gr.Error("Send run_ids as a list of run ids (from /my_runs).")
-        if len(run_ids) > MAX_COMPARED:
-            raise gr.Error(f"Compare at most {MAX_COMPARED} runs at once.")
-        ids = list(dict.fromkeys(run_ids))
-        for i in ids:
-            self.ctx.jobs.get(owner, i)  # JobError (no such run) unless it is this owner's
-        by_id = {r.id: r for r in summarise(self.ctx.jobs.jobs_for(owner))}  # named among all of the owner's runs
-        return [by_id[i] for i in ids if i in by_id]
 
     @user_errors
     def my_runs(self, token: str) -> list[dict]:
@@ -412,60 +452,50 @@ class CompareTab:
             "differ": [s for s, _, d in settings_rows(runs) if d],
         }
 
-    # -- the page -----------------------------------------------------------------------------------------
+    # -- reading this browser's runs ---------------------------------------------------------------------
 
-    def refresh(self, token: str, chosen: list | None, known: list | None, base_id: str | None) -> Any:
-        """List this browser's runs: keep what was ticked, tick runs the list has not shown before; keep the run
-        to change, else offer the newest finished one."""
-        if not self.ctx.jobs.valid_owner_token(token):
-            return [gr.skip()] * (3 + len(self.ablate_btns))
-        runs = self._listed(token)
-        ids = [r.id for r in runs]
-        known = set(known or [])
-        ticked = [i for i in ids if i in (chosen or []) or i not in known]
-        finished = [r for r in runs if r.status not in ("queued", "running")]
-        base = next((r for r in finished if r.id == base_id), finished[-1] if finished else None)
-        return [
-            gr.update(choices=[(r.label(), r.id) for r in runs], value=ticked),
-            ids,
-            gr.update(choices=[(r.label(), r.id) for r in finished], value=base.id if base else None),
-            *self._labels(base),
-        ]
+    def _listed(self, owner: str) -> list[RunSummary]:
+        """This owner's runs that have finished an epoch (a run without one has nothing to compare)."""
+        return [r for r in summarise(self.ctx.jobs.jobs_for(owner)) if r.epochs]
 
-    def _labels(self, base: RunSummary | None) -> list:
-        cfg = base.config if base else quick_cpu_preset()
-        return [gr.update(value=f"Same run, {a.label(cfg)}", interactive=base is not None) for a in ABLATIONS.values()]
-
-    def button_labels(self, token: str, run_id: str | None) -> Any:
-        """The ablation buttons say what they would change in the chosen run ("Dice instead of CE + Dice")."""
-        if not self.ctx.jobs.valid_owner_token(token) or not isinstance(run_id, str) or not run_id:
-            return self._labels(None)
-        by_id = {r.id: r for r in summarise(self.ctx.jobs.jobs_for(token))}
-        return self._labels(by_id.get(run_id))
-
-    @user_errors
-    def show(self, token: str, run_ids: list | None, metric: str) -> Any:
-        """The comparison of the ticked runs, for the page."""
-        owner = self.ctx.owner(token)
-        mine = {j.id for j in self.ctx.jobs.jobs_for(owner)}
-        # a ticked run may have expired (or made room for a newer one) since the list was drawn: leave it out
-        runs = self._chosen(owner, [i for i in run_ids or [] if i in mine])
-        if not runs:  # no data at all (not an empty frame), so the next runs' plot is drawn afresh
-            return "Tick two or more runs above.", None, pd.DataFrame(columns=["class"]), ""
-        note = "" if len(runs) > 1 else "Tick a second run to compare it with this one."
-        metric = metric if metric in METRICS else "val mIoU"
-        plot = gr.update(
-            value=curves_frame(runs, metric),
-            y_title=metric,
-            x_lim=x_limits(runs),
-            y_lim=[0, 1] if metric == "val mIoU" else [0, None],
-            # Gradio 6.31 redraws a plot's colours and legend only when a setting changes, not its data alone:
-            # naming the runs here is that setting, so a newly ticked run gets its colour and legend entry
-            colors_in_legend=[r.name for r in runs],
-        )
-        return note, plot, per_class_frame(runs), settings_html(runs)
+    def _chosen(self, owner: str, run_ids: Any) -> list[RunSummary]:
+        """The owner's runs with these ids, in the order given; the same 'no such run' for a wrong id and for
+        another browser's, so nobody learns that another's run exists."""
+        if not isinstance(run_ids, list | tuple) or not all(isinstance(i, str) for i in run_ids):
+            raise gr.Error("Send run_ids as a list of run ids (from /my_runs).")
+        if len(run_ids) > MAX_COMPARED:
+            raise gr.Error(f"Compare at most {MAX_COMPARED} runs at once.")
+        ids = list(dict.fromkeys(run_ids))
+        for i in ids:
+            self.ctx.jobs.get(owner, i)  # JobError (no such run) unless it is this owner's
+        by_id = {r.id: r for r in summarise(self.ctx.jobs.jobs_for(owner))}  # named among all of the owner's runs
+        return [by_id[i] for i in ids if i in by_id]
 
     # -- ablations ------------------------------------------------------------------------------------------
+
+    def _wire_ablations(
+        self, train: Any, predict_model: gr.Dropdown, refresh: dict[str, Any], relisted: dict[str, Any]
+    ) -> None:
+        for name, btn in self.ablate_btns.items():
+            btn.click(
+                self._ablate_button(name),
+                [self.token, self.base],
+                [train.run_id, self.ablate_status],
+                concurrency_limit=4,  # the Train button's group and limit: a variant is a Train click
+                concurrency_id="train",
+                **QUIET,
+            ).success(
+                train.watch,
+                [self.token, train.run_id],
+                [*train.watch_outputs, predict_model],
+                concurrency_limit=None,
+                **QUIET,
+            ).then(**refresh).then(**relisted).then(
+                lambda: "The variant's run has ended: it is ticked above (its details are in the Train tab).",
+                None,
+                self.ablate_status,
+                **QUIET,
+            )
 
     @user_errors
     def ablate(self, token: str, run_id: str, change: str, request: gr.Request | None = None) -> dict:
