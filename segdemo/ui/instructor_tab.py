@@ -92,13 +92,12 @@ class InstructorTab:
         self.timer = gr.Timer(5.0, active=False)
 
     def wire(self) -> None:
-        outs = [self.summary, self.runs, self.curves, self.classes, self.pick, self.timer]
-        self.show.click(self.overview, self.key_box, outs, api_name="instructor_overview", show_progress="hidden")
-        self.timer.tick(self.overview, self.key_box, outs, api_visibility="private", show_progress="hidden")
-        self.stop_btn.click(self.stop, [self.key_box, self.pick], self.msg, api_name="instructor_stop")
-        self.front_btn.click(self.front, [self.key_box, self.pick], self.msg, api_name="instructor_front")
-        self.keep_btn.click(self.keep, [self.key_box, self.hours], self.msg, api_name="instructor_keep")
-        self.trust_btn.click(self.trust, self.key_box, self.msg, api_name="instructor_trust_room")
+        """The tab's listeners, each next to its handler below (in this order: the queue keeps it)."""
+        self._wire_overview()
+        self._wire_stop()
+        self._wire_front()
+        self._wire_keep()
+        self._wire_trust()
 
     # -- the key ------------------------------------------------------------------------------------------
 
@@ -114,6 +113,11 @@ class InstructorTab:
             raise gr.Error(NO_KEY, title="Instructor")
 
     # -- handlers -----------------------------------------------------------------------------------------
+
+    def _wire_overview(self) -> None:
+        outs = [self.summary, self.runs, self.curves, self.classes, self.pick, self.timer]
+        self.show.click(self.overview, self.key_box, outs, api_name="instructor_overview", show_progress="hidden")
+        self.timer.tick(self.overview, self.key_box, outs, api_visibility="private", show_progress="hidden")
 
     @user_errors
     def overview(self, key: Any, request: gr.Request | None = None) -> Any:
@@ -169,17 +173,26 @@ class InstructorTab:
             gr.Timer(active=True),
         )
 
+    def _wire_stop(self) -> None:
+        self.stop_btn.click(self.stop, [self.key_box, self.pick], self.msg, api_name="instructor_stop")
+
     @user_errors
     def stop(self, key: Any, run_id: Any, request: gr.Request | None = None) -> str:
         self._check(key, request)
         job = self.ctx.jobs.stop_any(str(run_id or ""))
         return f"Stopped {alias(job)}: it keeps its best checkpoint, and its student sees that it was stopped."
 
+    def _wire_front(self) -> None:
+        self.front_btn.click(self.front, [self.key_box, self.pick], self.msg, api_name="instructor_front")
+
     @user_errors
     def front(self, key: Any, run_id: Any, request: gr.Request | None = None) -> str:
         self._check(key, request)
         job = self.ctx.jobs.prioritise(str(run_id or ""))
         return f"{alias(job)} is now first in line."
+
+    def _wire_keep(self) -> None:
+        self.keep_btn.click(self.keep, [self.key_box, self.hours], self.msg, api_name="instructor_keep")
 
     @user_errors
     def keep(self, key: Any, hours: Any, request: gr.Request | None = None) -> str:
@@ -194,6 +207,9 @@ class InstructorTab:
         if self.label_store is not None:
             self.label_store.ttl_s = max(self.label_store.ttl_s, h * 3600)
         return f"Runs and labelled sets are now kept at least {h:g} h after their last change."
+
+    def _wire_trust(self) -> None:
+        self.trust_btn.click(self.trust, self.key_box, self.msg, api_name="instructor_trust_room")
 
     @user_errors
     def trust(self, key: Any, request: gr.Request | None = None) -> str:
