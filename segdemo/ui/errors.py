@@ -20,7 +20,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def user_error(msg: str, title: str | None = None) -> gr.Error:
     """A gr.Error for the user: public(), then HTML-escaped (the toast renders HTML)."""
-    return gr.Error(esc(public(msg), quote=False), **({"title": title} if title else {}))
+    titled: dict[str, Any] = {"title": title} if title else {}  # else gradio's own default title
+    return gr.Error(esc(public(msg), quote=False), **titled)
 
 
 def _to_gr_error(e: Exception) -> gr.Error:

@@ -142,7 +142,8 @@ class _PartCounter:
         b = content_type.partition("boundary=")[2].split(";")[0].strip().strip('"')
         self.delimiter = b"--" + b.encode("latin-1", "replace") if b else b""
         self.per_request, self.quota, self.addr = per_request, quota, addr
-        self.seen, self.tail, self.refusal = 0, b"", None
+        self.seen, self.tail = 0, b""
+        self.refusal: str | None = None
 
     def receive(self, receive: Any) -> Any:
         async def counted() -> Any:

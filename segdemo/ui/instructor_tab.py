@@ -19,7 +19,7 @@ import hmac
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import pandas as pd
@@ -30,6 +30,9 @@ from segdemo.server.limits import LimitError, RateLimiter
 from segdemo.ui.context import AppContext, client_of
 from segdemo.ui.errors import user_errors
 from segdemo.ui.words import fmt_duration
+
+if TYPE_CHECKING:
+    from segdemo.data.base import ArraySource
 
 WRONG_KEYS_PER_10_MIN = 10
 HELD_BACK = 48  # built-in images for the leaderboard
@@ -49,7 +52,7 @@ class InstructorTab:
         self.key = os.environ.get("SEGDEMO_INSTRUCTOR_KEY") or None
         self.wrong = RateLimiter(WRONG_KEYS_PER_10_MIN, 600, "wrong instructor keys")
         self._scores: dict[tuple, float | None] = {}  # (checkpoint, mtime) -> held-back mIoU
-        self._held_back = None
+        self._held_back: ArraySource | None = None  # made on the first score
         self._lock = threading.Lock()
         gr.Markdown(
             "For the person running a workshop: every run of the class, a leaderboard, the queue. Students see "
@@ -112,7 +115,7 @@ class InstructorTab:
             self.wrong.hit(addr)
             raise gr.Error(NO_KEY, title="Instructor")
 
-    # -- handlers -----------------------------------------------------------------------------------------
+    # -- listeners and their handlers -----------------------------------------------------------------------
 
     def _wire_overview(self) -> None:
         outs = [self.summary, self.runs, self.curves, self.classes, self.pick, self.timer]

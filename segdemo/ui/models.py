@@ -17,8 +17,8 @@ from segdemo.ui.words import esc, safe_stem
 
 def run_label(job: Job) -> str:
     when = time.strftime("%H:%M", time.localtime(job.created))
-    r = job.result
-    best = f"val mIoU {r.best_miou:.3f}" if getattr(r, "best_miou", None) is not None else "no checkpoint"
+    miou = getattr(job.result, "best_miou", None)  # a run that ended well has one
+    best = f"val mIoU {miou:.3f}" if miou is not None else "no checkpoint"
     return f"Your run from {when} ({job.status}, {best})"
 
 

@@ -49,7 +49,7 @@ class Plans:
         elif dataset == "zip" and not zip_file:
             return None, "Upload your data and the preset will be planned for it.", None
         else:
-            if dataset == "zip":
+            if dataset == "zip" and zip_file:  # (a zip without its file returned above)
                 cfg.data.source = zip_file
             _, _, _, shape = checked_data(self.ctx, cfg)
             if shape is None:  # the data has problems: the report says which

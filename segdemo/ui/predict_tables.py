@@ -17,15 +17,24 @@ from segdemo.ui.words import fmt_num, md
 SCORED_COLUMNS = ["class", "IoU", "Dice", "share of true pixels"]
 
 
+def _dict(v: Any) -> dict[str, Any]:
+    """A part of a checkpoint's meta that should be a JSON object: itself, else {} (the file is not trusted)."""
+    return v if isinstance(v, dict) else {}
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def model_card(path: Path) -> str:
     """What a checkpoint's model learnt from, its classes, its score and its shape, as Markdown."""
     meta = read_meta(path)  # everything below comes from the file: shown through md(), never as markup
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
-    classes = meta.get("classes") if isinstance(meta.get("classes"), dict) else {}
-    names = classes.get("names") if isinstance(classes.get("names"), list) else []
-    m = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    d = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    cfg = _dict(meta.get("config"))
+    metrics = _dict(meta.get("metrics"))
+    classes = _dict(meta.get("classes"))
+    names = _list(classes.get("names"))
+    m = _dict(cfg.get("model"))
+    d = _dict(cfg.get("data"))
     miou = metrics.get("miou")
     n_val, pixels = metrics.get("val_images"), metrics.get("val_pixels")
     on = (
@@ -99,7 +108,7 @@ def summary(result: FilePrediction, mask_name: str | None, ckpt_metrics: dict | 
 
 def _trained_on(meta: dict, data: dict) -> str:
     """What a checkpoint's model learnt from, in words (from its own meta: shown through md())."""
-    on = meta.get("trained_on") if isinstance(meta.get("trained_on"), dict) else {}
+    on = _dict(meta.get("trained_on"))
     source = on.get("source") or data.get("source") or "?"
     n_tr, n_va = on.get("train_images"), on.get("val_images")
     if source == "builtin":

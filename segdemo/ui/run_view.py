@@ -5,7 +5,7 @@ on its own (tests/test_run_view.py); the tab turns its values into components.""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -89,7 +89,10 @@ class RunView:
     @property
     def classes(self) -> ClassSet | None:
         s = self.started
-        return ClassSet(tuple(s.class_names), tuple(tuple(c) for c in s.class_colors)) if s else None
+        if s is None:
+            return None
+        colors = tuple(cast(tuple[int, int, int], tuple(c)) for c in s.class_colors)  # from JSON: lists of 3
+        return ClassSet(tuple(s.class_names), colors)
 
     def best(self) -> EpochEnd | None:
         """The epoch whose checkpoint the run keeps (by the run's own rule, Started.selection)."""
@@ -298,7 +301,7 @@ def run_record(job: Job, position: int, wait_s: float) -> dict[str, Any]:
 def _where_it_fails(job: Job, started: Started | None) -> dict | None:
     """The newest epoch's confusion (metrics.confusion_to_dict) and worst images, or None before the first."""
     ev = next((e for e in reversed(job.events) if isinstance(e, EpochEnd) and e.confusion is not None), None)
-    if ev is None or started is None:
+    if ev is None or ev.confusion is None or started is None:
         return None
     return {
         "epoch": ev.epoch,

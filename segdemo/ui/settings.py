@@ -86,7 +86,8 @@ class Setting:
     name: str
     widget: Callable[[Any], gr.Component]  # the preset's value -> the component showing it
     get: Callable[[RunConfig], Any]  # a preset's value
-    put: Callable[[RunConfig, Any], None]  # the page's value into a config; ValueError/TypeError for a non-number
+    put: Callable[[RunConfig, Any], object]  # the page's value into a config (what it returns is unused);
+    # ValueError/TypeError for a non-number
     short: str = ""  # how a table (Compare) names it; default: the name, capitalised
 
     @property
@@ -247,6 +248,7 @@ def build_config(preset: str, dataset: str, **values: Any) -> RunConfig:
     if p.instant and cfg.model.encoder == LITE and cfg.model.pretrained:  # instant: the encoder stays frozen
         cfg.train.freeze_encoder, cfg.data.augment, cfg.data.resize = True, False, "long"  # as recipes.plan
     n, cfg.data.max_train_images = cfg.data.max_train_images, None
+    assert n is not None  # the train_images setting above always sets it
     try:
         source = page_source(dataset)
     except ConfigError:
