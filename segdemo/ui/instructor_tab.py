@@ -154,7 +154,11 @@ class InstructorTab:
                 classes.append(
                     {
                         "run": alias(job),
-                        **{n: round(float(v), 3) for n, v in zip(names, best.per_class_iou, strict=False)},
+                        # None: a class absent from the validation images and never predicted (no IoU)
+                        **{
+                            n: None if v is None else round(float(v), 3)
+                            for n, v in zip(names, best.per_class_iou, strict=False)
+                        },
                     }
                 )
         running = sum(j.status == RUNNING for j in jobs)
