@@ -20,6 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import gradio as gr  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
 
 from segdemo import logs  # noqa: E402
 from segdemo.server.hosting import default_host, warn_if_exposed  # noqa: E402
@@ -133,7 +134,7 @@ def build_demo(
     return demo
 
 
-def launch(demo: gr.Blocks, **kw: Any) -> Any:
+def launch(demo: gr.Blocks, **kw: Any) -> tuple[FastAPI, str, str]:
     """demo.launch with this app's defaults: 127.0.0.1 unless GRADIO_SERVER_NAME or a Hugging Face Space says
     otherwise (segdemo.server.hosting), port from PORT, 50 MB uploads, only the examples folder readable, no
     tracebacks on the page, capped request bodies and an upload quota per address (ui/guard.py), files private
@@ -143,7 +144,7 @@ def launch(demo: gr.Blocks, **kw: Any) -> Any:
     from segdemo.ui.guard import RequestGuard
 
     os.umask(0o077)  # run folders, checkpoints and caches are the server's alone, not every local user's
-    opts = dict(
+    opts: dict[str, Any] = dict(
         server_name=default_host(),
         server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
         max_file_size="50mb",

@@ -27,7 +27,7 @@ from segdemo.server.jobs import Job
 from segdemo.training.recipes import LITE_WIDTH
 from segdemo.ui.context import AppContext, client_of
 from segdemo.ui.errors import user_errors
-from segdemo.ui.listeners import bump
+from segdemo.ui.listeners import Update, bump
 from segdemo.ui.settings import LOSSES, SETTINGS, UPSAMPLING
 from segdemo.ui.words import esc, fmt_num
 
@@ -193,7 +193,8 @@ class RunSummary:
 
 def summarise(jobs: list[Job]) -> list[RunSummary]:
     """Runs (oldest first) named by the time they were started: "run 14:02:31" (a suffix if two share a second)."""
-    out, seen = [], {}
+    out: list[RunSummary] = []
+    seen: dict[str, int] = {}  # runs per name so far
     for job in jobs:
         name = "run " + time.strftime("%H:%M:%S", time.localtime(job.created))
         seen[name] = seen.get(name, 0) + 1
@@ -358,7 +359,7 @@ class CompareTab:
         )
 
     @user_errors
-    def show(self, token: str, run_ids: list | None, metric: str) -> Any:
+    def show(self, token: str, run_ids: list | None, metric: str) -> tuple[str, Update | None, pd.DataFrame, str]:
         """The comparison of the ticked runs, for the page."""
         owner = self.ctx.owner(token)
         mine = {j.id for j in self.ctx.jobs.jobs_for(owner)}
@@ -388,15 +389,17 @@ class CompareTab:
     def _wire_refresh(self, tab: gr.Tab, refresh: dict[str, Any], relisted: dict[str, Any]) -> None:
         gr.on([tab.select, self.refresh_btn.click], **refresh).then(**relisted)
 
-    def refresh(self, token: str, chosen: list | None, known: list | None, base_id: str | None) -> Any:
+    def refresh(
+        self, token: str, chosen: list | None, known: list | None, base_id: str | None
+    ) -> list[Update | list[str]]:
         """List this browser's runs: keep what was ticked, tick runs the list has not shown before; keep the run
         to change, else offer the newest finished one."""
         if not self.ctx.jobs.valid_owner_token(token):
             return [gr.skip()] * (3 + len(self.ablate_btns))
         runs = self._listed(token)
         ids = [r.id for r in runs]
-        known = set(known or [])
-        ticked = [i for i in ids if i in (chosen or []) or i not in known]
+        shown_before = set(known or [])
+        ticked = [i for i in ids if i in (chosen or []) or i not in shown_before]
         finished = [r for r in runs if r.status not in ("queued", "running")]
         base = next((r for r in finished if r.id == base_id), finished[-1] if finished else None)
         return [
@@ -406,14 +409,14 @@ class CompareTab:
             *self._labels(base),
         ]
 
-    def _labels(self, base: RunSummary | None) -> list:
+    def _labels(self, base: RunSummary | None) -> list[Update]:
         cfg = base.config if base else quick_cpu_preset()
         return [gr.update(value=f"Same run, {a.label(cfg)}", interactive=base is not None) for a in ABLATIONS.values()]
 
     def _wire_labels(self) -> None:
         self.base.input(self.button_labels, [self.token, self.base], list(self.ablate_btns.values()), **QUIET)
 
-    def button_labels(self, token: str, run_id: str | None) -> Any:
+    def button_labels(self, token: str, run_id: str | None) -> list[Update]:
         """The ablation buttons say what they would change in the chosen run ("Dice instead of CE + Dice")."""
         if not self.ctx.jobs.valid_owner_token(token) or not isinstance(run_id, str) or not run_id:
             return self._labels(None)
@@ -531,11 +534,11 @@ class CompareTab:
             + "Watch it in the Train tab; it appears here when its first epoch is done.",
         }
 
-    def _ablate_button(self, change: str) -> Any:
+    def _ablate_button(self, change: str) -> Callable[..., tuple[str, str]]:
         """The page's handler for one ablation button: (the new run id for the Train tab, a message)."""
 
-        def click(token: str, run_id: str | None, request: gr.Request | None = None) -> Any:
-            out = self.ablate(token, run_id, change, request)
+        def click(token: str, run_id: str | None, request: gr.Request | None = None) -> tuple[str, str]:
+            out = self.ablate(token, run_id or "", change, request)  # ablate says to choose one
             return out["run_id"], out["message"]
 
         return click

@@ -29,6 +29,7 @@ from segdemo.server.jobs import ACTIVE, QUEUED, RUNNING, Job
 from segdemo.server.limits import LimitError, RateLimiter
 from segdemo.ui.context import AppContext, client_of
 from segdemo.ui.errors import user_errors
+from segdemo.ui.listeners import Update
 from segdemo.ui.words import fmt_duration
 
 if TYPE_CHECKING:
@@ -123,7 +124,9 @@ class InstructorTab:
         self.timer.tick(self.overview, self.key_box, outs, api_visibility="private", show_progress="hidden")
 
     @user_errors
-    def overview(self, key: Any, request: gr.Request | None = None) -> Any:
+    def overview(
+        self, key: Any, request: gr.Request | None = None
+    ) -> tuple[str, pd.DataFrame, pd.DataFrame | None, pd.DataFrame, Update, gr.Timer]:
         self._check(key, request)
         jobs = self.ctx.jobs.all_jobs()
         rows, curves, classes = [], [], []

@@ -6,6 +6,8 @@ from typing import Any
 
 import gradio as gr
 
+# what gr.update(...) and gr.skip() return: a handler's new settings (or none) for one output
+Update = dict[str, Any]
 HEAVY = "heavy"  # concurrency id shared by every listener that loads a model or decodes data, public or private
 
 

@@ -14,6 +14,7 @@ import gradio as gr
 import matplotlib
 import numpy as np
 import pandas as pd
+from gradio.components import Component
 from PIL import Image
 
 from segdemo.core.predict import FilePrediction, MaskIndex, Predictor
@@ -25,7 +26,7 @@ from segdemo.server.tokens import hash_owner
 from segdemo.training import familiar
 from segdemo.ui.context import EXAMPLES_DIR, AppContext
 from segdemo.ui.errors import user_errors
-from segdemo.ui.listeners import HEAVY, bump
+from segdemo.ui.listeners import HEAVY, Update, bump
 from segdemo.ui.models import checkpoint_for, export_onnx_zip, model_choices, uploaded_checkpoint
 from segdemo.ui.predict_tables import SCORED_COLUMNS, details, model_card, per_class_table, summary
 from segdemo.ui.views import View, ViewCache
@@ -294,7 +295,7 @@ class PredictTab:
         )  # fmt: skip
 
     @staticmethod
-    def toggle(details: Any) -> Any:
+    def toggle(details: Any) -> tuple[Update, Update]:
         """Show the error map only with a ground truth, the probability maps only when asked for."""
         d = details if isinstance(details, dict) else {}
         return gr.update(visible=bool(d.get("ground_truth"))), gr.update(visible=bool(d.get("probability_maps")))
@@ -302,7 +303,7 @@ class PredictTab:
     # -- handlers -------------------------------------------------------------------------------------
 
     @staticmethod
-    def on_images(images: Any, show: Any, seen: Any = None) -> Any:
+    def on_images(images: Any, show: Any, seen: Any = None) -> Update:
         """The image picker for these uploads: the newest upload, else the picked name while it is still there."""
         names = _names(images)
         return gr.update(choices=names, value=_pick(names, show, seen), visible=len(names) > 1)
@@ -317,20 +318,20 @@ class PredictTab:
         tab.select(self.refresh_models, [self.token, self.model], self.model, api_visibility="private", queue=False)
 
     @staticmethod
-    def use_photo(photo: Any) -> Any:
+    def use_photo(photo: Any) -> tuple[list[str] | Update, Update | None]:
         """A webcam photo becomes the one image to segment (and any masks go: none of them is its mask)."""
         if not photo:
             return gr.skip(), gr.skip()
         return [photo], None
 
-    def pick_example(self, evt: gr.SelectData) -> Any:
+    def pick_example(self, evt: gr.SelectData) -> tuple[list[str], list[str]]:
         img, mask = self.example_files[evt.index]
         return [str(img)], [str(mask)]
 
     # -- the model ------------------------------------------------------------------------------------------
 
     def _wire_models(self) -> None:
-        heavy = dict(concurrency_id=HEAVY)
+        heavy: dict[str, Any] = dict(concurrency_id=HEAVY)
         ready = bump(self.model_ready)
         self.model.input(
             lambda m: gr.update(visible=m == "upload"),
@@ -363,7 +364,7 @@ class PredictTab:
             **heavy,
         )
 
-    def refresh_models(self, token: Any, current: Any) -> Any:
+    def refresh_models(self, token: Any, current: Any) -> Update:
         choices = model_choices(self.ctx, token)
         values = [v for _, v in choices]
         return gr.update(choices=choices, value=current if current in values else None)
@@ -373,7 +374,7 @@ class PredictTab:
         return checkpoint_for(self.ctx, token, model, ckpt_file)
 
     @user_errors
-    def export_onnx(self, token: Any, model: Any, ckpt_file: Any) -> Any:
+    def export_onnx(self, token: Any, model: Any, ckpt_file: Any) -> Update:
         """The chosen model as ONNX (with its meta.json and a predict script), zipped for download."""
         src = self.resolve(token, model, ckpt_file)
         self.ctx.predictor(src)  # the same checks as predicting with it (format, shapes, memory) first
@@ -387,21 +388,21 @@ class PredictTab:
         return model_card(path)
 
     @user_errors
-    def describe(self, token: Any, model: Any, ckpt_file: Any) -> Any:
+    def describe(self, token: Any, model: Any, ckpt_file: Any) -> str:
         if model == "upload" and not ckpt_file:
             return "Upload a checkpoint file (.safetensors) saved by segdemo."
         if model == "default" and not self.ctx.default_checkpoint.is_file():
             return self._shipped_note(False)
         return self.describe_path(self.resolve(token, model, ckpt_file))
 
-    def describe_quiet(self, token: Any, model: Any, ckpt_file: Any) -> Any:
+    def describe_quiet(self, token: Any, model: Any, ckpt_file: Any) -> str | Update:
         try:
             return self.describe(token, model, ckpt_file)
         except gr.Error:  # a user mistake (user_errors made it a gr.Error; a bug was logged there)
             return gr.skip()
 
     @user_errors
-    def on_checkpoint(self, ckpt_file: Any) -> Any:
+    def on_checkpoint(self, ckpt_file: Any) -> tuple[Update, Update | str]:
         """Validate an uploaded checkpoint fully (format, config, shapes, finite weights) before using it."""
         if not ckpt_file:
             return gr.skip(), gr.skip()
@@ -413,7 +414,8 @@ class PredictTab:
 
     def _wire_predict(self) -> None:
         inputs = [self.token, self.model, self.ckpt_file, self.images, self.masks, self.show, self.alpha, self.probs]
-        show, heavy = self._show_maps(), dict(concurrency_id=HEAVY)  # one limit for all that load a model or predict
+        show = self._show_maps()
+        heavy: dict[str, Any] = dict(concurrency_id=HEAVY)  # one limit for all that load a model or predict
         self.go.click(self.predict, inputs, self.outputs, api_name="predict", **heavy).then(**show)
         self.images.change(self.on_images, [self.images, self.show], self.show, api_visibility="private", queue=False)
         # One listener for every input of the picture, a model chosen by hand included: while it runs, a newer
@@ -442,7 +444,7 @@ class PredictTab:
         alpha: Any,
         probability_maps: Any,
         seen: Any = None,
-    ) -> Any:
+    ) -> dict[Component, Any]:
         if not images:
             return {
                 **dict.fromkeys(self.outputs),
@@ -475,7 +477,7 @@ class PredictTab:
         show: Any,  # untyped: checked here, so a wrong type gets a sentence, not Gradio's generic error
         alpha: Any,
         probability_maps: Any,
-    ) -> Any:
+    ) -> dict[Component, Any]:
         """Segment one of the uploaded images (`show`, by file name; default the first).
 
         Returns: the slider's two pictures (image | prediction overlaid, or with a ground truth, truth |
@@ -518,13 +520,15 @@ class PredictTab:
         mask_path: str | None,
         alpha: float,
         probability_maps: bool,
-    ) -> dict[gr.components.Component, Any]:
+    ) -> dict[Component, Any]:
         """A prediction as the page's outputs; kept as a view for this browser's opacity and class toggles."""
         image, p, name, classes = result.image, result.prediction, result.name, predictor.classes
         unlike = familiar.unlike(familiar.stats_of(predictor.ckpt.meta, predictor.config), image)
         view = View.for_display(image, p.mask, result.target, classes)
         # an API client without a token gets no view
-        view_id = self.views.put(token, view) if self.ctx.jobs.valid_owner_token(token) else ""
+        view_id = (
+            self.views.put(token, view) if isinstance(token, str) and self.ctx.jobs.valid_owner_token(token) else ""
+        )
         ckpt_metrics = predictor.ckpt.metrics
         maps = [(heatmap(p.probs[c]), n) for c, n in enumerate(classes.names)] if p.probs is not None else None
         mask_png = self.ctx.scratch("predict") / f"{safe_stem(name)}_mask.png"
@@ -550,7 +554,7 @@ class PredictTab:
 
     def _wire_redraw(self) -> None:
         # opacity and class toggles redraw the kept prediction: no model, no queue, a few ms of blending
-        redraw = dict(
+        redraw: dict[str, Any] = dict(
             fn=self.redraw,
             inputs=[self.token, self.view, self.alpha, self.shown],
             outputs=self.slider,
@@ -562,7 +566,7 @@ class PredictTab:
         self.shown.input(**redraw, api_visibility="private")
 
     @user_errors
-    def redraw(self, token: str, view: str, alpha: Any, shown: Any) -> Any:
+    def redraw(self, token: str, view: str, alpha: Any, shown: Any) -> Update | tuple[np.ndarray, np.ndarray]:
         """Redraw the last prediction (by its view id) at another opacity or with some classes left uncoloured
         (`shown`: the class numbers to colour, None for all), without running the model. Returns the slider's two
         pictures; only the browser that predicted may redraw."""

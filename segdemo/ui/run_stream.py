@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
@@ -12,6 +13,7 @@ import pandas as pd
 
 from segdemo.server.jobs import QUEUED, Job
 from segdemo.ui.context import AppContext
+from segdemo.ui.listeners import Update
 from segdemo.ui.models import model_choices
 from segdemo.ui.run_view import Curves, RunView
 
@@ -21,7 +23,9 @@ CURVE_COLORS = {"train loss": "#1f77b4", "val loss": "#ff7f0e", "val mIoU": "#2c
 STREAM_IDLE_S = 600  # a live view ends when its run has sent nothing new for this long (reload to reattach)
 
 
-async def stream_run(ctx: AppContext, owner: str, job: Job, n_outputs: int, once: bool = False) -> Any:
+async def stream_run(
+    ctx: AppContext, owner: str, job: Job, n_outputs: int, once: bool = False
+) -> AsyncIterator[list[Any]]:
     """Yield the page's view of a run as it changes, until the run ends, it has been idle STREAM_IDLE_S
     (the page says to reload), or at once after the first view with `once`. Each view is the tab's `n_outputs` watch
     outputs and then the Predict tab's model list (a status-only view: the status and n_outputs skips)."""
@@ -79,7 +83,7 @@ def checkpoint_copy(ctx: AppContext, job: Job) -> str | None:
     return ctx.download_copy(job, best, f"segdemo-run-{when}-best.safetensors")
 
 
-def plot(curves: Curves | None) -> Any:
+def plot(curves: Curves | None) -> Update | None:
     """The curves for the page's gr.LinePlot, which draws them in the browser. None until the first epoch: Gradio
     6.31 builds the chart (column types, colours, legend) when a plot gets data after having none, and afterwards
     only swaps the data, so it must first see real columns."""

@@ -263,7 +263,7 @@ class RunView:
         ]
 
 
-def run_record(job: Job, position: int, wait_s: float) -> dict[str, Any]:
+def run_record(job: Job, position: int, wait_s: float | None) -> dict[str, Any]:
     """A run as JSON (/run_info): status, place in line, message, classes, one record per finished epoch and, for
     the newest epoch, where it fails (the confusion matrix and the worst validation images by name and mIoU)."""
     started = job.last(Started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from segdemo.server.limits import LimitError
 from segdemo.ui.context import AppContext, client_of
 from segdemo.ui.data_report import ZIP_PROMPT, checked_data, classes_html, report_markdown
 from segdemo.ui.errors import user_error, user_errors
-from segdemo.ui.listeners import HEAVY
+from segdemo.ui.listeners import HEAVY, Update
 from segdemo.ui.models import export_onnx_zip, model_choices, refuse_a_second_run
 from segdemo.ui.plans import Plans
 from segdemo.ui.run_stream import CURVE_COLORS, TABLE_COLUMNS, stream_run
@@ -126,6 +127,10 @@ class TrainTab:
                         widgets[s.name] = s.widget(v[s.name])
         # by name, in SETTINGS order whatever the layout: /train's positional parameters follow it
         self.settings: dict[str, gr.Component] = {s.name: widgets[s.name] for s in SETTINGS}
+        # the two settings the tab listens to, as their own kinds of component (their events are typed there)
+        train_images, encoder_weights = widgets["train_images"], widgets["encoder_weights"]
+        assert isinstance(train_images, gr.Slider) and isinstance(encoder_weights, gr.File)
+        self.train_images, self.encoder_weights = train_images, encoder_weights
         with gr.Accordion("Why? Loss, up-sampling and the other settings", open=False):
             gr.Markdown(WHY_LOSS + WHY_UPSAMPLING + WHY_OTHER)
 
@@ -249,7 +254,7 @@ class TrainTab:
         # the page's first check and every data change share one always_last listener, so a check of the data
         # the page opened with cannot land after the check of data the student chose a moment later
         return gr.on(
-            [demo.load, self.dataset.change, self.zip_file.change, self.settings["train_images"].change],
+            [demo.load, self.dataset.change, self.zip_file.change, self.train_images.change],
             self.check_data,
             [self.dataset, self.zip_file, self.settings["train_images"]],
             [self.data_report, self.classes_html, self.samples],
@@ -259,12 +264,12 @@ class TrainTab:
         )
 
     @user_errors
-    def check_data(self, dataset: str, zip_file: str | None, train_images: Any) -> Any:
+    def check_data(self, dataset: str, zip_file: str | None, train_images: Any) -> tuple[str, str, list[Any]]:
         """Check the chosen data: pairs, classes with colours and pixel shares, a few samples, problems."""
         if dataset == "zip" and not zip_file:
             return ZIP_PROMPT, "", []
         cfg = build_config(QUICK, dataset, **{**preset_values(), "train_images": train_images or 768})
-        if dataset == "zip":
+        if dataset == "zip" and zip_file:  # (a zip without its file returned above)
             cfg.data.source = zip_file
         report, classes, samples, _ = checked_data(self.ctx, cfg)
         return report_markdown(report), classes_html(report, classes), samples
@@ -282,13 +287,13 @@ class TrainTab:
     @user_errors
     def apply_preset(
         self, preset: str, dataset: str, zip_file: str | None, train_images: Any, request: gr.Request | None = None
-    ) -> Any:
+    ) -> dict[Component, Any]:
         """Plan the preset for the chosen data on this server: every setting, and one line saying why. A plan
         that needs a new speed probe (seconds of every core) counts against the caller's address."""
         with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
             return self._apply_preset(preset, dataset, zip_file, train_images)
 
-    def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images: Any) -> Any:
+    def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images: Any) -> dict[Component, Any]:
         values, why, n_train = self.plans.get(preset, dataset, zip_file, train_images)
         label = TRAIN_IMAGES_LABEL
         if dataset != "builtin" and n_train is not None:  # a cap for one's own data: say how many there are
@@ -326,7 +331,7 @@ class TrainTab:
         )
 
     @staticmethod
-    def ready() -> Any:
+    def ready() -> Update:
         """The page has its session: Train may be pressed."""
         return gr.update(interactive=True)
 
@@ -343,7 +348,7 @@ class TrainTab:
         # the Train settings by name (SETTINGS), untyped: build_config answers any value with a sentence (a type
         # hint would make Gradio refuse a wrong type with a generic error instead)
         **settings: Any,
-    ) -> Any:
+    ) -> tuple[str, str]:
         """Start a run for this browser; returns its run id (refused while one is queued or running)."""
         owner = self.ctx.owner(token)
         if planned is not None and planned != planned_for(preset, dataset, zip_file):
@@ -377,7 +382,7 @@ class TrainTab:
         return job.id, ("Waiting in line…" if pos > 1 else "Starting…")
 
     @user_errors
-    def run_settings(self, token: str, run_id: str) -> Any:
+    def run_settings(self, token: str, run_id: str) -> list[Any]:
         """The settings of the run just started, for the page's widgets (they may be a plan the page had not
         shown yet)."""
         job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
@@ -385,7 +390,7 @@ class TrainTab:
         return [values[n] for n in RUN_SHOWN]
 
     @user_errors
-    async def watch(self, token: str, run_id: str, request: gr.Request | None = None) -> Any:
+    async def watch(self, token: str, run_id: str, request: gr.Request | None = None) -> AsyncIterator[list[Any]]:
         """Stream a run's progress (status, curves, per-class IoU, filmstrip, checkpoint, confusion matrix, worst
         images) until it ends."""
         owner = self.ctx.owner(token)
@@ -396,7 +401,7 @@ class TrainTab:
             async for out in stream_run(self.ctx, owner, job, len(self.watch_outputs)):
                 yield out
 
-    async def reattach(self, token: str, request: gr.Request | None = None) -> Any:
+    async def reattach(self, token: str, request: gr.Request | None = None) -> AsyncIterator[list[Any]]:
         """On page load: show this browser's running or latest run (and keep streaming it while it runs)."""
         if not self.ctx.jobs.valid_owner_token(token):
             yield [gr.skip()] * len(self.reattach_outputs)
@@ -432,7 +437,7 @@ class TrainTab:
         )
 
     @user_errors
-    def stop(self, token: str, run_id: str | None) -> Any:
+    def stop(self, token: str, run_id: str | None) -> str:
         """Stop this browser's run: it ends after the current batch and keeps its best checkpoint."""
         owner = self.ctx.owner(token)
         jobs = self.ctx.jobs
@@ -458,7 +463,7 @@ class TrainTab:
         )
 
     @user_errors
-    def export_onnx(self, token: str, run_id: str) -> Any:
+    def export_onnx(self, token: str, run_id: str) -> Update:
         job = self.ctx.jobs.get(self.ctx.owner(token), run_id)
         if job.best_checkpoint is None:
             raise gr.Error("This run has no checkpoint yet: one is saved when its first epoch ends.")
@@ -466,15 +471,15 @@ class TrainTab:
         return gr.update(value=str(export_onnx_zip(self.ctx, Path(job.best_checkpoint), f"run-{when}")), visible=True)
 
     def _wire_weights(self) -> None:
-        self.settings["encoder_weights"].upload(
+        self.encoder_weights.upload(
             self.check_weights,
-            self.settings["encoder_weights"],
-            self.settings["encoder_weights"],
+            self.encoder_weights,
+            self.encoder_weights,
             api_visibility="private",
             concurrency_id=HEAVY,
         )
 
-    def check_weights(self, path: str | None) -> Any:
+    def check_weights(self, path: str | None) -> Update | None:
         """Check an encoder-weights upload the moment it arrives (a zip bomb is refused before any run reads it);
         a file that fails is taken off the page with the reason."""
         if not path:
@@ -492,7 +497,7 @@ class TrainTab:
         )
 
     @user_errors
-    def filmstrip_gif(self, token: str, run_id: str) -> Any:
+    def filmstrip_gif(self, token: str, run_id: str) -> Update:
         """This browser's run's filmstrip history as an animated GIF: one frame per epoch (up to
         filmstrip.MAX_GIF_FRAMES, spread evenly), for slides."""
         from segdemo.core import filmstrip
