@@ -11,6 +11,7 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from segdemo import logs
 from segdemo.errors import UserError, is_user_error
@@ -242,6 +243,7 @@ def cmd_evaluate(args) -> int:
             raise UserError(f"the data has no {args.split} split")
         res = evaluate_model(ck.model, source, cfg, ck.classes, batch_size=8)
     names = ck.classes.names
+    assert res.confusion is not None  # evaluate_model always counts one
     doc = {
         **res.metrics.to_dict(names),
         "split": args.split,
@@ -307,6 +309,7 @@ def cmd_predict(args) -> int:
         shares = ", ".join(f"{n} {100 * s:.1f}%" for n, s in zip(names, p.pixel_share, strict=True))
         score = ""
         if p.metrics is not None:
+            assert p.confusion is not None and mask_path is not None  # a score comes with both
             total += p.confusion
             scored += 1
             score = f"; against {Path(mask_path).name}: mIoU {p.metrics.miou:.4f}"
@@ -399,7 +402,7 @@ def version() -> str:
 
     try:
         dist = metadata.distribution("segdemo")
-        if Path(dist.locate_file("segdemo/__init__.py")).resolve() == Path(segdemo.__file__).resolve():
+        if Path(str(dist.locate_file("segdemo/__init__.py"))).resolve() == Path(segdemo.__file__).resolve():
             return dist.version
     except (metadata.PackageNotFoundError, OSError, TypeError):
         pass
@@ -429,7 +432,7 @@ def _parser() -> argparse.ArgumentParser:
         return f"{what} (default: {get(defaults)})"
 
     prog = "python -m segdemo" if Path(sys.argv[0]).name == "__main__.py" else "segdemo"
-    fmt = dict(formatter_class=_HelpFormatter)
+    fmt: dict[str, Any] = dict(formatter_class=_HelpFormatter)
     p = argparse.ArgumentParser(
         prog=prog, description="Train, evaluate and use a U-Net for semantic segmentation, or serve the web app.", **fmt
     )
