@@ -566,8 +566,8 @@ class JobManager:
             # BaseException (pyo3's PanicException from safetensors under memory pressure) ends it as failed too
             log.exception("run %s failed outside the trainer", job.id[:6])
             result = Failed(
-                f"training failed unexpectedly ({type(e).__name__}); start again or change the settings",
-                f"{type(e).__name__}: {e}",
+                message=f"training failed unexpectedly ({type(e).__name__}); start again or change the settings",
+                detail=f"{type(e).__name__}: {e}",
             )
         finally:
             with self._lock:
@@ -591,7 +591,15 @@ class JobManager:
                 if job in self._queue:
                     self._queue.remove(job)
                 self._lock.notify_all()
-                stopped = Done("stopped", 0, None, None, None, None, 0.0)
+                stopped = Done(
+                    reason="stopped",
+                    epochs_done=0,
+                    best_miou=None,
+                    best_epoch=None,
+                    best_checkpoint=None,
+                    last_checkpoint=None,
+                    seconds=0.0,
+                )
                 self._finish(job, dataclasses.replace(job.paused, reason="stopped") if job.paused else stopped)
                 return False
             self._queue.remove(job)
@@ -765,7 +773,15 @@ class JobManager:
                 epochs = [e for e in r.events if isinstance(e, EpochEnd)]
                 if (r.run_dir / "last.safetensors").is_file() and epochs:
                     best = max(epochs, key=lambda e: e.miou)
-                    job.paused = Done("paused", epochs[-1].epoch, best.miou, best.epoch, None, None, 0.0)
+                    job.paused = Done(
+                        reason="paused",
+                        epochs_done=epochs[-1].epoch,
+                        best_miou=best.miou,
+                        best_epoch=best.epoch,
+                        best_checkpoint=None,
+                        last_checkpoint=None,
+                        seconds=0.0,
+                    )
                 job.events = list(r.events)
                 job.status = QUEUED
                 data = r.run_dir / "data"

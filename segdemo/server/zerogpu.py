@@ -286,8 +286,8 @@ def train_in_chunks(
             if last is None:
                 return finish(
                     Failed(
-                        "the training worker ended without a result; start the run again",
-                        "chunk yielded no Done or Failed",
+                        message="the training worker ended without a result; start the run again",
+                        detail="chunk yielded no Done or Failed",
                     )
                 )
             if isinstance(last, Failed) or last.reason != "paused":
@@ -323,9 +323,10 @@ def _refused(e: BaseException, paused: Done | None) -> Failed:
     else:
         kept = "training did not start"
     if is_quota_error(e):
-        return Failed(quota_message(e, kept), f"ZeroGPU: {e}")
+        return Failed(message=quota_message(e, kept), detail=f"ZeroGPU: {e}")
     return Failed(
-        f"The Space's GPU service refused to go on ({e}), so {kept}; press Train to try again later", f"ZeroGPU: {e}"
+        message=f"The Space's GPU service refused to go on ({e}), so {kept}; press Train to try again later",
+        detail=f"ZeroGPU: {e}",
     )
 
 

@@ -356,18 +356,18 @@ class Trainer:
             return
         except UserError as e:  # the user's to fix: their sentence, no traceback
             log.info("training run in %s refused: %s", self.run_dir, e)
-            ev = Failed(str(e), f"{type(e).__name__}: {e}")
+            ev = Failed(message=str(e), detail=f"{type(e).__name__}: {e}")
         except (KeyboardInterrupt, SystemExit, GeneratorExit):
             raise  # Ctrl-C at the CLI, an exiting interpreter, a closed generator: not a failed run
         except BaseException as e:  # Exception, and pyo3's PanicException (safetensors under memory pressure)
             if is_out_of_memory(e):
                 log.warning("training run in %s ran out of memory", self.run_dir, exc_info=True)
-                ev = Failed(OUT_OF_MEMORY, f"{type(e).__name__}: {e}")
+                ev = Failed(message=OUT_OF_MEMORY, detail=f"{type(e).__name__}: {e}")
             else:  # a bug: keep its traceback in the log and say so plainly rather than hang the job
                 log.exception("training run in %s failed", self.run_dir)
                 ev = Failed(
-                    f"training failed unexpectedly ({type(e).__name__}); the log has details",
-                    f"{type(e).__name__}: {e}",
+                    message=f"training failed unexpectedly ({type(e).__name__}); the log has details",
+                    detail=f"{type(e).__name__}: {e}",
                 )
         finally:
             if self._holds_threads:  # the last training to end gives torch its thread count back
@@ -382,16 +382,16 @@ class Trainer:
         p, state = self._setup()
         self.t_start, self.seconds_before = t_start, state.seconds
         yield Started(
-            str(self.run_dir),
-            str(p.sp.device),
-            p.sp.note,
-            p.cfg.train.epochs,
-            state.epoch + 1,
-            len(p.splits.train),
-            len(p.splits.val),
-            list(p.classes.names),
-            list(p.classes.colors),
-            count_parameters(p.net),
+            run_dir=str(self.run_dir),
+            device=str(p.sp.device),
+            precision=p.sp.note,
+            epochs=p.cfg.train.epochs,
+            start_epoch=state.epoch + 1,
+            n_train=len(p.splits.train),
+            n_val=len(p.splits.val),
+            class_names=list(p.classes.names),
+            class_colors=list(p.classes.colors),
+            parameters=count_parameters(p.net),
             notes=list(p.splits.notes),
             warnings=list(p.splits.warnings),
             selection=p.selection,
@@ -422,13 +422,13 @@ class Trainer:
                 break
         distributed.barrier(p.world)  # no process leaves while process 0 still writes
         yield Done(
-            reason,
-            state.epoch,
-            state.best_miou,
-            state.best_epoch,
-            str(self.best_path) if self.best_path.exists() else None,
-            str(self.last_path) if self.last_path.exists() else None,
-            time.perf_counter() - t_start,
+            reason=reason,
+            epochs_done=state.epoch,
+            best_miou=state.best_miou,
+            best_epoch=state.best_epoch,
+            best_checkpoint=str(self.best_path) if self.best_path.exists() else None,
+            last_checkpoint=str(self.last_path) if self.last_path.exists() else None,
+            seconds=time.perf_counter() - t_start,
             selection=p.selection,
         )
 
@@ -622,7 +622,13 @@ class Trainer:
                 out.images,
                 seconds,
             )
-            yield Progress(epoch, b + 1, p.steps_per_epoch, out.loss_sum / out.images, out.images / seconds)
+            yield Progress(
+                epoch=epoch,
+                batch=b + 1,
+                n_batches=p.steps_per_epoch,
+                loss=out.loss_sum / out.images,
+                images_per_s=out.images / seconds,
+            )
         out.seconds += time.perf_counter() - t0
         return out
 
@@ -760,11 +766,18 @@ class Trainer:
             images_per_s=record["images_per_s"],
             is_best=is_best,
             previews=[
-                Preview(n, _small(im, False), _small(t, True), _small(pr, True)) for n, im, t, pr in res.previews
+                Preview(name=n, image=_small(im, False), target=_small(t, True), pred=_small(pr, True))
+                for n, im, t, pr in res.previews
             ],
             confusion=cm.numpy(),
             worst=[
-                Preview(r.name, _small(r.image, False), _small(r.target, True), _small(r.pred, True), r.miou)
+                Preview(
+                    name=r.name,
+                    image=_small(r.image, False),
+                    target=_small(r.target, True),
+                    pred=_small(r.pred, True),
+                    miou=r.miou,
+                )
                 for r in res.worst
             ],
             val_images=len(p.splits.val),
