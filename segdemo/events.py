@@ -41,7 +41,7 @@ class Progress:
 class Preview:
     """One validation image of the filmstrip: the picture at its own size, NOT resized to the training size,
     with its true mask and the prediction at that size (as evaluation scores them); all three shrunk
-    together so the longest side is at most trainer.PREVIEW_MAX_SIDE."""
+    together so the longest side is at most segdemo/training/report.py's PREVIEW_MAX_SIDE."""
 
     name: str
     image: np.ndarray  # (H, W, 3) uint8 RGB

@@ -168,7 +168,7 @@ def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> tupl
     Per-pixel cost falls a little as images grow (fixed costs per step spread thinner), so estimates for
     scales above the probe's are slightly pessimistic: the run then ends by its time limit, not early."""
     from segdemo.core.speedups import choose_speedups, measured_step_seconds, pick_device, probe_threads
-    from segdemo.training.trainer import cpu_training_threads
+    from segdemo.training.host import cpu_training_threads
 
     # priced once per size class and class-count class, whatever the data: a visitor cycling image sizes or
     # class counts cannot buy a fresh multi-second probe with each request (the per-pixel cost barely moves)
