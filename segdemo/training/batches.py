@@ -25,7 +25,7 @@ class TrainDataset(Dataset):
     Each image's augmentation is seeded by (run seed, epoch, index): the same on resume, in any order, in
     any DataLoader worker (workers would otherwise each replay one shared random stream)."""
 
-    def __init__(self, source: PairSource, cfg: RunConfig):
+    def __init__(self, source: PairSource, cfg: RunConfig) -> None:
         self.source = source
         self.tf = train_transform(cfg.data)
         self.seed = cfg.train.seed
@@ -105,7 +105,7 @@ def epoch_loader(
     epoch, augmentations by (epoch, image), so a run paused after `skip_batches` goes on exactly. Also returns
     which images the batches hold, in order (instant mode looks their features up by index)."""
     dataset.epoch = epoch
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.train.seed * 1_000_003
     )
     sampler.set_epoch(epoch)

@@ -3,7 +3,7 @@ or not at all (instant mode)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -35,12 +35,11 @@ def encoder_training(net: torch.nn.Module, cfg: RunConfig) -> str:
         return ""
     t = cfg.train
     if t.freeze_encoder:
-        for q in net.encoder.parameters():
+        for q in cast(torch.nn.Module, net.encoder).parameters():
             q.requires_grad_(False)
-    net.frozen_bn = (
-        t.freeze_encoder or t.encoder_bn == "frozen" or (t.encoder_bn == "auto" and t.batch_size < BN_FROZEN_BELOW)
-    )
-    return "encoder frozen" if t.freeze_encoder else f"encoder BatchNorm {'frozen' if net.frozen_bn else 'trained'}"
+    frozen = t.freeze_encoder or t.encoder_bn == "frozen" or (t.encoder_bn == "auto" and t.batch_size < BN_FROZEN_BELOW)
+    net.frozen_bn = frozen  # type: ignore[assignment]  # a plain flag the encoder U-Nets read, not a submodule
+    return "encoder frozen" if t.freeze_encoder else f"encoder BatchNorm {'frozen' if frozen else 'trained'}"
 
 
 def optimiser(net: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:

@@ -58,6 +58,7 @@ def score_epoch(p: Parts, train: EpochTrain) -> tuple[EvalResult, EpochScores]:
         worst=WORST_IMAGES if p.cfg.train.preview_images > 0 and not w.distributed else 0,
     )
     # every process computes the same metrics from the summed counts
+    assert res.confusion is not None  # evaluate_model always counts
     cm = distributed.sum_all(res.confusion, w, dev)
     sums = distributed.sum_all(
         torch.tensor([res.loss_sum, res.loss_count, train.loss_sum, train.images], dtype=torch.float64), w, dev

@@ -10,7 +10,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -145,7 +145,7 @@ def speedups_for(cfg: RunConfig, state: LoopState, world: World) -> Speedups:
 
 
 def np_random_state() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    name, keys, pos, has_gauss, cached = cast(tuple[Any, ...], np.random.get_state())  # legacy: a tuple
     return [name, keys.tolist(), pos, has_gauss, cached]
 
 

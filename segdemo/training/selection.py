@@ -55,6 +55,7 @@ def probe_miou(p: Parts) -> float | None:
         channels_last=p.sp.channels_last,
         indices=p.train_probe[w.rank :: w.size] if w.distributed else p.train_probe,
     )
+    assert res.confusion is not None  # evaluate_model always counts
     return metrics_from_confusion(distributed.sum_all(res.confusion, w, p.sp.device)).miou
 
 
