@@ -1,4 +1,5 @@
-"""Typed events the trainer emits; the CLI prints them, the app streams them, tests assert on them."""
+"""Typed events the trainer emits; the CLI prints them, the app streams them, tests assert on them.
+Each is built with keyword arguments only (kw_only): a dozen numbers in a row are easy to swap unseen."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Started:
     run_dir: str
     device: str
@@ -24,7 +25,7 @@ class Started:
     selection: str = ""  # a small split's rule for the checkpoint kept, in words ("" : the highest val mIoU)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Progress:
     """Sent after every training batch, so a progress bar or an ETA can move between epochs (the app
     redraws at most once a second; the CLI redraws its bar each time)."""
@@ -36,11 +37,11 @@ class Progress:
     images_per_s: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Preview:
     """One validation image of the filmstrip: the picture at its own size, NOT resized to the training size,
     with its true mask and the prediction at that size (as evaluation scores them); all three shrunk
-    together so the longest side is at most trainer.PREVIEW_MAX_SIDE."""
+    together so the longest side is at most segdemo/training/report.py's PREVIEW_MAX_SIDE."""
 
     name: str
     image: np.ndarray  # (H, W, 3) uint8 RGB
@@ -49,7 +50,7 @@ class Preview:
     miou: float | None = None  # this image's own mIoU, for the worst-images strip (metrics.image_miou)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EpochEnd:
     epoch: int
     epochs: int
@@ -77,7 +78,7 @@ class EpochEnd:
     score: float | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Done:
     reason: str  # "finished", "stopped" or "time_limit"
     epochs_done: int
@@ -89,7 +90,7 @@ class Done:
     selection: str = ""  # how best_epoch was chosen, in words
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Failed:
     message: str  # one sentence for the user: what went wrong and what to change
     detail: str = ""  # exception type and text, for the log

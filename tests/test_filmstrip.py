@@ -19,14 +19,27 @@ def epoch_end(epoch: int, epochs: int = 3, n: int = 3, side: int = 40) -> EpochE
     rng = np.random.default_rng(epoch)
     previews = [
         Preview(
-            f"val{i}.png",
-            rng.integers(0, 255, (side, side + 7, 3), dtype=np.uint8),
-            rng.integers(0, 2, (side, side + 7), dtype=np.uint8),
-            rng.integers(0, 2, (side, side + 7), dtype=np.uint8),
+            name=f"val{i}.png",
+            image=rng.integers(0, 255, (side, side + 7, 3), dtype=np.uint8),
+            target=rng.integers(0, 2, (side, side + 7), dtype=np.uint8),
+            pred=rng.integers(0, 2, (side, side + 7), dtype=np.uint8),
         )
         for i in range(n)
     ]
-    return EpochEnd(epoch, epochs, 1.0, 1.0, 0.1 * epoch, 0.5, [0.5, 0.5], 1e-3, 1.0, 10.0, True, previews)
+    return EpochEnd(
+        epoch=epoch,
+        epochs=epochs,
+        train_loss=1.0,
+        val_loss=1.0,
+        miou=0.1 * epoch,
+        pixel_accuracy=0.5,
+        per_class_iou=[0.5, 0.5],
+        lr=1e-3,
+        seconds=1.0,
+        images_per_s=10.0,
+        is_best=True,
+        previews=previews,
+    )
 
 
 def test_a_tiny_runs_gif_has_one_frame_per_epoch(tmp_path):

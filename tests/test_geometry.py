@@ -22,7 +22,8 @@ from segdemo.core.metrics import confusion_matrix
 from segdemo.core.predict import Predictor
 from segdemo.core.transforms import scaled_size, train_transform
 from segdemo.data.base import IGNORE, ArraySource, ClassSet, Splits
-from segdemo.training.trainer import TrainDataset, Trainer
+from segdemo.training.batches import TrainDataset
+from segdemo.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

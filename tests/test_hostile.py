@@ -604,7 +604,7 @@ def test_cache_folders_of_dead_servers_are_swept(tmp_path):
 
 
 def test_cpu_out_of_memory_is_recognised():
-    from segdemo.training.trainer import is_out_of_memory
+    from segdemo.training.failures import is_out_of_memory
 
     assert is_out_of_memory(
         RuntimeError(

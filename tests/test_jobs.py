@@ -44,16 +44,59 @@ class FakeTrainer:
             cls.peak = max(cls.peak, cls.active)
             cls.order.append(self.run_dir.name)
         try:
-            self.emit(Started(str(self.run_dir), "cpu", "fp32", 1, 1, 8, 2, ["bg", "fg"], [(0, 0, 0), (255, 0, 0)], 10))
+            self.emit(
+                Started(
+                    run_dir=str(self.run_dir),
+                    device="cpu",
+                    precision="fp32",
+                    epochs=1,
+                    start_epoch=1,
+                    n_train=8,
+                    n_val=2,
+                    class_names=["bg", "fg"],
+                    class_colors=[(0, 0, 0), (255, 0, 0)],
+                    parameters=10,
+                )
+            )
             for b in range(self.steps):
                 if self.should_stop():
-                    done = Done("stopped", 0, None, None, None, None, 0.1)
+                    done = Done(
+                        reason="stopped",
+                        epochs_done=0,
+                        best_miou=None,
+                        best_epoch=None,
+                        best_checkpoint=None,
+                        last_checkpoint=None,
+                        seconds=0.1,
+                    )
                     self.emit(done)
                     return done
                 time.sleep(self.step_s)
-                self.emit(Progress(1, b + 1, self.steps, 1.0, 100.0))
-            self.emit(EpochEnd(1, 1, 1.0, 1.0, 0.5, 0.8, [0.5, 0.5], 1e-3, 0.3, 100.0, True))
-            done = Done("finished", 1, 0.5, 1, None, None, 0.3)
+                self.emit(Progress(epoch=1, batch=b + 1, n_batches=self.steps, loss=1.0, images_per_s=100.0))
+            self.emit(
+                EpochEnd(
+                    epoch=1,
+                    epochs=1,
+                    train_loss=1.0,
+                    val_loss=1.0,
+                    miou=0.5,
+                    pixel_accuracy=0.8,
+                    per_class_iou=[0.5, 0.5],
+                    lr=1e-3,
+                    seconds=0.3,
+                    images_per_s=100.0,
+                    is_best=True,
+                )
+            )
+            done = Done(
+                reason="finished",
+                epochs_done=1,
+                best_miou=0.5,
+                best_epoch=1,
+                best_checkpoint=None,
+                last_checkpoint=None,
+                seconds=0.3,
+            )
             self.emit(done)
             return done
         finally:

@@ -159,7 +159,7 @@ def test_presets_choose_the_imagenet_encoder_for_photos_and_the_tutorial_unet_fo
 
 
 def test_the_encoder_learns_at_a_fraction_of_the_decoders_rate():
-    from segdemo.training.trainer import param_groups
+    from segdemo.training.finetune import param_groups
 
     cfg = lite_config()
     net = build_model(cfg.model)

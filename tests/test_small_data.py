@@ -167,7 +167,7 @@ def test_the_cli_says_it_too(sloppy, tmp_path):
 
 
 def test_the_training_photo_sample_spreads_over_every_photo_of_a_small_set():
-    from segdemo.training.trainer import probe_indices
+    from segdemo.training.selection import probe_indices
 
     assert probe_indices(5) == [0, 1, 2, 3, 4]
     assert probe_indices(0) == []

@@ -13,7 +13,10 @@ from segdemo.core.metrics import confusion_matrix, metrics_from_confusion
 from segdemo.data.builtin import open_builtin
 from segdemo.errors import ConfigError
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started
-from segdemo.training.trainer import LoopState, Trainer, _plateau, lr_at, next_epoch_misses_budget, schedule_progress
+from segdemo.training.resume import LoopState
+from segdemo.training.schedule import lr_at, next_epoch_misses_budget, schedule_progress
+from segdemo.training.schedule import plateau_step as _plateau
+from segdemo.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 

@@ -163,9 +163,13 @@ def test_default_colours_stay_distinct_beyond_twenty_classes():
 
 
 def _epoch(n: int, with_pictures: bool) -> EpochEnd:
-    pic = Preview("a", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), 0.5)
+    pic = Preview(
+        name="a", image=np.zeros((4, 4, 3), np.uint8), target=np.zeros((4, 4), np.uint8),
+        pred=np.zeros((4, 4), np.uint8), miou=0.5,
+    )  # fmt: skip
     return EpochEnd(
-        n, 3, 1.0, 1.0, 0.5, 0.5, [0.5], 1e-3, 1.0, 10.0, False,
+        epoch=n, epochs=3, train_loss=1.0, val_loss=1.0, miou=0.5, pixel_accuracy=0.5, per_class_iou=[0.5],
+        lr=1e-3, seconds=1.0, images_per_s=10.0, is_best=False,
         previews=[pic] if with_pictures else [],
         confusion=np.eye(2, dtype=np.int64) if with_pictures else None,
         worst=[pic] if with_pictures else [],

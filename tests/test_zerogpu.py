@@ -81,7 +81,7 @@ def test_the_space_starts_with_gpu_functions_under_real_zerogpu_emulation(tmp_pa
     app.py (a ZeroGPU Space with none refuses to start), and Predict's model loads where CUDA is emulated."""
     code = (
         "import threading, app, spaces.zero.decorator as d\n"
-        "from segdemo import zerogpu\n"
+        "from segdemo.server import zerogpu\n"
         "from segdemo.assets import SHIPPED_CHECKPOINT, asset\n"
         # Predict loads its model in a request's thread, where CUDA is emulated only on the main thread
         "out = []\n"

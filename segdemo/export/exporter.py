@@ -176,7 +176,7 @@ def export_zip(checkpoint_path: str | Path, zip_path: str | Path, fmt: str = "on
 
 def bundle_readme(ck: Checkpoint, fmt: str) -> str:
     """README.md of an export: what the model is, its classes, how it was trained and scored, how to run it."""
-    from segdemo.training.trainer import source_name
+    from segdemo.training.card import source_name
 
     cfg, m = ck.config, ck.metrics or {}
     trained_on = ck.meta.get("trained_on")
@@ -243,7 +243,7 @@ def _cell(text) -> str:
 
 
 def _source_name(source: str) -> str:
-    from segdemo.training.trainer import source_name
+    from segdemo.training.card import source_name
 
     return source_name(source)
 

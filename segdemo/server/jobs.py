@@ -20,6 +20,7 @@ import atexit
 import contextvars
 import copy
 import dataclasses
+import functools
 import hashlib
 import hmac
 import logging
@@ -43,6 +44,7 @@ from segdemo.events import Done, EpochEnd, Event, Failed, Started
 from segdemo.server.limits import ensure_free_disk
 from segdemo.server.runstore import RunStore, default_root_dir
 from segdemo.server.tokens import OwnerTokens, hash_owner
+from segdemo.training.turns import PAUSED, Turns, is_paused
 
 log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, STOPPED, FAILED = "queued", "running", "done", "stopped", "failed"
@@ -88,7 +90,7 @@ class Job:
         self.created = time.time()
         self.started: float | None = None  # when it began TRAINING (left the queue)
         self.slice_started: float | None = None  # when its current turn on a training slot began
-        self.paused: Done | None = None  # set while it waits for another turn, after yielding its slot
+        self.turns = Turns()  # its turns on a slot, one run to its watchers (segdemo/training/turns.py)
         self.priority = False  # an instructor moved it to the front of the line
         self.slot_s = 0.0  # seconds it has held a training slot, all its turns together
         self.budget_s = config.train.time_limit_s  # its own time budget, before the server's cap (max_run_s)
@@ -139,6 +141,11 @@ class Job:
             self._cond.notify_all()
 
     # -- views -------------------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> Done | None:
+        """Set while it waits for another turn, after yielding its slot."""
+        return self.turns.paused
 
     @property
     def is_active(self) -> bool:
@@ -559,15 +566,14 @@ class JobManager:
             while result is None:
                 if not self._wait_for_turn(job):
                     return
-                result = self._train(job, resume=job.paused is not None)
-                if isinstance(result, Done) and result.reason == "paused":
-                    result = self._requeue(job, result)
+                last = self._train(job)
+                result = self._requeue(job, last) if is_paused(last) else last
         except BaseException as e:  # never let a job take the server down or stay "running" for good: a
             # BaseException (pyo3's PanicException from safetensors under memory pressure) ends it as failed too
             log.exception("run %s failed outside the trainer", job.id[:6])
             result = Failed(
-                f"training failed unexpectedly ({type(e).__name__}); start again or change the settings",
-                f"{type(e).__name__}: {e}",
+                message=f"training failed unexpectedly ({type(e).__name__}); start again or change the settings",
+                detail=f"{type(e).__name__}: {e}",
             )
         finally:
             with self._lock:
@@ -591,8 +597,7 @@ class JobManager:
                 if job in self._queue:
                     self._queue.remove(job)
                 self._lock.notify_all()
-                stopped = Done("stopped", 0, None, None, None, None, 0.0)
-                self._finish(job, dataclasses.replace(job.paused, reason="stopped") if job.paused else stopped)
+                self._finish(job, job.turns.stop())
                 return False
             self._queue.remove(job)
             self._running.add(job.id)
@@ -621,9 +626,10 @@ class JobManager:
         """The run yielded its slot to another address: back into the queue (its checkpoint holds its place)."""
         with self._lock:
             self._release(job)
+            job.turns.pause(paused)
             if job.stop_event.is_set() or self._closed.is_set():
-                return dataclasses.replace(paused, reason="stopped")
-            job.paused, job.status = paused, QUEUED
+                return job.turns.stop()
+            job.status = QUEUED
             self._queue.append(job)
             self._lock.notify_all()
         self.store.save(job)
@@ -631,32 +637,30 @@ class JobManager:
         log.info("run %s paused for another address's run; it goes on at its next turn", job.id[:6])
         return None
 
-    def _train(self, job: Job, resume: bool = False) -> Done | Failed:
-        """One turn of a run on a slot: to its end, a Stop, or a pause for another address (see fair_slice_s)."""
+    def _train(self, job: Job) -> Done | Failed:
+        """One turn of a run on a slot: to its end, a Stop, or a pause for another address (see fair_slice_s).
+        Its events reach the job through job.turns; its end too, unless it paused."""
         from segdemo.server import zerogpu
         from segdemo.training.trainer import Trainer
 
-        def on_event(ev: Event) -> None:
-            self._from_trainer(job, ev)
+        turns, resume = job.turns, job.paused is not None
 
         def should_pause() -> bool:
             return self._should_yield(job)
 
         if self._trainer_factory is not None:
-            trainer = self._trainer_factory(
-                job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set
-            )
-            trainer.add_callback(on_event)
-            result = trainer.run()
+            fake = self._trainer_factory(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set)
+            fake.add_callback(turns.feed)
+            last: Done | Failed | None = fake.run()
         elif zerogpu.chunk_steps():  # ZeroGPU lends the GPU per call: train as a chain of short calls
-            result = zerogpu.train_in_chunks(
+            last = zerogpu.train_in_chunks(
                 job.config,
                 job.run_dir,
                 splits=job.splits,
                 resume=resume,
                 stop=job.stop_event,
                 should_pause=should_pause,
-                on_event=on_event,
+                turns=turns,
                 memory_budget=self.memory_budget,
                 context=job.context,
             )
@@ -670,18 +674,16 @@ class JobManager:
                 resume=resume,
                 should_pause=should_pause,
             )
-            trainer.add_callback(on_event)
-            result = trainer.run()
-        if not (isinstance(result, Done) and result.reason == "paused"):
+            last = turns.play(trainer.events())
+        if last is None:
+            last = Failed(message="training ended without a result; start the run again", detail="no Done or Failed")
+        if not is_paused(last):
             job.splits = None  # free the images; the event history keeps the previews
-        return result
+            turns.end(last)
+        return last
 
     def _from_trainer(self, job: Job, ev: Event) -> None:
-        """A run's events, as one run: a later turn's Started and a turn's pause are not shown."""
-        if isinstance(ev, Done) and ev.reason == "paused":
-            return
-        if isinstance(ev, Started) and job.last(Started) is not None:
-            return
+        """The run's events as job.turns lets them through (one run: one Started, no turn's pause)."""
         if isinstance(ev, EpochEnd):
             self._epoch_s.append(ev.seconds)
             if job.slice_started is not None and job.last(EpochEnd) is None:
@@ -691,8 +693,7 @@ class JobManager:
             _save_filmstrip_frame(job, ev)
 
     def _finish(self, job: Job, result: Done | Failed) -> None:
-        if not any(ev is result for ev in job.events[-3:]):  # the trainer usually emitted it already
-            job._append(result)
+        job.turns.end(result)  # the watcher has it already when the turn sent it
         with job._cond:
             job.result = result
             job.finished = time.time()
@@ -765,7 +766,17 @@ class JobManager:
                 epochs = [e for e in r.events if isinstance(e, EpochEnd)]
                 if (r.run_dir / "last.safetensors").is_file() and epochs:
                     best = max(epochs, key=lambda e: e.miou)
-                    job.paused = Done("paused", epochs[-1].epoch, best.miou, best.epoch, None, None, 0.0)
+                    job.turns.pause(
+                        Done(
+                            reason=PAUSED,
+                            epochs_done=epochs[-1].epoch,
+                            best_miou=best.miou,
+                            best_epoch=best.epoch,
+                            best_checkpoint=None,
+                            last_checkpoint=None,
+                            seconds=0.0,
+                        )
+                    )
                 job.events = list(r.events)
                 job.status = QUEUED
                 data = r.run_dir / "data"
@@ -786,6 +797,8 @@ class JobManager:
         return again
 
     def _start_thread(self, job: Job) -> None:
+        job.turns.watcher = functools.partial(self._from_trainer, job)
+        job.turns.started = job.last(Started) is not None  # a run restored after a restart has its Started
         job.thread = threading.Thread(target=self._run_job, args=(job,), name=f"segdemo-job-{job.id[:6]}", daemon=True)
         job.thread.start()
 

@@ -194,8 +194,16 @@ def _result_from(res: dict, run_dir: Path, events: list[Event]) -> Done | Failed
         return Failed(**res)
     best = run_dir / "best.safetensors"  # it never ended: it was waiting or training at the restart
     if best.is_file():
-        return Done("stopped", sum(isinstance(e, EpochEnd) for e in events), None, None, str(best), None, 0.0)
-    return Failed("the server restarted while this run was waiting or training; start it again")
+        return Done(
+            reason="stopped",
+            epochs_done=sum(isinstance(e, EpochEnd) for e in events),
+            best_miou=None,
+            best_epoch=None,
+            best_checkpoint=str(best),
+            last_checkpoint=None,
+            seconds=0.0,
+        )
+    return Failed(message="the server restarted while this run was waiting or training; start it again")
 
 
 def _rebuild_events(run_dir: Path) -> list[Event]:
@@ -210,16 +218,16 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
         cfg = RunConfig.from_stored(meta["config"])
         events.append(
             Started(
-                str(run_dir),
-                "?",
-                "(restored after a server restart)",
-                cfg.train.epochs,
-                1,
-                0,
-                0,
-                list(classes.names),
-                list(classes.colors),
-                0,
+                run_dir=str(run_dir),
+                device="?",
+                precision="(restored after a server restart)",
+                epochs=cfg.train.epochs,
+                start_epoch=1,
+                n_train=0,
+                n_val=0,
+                class_names=list(classes.names),
+                class_colors=list(classes.colors),
+                parameters=0,
             )
         )
     except Exception:  # no epoch finished (no best checkpoint), or one we cannot read: no history then
@@ -239,17 +247,17 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
             best_miou = max(best_miou, r["miou"])
             events.append(
                 EpochEnd(
-                    r["epoch"],
-                    cfg.train.epochs,
-                    r["train_loss"],
-                    r["val_loss"],
-                    r["miou"],
-                    r["pixel_accuracy"],
-                    r["per_class_iou"],
-                    r["lr"],
-                    r["seconds"],
-                    r["images_per_s"],
-                    is_best,
+                    epoch=r["epoch"],
+                    epochs=cfg.train.epochs,
+                    train_loss=r["train_loss"],
+                    val_loss=r["val_loss"],
+                    miou=r["miou"],
+                    pixel_accuracy=r["pixel_accuracy"],
+                    per_class_iou=r["per_class_iou"],
+                    lr=r["lr"],
+                    seconds=r["seconds"],
+                    images_per_s=r["images_per_s"],
+                    is_best=is_best,
                     val_images=int(r.get("val_images") or 0),
                     val_pixels=int(r.get("val_pixels") or 0),
                     train_miou=r.get("train_miou"),

@@ -25,14 +25,15 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from segdemo.core.config import RunConfig
 from segdemo.data.base import DataError, Splits
 from segdemo.errors import ConfigError
 from segdemo.events import Done, Event, Failed, Progress, Started
+from segdemo.training.turns import Turns, is_paused
 
 try:  # the real package: on a ZeroGPU Space it lends the GPU; elsewhere its decorator returns the function
     import spaces
@@ -222,84 +223,123 @@ def train_in_chunks(
     stop: threading.Event | None = None,
     should_pause: Callable[[], bool] | None = None,
     on_event: Callable[[Event], None] | None = None,
+    turns: Turns | None = None,
     memory_budget: int | None = None,
     steps: int | None = None,
     resume: bool = False,
     context: contextvars.Context | None = None,
     chunk_fn: Callable[[Chunk], Iterator[Event]] | None = None,
 ) -> Done | Failed:
-    """Train a run to the end as a chain of chunk_fn calls; returns (and sends to on_event) the final Done or
-    Failed, as Trainer.run() does, or Done("paused") when should_pause() says so after a chunk (the job
-    manager's fair share: the run gives its slot to another address's and resumes later).
+    """Train a run to the end as a chain of chunk_fn calls, each a turn of the run (segdemo/training/turns.py):
+    returns (and sends to the watcher) the final Done or Failed, as Trainer.run() does, or returns (unsent)
+    Done("paused") when should_pause() says so after a chunk (the job manager's fair share: the run gives its
+    slot to another address's and resumes later).
 
-    stop: the job's Stop flag. steps: per chunk (default chunk_steps()). context: the Train click's, so spaces
-    bills each chunk to the visitor who pressed Train (a job runs in its own thread, where Gradio's request is
-    otherwise unknown).
+    turns: the run's (a job's, whose fair turns the chunks make up), else turns for on_event. stop: the job's
+    Stop flag. steps: per chunk (default chunk_steps()). context: the Train click's, so spaces bills each chunk
+    to the visitor who pressed Train (a job runs in its own thread, where Gradio's request is otherwise unknown).
     The run's time limit (config.train.time_limit_s): the trainer counts its own seconds across chunks, and
     no chunk starts once the limit has passed since this call, waits for a GPU included.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     stop = stop or threading.Event()
-    should_pause = should_pause or (lambda: False)
-    chunk_fn = chunk_fn or train_chunk  # looked up now, so a test can put a double in its place
-    on_event = on_event or (lambda ev: None)
-    steps = steps or chunk_steps() or DEFAULT_CHUNK_STEPS
-    cap_s = max_call_s()
-    limit = config.train.time_limit_s
-    t0 = time.monotonic()
     stop_file = run_dir / STOP_FILE
     stop_file.unlink(missing_ok=True)  # left by an earlier Stop of this run folder
     watcher = _StopWatcher(stop, stop_file)
-    sent_started, s_per_step, paused = False, None, None
-
-    def finish(result: Done | Failed) -> Done | Failed:
-        if isinstance(result, Done):
-            result = replace(result, seconds=time.monotonic() - t0)
-        on_event(result)
-        return result
-
+    chain = _Chain(
+        config=config,
+        run_dir=run_dir,
+        splits=splits,
+        resume=resume,
+        memory_budget=memory_budget,
+        steps=steps or chunk_steps() or DEFAULT_CHUNK_STEPS,
+        chunk_fn=chunk_fn or train_chunk,  # looked up now, so a test can put a double in its place
+        context=context,
+    )
     try:
-        while True:
-            if paused is not None and (stop.is_set() or (limit is not None and time.monotonic() - t0 >= limit)):
-                return finish(replace(paused, reason="stopped" if stop.is_set() else "time_limit"))
-            n, seconds = plan_chunk(steps, s_per_step, cap_s)
-            chunk = Chunk(config, str(run_dir), splits, resume or paused is not None, n, seconds, memory_budget)
-            last, trained, t_started = None, 0, None
-            try:
-                for ev in _iterate(chunk_fn(chunk), context):
-                    if isinstance(ev, Done | Failed):
-                        last = ev
-                        continue
-                    if isinstance(ev, Started):
-                        t_started = time.monotonic()
-                        if sent_started:  # one Started per run, as an unchunked run sends
-                            continue
-                        sent_started = True
-                    elif isinstance(ev, Progress):
-                        trained += 1
-                    on_event(ev)
-            except Exception as e:
-                if not is_zerogpu_error(e):
-                    raise
-                return finish(_refused(e, paused))
-            if last is None:
-                return finish(
-                    Failed(
-                        "the training worker ended without a result; start the run again",
-                        "chunk yielded no Done or Failed",
-                    )
-                )
-            if isinstance(last, Failed) or last.reason != "paused":
-                return finish(last)
-            if trained and t_started is not None:  # time per step measured on this chunk, for the next call
-                s_per_step = (time.monotonic() - t_started) / trained
-            paused = last
-            if should_pause() and not stop.is_set():
-                return finish(paused)
+        return chain.run(turns or Turns(on_event), stop=stop, should_pause=should_pause or (lambda: False))
     finally:
         watcher.close()
         stop_file.unlink(missing_ok=True)
+
+
+@dataclass(kw_only=True)
+class _Chain:
+    """The chunks of one train_in_chunks call, each sized to fit its GPU call at the measured pace."""
+
+    config: RunConfig
+    run_dir: Path
+    splits: Splits | None
+    resume: bool
+    memory_budget: int | None
+    steps: int
+    chunk_fn: Callable[[Chunk], Iterator[Event]]
+    context: contextvars.Context | None
+    t0: float = field(default_factory=time.monotonic)
+
+    def run(self, turns: Turns, *, stop: threading.Event, should_pause: Callable[[], bool]) -> Done | Failed:
+        limit, cap_s = self.config.train.time_limit_s, max_call_s()
+        s_per_step, paused = None, None  # this call's pace, and where its last chunk paused
+        while True:
+            if paused is not None and (stop.is_set() or (limit is not None and time.monotonic() - self.t0 >= limit)):
+                return turns.end(self._timed(replace(paused, reason="stopped" if stop.is_set() else "time_limit")))
+            n, seconds = plan_chunk(self.steps, s_per_step, cap_s)
+            chunk = Chunk(
+                config=self.config,
+                run_dir=str(self.run_dir),
+                splits=self.splits,
+                resume=self.resume or paused is not None,
+                max_steps=n,
+                seconds=seconds,
+                memory_budget=self.memory_budget,
+            )
+            pace = _Pace()
+            try:
+                last = turns.play(pace.watch(_iterate(self.chunk_fn(chunk), self.context)))
+            except Exception as e:
+                if not is_zerogpu_error(e):
+                    raise
+                return turns.end(_refused(e, paused))
+            if last is None:
+                return turns.end(
+                    Failed(
+                        message="the training worker ended without a result; start the run again",
+                        detail="chunk yielded no Done or Failed",
+                    )
+                )
+            if not is_paused(last):
+                return turns.end(self._timed(last))
+            assert isinstance(last, Done)
+            s_per_step = pace.s_per_step() or s_per_step  # measured on this chunk, for the next call
+            paused = last
+            if should_pause() and not stop.is_set():
+                return self._timed(paused)
+
+    def _timed(self, result: Done | Failed) -> Done | Failed:
+        """A Done with the seconds of this whole call, as one Trainer.run() counts its run's."""
+        return replace(result, seconds=time.monotonic() - self.t0) if isinstance(result, Done) else result
+
+
+class _Pace:
+    """Seconds per training step in one chunk: from its Started (set-up done) to its last Progress."""
+
+    def __init__(self) -> None:
+        self.t_started: float | None = None
+        self.trained = 0
+
+    def watch(self, events: Iterable[Event]) -> Iterator[Event]:
+        for ev in events:
+            if isinstance(ev, Started):
+                self.t_started = time.monotonic()
+            elif isinstance(ev, Progress):
+                self.trained += 1
+            yield ev
+
+    def s_per_step(self) -> float | None:
+        if not self.trained or self.t_started is None:
+            return None
+        return (time.monotonic() - self.t_started) / self.trained
 
 
 def _iterate(events: Iterator[Event], context: contextvars.Context | None) -> Iterator[Event]:
@@ -323,9 +363,10 @@ def _refused(e: BaseException, paused: Done | None) -> Failed:
     else:
         kept = "training did not start"
     if is_quota_error(e):
-        return Failed(quota_message(e, kept), f"ZeroGPU: {e}")
+        return Failed(message=quota_message(e, kept), detail=f"ZeroGPU: {e}")
     return Failed(
-        f"The Space's GPU service refused to go on ({e}), so {kept}; press Train to try again later", f"ZeroGPU: {e}"
+        message=f"The Space's GPU service refused to go on ({e}), so {kept}; press Train to try again later",
+        detail=f"ZeroGPU: {e}",
     )
 
 

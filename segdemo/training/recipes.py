@@ -168,7 +168,7 @@ def seconds_per_pixel(model: ModelConfig, train: TrainConfig, side: int) -> tupl
     Per-pixel cost falls a little as images grow (fixed costs per step spread thinner), so estimates for
     scales above the probe's are slightly pessimistic: the run then ends by its time limit, not early."""
     from segdemo.core.speedups import choose_speedups, measured_step_seconds, pick_device, probe_threads
-    from segdemo.training.trainer import cpu_training_threads
+    from segdemo.training.host import cpu_training_threads
 
     # priced once per size class and class-count class, whatever the data: a visitor cycling image sizes or
     # class counts cannot buy a fresh multi-second probe with each request (the per-pixel cost barely moves)
@@ -242,6 +242,37 @@ def plan(
     # room for half as many again: a probe taken on a busy machine underestimates a quieter run, which then
     # goes on until the budget (the trainer stops when another epoch would not fit, the rate near its end)
     t.epochs = max(1, min(math.ceil(epochs * SPARE_EPOCHS), MAX_EPOCHS))
+    why = _plan_words(
+        p,
+        shape,
+        scale=scale,
+        ladder=ladder,
+        side=side,
+        epochs=epochs,
+        per_image=per_image,
+        cfg=cfg,
+        rare=rare,
+        no_gpu=no_gpu,
+        encoder_why=encoder_why,
+    )
+    return Plan(cfg, why, epoch_s, epochs)
+
+
+def _plan_words(
+    p: Preset,
+    shape: DataShape,
+    *,
+    scale: int,
+    ladder: list[int],
+    side: int,
+    epochs: int,
+    per_image: float,
+    cfg: RunConfig,
+    rare: bool,
+    no_gpu: bool,
+    encoder_why: str,
+) -> str:
+    """A plan in words: the scale and why, the epochs that fit at the measured pace, the loss, the device."""
     natural, which = side, ("long" if p.instant else "short")
     if scale < min(natural, p.max_scale):
         bigger = ladder[max(0, ladder.index(scale) - 1)]
@@ -250,16 +281,16 @@ def plan(
         reason = "the images' own size"
     else:
         reason = f"this preset's largest scale (the images are {natural} px on the {which} side)"
-    images = f"{shape.n_train} image{'s' if shape.n_train != 1 else ''}"
+    images, n_epochs = f"{shape.n_train} image{'s' if shape.n_train != 1 else ''}", cfg.train.epochs
     if epochs > MAX_EPOCHS:  # say what the run will do, not the epochs the budget could hold
         fit = (
-            f"up to {t.epochs} epochs of {images} at about {1 / per_image:.0f} img/s measured here (more would fit "
+            f"up to {n_epochs} epochs of {images} at about {1 / per_image:.0f} img/s measured here (more would fit "
             f"in {_minutes(p.seconds)}, but {MAX_EPOCHS} are enough: it may end sooner)"
         )
     else:
         fit = (
             f"about {epochs} epochs of {images} at about {1 / per_image:.0f} img/s measured here (up to "
-            f"{t.epochs} epochs if they fit)"
+            f"{n_epochs} epochs if they fit)"
         )
     why = (
         f"{p.label}: {scale} px on the {which} side ({reason}), {fit}, width {cfg.model.width}; the learning rate "
@@ -273,7 +304,7 @@ def plan(
         + (" No GPU here: planned for this CPU." if no_gpu else "")
         + f" {encoder_why}."
     )
-    return Plan(cfg, why, epoch_s, epochs)
+    return why
 
 
 def choose_encoder(d: DataConfig) -> tuple[str, str]:
