@@ -200,7 +200,7 @@ def shrink(image: np.ndarray, mask: np.ndarray | None, max_side: int) -> tuple[n
     if f <= 1:
         return image, mask
     size = (max(1, round(w / f)), max(1, round(h / f)))
-    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
     if mask is not None:
-        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     return image, mask

@@ -115,7 +115,7 @@ class Job:
                 for i in range(len(self.events) - 1, -1, -1):
                     old = self.events[i]
                     if isinstance(old, EpochEnd):
-                        drop = {
+                        drop: dict[str, Any] = {
                             k: None if k == "confusion" else []
                             for k in PAGE_ARRAYS
                             if _carries(event, k) and _carries(old, k)
@@ -330,7 +330,7 @@ class JobManager:
                 )
             if client_key is not None:
                 n = sum(j.is_active and j.client_key == client_key for j in self._jobs.values())
-                if n >= self.address_cap(client):
+                if n >= self.address_cap(client or ""):
                     raise JobError(
                         f"{n} runs from your network address are waiting or training, the most this server allows "
                         "for one address (everyone behind one router shares it): wait a few minutes for some to "
@@ -532,8 +532,8 @@ class JobManager:
         done_s = sum(e.seconds for e in epochs)
         if job.status == RUNNING and job.slice_started is not None and not epochs:
             done_s = now - job.slice_started
-        limit = min(job.budget_s or math.inf, self.max_run_s or math.inf)
-        limit = None if limit == math.inf else limit
+        cap = min(job.budget_s or math.inf, self.max_run_s or math.inf)
+        limit = None if cap == math.inf else cap
         if epochs:
             left = (job.config.train.epochs - epochs[-1].epoch) * epochs[-1].seconds
         else:
@@ -622,7 +622,7 @@ class JobManager:
             self._served[k] = self._served.get(k, 0.0) + took
         return True
 
-    def _requeue(self, job: Job, paused: Done) -> Done | None:
+    def _requeue(self, job: Job, paused: Done) -> Done | Failed | None:
         """The run yielded its slot to another address: back into the queue (its checkpoint holds its place)."""
         with self._lock:
             self._release(job)

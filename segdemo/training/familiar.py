@@ -59,7 +59,7 @@ def training_stats(source: PairSource, k: int = SAMPLE) -> dict[str, Any]:
     if not feats:
         return {}
     f = np.array(feats)
-    hw = np.array(sizes)
+    hw: np.ndarray = np.array(sizes)
     return {
         "n": len(feats),
         "features": list(FEATURES),
@@ -100,7 +100,8 @@ _BUILTIN_STATS: dict[tuple, dict] = {}
 def stats_of(meta: dict[str, Any], config) -> dict[str, Any] | None:
     """A checkpoint's training-image statistics: kept in its meta (trained_on.images) by runs since they were
     added; for an older checkpoint of the built-in shapes (the shipped model) drawn again from the same seed."""
-    on = meta.get("trained_on") if isinstance(meta.get("trained_on"), dict) else {}
+    trained_on = meta.get("trained_on")
+    on: dict[str, Any] = trained_on if isinstance(trained_on, dict) else {}
     if isinstance(on.get("images"), dict) and on["images"]:
         return on["images"]
     if config is None or config.data.source != "builtin":

@@ -8,9 +8,8 @@ BatchNorm statistics are frozen, and instant mode trains without augmentation (t
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from segdemo.core.model import pad_to_multiple
+from segdemo.core.model import LiteUNet, pad_to_multiple
 
 CACHE_BYTES = 512 << 20  # at most this much of features per run (160 px crops: about 0.7 MB an image)
 
@@ -25,7 +24,7 @@ class FeatureCache:
         self.items: dict[int, list[torch.Tensor]] = {}
         self.hits = self.misses = 0
 
-    def features(self, net: nn.Module, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+    def features(self, net: LiteUNet, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
         """The encoder's 5 feature maps of the padded batch x (N, 3, H, W), whose rows are these dataset images."""
         missing = [j for j, i in enumerate(indices) if i not in self.items]
         fresh: dict[int, list[torch.Tensor]] = {}
@@ -45,7 +44,7 @@ class FeatureCache:
         return [torch.cat([r[level] for r in rows]) for level in range(5)]
 
 
-def decoder_logits(net: nn.Module, cache: FeatureCache, x: torch.Tensor, indices: list[int]) -> torch.Tensor:
+def decoder_logits(net: LiteUNet, cache: FeatureCache, x: torch.Tensor, indices: list[int]) -> torch.Tensor:
     """What net(x) gives, with the frozen encoder's part taken from (or put into) the cache."""
     h, w = x.shape[-2:]
     xp = pad_to_multiple(x, 32)

@@ -139,7 +139,7 @@ class DataShape:
 def _sample(source: PairSource, num_classes: int) -> tuple[int, int, float]:
     """(median short side, median long side, rarest class's pixel share) over up to SAMPLE_IMAGES pairs."""
     n = len(source)
-    idx = np.linspace(0, n - 1, min(n, SAMPLE_IMAGES)).round().astype(int) if n else []
+    idx: list[int] = np.linspace(0, n - 1, min(n, SAMPLE_IMAGES)).round().astype(int).tolist() if n else []
     sides, counts = [], np.zeros(max(num_classes, 1), np.int64)
     for i in dict.fromkeys(int(i) for i in idx):
         image, mask = source.load(i)
@@ -229,7 +229,7 @@ def plan(
             t.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[sp.autocast_dtype]
         if t.channels_last == "auto":
             t.channels_last = "on" if sp.channels_last else "off"
-    chosen = None
+    chosen: tuple[int, int, float, float] | None = None
     for scale in ladder:
         per_image = per_pixel * scale**2
         epoch_s = shape.n_train * per_image + shape.n_val * per_image * (1 if p.instant else aspect) * EVAL_COST
@@ -237,6 +237,7 @@ def plan(
         chosen = (scale, epochs, epoch_s, per_image)
         if epochs >= p.min_epochs:
             break
+    assert chosen is not None  # the ladder is never empty
     scale, epochs, epoch_s, per_image = chosen
     cfg.data.image_size = scale
     # room for half as many again: a probe taken on a busy machine underestimates a quieter run, which then

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from segdemo.core.encoders import ENCODERS
+from segdemo.core.model import LiteUNet
 from segdemo.core.transforms import normalise
 from segdemo.errors import ConfigError
 from segdemo.training.instant import decoder_logits
@@ -29,7 +32,8 @@ def train_step(
     with torch.autocast(
         p.sp.device.type, dtype=p.sp.autocast_dtype or torch.float32, enabled=p.sp.autocast_dtype is not None
     ):
-        logits = p.model(x) if p.cache is None else decoder_logits(p.net, p.cache, x, indices)
+        # instant mode (a cache) exists only for the Lite0 U-Net, whose encode/decode it splits
+        logits = p.model(x) if p.cache is None else decoder_logits(cast(LiteUNet, p.net), p.cache, x, indices)
     loss = p.loss_fn(logits, y)
     if not torch.isfinite(loss):
         raise ConfigError(

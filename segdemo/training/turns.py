@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import TypeGuard
 
 from segdemo.events import Done, Event, Failed, Started
 
 PAUSED = "paused"  # the reason of a turn's Done when the run goes on in another turn
 
 
-def is_paused(ev: Event | None) -> bool:
+def is_paused(ev: Event | None) -> TypeGuard[Done]:
     """A turn's end that is not the run's."""
     return isinstance(ev, Done) and ev.reason == PAUSED
 
