@@ -52,20 +52,20 @@ def main() -> None:
         cfg = plan.config
         for name, section, field in [("image_size", "data", "image_size"), ("crop_size", "data", "crop_size"),
                                      ("width", "model", "width"), ("epochs", "train", "epochs"),
-                                     ("batch", "train", "batch_size"), ("lr", "train", "lr"),
+                                     ("batch", "train", "batch_size"), ("lr", "train", "learning_rate"),
                                      ("loss", "train", "loss"), ("block", "model", "block"),
                                      ("schedule", "train", "schedule"), ("encoder_bn", "train", "encoder_bn"),
                                      ("encoder_lr", "train", "encoder_lr"),
                                      ("precision", "train", "precision")]:  # fmt: skip
             if getattr(args, name) is not None:
                 setattr(getattr(cfg, section), field, getattr(args, name))
-        cfg.train.time_limit_s = args.minutes * 60 - (time.perf_counter() - t0)  # planning spent some already
+        cfg.train.time_budget_s = args.minutes * 60 - (time.perf_counter() - t0)  # planning spent some already
         print(plan.why, flush=True)
         print(
             f"config: scale {cfg.data.image_size} ({cfg.data.resize} side), crop {cfg.data.crop}, width "
             f"{cfg.model.width}, encoder {cfg.model.encoder}, block {cfg.model.block}, {cfg.train.epochs} epochs, "
             f"batch {cfg.train.batch_size}, "
-            f"lr {cfg.train.lr}, loss {cfg.train.loss}, schedule {cfg.train.schedule}",
+            f"lr {cfg.train.learning_rate}, loss {cfg.train.loss}, schedule {cfg.train.schedule}",
             flush=True,
         )
         best: dict = {}

@@ -40,7 +40,7 @@ def run(data: str, preset: str, encoder: str | None, seed: int, **over) -> tuple
         for k, v in over.items():
             section = next(sec for sec in (cfg.train, cfg.model, cfg.data) if hasattr(sec, k))
             setattr(section, k, v)
-        cfg.train.time_limit_s -= time.perf_counter() - t0  # planning counts against the budget
+        cfg.train.time_budget_s -= time.perf_counter() - t0  # planning counts against the budget
         last: list[float] = []
 
         def on_event(ev):
@@ -70,7 +70,7 @@ def main() -> None:
     over = {
         k: v
         for k, v in (
-            ("lr", args.lr),
+            ("learning_rate", args.lr),
             ("encoder_lr", args.encoder_lr),
             ("encoder_bn", args.encoder_bn),
             ("image_size", args.image_size),

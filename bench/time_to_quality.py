@@ -25,7 +25,7 @@ from segdemo.training import recipes
 from segdemo.training.trainer import Trainer
 
 OVERRIDES = [  # (option, config section, field, type)
-    ("lr", "train", "lr", float),
+    ("lr", "train", "learning_rate", float),
     ("batch", "train", "batch_size", int),
     ("epochs", "train", "epochs", int),
     ("wd", "train", "weight_decay", float),
@@ -36,7 +36,7 @@ OVERRIDES = [  # (option, config section, field, type)
     ("block", "model", "block", str),
     ("image_size", "data", "image_size", int),
     ("crop_size", "data", "crop_size", int),
-    ("budget", "train", "time_limit_s", float),
+    ("budget", "train", "time_budget_s", float),
 ]
 
 

@@ -58,7 +58,7 @@ class TutorialLoop:
         m = cfg.model
         self.model = UNet(m.num_classes, depth=m.depth, width=m.width, bilinear=m.upsampling == "bilinear")
         self.model.train()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.learning_rate)
         self.crit = nn.CrossEntropyLoss(ignore_index=IGNORE)
         self.loader = DataLoader(
             TutorialDataset(source, cfg),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from segdemo import logs
-from segdemo.errors import UserError, is_user_error
+from segdemo.errors import ConfigError, UserError, is_user_error
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it otherwise checks the internet for updates
 log = logging.getLogger("segdemo.cli")
@@ -57,6 +57,13 @@ def _where_the_traceback_is(args) -> str:
 
 
 # -- train ------------------------------------------------------------------------------------------
+
+
+def _budget_seconds(args: argparse.Namespace) -> float | None:
+    """--time-budget (minutes) or its older --time-limit (seconds), in the config's seconds."""
+    if args.time_budget is not None and args.time_limit is not None:
+        raise ConfigError("give --time-budget (minutes) or --time-limit (seconds), not both")
+    return args.time_budget * 60 if args.time_budget is not None else args.time_limit
 
 
 def cmd_train(args) -> int:
@@ -157,27 +164,27 @@ def _apply_train_args(cfg, args) -> None:
         seed=args.seed,
         classes_file=args.classes,
         pet_mode=args.pet_mode,
-        max_train_images=args.max_train_images,
+        train_images=args.train_images,
         val_fraction=args.val_fraction,
     )
     d.augment = not args.no_augment
     d.download = args.download
     if args.encoder:  # with what goes with it: lite0's normalisation and, unless --no-pretrained, its weights
         use_encoder(cfg, args.encoder, args.pretrained)
-    _set(m, width=args.width, depth=args.depth, block=args.block, weights=args.weights, pretrained=args.pretrained)
-    _set(m, upsampling=args.upsampling)
+    _set(m, width=args.width, depth=args.depth, block=args.block, upsampling=args.upsampling)
+    _set(m, encoder_weights=args.encoder_weights, pretrained=args.pretrained)
     _set(
         t,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        learning_rate=args.learning_rate,
         loss=args.loss,
         schedule=args.schedule,
         seed=args.seed,
         device=args.device,
         precision=args.precision,
         channels_last=args.channels_last,
-        time_limit_s=args.time_limit,
+        time_budget_s=_budget_seconds(args),
         num_workers=args.workers,
         encoder_lr=args.encoder_lr,
         encoder_bn=args.encoder_bn,
@@ -455,11 +462,18 @@ def _parser() -> argparse.ArgumentParser:
         + "; ".join(f"{p.key}: {p.label.lower()}" for p in recipes.PRESETS)
         + ". It measures this machine and the data and picks the scale, width and epochs so the run ends "
         "(learning rate at its end, best checkpoint kept) when the budget does; options you give win. "
-        "Without it: the fixed settings below (--time-limit to bound them)",
+        "Without it: the fixed settings below (--time-budget to bound them)",
     )
     t.add_argument("--epochs", type=int, help=preset("passes over the training images", lambda c: c.train.epochs))
     t.add_argument("--batch-size", type=int, help=preset("images per step", lambda c: c.train.batch_size))
-    t.add_argument("--lr", type=float, help=preset("peak learning rate", lambda c: c.train.lr))
+    # one name per setting, as the Train tab and the config say it; the older flag still works
+    t.add_argument(
+        "--learning-rate",
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        help=preset("peak learning rate (--lr: its older name)", lambda c: c.train.learning_rate),
+    )
     t.add_argument(
         "--image-size",
         type=int,
@@ -536,7 +550,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--encoder-lr",
         type=float,
-        help=preset("a pretrained encoder's learning rate as a fraction of --lr", lambda c: c.train.encoder_lr),
+        help=preset(
+            "a pretrained encoder's learning rate as a fraction of --learning-rate", lambda c: c.train.encoder_lr
+        ),
     )
     t.add_argument(
         "--encoder-bn",
@@ -552,10 +568,12 @@ def _parser() -> argparse.ArgumentParser:
         help="instant mode: keep the pretrained encoder as it is and train only the decoder (features computed once)",
     )
     t.add_argument(
+        "--encoder-weights",
         "--weights",
+        dest="encoder_weights",
         metavar="FILE",
         help="ImageNet weights for the ResNet encoder from a local file, offline: a torchvision state dict "
-        "(.pth, e.g. resnet18-f37072fd.pth) or .safetensors",
+        "(.pth, e.g. resnet18-f37072fd.pth) or .safetensors (--weights: its older name)",
     )
     t.add_argument(
         "--no-augment",
@@ -580,7 +598,13 @@ def _parser() -> argparse.ArgumentParser:
             "share of the images held out for validation when the data has no val/ split", lambda c: c.data.val_fraction
         ),
     )
-    t.add_argument("--max-train-images", type=int, help="train on at most this many images (default: all)")
+    t.add_argument(
+        "--train-images",
+        "--max-train-images",
+        dest="train_images",
+        type=int,
+        help="train on at most this many images (default: all; --max-train-images: its older name)",
+    )
     t.add_argument(
         "--seed",
         type=int,
@@ -603,8 +627,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--workers", type=int, help=preset("data loading workers", lambda c: c.train.num_workers))
     t.add_argument(
-        "--time-limit", type=float, help="stop after this many seconds, keeping the best checkpoint (default: no limit)"
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="stop after this many minutes, keeping the best checkpoint (default: no limit; a --preset sets its own)",
     )
+    t.add_argument("--time-limit", type=float, metavar="SECONDS", help="the same in seconds (its older name)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.set_defaults(func=cmd_train)
 

@@ -335,8 +335,8 @@ def test_open_dataset_folder_zip_and_errors(tmp_path):
         _pair(ds, f"{i}", 1)
     splits = open_dataset(DataConfig(source=str(ds)))
     assert len(splits.train) + len(splits.val) == 5
-    capped = open_dataset(DataConfig(source=str(ds), max_train_images=2))
-    assert len(capped.train) == 2 and any("max_train_images" in n for n in capped.notes)
+    capped = open_dataset(DataConfig(source=str(ds), train_images=2))
+    assert len(capped.train) == 2 and any("train_images" in n for n in capped.notes)
 
     zpath = tmp_path / "ds.zip"
     with zipfile.ZipFile(zpath, "w") as zf:

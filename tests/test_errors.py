@@ -36,11 +36,11 @@ def test_every_refusal_is_a_user_error_and_old_imports_still_work():
 
 def test_validate_raises_config_error_with_advice():
     cfg = RunConfig()
-    cfg.train.lr = 5
+    cfg.train.learning_rate = 5
     with pytest.raises(ConfigError, match="learning rate must be between 0 and 1"):
         cfg.validate()
     with pytest.raises(ConfigError, match="unknown TrainConfig field"):
-        RunConfig.from_dict({"train": {"learning_rate": 1}})
+        RunConfig.from_dict({"train": {"learning_rat": 1}})  # a typo
 
 
 def test_a_bare_value_error_is_a_bug_not_advice():

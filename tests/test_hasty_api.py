@@ -55,7 +55,7 @@ def test_train_pressed_while_the_plan_is_processing_trains_the_plan(server):
         want["image_size"],
         want["width"],
     )
-    assert cfg.train.time_limit_s == pytest.approx(want["time_budget"] * 60)
+    assert cfg.train.time_budget_s == pytest.approx(want["time_budget"] * 60)
     assert cfg.train.epochs != opening["epochs"]  # not the opening values the page showed before its plan landed
 
 
@@ -70,7 +70,7 @@ def test_settings_changed_by_hand_before_the_plan_landed_stay_the_students(serve
     _stop_and_wait(c, token, jobs, run_id)
     want = _plan(c, 32)
     assert (cfg.train.epochs, cfg.data.image_size) == (1, 32)  # changed by hand: the student's
-    assert cfg.train.time_limit_s == pytest.approx(want["time_budget"] * 60)  # untouched: the plan's
+    assert cfg.train.time_budget_s == pytest.approx(want["time_budget"] * 60)  # untouched: the plan's
 
 
 def test_a_plan_that_landed_keeps_the_students_changes(server):

@@ -434,7 +434,7 @@ def test_runs_get_the_servers_time_limit(server):
 
     job = jobs.submit("x" * 10, RC(), client="203.0.113.40")
     jobs.stop("x" * 10, job.id)
-    assert job.config.train.time_limit_s == jobs.max_run_s
+    assert job.config.train.time_budget_s == jobs.max_run_s
 
 
 def test_one_client_cannot_hold_the_servers_streams(server):

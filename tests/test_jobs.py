@@ -179,7 +179,7 @@ def test_train_twice_refused_then_allowed_after_the_end(tmp_path, fake):
 def test_bad_settings_refused_with_a_sentence(tmp_path, fake):
     jm = JobManager(tmp_path, reaper=False, trainer_factory=fake)
     cfg = tiny_config()
-    cfg.train.lr = 5.0
+    cfg.train.learning_rate = 5.0
     with pytest.raises(JobError, match="learning rate must be between 0 and 1"):
         jm.submit("alice", cfg)
     jm.close()

@@ -28,7 +28,7 @@ def test_the_budget_buys_the_preset_minimum_of_epochs_at_the_largest_scale_that_
     assert cfg.data.resize == "short" and cfg.data.image_size % 32 == 0
     assert plan.epochs_fit >= p.min_epochs and cfg.train.epochs >= plan.epochs_fit
     assert plan.epochs_fit * plan.epoch_s <= p.seconds  # the estimate fits the budget
-    assert cfg.train.time_limit_s == p.seconds and cfg.train.schedule == "warmup_cosine" and cfg.train.lr_follows_time
+    assert cfg.train.time_budget_s == p.seconds and cfg.train.schedule == "warmup_cosine" and cfg.train.lr_follows_time
     bigger = cfg.data.image_size + 32
     epoch_bigger = (CAMVID.n_train + CAMVID.n_val * 480 / 360 * recipes.EVAL_COST) * QUICK_CPU * bigger**2
     assert (p.seconds * 0.95 - recipes.SETUP_S) // epoch_bigger < p.min_epochs  # the next scale up would not
@@ -102,7 +102,7 @@ def test_cli_preset_plans_and_the_options_given_win(tmp_path):
     assert "About a minute (CPU):" in r.stdout
     cfg = load_checkpoint(out / "best.safetensors").config
     assert (cfg.train.epochs, cfg.data.image_size, cfg.model.width) == (1, 32, 4)  # the options won
-    assert cfg.train.time_limit_s == 60 and cfg.train.schedule == "warmup_cosine"  # the plan's budget stayed
+    assert cfg.train.time_budget_s == 60 and cfg.train.schedule == "warmup_cosine"  # the plan's budget stayed
 
 
 # -- model choices -------------------------------------------------------------------------------------
@@ -127,13 +127,13 @@ def _resnet18_state(marker: float) -> dict:
 def test_local_encoder_weights_load_offline(tmp_path):
     f = tmp_path / "resnet18-imagenet.pth"
     torch.save(_resnet18_state(0.125), f)
-    net = build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, weights=str(f)))
+    net = build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, encoder_weights=str(f)))
     assert torch.all(net.encoder.conv1.weight == 0.125)
     from safetensors.torch import save_file
 
     st = tmp_path / "resnet18.safetensors"
     save_file({k: v.contiguous() for k, v in _resnet18_state(0.5).items() if not k.startswith("fc.")}, str(st))
-    net = build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, weights=str(st)))
+    net = build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, encoder_weights=str(st)))
     assert torch.all(net.encoder.conv1.weight == 0.5)
 
 
@@ -147,18 +147,18 @@ def test_bad_encoder_weights_are_refused_with_a_sentence(tmp_path, monkeypatch):
     evil = tmp_path / "evil.pth"
     torch.save({"conv1.weight": _Boom()}, evil)
     with pytest.raises(ConfigError, match="not a weights file torch can read safely"):
-        build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, weights=str(evil)))
+        build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, encoder_weights=str(evil)))
     assert not (tmp_path / "PWNED").exists()
     import torchvision
 
     r34 = tmp_path / "resnet34.pth"
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), r34)
     with pytest.raises(ConfigError, match="does not fit a resnet18 encoder"):
-        build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, weights=str(r34)))
+        build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, encoder_weights=str(r34)))
     with pytest.raises(ConfigError, match="no weights file"):
-        build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, weights=str(tmp_path / "nope.pth")))
+        build_model(ModelConfig(encoder="resnet18", width=4, num_classes=2, encoder_weights=str(tmp_path / "nope.pth")))
     cfg = RunConfig()
-    cfg.model.weights = str(r34)
+    cfg.model.encoder_weights = str(r34)
     with pytest.raises(ConfigError, match="ResNet encoder"):
         cfg.validate()
 
@@ -175,4 +175,4 @@ def test_a_run_with_local_weights_saves_a_checkpoint_that_loads_without_them(tmp
     assert r.returncode == 0, r.stderr
     f.unlink()  # the checkpoint holds every weight: the file is not needed to predict
     ck = load_checkpoint(out / "best.safetensors")
-    assert ck.config.model.encoder == "resnet18" and ck.config.model.weights is None
+    assert ck.config.model.encoder == "resnet18" and ck.config.model.encoder_weights is None

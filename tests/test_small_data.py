@@ -103,7 +103,7 @@ class AllPet(torch.nn.Module):
 def test_a_model_that_paints_everything_pet_cannot_win_on_a_thin_split(sloppy, tmp_path, monkeypatch):
     """Even on the old split (one val photo with pet paint only), where it scores a perfect 1.000."""
     cfg = _cfg(sloppy, epochs=1)
-    cfg.train.lr = 1e-9
+    cfg.train.learning_rate = 1e-9
     whole = open_folder(sloppy, cfg.data)
     from segdemo.data.base import Splits
 

@@ -60,7 +60,7 @@ def test_checkpoint_rebuilds_model_alone(tmp_path):
 
 
 def test_learns_something(tmp_path):
-    cfg = tiny_config(epochs=4, lr=5e-3)
+    cfg = tiny_config(epochs=4, learning_rate=5e-3)
     result, events = run(cfg, tmp_path)
     ends = [e for e in events if isinstance(e, EpochEnd)]
     assert ends[-1].train_loss < ends[0].train_loss
@@ -157,7 +157,31 @@ def test_plateau_halves_the_rate_after_three_epochs_without_a_better_miou(tmp_pa
     result, events = run(cfg, tmp_path)
     assert result.reason == "finished"
     ends = [e for e in events if isinstance(e, EpochEnd)]
-    assert ends[1].lr == pytest.approx(cfg.train.lr)  # warm-up over, no plateau yet
+    assert ends[1].lr == pytest.approx(cfg.train.learning_rate)  # warm-up over, no plateau yet
+
+
+def test_settings_have_one_name_and_the_old_names_still_load(tmp_path):
+    """The page, the config and the CLI say learning_rate, time budget, encoder_weights and train_images; a
+    checkpoint or job record written with lr, time_limit_s, weights or max_train_images still loads."""
+    old = {
+        "data": {"max_train_images": 12},
+        "model": {"weights": "resnet18.pth", "encoder": "resnet18"},
+        "train": {"lr": 0.002, "time_limit_s": 90.0},
+    }
+    cfg = RunConfig.from_dict(old)
+    assert (cfg.train.learning_rate, cfg.train.time_budget_s) == (0.002, 90.0)
+    assert (cfg.model.encoder_weights, cfg.data.train_images) == ("resnet18.pth", 12)
+    with pytest.raises(ConfigError, match="both lr and learning_rate"):
+        RunConfig.from_dict({"train": {"lr": 0.1, "learning_rate": 0.2}})
+    from segdemo.cli import _parser
+    from segdemo.ui.settings import SETTINGS
+
+    train = {"learning_rate", "time_budget", "encoder_weights", "train_images"}
+    assert train <= {s.name for s in SETTINGS}  # the page's names
+    flags = {a.dest: a.option_strings for a in _parser()._subparsers._group_actions[0].choices["train"]._actions}
+    for name in train:
+        assert f"--{name.replace('_', '-')}" in flags[name]  # the CLI's: the same word
+    assert "--lr" in flags["learning_rate"] and "--weights" in flags["encoder_weights"]  # older flags still work
 
 
 def test_configs_saved_with_the_old_schedule_name_load():

@@ -81,7 +81,7 @@ def test_the_wait_shown_adds_up_the_budgets_ahead(tmp_path):
     line = []
     for i, limit in enumerate((60, 120, 30)):
         c = RunConfig()
-        c.train.time_limit_s = limit
+        c.train.time_budget_s = limit
         j = Job(f"job{i}", f"owner{i}", c, tmp_path, client_key="k")
         j.created = time.time() + i
         line.append(j)
@@ -182,7 +182,7 @@ def test_a_budget_run_on_a_busy_machine_still_ends_with_a_checkpoint(tmp_path):
     from segdemo.training.trainer import Trainer
 
     cfg = tiny_config(epochs=5)
-    cfg.train.time_limit_s = 0.05  # far less than one epoch here
+    cfg.train.time_budget_s = 0.05  # far less than one epoch here
     end = Trainer(cfg, tmp_path / "run").run()
     assert end.reason == "time_limit" and end.epochs_done == 1 and (tmp_path / "run" / "best.safetensors").is_file()
 

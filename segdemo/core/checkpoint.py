@@ -167,7 +167,8 @@ def _config_from_meta(path: Path, meta: dict[str, Any]) -> tuple[RunConfig, Clas
             raise ValueError("model output channels do not match the class list")
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
         raise CheckpointError(f"{path.name} has a broken config ({e})") from e
-    config.model.pretrained, config.model.weights = False, None  # the weights come from this file, never elsewhere
+    # the weights come from this file, never elsewhere
+    config.model.pretrained, config.model.encoder_weights = False, None
     return config, classes
 
 

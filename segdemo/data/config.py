@@ -33,7 +33,7 @@ class DataConfig:
     download: bool = False  # Oxford-IIIT Pet: fetch it if the root is empty (needs internet)
     builtin_train: int = 768  # number of built-in training images
     builtin_val: int = 128
-    max_train_images: int | None = None  # cap for quick runs on big folders
+    train_images: int | None = None  # cap for quick runs on big folders
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet statistics, which pretrained
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # encoders expect and small nets don't mind
 

@@ -86,7 +86,7 @@ def _oxford_for_page(cfg: DataConfig, n: int) -> None:
     root = os.environ.get(ENV_ROOT)
     cfg.source = f"oxford-pet:{root}" if root else "oxford-pet"
     cfg.download = not root  # no copy from the host: fetch it (needs internet)
-    cfg.max_train_images = n
+    cfg.train_images = n
 
 
 # -- a .zip of a dataset folder -------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def _zip_check(arg: str, cfg: DataConfig, workdir: Path | None, max_pairs: int |
 
 
 def _cap_for_page(cfg: DataConfig, n: int) -> None:
-    cfg.max_train_images = n  # one's own photos: a cap (the caller fills in the uploaded file's path)
+    cfg.train_images = n  # one's own photos: a cap (the caller fills in the uploaded file's path)
 
 
 # -- a folder: images/ + masks/ -------------------------------------------------------------------------
@@ -219,13 +219,13 @@ CHOICES = "builtin, oxford-pet (or oxford-pet:FOLDER), a dataset folder (images/
 
 
 def _cap_train(splits: Splits, cfg: DataConfig) -> Splits:
-    """cfg.max_train_images: keep a seeded sample of the training pairs for quick runs."""
-    n, cap = len(splits.train), cfg.max_train_images
+    """cfg.train_images: keep a seeded sample of the training pairs for quick runs."""
+    n, cap = len(splits.train), cfg.train_images
     if cap is None or n <= cap:
         return splits
     keep = sorted(np.random.default_rng(cfg.seed).permutation(n)[: max(cap, 1)].tolist())
     splits.train = SubsetSource(splits.train, keep)
-    splits.notes.append(f"training on {len(keep)} of {n} training pairs (max_train_images)")
+    splits.notes.append(f"training on {len(keep)} of {n} training pairs (train_images)")
     return splits
 
 

@@ -217,7 +217,7 @@ On images unlike the ones it was trained on, expect its answer to be meaningless
 - Data: {_cell(data)}
 - Settings: images at {cfg.data.image_size} px ({cfg.data.resize} side), U-Net width {cfg.model.width}, depth
   {cfg.model.depth}, {cfg.model.upsampling} up-sampling, loss {cfg.train.loss}, up to {cfg.train.epochs} epochs,
-  batch {cfg.train.batch_size}, learning rate {cfg.train.lr:g} ({cfg.train.schedule})
+  batch {cfg.train.batch_size}, learning rate {cfg.train.learning_rate:g} ({cfg.train.schedule})
 - Score: {score}; {rule}. A score on other kinds of images would be different.
 - segdemo {segdemo.__version__}, exported as {fmt}
 

@@ -93,7 +93,7 @@ class Job:
         self.turns = Turns()  # its turns on a slot, one run to its watchers (segdemo/training/turns.py)
         self.priority = False  # an instructor moved it to the front of the line
         self.slot_s = 0.0  # seconds it has held a training slot, all its turns together
-        self.budget_s = config.train.time_limit_s  # its own time budget, before the server's cap (max_run_s)
+        self.budget_s = config.train.time_budget_s  # its own time budget, before the server's cap (max_run_s)
         self.finished: float | None = None
         self.result: Done | Failed | None = None
         self.stop_event = threading.Event()
@@ -314,9 +314,9 @@ class JobManager:
             budget.check_training(config, self.memory_budget, num_classes)
         except UserError as e:  # a ConfigError or BudgetError
             raise JobError(f"These settings cannot train: {e}") from None
-        budget_s = config.train.time_limit_s  # the run's own budget (a preset's), for the waits shown in line
+        budget_s = config.train.time_budget_s  # the run's own budget (a preset's), for the waits shown in line
         if self.max_run_s is not None:
-            config.train.time_limit_s = min(config.train.time_limit_s or math.inf, self.max_run_s)
+            config.train.time_budget_s = min(config.train.time_budget_s or math.inf, self.max_run_s)
         self.cleanup_expired()
         ensure_free_disk(self.root_dir)  # checkpoints of the runs already going need the room more
         with self._lock:
@@ -351,12 +351,12 @@ class JobManager:
                 dst.parent.mkdir()
                 shutil.copyfile(src, dst)
                 config.data.source = str(dst)
-            if config.model.weights:  # uploaded encoder weights: the run keeps its own copy, as of the data
-                src = Path(config.model.weights)
+            if config.model.encoder_weights:  # uploaded encoder weights: the run keeps its own copy, as of the data
+                src = Path(config.model.encoder_weights)
                 dst = job.run_dir / "upload" / f"encoder-{src.name}"
                 dst.parent.mkdir(exist_ok=True)
                 shutil.copyfile(src, dst)
-                config.model.weights = str(dst)
+                config.model.encoder_weights = str(dst)
             self._jobs[job_id] = job
             self._queue.append(job)
             self.store.save(job)

@@ -238,7 +238,7 @@ def train_in_chunks(
     turns: the run's (a job's, whose fair turns the chunks make up), else turns for on_event. stop: the job's
     Stop flag. steps: per chunk (default chunk_steps()). context: the Train click's, so spaces bills each chunk
     to the visitor who pressed Train (a job runs in its own thread, where Gradio's request is otherwise unknown).
-    The run's time limit (config.train.time_limit_s): the trainer counts its own seconds across chunks, and
+    The run's time limit (config.train.time_budget_s): the trainer counts its own seconds across chunks, and
     no chunk starts once the limit has passed since this call, waits for a GPU included.
     """
     run_dir = Path(run_dir)
@@ -279,7 +279,7 @@ class _Chain:
     t0: float = field(default_factory=time.monotonic)
 
     def run(self, turns: Turns, *, stop: threading.Event, should_pause: Callable[[], bool]) -> Done | Failed:
-        limit, cap_s = self.config.train.time_limit_s, max_call_s()
+        limit, cap_s = self.config.train.time_budget_s, max_call_s()
         s_per_step, paused = None, None  # this call's pace, and where its last chunk paused
         while True:
             if paused is not None and (stop.is_set() or (limit is not None and time.monotonic() - self.t0 >= limit)):

@@ -47,7 +47,7 @@ def optimiser(net: torch.nn.Module, cfg: RunConfig, device: torch.device) -> tor
     same state keys)."""
     return torch.optim.AdamW(
         param_groups(net, cfg),
-        lr=cfg.train.lr,
+        lr=cfg.train.learning_rate,
         weight_decay=cfg.train.weight_decay,
         fused=device.type in ("cpu", "cuda"),
     )

@@ -48,7 +48,7 @@ class LoopState:
 
 def comparable(m: ModelConfig) -> ModelConfig:
     """A model config as resume compares it: where the starting weights came from does not matter any more."""
-    return replace(m, pretrained=False, weights=None, weights_from=None)
+    return replace(m, pretrained=False, encoder_weights=None, weights_from=None)
 
 
 def seed_everything(seed: int) -> None:

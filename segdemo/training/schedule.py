@@ -15,11 +15,11 @@ WARMUP = 0.1  # share of the run (steps or time, whichever is further along) spe
 PLATEAU_PATIENCE, PLATEAU_FACTOR = 2, 0.5  # as torch's ReduceLROnPlateau(mode="max", patience=2, factor=0.5)
 
 
-def schedule_progress(step: int, total_steps: int, elapsed_s: float, time_limit_s: float | None) -> float:
+def schedule_progress(step: int, total_steps: int, elapsed_s: float, time_budget_s: float | None) -> float:
     """How far through its schedule a run is, 0..1: by steps, or by time when a time budget ends it first,
     so the learning rate reaches its end exactly at the budget (a preset's run) as well as at the last step."""
     by_steps = step / max(1, total_steps)
-    return min(1.0, max(by_steps, elapsed_s / time_limit_s if time_limit_s else 0.0))
+    return min(1.0, max(by_steps, elapsed_s / time_budget_s if time_budget_s else 0.0))
 
 
 def lr_at(progress: float, base_lr: float, schedule: str, plateau_scale: float = 1.0) -> float:
@@ -39,9 +39,9 @@ def lr_at(progress: float, base_lr: float, schedule: str, plateau_scale: float =
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def next_epoch_misses_budget(elapsed_s: float, epoch_s: float, time_limit_s: float | None) -> bool:
+def next_epoch_misses_budget(elapsed_s: float, epoch_s: float, time_budget_s: float | None) -> bool:
     """Would one more epoch as long as the last one end after the budget (and be cut off unevaluated)?"""
-    return time_limit_s is not None and elapsed_s + epoch_s > time_limit_s
+    return time_budget_s is not None and elapsed_s + epoch_s > time_budget_s
 
 
 def plateau_step(state: LoopState, improved: bool) -> None:

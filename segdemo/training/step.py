@@ -38,7 +38,7 @@ def train_step(
     if not torch.isfinite(loss):
         raise ConfigError(
             f"the loss became {float(loss)} at epoch {epoch}; the learning rate "
-            f"{p.cfg.train.lr:g} is too high for this setup. Lower it and start again"
+            f"{p.cfg.train.learning_rate:g} is too high for this setup. Lower it and start again"
         )
     p.opt.zero_grad(set_to_none=True)
     if p.scaler:

@@ -245,7 +245,7 @@ class Trainer:
         encoder frozen as the config says, on its device with the run's precision."""
         if saved is not None:
             cfg.model.weights_from = saved.config.model.weights_from
-            net = build_model(replace(cfg.model, pretrained=False, weights=None))
+            net = build_model(replace(cfg.model, pretrained=False, encoder_weights=None))
         else:
             enc = ENCODERS[cfg.model.encoder]
             if enc.provenance is not None and cfg.model.pretrained:
@@ -297,9 +297,9 @@ class Trainer:
             t = p.cfg.train
             # a time budget ends the schedule by the clock (each process's own: they start together, and
             # under torchrun a rate a few milliseconds apart does no harm)
-            budget_s = t.time_limit_s if t.lr_follows_time else None
+            budget_s = t.time_budget_s if t.lr_follows_time else None
             progress = schedule_progress(state.step, p.total_steps, self._elapsed(), budget_s)
-            out.lr = lr_at(progress, t.lr, t.schedule, state.plateau_scale)
+            out.lr = lr_at(progress, t.learning_rate, t.schedule, state.plateau_scale)
             at = (b - done_before) * p.batch_size
             loss = train_step(p, images, masks, lr=out.lr, epoch=epoch, indices=self._order[at : at + len(images)])
             state.step, out.steps = state.step + 1, out.steps + 1
@@ -371,7 +371,7 @@ class Trainer:
     def _over_time(self) -> bool:
         """Past the time limit; before the run's first epoch has ended, past it by FIRST_EPOCH_GRACE_S: a budget
         run on a busy machine still ends with a checkpoint, not with none."""
-        lim = self.config.train.time_limit_s
+        lim = self.config.train.time_budget_s
         if lim is None:
             return False
         if self._epochs_ended == 0 and not self.resume:
@@ -380,7 +380,7 @@ class Trainer:
 
     def _next_epoch_misses_the_budget(self, p: Parts, end: EpochEnd) -> bool:
         """With a time budget, another epoch as long as this one would be cut off before its evaluation."""
-        late = next_epoch_misses_budget(self._elapsed(), end.seconds, self.config.train.time_limit_s)
+        late = next_epoch_misses_budget(self._elapsed(), end.seconds, self.config.train.time_budget_s)
         return distributed.any_of(late, p.world, p.sp.device)
 
     def _stop_everywhere(self, p: Parts) -> bool:

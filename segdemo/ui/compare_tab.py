@@ -75,7 +75,7 @@ def _swap_encoder(cfg: RunConfig) -> None:
     EfficientNet-Lite0 encoder (with a decoder at least 16 wide, as the presets give it)."""
     if cfg.model.pretrained:
         use_encoder(cfg, "unet", pretrained=False)
-        cfg.model.weights = None
+        cfg.model.encoder_weights = None
     else:
         use_encoder(cfg, LITE)
         cfg.model.width = max(cfg.model.width, LITE_WIDTH)
@@ -143,9 +143,9 @@ def settings_of(cfg: RunConfig) -> dict[str, str]:
         elif s.name == "learning_rate":
             v = f"{v:g}"
         elif s.name == "encoder_weights":  # the page's upload is not a value: say which file, by name only
-            v = Path(cfg.model.weights).name.removeprefix("encoder-") if cfg.model.weights else "none"
+            v = Path(cfg.model.encoder_weights).name.removeprefix("encoder-") if cfg.model.encoder_weights else "none"
         elif s.name == "train_images" and cfg.data.source != "builtin":
-            v = cfg.data.max_train_images or "all"
+            v = cfg.data.train_images or "all"
         out[s.title] = str(v)
     if cfg.data.source == "builtin":
         out["Validation images"] = str(cfg.data.builtin_val)

@@ -37,11 +37,11 @@ def run_line(cfg: RunConfig) -> str:
     losses = {loss_id: label.split(":")[0] for label, loss_id in LOSSES.choices("train")}
     loss = losses.get(cfg.train.loss, cfg.train.loss)
     n = cfg.train.epochs
-    budget = f"time budget {cfg.train.time_limit_s / 60:g} min" if cfg.train.time_limit_s else "no time limit"
+    budget = f"time budget {cfg.train.time_budget_s / 60:g} min" if cfg.train.time_budget_s else "no time limit"
     return (
         f"\n\n**This run's settings**: up to {n} epoch{'s' if n != 1 else ''} · {budget} · {cfg.data.image_size} px · "
         f"batch {cfg.train.batch_size} · width {cfg.model.width}, depth {cfg.model.depth} · "
-        f"learning rate {cfg.train.lr:g} · {loss} · augmentation {'on' if cfg.data.augment else 'off'}"
+        f"learning rate {cfg.train.learning_rate:g} · {loss} · augmentation {'on' if cfg.data.augment else 'off'}"
     )
 
 
@@ -143,7 +143,7 @@ class RunView:
         else:
             parts = [f"**Epoch 1/{s.epochs}** starting"]
         eta = self.eta_s(job)
-        limit = job.config.train.time_limit_s
+        limit = job.config.train.time_budget_s
         if eta is not None and limit and self.epochs:  # a time budget ends the run first: say so
             eta = min(eta, max(0.0, limit - sum(e.seconds for e in self.epochs)))
         if eta is not None:
@@ -183,7 +183,7 @@ class RunView:
             return f"■ **Stopped** after {n} epoch{'s' if n != 1 else ''}{took}; {tail}" + run_line(job.config)
         if end.reason == "time_limit":
             planned = self.started.epochs if self.started else end.epochs_done
-            budget = fmt_duration(job.config.train.time_limit_s or end.seconds)
+            budget = fmt_duration(job.config.train.time_budget_s or end.seconds)
             return (
                 f"✓ **Used its time budget** ({budget}): {end.epochs_done} of up to {planned} epochs{took}, the "
                 f"learning rate ending with the budget; {tail}" + run_line(job.config)

@@ -114,7 +114,7 @@ def _time_budget(cfg: RunConfig, v: Any) -> None:
     minutes = float(v) if v not in (None, "") else 0.0
     if minutes < 0:
         raise ConfigError("The time budget cannot be negative; 0 means no limit.")
-    cfg.train.time_limit_s = minutes * 60 or None
+    cfg.train.time_budget_s = minutes * 60 or None
     cfg.train.lr_follows_time = bool(minutes)  # a budget: the rate ends there
 
 
@@ -125,14 +125,14 @@ def _weights(cfg: RunConfig, v: Any) -> None:
     if not str(path).lower().endswith((".pth", ".pt", ".safetensors")):
         raise ConfigError("Encoder weights must be a .pth, .pt or .safetensors file (a torchvision state dict).")
     check_weights_file(path)  # again here, whichever door the path came through: sizes before torch reads it
-    cfg.model.weights = str(path)
+    cfg.model.encoder_weights = str(path)
 
 
 def _train_images(cfg: RunConfig, v: Any) -> None:
     n = int(v)
     if n < 2:
         raise ConfigError("Train on at least 2 images.")
-    cfg.data.max_train_images = n  # a cap; build_config turns it into the built-in data's size for "builtin"
+    cfg.data.train_images = n  # a cap; build_config turns it into the built-in data's size for "builtin"
 
 
 # In the /train API's order, which is also the page's. A table, laid out by hand: one setting per entry.
@@ -145,7 +145,7 @@ SETTINGS = (
     Setting("batch_size", lambda v: gr.Slider(1, 64, v, step=1, label="Batch size", elem_id="batch-size"),
             lambda c: c.train.batch_size, lambda c, v: setattr(c.train, "batch_size", int(v))),
     Setting("learning_rate", lambda v: gr.Number(v, label="Learning rate", minimum=1e-5, maximum=0.5, step=1e-4),
-            lambda c: c.train.lr, lambda c, v: setattr(c.train, "lr", float(v)), "Learning rate"),
+            lambda c: c.train.learning_rate, lambda c, v: setattr(c.train, "learning_rate", float(v)), "Learning rate"),
     Setting("loss", lambda v: gr.Dropdown(LOSSES, value=v, label="Loss", info="On imbalanced classes, Dice (or "
                                           "CE + Dice) keeps small classes from being ignored; see Why? below."),
             lambda c: c.train.loss, _loss),
@@ -167,7 +167,7 @@ SETTINGS = (
     Setting("time_budget", lambda v: gr.Slider(0, 60, v, step=0.25, label="Time budget (minutes)",
                                                elem_id="time-budget", info="The run stops here with its best "
                                                "checkpoint, and the learning rate reaches its end here. 0: no limit."),
-            lambda c: round((c.train.time_limit_s or 0) / 60, 2), _time_budget),
+            lambda c: round((c.train.time_budget_s or 0) / 60, 2), _time_budget),
     Setting("schedule", lambda v: gr.Dropdown(SCHEDULES, value=v, label="Learning-rate schedule"),
             lambda c: c.train.schedule, lambda c, v: setattr(c.train, "schedule", _choice(SCHEDULES, "a schedule")(v))),
     Setting("encoder", lambda v: gr.Dropdown(ENCODERS, value=v, label="Encoder", elem_id="encoder"),
@@ -247,7 +247,7 @@ def build_config(preset: str, dataset: str, **values: Any) -> RunConfig:
         raise gr.Error("Every setting needs a number; fill in the empty ones.") from None
     if p.instant and cfg.model.encoder == LITE and cfg.model.pretrained:  # instant: the encoder stays frozen
         cfg.train.freeze_encoder, cfg.data.augment, cfg.data.resize = True, False, "long"  # as recipes.plan
-    n, cfg.data.max_train_images = cfg.data.max_train_images, None
+    n, cfg.data.train_images = cfg.data.train_images, None
     assert n is not None  # the train_images setting above always sets it
     try:
         source = page_source(dataset)
