@@ -19,7 +19,7 @@ import numpy as np
 from segdemo.core.viz import overlay
 from segdemo.errors import DataError
 from segdemo.server.label_assist import LabelAssist, parse_box
-from segdemo.server.labelset import LabelSet, Photo
+from segdemo.server.labelset import GUESS, LabelSet, Photo
 from segdemo.ui.errors import user_errors
 from segdemo.ui.listeners import HEAVY
 from segdemo.ui.words import md
@@ -138,6 +138,11 @@ class AssistPanel:
             note = (
                 f"The preview shows **{md(guess.method)}** ({guess.ms:.0f} ms). Paint a stroke wherever it is "
                 "wrong and press **Fill**, or **Save** it as it is."
+            )
+        elif labels.extra(show, GUESS) is not None and np.array_equal(labels.extra(show, GUESS), labels.shown(show)):
+            note = (
+                "The preview shows **the model's guess** for this photo. Paint a stroke wherever it is wrong and "
+                "press **Fill**, or **Save** it as it is."
             )
         elif labels.shown(show) is not None:
             note = "The preview shows this photo's fill: paint where it is wrong and press **Fill** again, or Save."
