@@ -73,7 +73,7 @@ def test_strokes_fill_the_photo_and_only_save_writes_its_mask(server, tmp_path):
     assert (strokes != IGNORE).mean() < 0.05  # a few strokes, not a painted photo
     preview, note = c.predict(token, editor(tmp_path, EXAMPLES[0], strokes), api_name="/label_fill")
     assert "Filled in" in note and "Save" in note
-    assert Image.open(preview).size == (128, 128)  # the photo with the fill blended in, at the photo's size
+    assert Image.open(preview).size == (768, 768)  # the photo with the fill blended in, drawn at 768 px
     after = files_of(folder)
     # the fill is kept as this photo's proposal, in its own file; nothing else changed, no mask was written
     assert set(after) - set(before) == {f"proposals/{photo_id}.png"}
@@ -102,7 +102,7 @@ def test_a_box_proposes_the_object_and_a_second_stroke_corrects_it(server, tmp_p
     ys, xs = np.nonzero(truth)
     box = f"{xs.min() - 4}, {ys.min() - 4}, {xs.max() + 4}, {ys.max() + 4}"
     preview, note = c.predict(token, editor(tmp_path, EXAMPLES[2]), box, "object", api_name="/label_box")
-    assert "GrabCut" in note and Image.open(preview).size == (128, 128)
+    assert "GrabCut" in note and Image.open(preview).size == (768, 768)
     folder = sets / hash_owner(token)
     proposal = np.array(Image.open(folder / "proposals" / f"{photo_id}.png"))
     assert set(np.unique(proposal)) == {0, 1} and (proposal == truth).mean() > 0.85

@@ -25,6 +25,9 @@ from segdemo.ui.listeners import HEAVY
 from segdemo.ui.words import md
 
 PREVIEW_ALPHA = 0.5
+# The preview is drawn at this size (longest side): gradio 6.31's static image computes a click's pixel from the
+# picture's natural size capped at 1:1, so a picture shown larger than it is gets its clicks off or lost.
+PREVIEW_SIDE = 768
 BOX_COLOR = (255, 255, 255)
 TEACH = (
     "**What Fill does.** It learns, from the pixels you painted, what each class looks like (colour and "
@@ -152,20 +155,26 @@ class AssistPanel:
         return out
 
     @staticmethod
-    def picture(labels: LabelSet, photo: Photo, box: tuple[float, ...] = ()) -> np.ndarray:
+    def scale(photo: Photo) -> float:
+        """Preview pixels per photo pixel."""
+        return PREVIEW_SIDE / max(photo.width, photo.height)
+
+    @classmethod
+    def picture(cls, labels: LabelSet, photo: Photo, box: tuple[float, ...] = ()) -> np.ndarray:
         """The photo with what the page shows for it blended in (the bare photo when nothing is filled), and a
-        box or a first corner drawn on it."""
+        box (photo pixels) or a first corner drawn on it, at PREVIEW_SIDE."""
         image = labels.image(photo)
         shown = labels.shown(photo)
         if shown is not None:
             image = overlay(image, shown, labels.classes(), PREVIEW_ALPHA)
-        image = np.ascontiguousarray(image)
-        t = max(1, round(max(image.shape[:2]) / 200))
-        if len(box) == 4:
-            x0, y0, x1, y1 = (round(v) for v in box)
-            cv2.rectangle(image, (x0, y0), (x1, y1), BOX_COLOR, t + 1)
-        elif len(box) == 2:
-            cv2.drawMarker(image, (round(box[0]), round(box[1])), BOX_COLOR, cv2.MARKER_CROSS, 8 * t, t + 1)
+        f = cls.scale(photo)
+        size = (round(photo.width * f), round(photo.height * f))
+        image = np.ascontiguousarray(cv2.resize(image, size, interpolation=cv2.INTER_NEAREST))
+        at = [round(v * f) for v in box]
+        if len(at) == 4:
+            cv2.rectangle(image, (at[0], at[1]), (at[2], at[3]), BOX_COLOR, 3)
+        elif len(at) == 2:
+            cv2.drawMarker(image, (at[0], at[1]), BOX_COLOR, cv2.MARKER_CROSS, 24, 3)
         return image
 
     def _photo_and_strokes(self, labels: LabelSet, current: Any, editor: Any) -> tuple[Photo, np.ndarray]:
@@ -212,8 +221,9 @@ class AssistPanel:
         index = evt.index if isinstance(evt.index, list | tuple) else ()
         if len(index) != 2 or not all(isinstance(v, int | float) for v in index):
             return {self.box_text: gr.skip(), self.preview: gr.skip()}
-        x = min(max(float(index[0]), 0.0), photo.width)
-        y = min(max(float(index[1]), 0.0), photo.height)
+        f = self.scale(photo)  # the preview is drawn larger than the photo
+        x = min(max(float(index[0]) / f, 0.0), photo.width)
+        y = min(max(float(index[1]) / f, 0.0), photo.height)
         parts = [p for p in str(box or "")[:200].replace(" ", "").split(",") if p]
         try:
             begun = [float(v) for v in parts] if len(parts) == 2 else []
