@@ -142,11 +142,16 @@ class Student:
         self.parts: dict[str, float] = {}
         self.strokes = 0
         self.photo_waits: list[float] = []  # seconds from an action to the editor showing its new photo
+        self.verbose = False
+        self.uploads = 0  # files the page has sent to the server (the app allows 300 a minute per address)
+        page.on("request", lambda r: setattr(self, "uploads", self.uploads + 1) if "/upload" in r.url else None)
         self._t = time.time()
 
     def lap(self, name: str) -> None:
         now = time.time()
         self.parts[name] = self.parts.get(name, 0.0) + now - self._t
+        if self.verbose:
+            print(f"    [{now - self._t:5.1f} s] {name} ({self.uploads} uploads so far)", flush=True)
         self._t = now
 
     def label_photo(self, path: Path, truth: np.ndarray) -> None:
@@ -195,7 +200,7 @@ class Student:
         self.lap("train on these")
         page.locator("#train-btn").click()
         status = page.locator("#run-status")
-        expect(status).to_contain_text(re.compile("Finished|Reached the time limit"), timeout=600_000)
+        expect(status).to_contain_text(re.compile("Finished|Used its time budget"), timeout=600_000)
         status_text = status.inner_text()
         self.lap("train")
         page.get_by_role("tab", name="Predict").click()
@@ -263,7 +268,10 @@ class AssistedStudent(Student):
         self.page.locator("#label-fill").click()
         note = self.page.locator("#label-assist")
         expect(note).to_contain_text("Filled in")
+        deadline = time.time() + 120
         while not file.is_file() or file.stat().st_mtime_ns == before or "Filled in" not in note.inner_text():
+            toasts = self.page.locator(".toast-body").all_inner_texts()
+            assert time.time() < deadline and not toasts, f"Fill gave no answer for {path.name}: {toasts}"
             self.page.wait_for_timeout(20)
         self.fill_wall.append(time.time() - t0)
         self.fill_ms.append(float(re.search(r"Filled in (\d+) ms", note.inner_text()).group(1)))
@@ -284,7 +292,10 @@ class AssistedStudent(Student):
         else:
             self.prelabelled += 1
         for _ in range(self.rounds):
-            fix = fix_strokes(truth, (shown != truth) & (truth != 255))
+            scored = truth != 255
+            if self.verbose:
+                print(f"    {path.name}: the preview agrees on {(shown == truth)[scored].mean():.1%}", flush=True)
+            fix = fix_strokes(truth, (shown != truth) & scored)
             if not fix:
                 break
             self.strokes += len(fix)
@@ -318,6 +329,8 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=6)
     ap.add_argument("--strokes", type=int, default=2, help="strokes per class per photo (with --paint-only)")
     ap.add_argument("--paint-only", action="store_true", help="the old student: strokes alone, no Fill")
+    ap.add_argument("--uploads-per-minute", type=int, default=1200, help="the app's per-address upload cap")
+    ap.add_argument("--verbose", action="store_true", help="print each step's seconds as it ends")
     ap.add_argument("--rounds", type=int, default=2, help="corrections after a fill or a guess, at most")
     ap.add_argument("--url", help="use an app already running there (its labels are then not checked)")
     args = ap.parse_args()
@@ -332,7 +345,11 @@ def main() -> None:
     truth_png = tmp / f"{held_out.stem}.png"
     Image.fromarray(held_truth).save(truth_png)  # class ids, 255 = the border: scored as ignore
 
-    url, proc = (args.url, None) if args.url else start_app()
+    # One scripted student outpaces the app's per-address cap on uploads (300 a minute): the editor sends its
+    # photo, layer and composite with each event, several times over (about 20 files a Fill, 25 a Save).
+    env = {"SEGDEMO_UPLOADS_PER_MINUTE": str(args.uploads_per_minute)}
+    url, proc = (args.url, None) if args.url else start_app(env, log=tmp / "app.log")
+    print(f"  the app logs to {tmp / 'app.log'}", flush=True)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -344,6 +361,7 @@ def main() -> None:
             else:
                 assert proc is not None, "the assisted student reads the server's proposals: run without --url"
                 student = AssistedStudent(page, proc.runs_dir, args.rounds)
+            student.verbose = args.verbose
             refused: list[str] = []
             page.on("response", lambda r: refused.append(f"{r.status} {r.url[:90]}") if r.status >= 400 else None)
             t_start = time.time()
@@ -361,10 +379,10 @@ def main() -> None:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-    val = re.search(r"val mIoU \*\*([\d.]+)", status_text)
+    val = re.search(r"val mIoU \**([\d.]+)", status_text)
     held = re.search(r"mIoU \**([\d.]+)", summary)
     print(f"label_speed: {machine()}, {load()}")
-    print(f"  data: {source}; {len(label)} photos, {student.strokes} strokes")
+    print(f"  data: {source}; {len(label)} photos, {student.strokes} strokes, {student.uploads} files uploaded")
     waits = student.photo_waits
     print(f"  the editor showed each new photo after {min(waits):.1f}-{max(waits):.1f} s (median {median(waits):.1f})")
     print(f"  painted labels agree with the true masks on {right:.1%} of {painted} painted pixels")
