@@ -12,10 +12,21 @@ from pathlib import Path
 import pytest
 
 from tests import test_app_browser as browser
+from tests.conftest import app_subprocess
 from tests.label_page import open_photo, pick_class, stroke
 from tests.test_app_browser import CHROMIUM, _set_number, screenshot_on_failure
 
-app_url, page_fixture = browser.app_url, browser.page  # this module's own app, and a fresh browser per test
+page_fixture = browser.page  # a fresh browser per test
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """This module's own app. Its per-address upload cap is raised: the editor sends ~20 files per Fill or Save,
+    and two scripted students a minute apart on one address pass the default 300 a minute, which leaves the
+    page waiting on a refused upload (a real classroom behind one router meets the same cap; see the README)."""
+    with app_subprocess(tmp_path_factory.mktemp("label-browser-app"), SEGDEMO_UPLOADS_PER_MINUTE="1200") as (url, _):
+        yield url
+
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = [ROOT / "examples" / "shapes_1.png", ROOT / "examples" / "shapes_2.png"]
