@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from segdemo.atomic import replace_file
+from segdemo.core.fill import kept_share
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.errors import DataError, LimitError
 from segdemo.imageio import load_image, load_rgba
@@ -59,6 +60,10 @@ DATASET_FOLDER = "segdemo-labels"  # the folder inside the zip
 SET_FILE = "set.json"
 NO_SUCH_PHOTO = "no such photo in your labelled set (it may have expired or been removed); choose one from the list"
 SWEEP_EVERY_S = 60.0
+# Beside each photo's saved mask (masks/), the assisted labelling keeps (same palette PNGs, same id): the
+# student's own strokes at the last save (what the editor gives back to paint on), the fill or guess the page
+# shows now and Save stores (cleared by the save), and the model's first guess (how much of it was kept).
+STROKES, PROPOSAL, GUESS = "strokes", "proposals", "guesses"
 _ID = re.compile(r"^[0-9a-f]{8}$")
 _OWNER_DIR = re.compile(r"^[0-9a-f]{64}$")
 README = """Labelled in segdemo's Label tab.
@@ -81,6 +86,7 @@ class Photo:
     width: int
     height: int
     counts: tuple[int, ...]  # labelled pixels per class; all zero until painted
+    kept: float | None = None  # the share of the saved pixels the model had guessed right, if it guessed
 
     @property
     def labelled(self) -> bool:
@@ -230,7 +236,11 @@ class LabelSet:
 
     @staticmethod
     def _photo(d: dict) -> Photo:
-        return Photo(d["id"], d["stem"], d["name"], int(d["width"]), int(d["height"]), tuple(d["counts"]))
+        kept = d.get("kept")
+        return Photo(
+            d["id"], d["stem"], d["name"], int(d["width"]), int(d["height"]), tuple(d["counts"]),
+            float(kept) if isinstance(kept, int | float) else None,
+        )  # fmt: skip
 
     def classes(self) -> ClassSet:
         with self._lock:
@@ -288,7 +298,54 @@ class LabelSet:
         with Image.open(path) as im:
             return np.array(im, np.uint8)
 
+    def extra(self, photo: Photo, kind: str) -> np.ndarray | None:
+        """One of the masks kept beside the saved one (STROKES, PROPOSAL, GUESS), or None when there is none."""
+        path = self._extra_path(photo.id, kind)
+        if not path.is_file():
+            return None
+        with Image.open(path) as im:
+            ids = np.array(im, np.uint8)
+        return ids if ids.shape == (photo.height, photo.width) else None
+
+    def _extra_path(self, photo_id: str, kind: str) -> Path:
+        if kind not in (STROKES, PROPOSAL, GUESS) or not _ID.match(photo_id):
+            raise ValueError(f"no such mask kind {kind!r} for {photo_id!r}")
+        return self.folder / kind / f"{photo_id}.png"
+
+    def shown(self, photo: Photo) -> np.ndarray | None:
+        """What the page shows for this photo and Save builds on: the fill or guess not saved yet, else the saved
+        mask when it was filled (saved with strokes kept apart); None when only strokes count."""
+        proposal = self.extra(photo, PROPOSAL)
+        if proposal is not None:
+            return proposal
+        if photo.labelled and self._extra_path(photo.id, STROKES).is_file():
+            return self.mask(photo)
+        return None
+
+    def strokes(self, photo: Photo) -> np.ndarray:
+        """The student's own strokes to paint on: kept apart since the photo was filled, else its saved mask."""
+        strokes = self.extra(photo, STROKES)
+        return strokes if strokes is not None else self.mask(photo)
+
     # changing
+
+    def put_extra(self, photo_id: str, kind: str, mask: np.ndarray) -> None:
+        """Keep a fill, guess or strokes beside the photo's mask (its own file, this set's folder, checked)."""
+        photo = self.get(photo_id)
+        self._check_mask(photo, mask)
+        with self._lock:
+            k = len(self._doc()["classes"])
+            path = self._extra_path(photo.id, kind)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            replace_file(path, _mask_png(mask, LABEL_COLORS[:k]), fsync=False)
+
+    def drop_extra(self, photo_id: str, *kinds: str) -> None:
+        for kind in kinds:
+            self._extra_path(photo_id, kind).unlink(missing_ok=True)
+
+    def _check_mask(self, photo: Photo, mask: np.ndarray) -> None:
+        if not (isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.shape == (photo.height, photo.width)):
+            raise DataError(f"a mask for {photo.name} must be {photo.width}x{photo.height} class ids")
 
     def set_classes(self, names: list[str]) -> ClassSet:
         """Rename the classes, add some, or drop unused ones at the end (a painted class cannot be dropped)."""
@@ -308,14 +365,17 @@ class LabelSet:
             doc["classes"] = names
             self._write(doc)
             self._recolor_masks(doc)
+            for kind in (PROPOSAL, GUESS):  # made for the old classes: the page makes them afresh
+                shutil.rmtree(self.folder / kind, ignore_errors=True)
             return class_set(names)
 
     def _recolor_masks(self, doc: dict) -> None:
         """Masks carry the class colours in their palette: keep them in step with the class list."""
         colors = LABEL_COLORS[: len(doc["classes"])]
         for p in doc["photos"]:
-            path = self.folder / "masks" / f"{p['id']}.png"
-            if path.is_file():
+            for path in (self.folder / "masks" / f"{p['id']}.png", self.folder / STROKES / f"{p['id']}.png"):
+                if not path.is_file():
+                    continue
                 with Image.open(path) as im:
                     ids = np.array(im, np.uint8)
                 replace_file(path, _mask_png(ids, colors), fsync=False)
@@ -366,12 +426,13 @@ class LabelSet:
             self._write(doc)
             (self.folder / "photos" / f"{photo.id}.jpg").unlink(missing_ok=True)
             (self.folder / "masks" / f"{photo.id}.png").unlink(missing_ok=True)
+            self.drop_extra(photo.id, STROKES, PROPOSAL, GUESS)
 
-    def save_mask(self, photo_id: str, mask: np.ndarray) -> Photo:
-        """Store a photo's class ids (0..K-1, IGNORE); DataError for a wrong size or an unknown class."""
+    def save_mask(self, photo_id: str, mask: np.ndarray, kept: float | None = None) -> Photo:
+        """Store a photo's class ids (0..K-1, IGNORE); DataError for a wrong size or an unknown class. `kept`:
+        how much of the model's guess the mask kept, shown in the progress (None leaves what was recorded)."""
         photo = self.get(photo_id)
-        if not (isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.shape == (photo.height, photo.width)):
-            raise DataError(f"a mask for {photo.name} must be {photo.width}x{photo.height} class ids")
+        self._check_mask(photo, mask)
         with self._lock:
             doc = self._doc()
             k = len(doc["classes"])
@@ -385,18 +446,37 @@ class LabelSet:
             (self.folder / "masks").mkdir(parents=True, exist_ok=True, mode=0o700)
             replace_file(self.folder / "masks" / f"{photo.id}.png", _mask_png(mask, LABEL_COLORS[:k]), fsync=False)
             entry["counts"] = [int(c) for c in counts[:k]]
+            if kept is not None:
+                entry["kept"] = round(float(kept), 4)
             self._write(doc)
             return self._photo(entry)
 
-    def save_layers(self, photo_id: str, layer_files: list, max_layers: int = 4) -> Photo:
-        """Read the browser's painted layers (files, checked like any upload) and store the mask they make."""
-        photo = self.get(photo_id)
+    def strokes_from_layers(self, photo: Photo, layer_files: list, max_layers: int = 4) -> np.ndarray:
+        """The browser's painted layers (files, checked like any upload, each capped at the photo's pixels) as
+        class ids, IGNORE unpainted."""
         if len(layer_files) > max_layers:
             raise DataError(f"{len(layer_files)} layers sent; paint on the one layer the Label tab gives")
         cap = photo.width * photo.height  # a layer of another size is refused anyway: never decode a big one
         layers = [load_rgba(f, f"layer {i + 1}", max_pixels=cap) for i, f in enumerate(layer_files)]
-        mask = mask_from_layers(layers, (photo.height, photo.width), self.classes().colors)
-        return self.save_mask(photo.id, mask)
+        return mask_from_layers(layers, (photo.height, photo.width), self.classes().colors)
+
+    def save_layers(self, photo_id: str, layer_files: list, max_layers: int = 4) -> Photo:
+        """Read the browser's painted layers and store the mask they make: the strokes alone, or, when the page
+        shows a fill or the model's guess for the photo (shown()), that mask with the strokes on top, the
+        strokes then kept apart to paint on again. A guess records how much of it the saved mask kept."""
+        photo = self.get(photo_id)
+        strokes = self.strokes_from_layers(photo, layer_files, max_layers)
+        shown = self.shown(photo)
+        if shown is None:
+            self.drop_extra(photo.id, STROKES)
+            return self.save_mask(photo.id, strokes)
+        mask = np.where(strokes != IGNORE, strokes, shown).astype(np.uint8)
+        guess = self.extra(photo, GUESS)
+        kept = kept_share(guess, mask) if guess is not None else None
+        saved = self.save_mask(photo.id, mask, kept=kept)
+        self.put_extra(photo.id, STROKES, strokes)
+        self.drop_extra(photo.id, PROPOSAL, GUESS)
+        return saved
 
     # reading it back out
 

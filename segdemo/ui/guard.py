@@ -21,7 +21,7 @@ from segdemo.server.limits import ByteQuota, LimitError, RateLimiter, Slots, cli
 
 MAX_BODY = 256 << 10  # JSON bodies: ours carry tokens, settings and file references, a few KB at most
 UPLOAD_BYTES_PER_HOUR = int(os.environ.get("SEGDEMO_UPLOAD_MB_PER_HOUR") or 1024) << 20  # per address
-UPLOADS_PER_MINUTE = 300  # per address (gradio_client sends one request per file)
+UPLOADS_PER_MINUTE = int(os.environ.get("SEGDEMO_UPLOADS_PER_MINUTE") or 300)  # per address (gradio_client: one a file)
 FILES_PER_UPLOAD = 200  # files in one upload request (the Label tab's photos come several at once)
 UPLOAD_FILES_PER_HOUR = int(os.environ.get("SEGDEMO_UPLOAD_FILES_PER_HOUR") or 3000)  # per address: a class's
 # Connections Gradio holds open (each page keeps a heartbeat and, while it waits for answers, an event stream):

@@ -38,6 +38,7 @@ from segdemo.server.labelset import SET_FILE, LabelSet, LabelStore, Photo
 from segdemo.server.limits import ByteQuota, ensure_free_disk
 from segdemo.ui.context import AppContext, client_of
 from segdemo.ui.errors import user_errors
+from segdemo.ui.label_assist import AssistPanel, layer_files
 from segdemo.ui.listeners import HEAVY
 from segdemo.ui.words import md
 
@@ -55,9 +56,12 @@ STILL_LOADING = (
 RULE = (
     "**Pick a class by its colour** in the editor's palette (the colour button on the left), then paint. "
     "**Unpainted pixels are ignored**: they count neither for nor against the model, so a few confident "
-    "strokes per class are enough, as long as every class gets some (paint the background too). Use the "
-    "eraser for mistakes and the size button for a bigger or smaller brush. **Save** before you pick "
-    "another photo (choosing one from the list or the thumbnails saves the current one for you)."
+    "strokes per class are enough, as long as every class gets some (paint the background too). "
+    "**Fill** then labels the rest of the photo from your strokes, and a **box** (two clicks on the preview) "
+    "proposes one object; the preview shows what Save stores. Once two photos are saved, the next ones open "
+    "**pre-labelled** by a model learned from them: correct what is wrong. Use the eraser for mistakes and the "
+    "size button for a bigger or smaller brush. **Save** before you pick another photo (choosing one from the "
+    "list or the thumbnails saves the current one for you)."
 )
 
 
@@ -86,20 +90,11 @@ def _brush(classes: Any) -> gr.Brush:
     return gr.Brush(colors=colors, default_color=colors[0], color_mode="fixed", default_size="auto")
 
 
-def _layer_files(editor: Any) -> list[str]:
-    """The painted layers' files from a raw ImageEditor payload (preprocess=False: Gradio has already checked
-    that every path is one of its uploads); gr.Error for anything that is not such a payload."""
-    if editor is None:
-        return []
-    if not isinstance(editor, dict) or not isinstance(editor.get("layers") or [], list):
-        raise gr.Error("Send the painted photo as the editor's value (background, layers, composite).")
-    files = []
-    for layer in editor.get("layers") or []:
-        path = layer.get("path") if isinstance(layer, dict) else None
-        if not isinstance(path, str):
-            raise gr.Error("A painted layer arrived without its file; paint on the photo again.")
-        files.append(path)
-    return files
+def _state(p: Photo) -> str:
+    """A photo's state in the list: labelled or not, and how much the model had right."""
+    if not p.labelled:
+        return "(not labelled yet)"
+    return f"✓ (the model had {p.kept:.0%} right)" if p.kept is not None else "✓"
 
 
 def _file_path(payload: Any) -> str | None:
@@ -125,76 +120,90 @@ class LabelTab:
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                gr.Markdown("### 1. Photos")
-                self.photos_in = gr.File(
-                    label=f"Add photos (up to {labelset.MAX_PHOTOS}; each is shrunk to {labelset.LABEL_MAX_SIDE} px)",
-                    file_count="multiple",
-                    file_types=IMAGE_TYPES,
-                    elem_id="label-upload",
-                    height=120,
-                )
-                with gr.Accordion("…or take photos with the webcam", open=False):
-                    self.webcam = gr.Image(
-                        sources=["webcam"], type="filepath", label="Webcam", elem_id="label-webcam", height=240
-                    )
-                    self.webcam_btn = gr.Button("Add this webcam photo", size="sm", elem_id="label-webcam-add")
-                gr.Markdown("### 2. Classes")
-                self.class_names = gr.Textbox(
-                    ", ".join(default.names),
-                    label=f"Class names, {labelset.MIN_CLASSES} to {labelset.MAX_CLASSES}, separated by commas",
-                    info="Class 1 is usually the background. Applied when you press Enter or click elsewhere.",
-                    elem_id="label-classes",
-                    max_length=400,
-                )
-                self.legend = gr.HTML(self._legend(default), elem_id="label-legend")
-                gr.Markdown(RULE)
+                self._photos_section()
+                self._classes_section(default)
             with gr.Column(scale=3, min_width=420):
-                gr.Markdown("### 3. Paint")
-                with gr.Row():
-                    self.photo = gr.Dropdown(
-                        [], label="Photo", elem_id="label-photo", scale=3, allow_custom_value=False
-                    )
-                    self.remove_btn = gr.Button("Remove this photo", size="sm", scale=1, elem_id="label-remove")
-                self.current = gr.State(None)  # the id of the photo in the editor, whose paint Save stores
-                refuse_editor_blobs()
-                self.editor = gr.ImageEditor(
-                    label="Paint the classes on the photo",
-                    elem_id="label-editor",
-                    sources=(),  # the photo comes from the list above, so its mask always matches it
-                    transforms=(),  # no crop: a cropped canvas would no longer match its photo
-                    layers=False,  # one layer: class = colour
-                    brush=_brush(default),
-                    eraser=gr.Eraser(default_size="auto"),
-                    format="png",  # lossless: a layer's colours must come back exact
-                    image_mode="RGBA",
-                    canvas_size=(labelset.LABEL_MAX_SIDE, labelset.LABEL_MAX_SIDE * 3 // 4),
-                    height=560,
-                    buttons=["fullscreen"],
-                )
-                with gr.Row():
-                    self.save_btn = gr.Button("Save", elem_id="label-save")
-                    self.next_btn = gr.Button("Save and next photo", variant="primary", elem_id="label-next")
-                self.gallery = gr.Gallery(
-                    label="Your photos with their labels (click one to paint it)",
-                    columns=6,
-                    height=200,
-                    format="jpeg",
-                    object_fit="contain",
-                    allow_preview=False,
-                    elem_id="label-gallery",
-                )
-                gr.Markdown("### 4. Use them")
-                self.progress = gr.Markdown("No photos yet: add some above.", elem_id="label-progress")
-                with gr.Row():
-                    self.train_btn = gr.Button("Train on these", variant="primary", elem_id="label-train")
-                    self.download_btn = gr.Button("Download dataset (zip)", elem_id="label-download")
-                self.download_file = gr.File(
-                    label="Your dataset: images/, masks/ (class ids, 255 = unlabelled) and classes.json",
-                    interactive=False,
-                    visible=False,
-                    elem_id="label-zip",
-                )
-        self.view = [self.photo, self.current, self.editor, self.progress, self.gallery, self.legend, self.class_names]
+                self._paint_section(default)
+                self.assist = AssistPanel(self)
+                self._use_section()
+        self.view = [
+            *(self.photo, self.current, self.editor, self.progress, self.gallery, self.legend, self.class_names),
+            *self.assist.outputs,
+        ]
+
+    def _photos_section(self) -> None:
+        gr.Markdown("### 1. Photos")
+        self.photos_in = gr.File(
+            label=f"Add photos (up to {labelset.MAX_PHOTOS}; each is shrunk to {labelset.LABEL_MAX_SIDE} px)",
+            file_count="multiple",
+            file_types=IMAGE_TYPES,
+            elem_id="label-upload",
+            height=120,
+        )
+        with gr.Accordion("…or take photos with the webcam", open=False):
+            self.webcam = gr.Image(
+                sources=["webcam"], type="filepath", label="Webcam", elem_id="label-webcam", height=240
+            )
+            self.webcam_btn = gr.Button("Add this webcam photo", size="sm", elem_id="label-webcam-add")
+
+    def _classes_section(self, default: Any) -> None:
+        gr.Markdown("### 2. Classes")
+        self.class_names = gr.Textbox(
+            ", ".join(default.names),
+            label=f"Class names, {labelset.MIN_CLASSES} to {labelset.MAX_CLASSES}, separated by commas",
+            info="Class 1 is usually the background. Applied when you press Enter or click elsewhere.",
+            elem_id="label-classes",
+            max_length=400,
+        )
+        self.legend = gr.HTML(self._legend(default), elem_id="label-legend")
+        gr.Markdown(RULE)
+
+    def _paint_section(self, default: Any) -> None:
+        gr.Markdown("### 3. Paint")
+        with gr.Row():
+            self.photo = gr.Dropdown([], label="Photo", elem_id="label-photo", scale=3, allow_custom_value=False)
+            self.remove_btn = gr.Button("Remove this photo", size="sm", scale=1, elem_id="label-remove")
+        self.current = gr.State(None)  # the id of the photo in the editor, whose paint Save stores
+        refuse_editor_blobs()
+        self.editor = gr.ImageEditor(
+            label="Paint the classes on the photo",
+            elem_id="label-editor",
+            sources=(),  # the photo comes from the list above, so its mask always matches it
+            transforms=(),  # no crop: a cropped canvas would no longer match its photo
+            layers=False,  # one layer: class = colour
+            brush=_brush(default),
+            eraser=gr.Eraser(default_size="auto"),
+            format="png",  # lossless: a layer's colours must come back exact
+            image_mode="RGBA",
+            canvas_size=(labelset.LABEL_MAX_SIDE, labelset.LABEL_MAX_SIDE * 3 // 4),
+            height=560,
+            buttons=["fullscreen"],
+        )
+        with gr.Row():
+            self.save_btn = gr.Button("Save", elem_id="label-save")
+            self.next_btn = gr.Button("Save and next photo", variant="primary", elem_id="label-next")
+
+    def _use_section(self) -> None:
+        self.gallery = gr.Gallery(
+            label="Your photos with their labels (click one to paint it)",
+            columns=6,
+            height=200,
+            format="jpeg",
+            object_fit="contain",
+            allow_preview=False,
+            elem_id="label-gallery",
+        )
+        gr.Markdown("### 4. Use them")
+        self.progress = gr.Markdown("No photos yet: add some above.", elem_id="label-progress")
+        with gr.Row():
+            self.train_btn = gr.Button("Train on these", variant="primary", elem_id="label-train")
+            self.download_btn = gr.Button("Download dataset (zip)", elem_id="label-download")
+        self.download_file = gr.File(
+            label="Your dataset: images/, masks/ (class ids, 255 = unlabelled) and classes.json",
+            interactive=False,
+            visible=False,
+            elem_id="label-zip",
+        )
 
     # -- wiring -----------------------------------------------------------------------------------------
 
@@ -246,6 +255,7 @@ class LabelTab:
         self.download_btn.click(
             self.download, paint, [*self.view, self.download_file], api_name="label_download", **raw
         )
+        self.assist.wire(self.token, self.current, self.editor, shown)
         demo.load(self.reattach, self.token, self.view, api_visibility="private", concurrency_id=HEAVY, **shown)
         gr.api(self.info, api_name="label_info", concurrency_limit=None)
 
@@ -253,6 +263,8 @@ class LabelTab:
 
     def _set(self, token: Any) -> LabelSet:
         return self.store.for_owner(self.ctx.owner(token))
+
+    set_of = _set  # for the assist panel
 
     @staticmethod
     def _legend(classes: Any) -> str:
@@ -262,13 +274,15 @@ class LabelTab:
             "order):</div>" + swatches
         )
 
-    def _view(self, labels: LabelSet, show: Photo | None | str = "keep", names_text: bool = False) -> dict:
+    def _view(
+        self, labels: LabelSet, show: Photo | None | str = "keep", names_text: bool = False, saved: Photo | None = None
+    ) -> dict:
         """Every part of the tab from the set on disk. show: a photo to put in the editor, None for an empty
-        editor, or "keep" to leave the editor (and its undo history) as it is."""
+        editor, or "keep" to leave the editor (and its undo history) as it is; `saved`: the photo just saved.
+        A photo shown is pre-labelled by the set's model when it can (the assist panel)."""
+        assist = self.assist.updates(labels, show, saved)  # first: a guess changes what the photo shows
         classes, photos, prog = labels.classes(), labels.photos(), labels.progress()
-        choices = [
-            (f"{i + 1}. {p.name} {'✓' if p.labelled else '(not labelled yet)'}", p.id) for i, p in enumerate(photos)
-        ]
+        choices = [(f"{i + 1}. {p.name} {_state(p)}", p.id) for i, p in enumerate(photos)]
         out = {
             self.photo: gr.update(choices=choices),
             self.progress: self._progress_md(prog, classes, photos),
@@ -277,13 +291,14 @@ class LabelTab:
             self.class_names: ", ".join(classes.names) if names_text else gr.skip(),
             self.current: gr.skip(),
             self.editor: gr.skip(),
+            **assist,
         }
         if show != "keep":
             out[self.current] = show.id if show else None
             out[self.photo] = gr.update(choices=choices, value=show.id if show else None)
             update = {"value": None}
             if show is not None:
-                layer = labelset.layer_from_mask(labels.mask(show), classes.colors)
+                layer = labelset.layer_from_mask(labels.strokes(show), classes.colors)  # the strokes alone
                 update = {
                     "value": {"background": self._served(labels, show), "layers": [layer], "composite": None},
                     # Always, even when unchanged: the layer must land on its photo pixel for pixel, and an
@@ -326,6 +341,9 @@ class LabelTab:
             k = classes.num_classes
             presence = np.array([[i < len(p.counts) and p.counts[i] > 0 for i in range(k)] for p in labelled])
             lines += [f"⚠ {md(t)}" for t in coverage_notes(classes.names, presence)]
+        kept = [f"{md(p.name)} {p.kept:.0%}" for p in labelled if p.kept is not None]
+        if kept:
+            lines.append("The model had right (of the pixels you saved): " + " · ".join(kept))
         todo = labelset.MIN_TO_TRAIN - prog.labelled
         lines.append(
             f"Label {todo} more to train (one photo is kept aside to check the model)."
@@ -344,13 +362,13 @@ class LabelTab:
             mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         return overlay(image, mask, classes, 0.5), ("✓ " if p.labelled else "") + p.name
 
-    def _save_current(self, labels: LabelSet, current: Any, editor: Any, asked: bool = False) -> Photo | None:
-        """Store the editor's paint as the mask of the photo it shows; the photo, or None when there is none.
+    def _shown_photo(self, labels: LabelSet, current: Any, editor: Any, asked: bool) -> Photo | None:
+        """The photo the editor shows, whose paint it sent; None (or gr.Error when the student `asked`) when
+        there is none, or when the editor still holds the previous photo.
 
         The editor loads a photo a moment after the page switches to it; until then it still holds the previous
         photo and its paint (already saved when the page switched). That paint is never stored onto the new
-        photo: an automatic save skips it, and a Save the student `asked` for says to wait."""
-        files = _layer_files(editor)
+        photo, nor filled: an automatic save skips it, and a button the student pressed says to wait."""
         background = _file_path(editor.get("background")) if isinstance(editor, dict) else None
         if not current or background is None:
             if asked:
@@ -360,9 +378,23 @@ class LabelTab:
         if not labels.shows(photo, background):
             if asked:
                 raise gr.Error(STILL_LOADING)
-            log.info("skipped saving paint sent with another photo than %s (the editor was still loading)", photo.id)
+            log.info("skipped paint sent with another photo than %s (the editor was still loading)", photo.id)
             return None
-        return labels.save_layers(photo.id, files)
+        return photo
+
+    def editing(self, labels: LabelSet, current: Any, editor: Any) -> Photo:
+        """The photo in the editor, checked as a Save checks it (for Fill and the box)."""
+        layer_files(editor)  # a payload that is no editor value gets its sentence first
+        photo = self._shown_photo(labels, current, editor, asked=True)
+        assert photo is not None
+        return photo
+
+    def _save_current(self, labels: LabelSet, current: Any, editor: Any, asked: bool = False) -> Photo | None:
+        """Store the editor's paint (over the fill the preview shows, if any) as the mask of the photo it shows;
+        the photo, or None when there is none or the editor still shows another (see _shown_photo)."""
+        files = layer_files(editor)
+        photo = self._shown_photo(labels, current, editor, asked)
+        return labels.save_layers(photo.id, files) if photo else None
 
     @staticmethod
     def _pick(photos: list[Photo], after: str | None = None) -> Photo | None:
@@ -452,15 +484,15 @@ class LabelTab:
     def save(self, token: Any, current: Any, editor: Any) -> Any:
         """Store the editor's paint as the current photo's mask."""
         labels = self._set(token)
-        self._save_current(labels, current, editor, asked=True)
-        return self._view(labels)
+        saved = self._save_current(labels, current, editor, asked=True)
+        return self._view(labels, saved=saved)
 
     @user_errors
     def save_next(self, token: Any, current: Any, editor: Any) -> Any:
         """Save, then open the next photo that has no labels yet."""
         labels = self._set(token)
-        self._save_current(labels, current, editor, asked=True)
-        return self._view(labels, show=self._pick(labels.photos(), after=current))
+        saved = self._save_current(labels, current, editor, asked=True)
+        return self._view(labels, show=self._pick(labels.photos(), after=current), saved=saved)
 
     @user_errors
     def remove(self, token: Any, current: Any) -> Any:
@@ -539,6 +571,7 @@ class LabelTab:
                     "height": p.height,
                     "labelled": p.labelled,
                     "class_pixels": list(p.counts),
+                    "model_kept": p.kept,  # the share of its saved pixels the model had guessed right, or None
                 }
                 for p in labels.photos()
             ],
