@@ -142,7 +142,7 @@ class AssistPanel:
                 f"The preview shows **{md(guess.method)}** ({guess.ms:.0f} ms). Paint a stroke wherever it is "
                 "wrong and press **Fill**, or **Save** it as it is."
             )
-        elif labels.extra(show, GUESS) is not None and np.array_equal(labels.extra(show, GUESS), labels.shown(show)):
+        elif (kept := labels.extra(show, GUESS)) is not None and np.array_equal(kept, labels.shown(show)):  # type: ignore[arg-type]  # None compares unequal
             note = (
                 "The preview shows **the model's guess** for this photo. Paint a stroke wherever it is wrong and "
                 "press **Fill**, or **Save** it as it is."

@@ -81,12 +81,14 @@ def refuse_editor_blobs() -> None:
     def accept_blobs(self, data: Any = None) -> Any:  # noqa: ARG001 - the signature gradio calls
         return None
 
-    accept_blobs.segdemo_refuses = True  # type: ignore[attr-defined]
-    gr.ImageEditor.accept_blobs = accept_blobs
+    accept_blobs.segdemo_refuses = True
+    gr.ImageEditor.accept_blobs = accept_blobs  # type: ignore[method-assign]  # a patch, checked by its test
 
 
 def _brush(classes: Any) -> gr.Brush:
-    colors = [("#" + "".join(f"{v:02x}" for v in c), labelset.BRUSH_ALPHA) for c in classes.colors]
+    colors: list[str | tuple[str, float]] = [
+        ("#" + "".join(f"{v:02x}" for v in c), labelset.BRUSH_ALPHA) for c in classes.colors
+    ]
     return gr.Brush(colors=colors, default_color=colors[0], color_mode="fixed", default_size="auto")
 
 
@@ -213,8 +215,10 @@ class LabelTab:
         # The spinner shows on the photo list and the progress line, never on the editor: gradio 6.31 now and
         # then leaves the editor's own "processing" overlay up for good after it receives a new photo (seen
         # in about one of ten switches here, under load more), covering a canvas that has loaded and works.
-        shown = dict(show_progress_on=[self.photo, self.progress])
-        raw = dict(preprocess=False, concurrency_id=HEAVY, **shown)  # editor and webcam payloads are read here, capped
+        shown: dict[str, Any] = dict(show_progress_on=[self.photo, self.progress])
+        raw: dict[str, Any] = dict(
+            preprocess=False, concurrency_id=HEAVY, **shown
+        )  # editor and webcam payloads are read here, capped
         paint = [self.token, self.current, self.editor]
         self.photos_in.upload(
             self.add_photos,
@@ -293,10 +297,10 @@ class LabelTab:
             self.editor: gr.skip(),
             **assist,
         }
-        if show != "keep":
+        if not isinstance(show, str):  # a photo, or None for an empty editor ("keep" leaves it)
             out[self.current] = show.id if show else None
             out[self.photo] = gr.update(choices=choices, value=show.id if show else None)
-            update = {"value": None}
+            update: dict[str, Any] = {"value": None}
             if show is not None:
                 layer = labelset.layer_from_mask(labels.strokes(show), classes.colors)  # the strokes alone
                 update = {
