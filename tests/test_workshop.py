@@ -290,3 +290,37 @@ def test_the_instructor_view_in_chromium(tmp_path):
                 browser.close()
         c, t = kids[2]
         assert _wait(lambda: c.predict(t, runs[2], api_name="/run_info")["status"] == "stopped", 60)
+
+
+def test_a_trusted_room_gets_the_same_multiple_of_the_upload_caps(tmp_path):
+    """30 students painting behind one router send thousands of files an hour (the Label tab's editor sends its
+    layers with every Fill and Save): once the instructor trusts the room, its upload caps grow as its run cap
+    does, through the same job manager the page's guard asks."""
+    from types import SimpleNamespace
+
+    from segdemo.server.jobs import TRUSTED_FACTOR
+    from segdemo.server.limits import ByteQuota, LimitError, RateLimiter
+    from segdemo.ui.app import _address_factor
+
+    jobs = JobManager(tmp_path / "runs", reaper=False)
+    try:
+        room, other = "203.0.113.7", "198.51.100.9"
+        factor = _address_factor(SimpleNamespace(segdemo_ctx=SimpleNamespace(jobs=jobs)))
+        rate, files = RateLimiter(3, 60, "uploads"), ByteQuota(10, 3600, unit="files")
+        for _ in range(3):
+            rate.hit(room, factor=factor(room))
+        with pytest.raises(LimitError, match="too many uploads"):
+            rate.hit(room, factor=factor(room))
+        jobs.trust_address(room)
+        assert factor(room) == TRUSTED_FACTOR and factor(other) == 1
+        for _ in range(3 * TRUSTED_FACTOR - 3):
+            rate.hit(room, factor=factor(room))
+        with pytest.raises(LimitError):
+            rate.hit(room, factor=factor(room))
+        files.take(room, 10 * TRUSTED_FACTOR, factor=factor(room))
+        with pytest.raises(LimitError, match="files"):
+            files.take(room, 1, factor=factor(room))
+        with pytest.raises(LimitError):
+            files.take(other, 11, factor=factor(other))  # everyone else keeps the plain caps
+    finally:
+        jobs.close()

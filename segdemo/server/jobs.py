@@ -367,9 +367,13 @@ class JobManager:
             self._start_thread(job)
         return job
 
+    def address_factor(self, client: str) -> int:
+        """How many times the per-address caps an address gets: TRUSTED_FACTOR once an instructor vouched for it."""
+        return TRUSTED_FACTOR if address_key(client) in self.trusted else 1
+
     def address_cap(self, client: str) -> int:
         """Runs one address may have waiting or training at once (more for an instructor-trusted one)."""
-        return self.max_active_per_client * (TRUSTED_FACTOR if address_key(client) in self.trusted else 1)
+        return self.max_active_per_client * self.address_factor(client)
 
     def stop(self, owner: str, job_id: str | None = None) -> Job:
         """Stop the owner's run (`job_id`, or their active one): a queued run leaves the queue at once,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from gradio.utils import get_upload_folder
@@ -44,8 +45,12 @@ class RequestGuard:
         uploads_per_minute: int = UPLOADS_PER_MINUTE,
         files_per_upload: int | None = None,
         upload_files_per_hour: int | None = None,
+        factor: Callable[[str], int] | None = None,
     ) -> None:
         self.app = app
+        # an address an instructor vouched for (a classroom's router, jobs.trust_address) gets the same
+        # multiple of the upload caps as of its runs: 30 students painting send thousands of files an hour
+        self.factor = factor or (lambda addr: 1)
         self.max_body = max_body
         self.upload_quota = ByteQuota(upload_bytes_per_hour, 3600)
         self.upload_rate = RateLimiter(uploads_per_minute, 60, "uploads")
@@ -77,13 +82,16 @@ class RequestGuard:
             addr = client_address(headers, (scope.get("client") or (None,))[0])
             try:
                 ensure_free_disk(get_upload_folder())
-                self.upload_rate.hit(addr)
-                self.upload_quota.take(addr, length)
+                scale = self.factor(addr)
+                self.upload_rate.hit(addr, factor=scale)
+                self.upload_quota.take(addr, length, factor=scale)
             except LimitError as e:
                 await _drain(receive, length)  # a client still sending would see a broken pipe, not the reason
                 return await _refuse(send, 429, str(e).capitalize() + ".")
             # Gradio enforces the per-file cap (413) itself; the files are counted as they stream in
-            parts = _PartCounter(headers.get("content-type", ""), self.files_per_upload, self.upload_files, addr)
+            parts = _PartCounter(
+                headers.get("content-type", ""), self.files_per_upload, self.upload_files, addr, factor=scale
+            )
             return await self.app(scope, parts.receive(receive), parts.send(send))
         if length > self.max_body:
             return await _refuse(send, 413, f"Request body over {self.max_body // 1024} KB.")
@@ -138,7 +146,8 @@ class _PartCounter:
     address's file quota. Over either, the next read raises python_multipart's parse error, on which Gradio
     deletes the parts it had written; the response Gradio then sends is replaced by the reason (429)."""
 
-    def __init__(self, content_type: str, per_request: int, quota: ByteQuota, addr: str) -> None:
+    def __init__(self, content_type: str, per_request: int, quota: ByteQuota, addr: str, factor: int = 1) -> None:
+        self.factor = factor
         b = content_type.partition("boundary=")[2].split(";")[0].strip().strip('"')
         self.delimiter = b"--" + b.encode("latin-1", "replace") if b else b""
         self.per_request, self.quota, self.addr = per_request, quota, addr
@@ -167,7 +176,7 @@ class _PartCounter:
             if self.seen - 1 > self.per_request:
                 raise LimitError(f"one upload may hold at most {self.per_request} files; send fewer at a time")
             if new > 0:
-                self.quota.take(self.addr, new)
+                self.quota.take(self.addr, new, factor=self.factor)
         except LimitError as e:
             self.refusal = str(e).capitalize() + "."
             raise MultipartParseError(self.refusal) from None
