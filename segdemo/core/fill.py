@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -96,14 +97,16 @@ def _encoder() -> torch.nn.Module | None:
 
 
 _features: OrderedDict[str, torch.Tensor] = OrderedDict()
+_features_lock = threading.Lock()
 
 
 def _features_of(image: np.ndarray, encoder: torch.nn.Module) -> torch.Tensor:
     """(C, H/2, W/2) features of the first four levels, up-sampled to stride 2; kept for the last few photos."""
     key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
-    if key in _features:
-        _features.move_to_end(key)
-        return _features[key]
+    with _features_lock:
+        if key in _features:
+            _features.move_to_end(key)
+            return _features[key]
     h, w = image.shape[:2]
     hp, wp = -(-h // 32) * 32, -(-w // 32) * 32
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1  # Lite0's normalisation
@@ -112,10 +115,25 @@ def _features_of(image: np.ndarray, encoder: torch.nn.Module) -> torch.Tensor:
         levels = encoder(x)[:4]
         size = (hp // 2, wp // 2)
         feats = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in levels], 1)[0]
-    _features[key] = feats
-    while len(_features) > FEATURES_KEPT:
-        _features.popitem(last=False)
+    with _features_lock:
+        _features[key] = feats
+        while len(_features) > FEATURES_KEPT:
+            _features.popitem(last=False)
     return feats
+
+
+def preload() -> None:
+    """Load the encoder now (a server's start), not at the first Fill."""
+    _encoder()
+
+
+def warm(image: np.ndarray) -> None:
+    """Compute a photo's features ahead of its first fill: a student looks and paints for seconds after a photo
+    opens, so the first Fill finds them ready (the encoder's pass is most of a first fill's time)."""
+    encoder = _encoder()
+    if encoder is not None:
+        _check_image(image)
+        _features_of(image, encoder)
 
 
 @dataclass

@@ -88,10 +88,12 @@ class LabelAssist:
         """For a photo not labelled yet that shows nothing: the model's guess, kept as what the page shows (and
         as the guess a save is measured against). None when there is no model yet, or nothing to guess."""
         if photo.labelled or labels.shown(photo) is not None:
+            _warm(labels, photo)
             return None
         try:
             model = self.model(labels)
             if model is None:
+                _warm(labels, photo)
                 return None
             guess = model.prelabel(_image(labels, photo))
         except DataError:
@@ -127,6 +129,18 @@ class LabelAssist:
         mask = np.where(strokes != IGNORE, strokes, out.mask).astype(np.uint8)
         labels.put_extra(photo.id, PROPOSAL, mask)
         return engine.Filled(mask, out.method, out.ms)
+
+
+def _warm(labels: LabelSet, photo: Photo) -> None:
+    """The photo's encoder features, computed beside the request so its first Fill need not wait for them."""
+
+    def run() -> None:
+        try:
+            engine.warm(_image(labels, photo))
+        except Exception:  # only a head start: the fill computes what is missing
+            log.debug("warming a photo's features failed", exc_info=True)
+
+    threading.Thread(target=run, name="segdemo-fill-warm", daemon=True).start()
 
 
 def _image(labels: LabelSet, photo: Photo) -> np.ndarray:

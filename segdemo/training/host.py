@@ -31,8 +31,9 @@ def cpu_training_threads(world: World | None = None) -> int:
 def warm_up(cfg: RunConfig | None = None) -> None:
     """Pay a first run's one-off costs ahead of time, so a server's first Train click starts at once:
     torch.optim's first optimiser imports torch._dynamo (seconds), and the built-in data takes a few seconds
-    to draw (then shared, read-only, by every run that asks for the same split). The app calls this in a
-    background thread at start; it leaves torch's thread count alone."""
+    to draw (then shared, read-only, by every run that asks for the same split); the Label tab's fill loads
+    its ImageNet encoder once (1.5 s here), which its first Fill would otherwise wait for. The app calls this
+    in a background thread at start; it leaves torch's thread count alone."""
     from segdemo.core.config import quick_cpu_preset
     from segdemo.data.builtin import open_builtin
 
@@ -40,3 +41,6 @@ def warm_up(cfg: RunConfig | None = None) -> None:
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     if cfg.data.source == "builtin":
         open_builtin(cfg.data)
+    from segdemo.core import fill
+
+    fill.preload()
