@@ -4,6 +4,7 @@ Each is built with keyword arguments only (kw_only): a dozen numbers in a row ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -97,6 +98,29 @@ class Failed:
 
 
 Event = Started | Progress | EpochEnd | Done | Failed
+
+
+def epoch_from_record(r: dict[str, Any], *, epochs: int, **more: Any) -> EpochEnd:
+    """An epoch's metrics.jsonl record as its EpochEnd (the trainer's event, and a restored run's history);
+    `more`: what the record does not hold (pictures, the confusion) or what the caller decides (is_best)."""
+    fields: dict[str, Any] = dict(
+        epoch=r["epoch"],
+        epochs=epochs,
+        train_loss=r["train_loss"],
+        val_loss=r["val_loss"],
+        miou=r["miou"],
+        pixel_accuracy=r["pixel_accuracy"],
+        per_class_iou=r["per_class_iou"],
+        lr=r["lr"],
+        seconds=r["seconds"],
+        images_per_s=r["images_per_s"],
+        is_best=bool(r.get("is_best", False)),
+        val_images=int(r.get("val_images") or 0),
+        val_pixels=int(r.get("val_pixels") or 0),
+        train_miou=r.get("train_miou"),
+        score=r.get("score"),
+    )
+    return EpochEnd(**{**fields, **more})
 
 
 def kept_epoch(epochs: list[EpochEnd]) -> EpochEnd | None:

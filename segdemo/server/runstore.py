@@ -22,7 +22,7 @@ from typing import Any
 from segdemo.atomic import replace_file
 from segdemo.core.config import RunConfig
 from segdemo.data.base import ClassSet
-from segdemo.events import Done, EpochEnd, Event, Failed, Started
+from segdemo.events import Done, EpochEnd, Event, Failed, Started, epoch_from_record
 
 log = logging.getLogger(__name__)
 RECORD = "job.json"
@@ -245,25 +245,7 @@ def _rebuild_events(run_dir: Path) -> list[Event]:
             # a run's own choice where it recorded one (a small split's rule is not the highest val mIoU)
             is_best = bool(r["is_best"]) if "is_best" in r else r["miou"] > best_miou
             best_miou = max(best_miou, r["miou"])
-            events.append(
-                EpochEnd(
-                    epoch=r["epoch"],
-                    epochs=cfg.train.epochs,
-                    train_loss=r["train_loss"],
-                    val_loss=r["val_loss"],
-                    miou=r["miou"],
-                    pixel_accuracy=r["pixel_accuracy"],
-                    per_class_iou=r["per_class_iou"],
-                    lr=r["lr"],
-                    seconds=r["seconds"],
-                    images_per_s=r["images_per_s"],
-                    is_best=is_best,
-                    val_images=int(r.get("val_images") or 0),
-                    val_pixels=int(r.get("val_pixels") or 0),
-                    train_miou=r.get("train_miou"),
-                    score=r.get("score"),
-                )
-            )
+            events.append(epoch_from_record(r, epochs=cfg.train.epochs, is_best=is_best))
         except (ValueError, KeyError, TypeError):
             continue
     return events

@@ -16,7 +16,7 @@ import torch
 from segdemo.core import checkpoint as ckpt
 from segdemo.core.evaluate import EvalResult, evaluate_model
 from segdemo.core.metrics import SegMetrics, metrics_from_confusion
-from segdemo.events import EpochEnd, Preview
+from segdemo.events import EpochEnd, Preview, epoch_from_record
 from segdemo.training import distributed
 from segdemo.training.parts import EpochTrain, Parts
 from segdemo.training.selection import probe_miou
@@ -116,17 +116,9 @@ def checkpoint_metrics(
 
 def epoch_event(record: dict[str, Any], *, epochs: int, res: EvalResult, confusion: torch.Tensor) -> EpochEnd:
     """The EpochEnd a watcher gets: the record's numbers, the filmstrip and the worst images."""
-    return EpochEnd(
-        epoch=record["epoch"],
+    return epoch_from_record(
+        record,
         epochs=epochs,
-        train_loss=record["train_loss"],
-        val_loss=record["val_loss"],
-        miou=record["miou"],
-        pixel_accuracy=record["pixel_accuracy"],
-        per_class_iou=record["per_class_iou"],
-        lr=record["lr"],
-        seconds=record["seconds"],
-        images_per_s=record["images_per_s"],
         is_best=record["is_best"],
         previews=[
             Preview(name=n, image=small(im, nearest=False), target=small(t, nearest=True), pred=small(pr, nearest=True))
@@ -143,10 +135,6 @@ def epoch_event(record: dict[str, Any], *, epochs: int, res: EvalResult, confusi
             )
             for r in res.worst
         ],
-        val_images=record["val_images"],
-        val_pixels=record["val_pixels"],
-        train_miou=record["train_miou"],
-        score=record["score"],
     )
 
 
