@@ -104,7 +104,10 @@ def test_a_sloppy_student_labels_trains_and_no_number_on_the_page_is_false(app_u
             pick_class(page, 1)
             cx, cy = left + centres[i][0] * scale, top + centres[i][1] * scale
             stroke(page, [(cx - 8 * scale, cy), (cx + 8 * scale, cy)])
-            if i in (1, 4):  # background along the top, the stroke running off the canvas and the photo
+            # background on the last two only, along the top, the stroke running off the canvas and the photo: a
+            # photo opened after one saved with both classes comes pre-labelled by the set's model (issue 24), so
+            # background painted earlier would reach every later photo through the guess that Save stores
+            if i in (4, 5):
                 pick_class(page, 0)
                 y = top + 3 * scale
                 stroke(page, [(left + 4 * scale, y), (box["x"] + box["width"] + 60, y)])
@@ -128,7 +131,8 @@ def test_a_sloppy_student_labels_trains_and_no_number_on_the_page_is_false(app_u
             box.press("Enter")
         page.locator("#train-btn").click()
         status = page.locator("#run-status")
-        expect(status).to_contain_text("Finished", timeout=300_000)
+        # a successful end either way: its epochs done, or the preset's time budget used first on a busy machine
+        expect(status).to_contain_text(re.compile("Finished|Used its time budget"), timeout=300_000)
         text = status.inner_text()
         assert "up to 12 epochs" in text and "· 32 px ·" in text, text
         m = re.search(r"kept epoch (\d+): val mIoU ([\d.]+) on 1 validation photo, ([\d,]+) labelled pixels", text)
