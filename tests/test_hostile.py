@@ -520,7 +520,7 @@ def test_uploads_have_a_quota_per_address(server, tmp_path):
 def test_pairing_thousands_of_masks_is_refused_quickly(server, tmp_path):
     url, _, _ = server
     from segdemo.core.predict import MaskIndex
-    from segdemo.ui.predict_tab import MAX_FILES
+    from segdemo.ui.predict_inputs import MAX_FILES
 
     c, token = client(url, "203.0.113.11")
     refs = [handle_file(str(EXAMPLE))] * (MAX_FILES + 1)

@@ -28,6 +28,7 @@ from segdemo.ui.context import EXAMPLES_DIR, AppContext
 from segdemo.ui.errors import user_errors
 from segdemo.ui.listeners import HEAVY, Update, bump
 from segdemo.ui.models import checkpoint_for, export_onnx_zip, model_choices, uploaded_checkpoint
+from segdemo.ui.predict_inputs import _file_list, _made_from, _names, _pick
 from segdemo.ui.predict_tables import SCORED_COLUMNS, details, model_card, per_class_table, summary
 from segdemo.ui.views import View, ViewCache
 from segdemo.ui.words import safe_stem
@@ -36,36 +37,8 @@ SLIDER_LABEL = "Left: the image, or the true mask overlaid when there is one · 
 REDRAWS_PER_S = 30  # per browser; a hand on the slider, one redraw after another, stays well under it
 OPACITY_STEP = 0.05  # the slider's step, applied on the server too
 MAX_SIDE = 2048  # larger photos are shrunk before predicting: a 40-megapixel softmax would need gigabytes
-MAX_FILES = 200  # images (and masks) per request: Predict shows one at a time
 IMAGE_TYPES = sorted(IMAGE_SUFFIXES)
 log = logging.getLogger("segdemo.ui")
-
-
-def _names(files: Any) -> list[str]:
-    return [Path(f).name for f in files or []]
-
-
-def _pick(names: list[str], picked: Any, seen: Any = None) -> str | None:
-    """The image to show: the first of those just added (not in `seen`, the names the page had), else the one
-    picked while it is still uploaded, else the first. A photo uploaded after an example is what is shown."""
-    seen = seen if isinstance(seen, list) else []
-    new = [n for n in names if n not in seen]
-    if seen and new:
-        return new[0]
-    return picked if picked in names else (names[0] if names else None)
-
-
-def _file_list(files: Any, what: str) -> list[str]:
-    """Uploaded file paths as a list of strings, at most MAX_FILES; gr.Error for anything else."""
-    if not files:
-        return []
-    if isinstance(files, str):
-        files = [files]
-    if not isinstance(files, list | tuple) or not all(isinstance(f, str) for f in files):
-        raise gr.Error(f"Send the {what} as a list of files.")
-    if len(files) > MAX_FILES:
-        raise gr.Error(f"{len(files)} {what} at once is more than {MAX_FILES}; send fewer.")
-    return list(files)
 
 
 def heatmap(p: np.ndarray, cmap: str = "inferno") -> np.ndarray:
@@ -269,6 +242,7 @@ class PredictTab:
         self.view = gr.Textbox(visible=False, label="view id")  # what /redraw redraws
         self.model_ready = gr.State(0)  # counts models chosen by hand: a change redraws the picture
         self.seen = gr.State([])  # the image names the page had before the latest change (see _pick)
+        self.made_from = gr.State("")  # what the picture on the page was made from (see catch_up)
 
     def _shipped_note(self, shipped: bool) -> str:
         if shipped:
@@ -427,11 +401,27 @@ class PredictTab:
             [self.images.change, self.masks.change, self.show.input, self.probs.input, self.model_ready.change],
             self.auto_predict,
             [*inputs, self.seen],
-            [*self.outputs, self.show, self.seen],  # seen: written by this queued listener only (see _pick)
+            [*self.outputs, self.show, self.seen, self.made_from],  # seen: written only here (see _pick)
             api_visibility="private",
             trigger_mode="always_last",
             **heavy,
+        ).then(
+            self.catch_up,
+            [*inputs, self.seen, self.made_from],
+            [*self.outputs, self.show, self.seen, self.made_from],
+            api_visibility="private",
+            **heavy,
         ).then(**show)
+
+    def catch_up(self, *args: Any) -> dict[Component, Any]:
+        """Segment again when the page's inputs changed while the picture was being made: a step chained after
+        it reads the page as it is then, so masks that arrived a moment after the images still end scored.
+        (A change during a run should itself run again, always_last; under load a CI run still ended unscored.)"""
+        *values, seen, made_from = args
+        token, model, ckpt_file, images, masks, show, alpha, probability_maps = values
+        if _made_from(model, ckpt_file, images, masks) == made_from:
+            return {self.made_from: made_from}  # nothing new: the picture stands (an empty dict is no answer)
+        return self.auto_predict(token, model, ckpt_file, images, masks, show, alpha, probability_maps, seen)
 
     def auto_predict(
         self,
@@ -451,6 +441,7 @@ class PredictTab:
                 **{self.legend: "", self.summary: "", self.confusion: "", self.details: {}, self.view: ""},
                 self.shown: gr.update(choices=[], value=[], visible=False),
                 self.seen: [],
+                self.made_from: _made_from(model, ckpt_file, images, masks),
             }
         picker = self.on_images(images, show, seen)  # this run may come before on_images has reached the page
         no_model = model is None or (model == "default" and not self.ctx.default_checkpoint.is_file())
@@ -458,13 +449,15 @@ class PredictTab:
             return {  # the other outputs keep what they show
                 self.show: picker,
                 self.seen: _names(images),
+                self.made_from: _made_from(model, ckpt_file, images, masks),
                 self.summary: "**Choose a model above first**: upload a checkpoint file, or train a run in the Train "
                 "tab (it appears in the list when it ends)."
                 if no_model
                 else "**Upload the checkpoint file** (.safetensors) above, then the images are segmented.",
             }
         out = self.predict(token, model, ckpt_file, images, masks, picker["value"], alpha, probability_maps)
-        return {**out, self.show: picker, self.seen: _names(images)}
+        made_from = _made_from(model, ckpt_file, images, masks)
+        return {**out, self.show: picker, self.seen: _names(images), self.made_from: made_from}
 
     @user_errors
     def predict(
