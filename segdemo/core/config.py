@@ -9,12 +9,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from segdemo.core.encoders import ENCODERS, LITE, LITE_MEAN, LITE_STD
+from segdemo.core.encoders import ENCODERS, LITE
 from segdemo.core.losses import LOSSES
 from segdemo.data.config import DataConfig
 from segdemo.errors import ConfigError
 
-__all__ = ["LITE", "LITE_MEAN", "LITE_STD", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig"]
+__all__ = ["LITE", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig"]
 
 ENCODER_BN = ("auto", "train", "frozen")  # a pretrained encoder's BatchNorm statistics in training
 BLOCKS = ("plain", "residual")  # the U-Net's DoubleConv, or the same with a ResNet-style shortcut

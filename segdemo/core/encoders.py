@@ -127,7 +127,6 @@ ENCODERS: Registry[Encoder] = Registry(
         ),
     ],
 )
-LITE_MEAN, LITE_STD = ENCODERS[LITE].mean, ENCODERS[LITE].std
 
 
 def build_model(cfg: ModelSettings) -> nn.Module:

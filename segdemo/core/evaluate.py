@@ -19,7 +19,6 @@ from segdemo.data.base import IGNORE, ClassSet, PairSource
 
 # class scores are up-sampled to full size in bands of at most this (budget.py counts it in a run's peak)
 OUTPUT_BAND_BYTES = 64 << 20
-BAND_BYTES = OUTPUT_BAND_BYTES
 
 
 @dataclass
@@ -138,7 +137,7 @@ def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def labels_at_size(logits: torch.Tensor, size: tuple[int, int], band_bytes: int = BAND_BYTES) -> torch.Tensor:
+def labels_at_size(logits: torch.Tensor, size: tuple[int, int], band_bytes: int = OUTPUT_BAND_BYTES) -> torch.Tensor:
     """(1, C, h, w) logits -> (H, W) int64 labels of the bilinearly up-sampled scores, computed in bands of
     rows so that at most `band_bytes` of full-size scores exist at once (250 classes at 2048x2048 would
     otherwise need 4 GB per copy)."""
@@ -164,7 +163,7 @@ def _loss_at_size(loss_fn: nn.Module, logits: torch.Tensor, mask: np.ndarray, de
     smaller size with the mask shrunk by nearest neighbour: a large photo must not cost gigabytes here."""
     h, w = mask.shape
     c = logits.shape[1]
-    f = max(1.0, (c * h * w * 4 / BAND_BYTES) ** 0.5)
+    f = max(1.0, (c * h * w * 4 / OUTPUT_BAND_BYTES) ** 0.5)
     if f > 1:
         import cv2
 

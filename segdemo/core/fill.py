@@ -155,9 +155,8 @@ class _Linear:
             ]
         return p.numpy()
 
-    def markers(self, feats: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-        """Watershed markers: c + 1 where the map is sure of class c, else 0."""
-        probs = self.probabilities(feats, shape)
+    def markers(self, probs: np.ndarray) -> np.ndarray:
+        """Watershed markers from its probabilities: c + 1 where the map is sure of class c, else 0."""
         return np.where(probs.max(0) > CONFIDENT, self.classes[probs.argmax(0)].astype(np.int32) + 1, 0)
 
 
@@ -227,7 +226,8 @@ def fill_strokes(
             xp, idp = _samples(feats, np.where(around | (proposal >= num_classes), IGNORE, proposal), 4000, rng)
             x, ids = torch.cat([x, xp]), np.concatenate([ids, idp])
             weight = np.concatenate([weight * max(1.0, len(idp) / max(1, len(weight))), np.ones(len(idp))])
-        learned = _fit(x, ids, weight).markers(feats, strokes.shape)
+        fitted = _fit(x, ids, weight)
+        learned = fitted.markers(fitted.probabilities(feats, strokes.shape))
         markers = np.where(strokes != IGNORE, markers, learned)
         method = "learned from your strokes, then a watershed along the photo's edges"
     mask = _watershed(image, markers)
@@ -273,9 +273,9 @@ class LabelModel:
         _check_image(image)
         encoder = _encoder()
         assert encoder is not None  # fit() returns no model without it
-        markers = self.fitted.markers(_features_of(image, encoder), image.shape[:2])
+        probs = self.fitted.probabilities(_features_of(image, encoder), image.shape[:2])
+        markers = self.fitted.markers(probs)
         if not markers.any():  # sure of nothing: its best guess everywhere
-            probs = self.fitted.probabilities(_features_of(image, encoder), image.shape[:2])
             mask = self.fitted.classes[probs.argmax(0)].astype(np.uint8)
         else:
             mask = _watershed(image, markers)
