@@ -137,21 +137,22 @@ class AssistPanel:
             out[self.preview], out[self.note] = None, said + NOTHING
             return out
         guess = self.engine.prelabel(labels, show)
+        shown = labels.shown(show)  # read once: the notes and the preview stand on it
         if guess is not None:
             note = (
                 f"The preview shows **{md(guess.method)}** ({guess.ms:.0f} ms). Paint a stroke wherever it is "
                 "wrong and press **Fill**, or **Save** it as it is."
             )
-        elif (kept := labels.extra(show, GUESS)) is not None and np.array_equal(kept, labels.shown(show)):  # type: ignore[arg-type]  # None compares unequal
+        elif shown is None:
+            note = NOTHING
+        elif (kept := labels.extra(show, GUESS)) is not None and np.array_equal(kept, shown):
             note = (
                 "The preview shows **the model's guess** for this photo. Paint a stroke wherever it is wrong and "
                 "press **Fill**, or **Save** it as it is."
             )
-        elif labels.shown(show) is not None:
-            note = "The preview shows this photo's fill: paint where it is wrong and press **Fill** again, or Save."
         else:
-            note = NOTHING
-        out[self.preview], out[self.note] = self.picture(labels, show), said + note
+            note = "The preview shows this photo's fill: paint where it is wrong and press **Fill** again, or Save."
+        out[self.preview], out[self.note] = self.picture(labels, show, shown=shown), said + note
         return out
 
     @staticmethod
@@ -160,11 +161,15 @@ class AssistPanel:
         return PREVIEW_SIDE / max(photo.width, photo.height)
 
     @classmethod
-    def picture(cls, labels: LabelSet, photo: Photo, box: tuple[float, ...] = ()) -> np.ndarray:
+    def picture(
+        cls, labels: LabelSet, photo: Photo, box: tuple[float, ...] = (), shown: np.ndarray | None | str = "read"
+    ) -> np.ndarray:
         """The photo with what the page shows for it blended in (the bare photo when nothing is filled), and a
-        box (photo pixels) or a first corner drawn on it, at PREVIEW_SIDE."""
+        box (photo pixels) or a first corner drawn on it, at PREVIEW_SIDE. `shown`: labels.shown(photo) when the
+        caller has it already."""
         image = labels.image(photo)
-        shown = labels.shown(photo)
+        if isinstance(shown, str):
+            shown = labels.shown(photo)
         if shown is not None:
             image = overlay(image, shown, labels.classes(), PREVIEW_ALPHA)
         f = cls.scale(photo)
