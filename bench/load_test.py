@@ -9,6 +9,10 @@ the most runs seen training at once, and the server's peak RSS; the last line is
 Usage: python bench/load_test.py --sessions 8 [--url http://host:port/] [--epochs 2] [--hostile]
 Without --url it starts `python app.py` on a free port (SEGDEMO_MAX_CONCURRENT from the env, default 1).
 
+--cluster ADDRESS (or `local`: two 1-CPU workers started here): the same sessions twice, in-process and then with
+every run on the Ray cluster (segdemo/server/cluster.py); the last line compares their waits and what the
+cluster adds per run.
+
 --hostile: the last of the N sessions is a hostile client instead, for the whole run: it floods Train from
 many sessions, holds as many live streams as it may, and sends the memory payloads (a checkpoint that claims
 a huge model, 250 classes on a flat 2048x2048 image, every Train slider at its end), and issue 19's round
@@ -21,6 +25,7 @@ addresses and the hostile one is one more; the last line then counts only the ho
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import signal
@@ -356,14 +361,70 @@ def main() -> None:
     ap.add_argument(
         "--restart", type=float, metavar="S", help="kill -9 the server S seconds in and start it on the same folder"
     )
+    ap.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="also run the same sessions with every run on this Ray cluster (ray://HEAD:PORT), or 'local' to start "
+        "a local one of two 1-CPU workers here; prints both figures, measured in this run",
+    )
     args = ap.parse_args()
+    if not args.cluster:
+        phase(args, {})
+        return
+    with local_cluster() if args.cluster == "local" else _given(args.cluster) as address:
+        here = phase(args, {}, label="in-process")
+        there = phase(args, {"SEGDEMO_RAY_ADDRESS": address}, label="cluster")
+    print(
+        f"in-process: waits median {here['wait_median']:.1f} s, longest {here['wait_max']:.1f} s, a run trained "
+        f"{here['trained_median']:.1f} s (median) | cluster: waits median {there['wait_median']:.1f} s, longest "
+        f"{there['wait_max']:.1f} s, a run {there['trained_median']:.1f} s; the cluster adds "
+        f"{there['trained_median'] - here['trained_median']:+.1f} s a run (worker start, imports, scheduling, "
+        f"events polled back; the run folder is shared, so no data moves) | errors {here['errors']} / {there['errors']}"
+    )
 
+
+@contextlib.contextmanager
+def _given(address: str):
+    yield address
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int = 2):
+    """A local Ray cluster: a head that trains nothing and `workers` nodes of 1 CPU (stopped with `ray stop`)."""
+    import socket
+    import subprocess
+    import sys
+
+    ray = str(Path(sys.executable).parent / "ray")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    gcs, client_port = ports
+    quiet = {"capture_output": True, "check": True, "timeout": 180}
+    try:
+        head = [f"--port={gcs}", f"--ray-client-server-port={client_port}", "--include-dashboard=false"]
+        subprocess.run([ray, "start", "--head", "--num-cpus=0", *head, "--disable-usage-stats"], **quiet)
+        for _ in range(workers):
+            subprocess.run(
+                [ray, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--disable-usage-stats"], **quiet
+            )
+        print(f"local Ray cluster: a head and {workers} workers of 1 CPU", flush=True)
+        yield f"ray://127.0.0.1:{client_port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=180)
+
+
+def phase(args, cluster_env: dict[str, str], label: str = "") -> dict:
+    """The sessions against one server (started here unless --url); prints its lines, returns its headline."""
+    tag = f"[{label}] " if label else ""
     proc, url = None, args.url
     runs_dir = None
     if args.restart:  # a folder that survives (not under /tmp): the run store keeps runs across the restart
         runs_dir = REPO / "runs" / f"bench-restart-{int(time.time())}"
         runs_dir.mkdir(parents=True)
-    env = {"SEGDEMO_TRUSTED_PROXY_HOPS": "1"}
+    env = {"SEGDEMO_TRUSTED_PROXY_HOPS": "1", **cluster_env}
     if url is None:
         url, proc = start_app(env, runs_dir=runs_dir, log=runs_dir / "app.log" if runs_dir else None)
     honest_n = args.sessions - 1 if args.hostile else args.sessions
@@ -490,9 +551,17 @@ def main() -> None:
             f"{hostile.get('streams', 0)} streams opened"
         )
     print(
-        f"sessions={honest_n} completed={len(done)} errors={honest_n - len(done)} "
-        f"p50_ms={p50:.0f} p95_ms={p95_ms:.0f} peak_rss_mb={rss}"
+        f"{tag}sessions={honest_n} completed={len(done)} errors={honest_n - len(done)} "
+        f"p50_ms={p50:.0f} p95_ms={p95_ms:.0f} peak_rss_mb={rss}",
+        flush=True,
     )
+    trained = sorted(r["interval"][1] - r["interval"][0] for r in done if all(r["interval"]))
+    return {
+        "wait_median": median(waits) if waits else float("nan"),
+        "wait_max": waits[-1] if waits else float("nan"),
+        "trained_median": median(trained) if trained else float("nan"),
+        "errors": honest_n - len(done),
+    }
 
 
 if __name__ == "__main__":

@@ -375,6 +375,10 @@ def cmd_check(args) -> int:
 def cmd_app(args) -> int:
     from segdemo.ui import build_demo, launch
 
+    if args.cluster:  # read where the job manager is made (segdemo/server/cluster.py)
+        from segdemo.server.cluster import ADDRESS_ENV
+
+        os.environ[ADDRESS_ENV] = args.cluster
     kw = {"server_name": args.host, "server_port": args.port, "share": args.share or None}
     launch(build_demo(), **{k: v for k, v in kw.items() if v is not None})  # blocks until Ctrl+C
     return 0
@@ -708,6 +712,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also open a public gradio.live link (needs internet), with a warning: anyone with the "
         "link can use the app",
+    )
+    a.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="train every run on this Ray cluster (ray://HEAD:10001), the app staying the front door: see the "
+        "README's 'A workshop on a Ray cluster' (default: $SEGDEMO_RAY_ADDRESS, else runs train in this process)",
     )
     a.set_defaults(func=cmd_app)
     return p

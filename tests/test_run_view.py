@@ -17,7 +17,14 @@ from segdemo.ui.run_view import RunView, run_line
 def _job(status=RUNNING, **kw):
     cfg = quick_cpu_preset()
     cfg.train.epochs, cfg.train.batch_size, cfg.train.time_budget_s = 3, 4, None
-    return SimpleNamespace(status=status, config=cfg, paused=None, run_dir=Path("/srv/runs/abc"), message="", **kw)
+    return SimpleNamespace(
+        status=status,
+        config=cfg,
+        paused=None,
+        run_dir=Path("/srv/runs/abc"),
+        message="",
+        **{"note": "", "where": None, **kw},
+    )
 
 
 def _started(**kw):

@@ -41,6 +41,7 @@ from segdemo.data.base import ClassSet, Splits
 from segdemo.data.zipdata import ZIP_MARKER
 from segdemo.errors import JobError, UserError
 from segdemo.events import Done, EpochEnd, Event, Failed, Started
+from segdemo.server.cluster import Cluster
 from segdemo.server.limits import ensure_free_disk
 from segdemo.server.runstore import RunStore, default_root_dir
 from segdemo.server.tokens import OwnerTokens, hash_owner
@@ -100,6 +101,9 @@ class Job:
         self.events: list[Event] = []
         self._cond = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.where: dict[str, Any] | None = None  # on a cluster: the worker training it now (segdemo/server/cluster.py)
+        self.note = ""  # a sentence for its page beside the status (a lost worker, ...)
+        self.losses = 0  # cluster workers it lost
         # the submitter's context (in the app: Gradio's request for the Train click), so that on ZeroGPU each
         # training chunk is asked for on behalf of the visitor who pressed Train (segdemo/server/zerogpu.py)
         self.context = contextvars.copy_context()
@@ -198,10 +202,17 @@ def default_max_run_s() -> float:
     return float(os.environ.get("SEGDEMO_MAX_RUN_S") or 1800)
 
 
-def default_max_concurrent() -> int:
+def default_max_concurrent(cluster: Cluster | None = None) -> int:
+    """SEGDEMO_MAX_CONCURRENT; else as many runs as the cluster holds; else 1 on CPU, 2 with CUDA."""
     env = os.environ.get("SEGDEMO_MAX_CONCURRENT")
     if env:
         return max(1, int(env))
+    if cluster is not None:
+        try:
+            return cluster.slots()
+        except Exception as e:  # the app starts anyway: runs say the cluster cannot be reached
+            log.warning("the training cluster at %s cannot be reached at start (%s): 1 slot", cluster.address, e)
+            return 1
     import torch
 
     return 2 if torch.cuda.is_available() else 1
@@ -227,6 +238,7 @@ class JobManager:
         trainer_factory: Callable[..., Any] | None = None,
         fair_slice_s: float | None = None,
         resume_on_restart: bool | None = None,
+        cluster: Cluster | None = None,
     ):
         self.root_dir = Path(root_dir)
         self.max_concurrent = max(1, int(max_concurrent))
@@ -259,6 +271,7 @@ class JobManager:
         self._closed = threading.Event()
         self.tokens = OwnerTokens(secret, self.root_dir)
         self._trainer_factory = trainer_factory
+        self.cluster = cluster  # runs train on a Ray cluster (segdemo/server/cluster.py); None: in threads here
         # after a restart (a persistent run folder), runs that were waiting or training go on
         self.resume_on_restart = self.store.persist if resume_on_restart is None else resume_on_restart
         for job in self._load_existing():
@@ -276,7 +289,8 @@ class JobManager:
             atexit.register(shutil.rmtree, root, True)
         ttl = float(os.environ.get("SEGDEMO_RUN_TTL_S") or DEFAULT_TTL_S)
         kw.setdefault("max_run_s", default_max_run_s())
-        return cls(root, default_max_concurrent(), ttl, persist=persist, **kw)
+        cluster = kw.setdefault("cluster", Cluster.from_env())
+        return cls(root, default_max_concurrent(cluster), ttl, persist=persist, **kw)
 
     # -- owner tokens (segdemo/server/tokens.py) --------------------------------------------------------------
 
@@ -638,7 +652,8 @@ class JobManager:
             self._lock.notify_all()
         self.store.save(job)
         job._notify()
-        log.info("run %s paused for another address's run; it goes on at its next turn", job.id[:6])
+        why = "lost its cluster worker" if job.note else "paused for another address's run"
+        log.info("run %s %s; it goes on at its next turn", job.id[:6], why)
         return None
 
     def _train(self, job: Job) -> Done | Failed:
@@ -652,10 +667,12 @@ class JobManager:
         def should_pause() -> bool:
             return self._should_yield(job)
 
-        if self._trainer_factory is not None:
+        if self.cluster is not None:  # Ray decides where; this manager decided who and when
+            last: Done | Failed | None = self.cluster.train_turn(job, turns, resume=resume, should_pause=should_pause)
+        elif self._trainer_factory is not None:
             fake = self._trainer_factory(job.config, job.run_dir, splits=job.splits, should_stop=job.stop_event.is_set)
             fake.add_callback(turns.feed)
-            last: Done | Failed | None = fake.run()
+            last = fake.run()
         elif zerogpu.chunk_steps():  # ZeroGPU lends the GPU per call: train as a chain of short calls
             last = zerogpu.train_in_chunks(
                 job.config,
@@ -766,6 +783,9 @@ class JobManager:
         for r in self.store.load():
             job = Job(r.id, r.owner_key, r.config, r.run_dir, client_key=r.client_key)
             job.created, job.started, job.finished = r.created, r.started, r.finished
+            ended = self.cluster.remote_end(r.run_dir) if self.cluster is not None and r.was_active else None
+            if ended is not None:  # it ended on the cluster while this app was away
+                r.result, r.was_active = ended, False
             if r.was_active and self.resume_on_restart and time.time() - r.created < self.ttl_s:
                 epochs = [e for e in r.events if isinstance(e, EpochEnd)]
                 if (r.run_dir / "last.safetensors").is_file() and epochs:
@@ -797,6 +817,9 @@ class JobManager:
             else:
                 job.result, job.status = r.result, _status_of(r.result)
                 job.events = [*r.events, r.result]
+                if ended is not None and self.cluster is not None:
+                    self.store.save(job)
+                    self.cluster.release(job.id)
             self._jobs[job.id] = job
         return again
 

@@ -48,6 +48,7 @@ def run_line(cfg: RunConfig) -> str:
 def _waiting(job: Job, position: int, running: int, wait_s: float | None) -> str:
     wait = f", about **{fmt_duration(wait_s)}** from now" if wait_s else ""
     again = f" It goes on from epoch {job.paused.epochs_done} where it paused." if job.paused is not None else ""
+    again = f" {md(job.note)}" if job.note else again
     return (
         f"**Waiting for a free training slot: you are number {position} in line**{wait} "
         f"({running} run{'s' if running != 1 else ''} training now; the wait is estimated from the time "
@@ -151,6 +152,8 @@ class RunView:
         best = self.best()
         if best:
             parts.append(f"kept so far: epoch {best.epoch}, val mIoU {best.miou:.3f}")
+        if job.where:  # a cluster's worker (segdemo/server/cluster.py)
+            parts.append(f"on the training cluster, worker process {int(job.where.get('pid') or 0)}")
         return (
             " · ".join(parts) + f"\n\nTraining on **{s.device}**, {s.precision} · {s.n_train} training / "
             f"{s.n_val} validation images · {s.parameters / 1e6:.2f} M parameters" + run_line(job.config) + self.notes()
@@ -273,6 +276,9 @@ def run_record(job: Job, position: int, wait_s: float | None) -> dict[str, Any]:
         "queue_position": position,
         "expected_wait_s": wait_s,
         "message": job.message,
+        "note": job.note,  # e.g. a cluster worker lost: it goes on from its checkpoint
+        # on a cluster: the worker process and node training it now (never the operator's host names), else None
+        "worker": {k: job.where.get(k) for k in ("pid", "node")} if job.where else None,
         "classes": list(started.class_names) if started else [],
         "device": started.device if started else None,
         "events": [type(e).__name__ for e in job.events if not isinstance(e, Progress)],
