@@ -155,7 +155,18 @@ def _student_session(app_url, page):
     _onnx_download(page, "#export-onnx", "#export-file")  # the chosen model (this run) as ONNX
     page.get_by_role("tab", name="Train").click()
     _onnx_download(page, "#run-export-onnx", "#run-export-file")  # and from the finished run's panel
+    # a second run, ended while Predict still shows the shipped model's picture: the Train tab selects the new
+    # run there, and the picture and score are made again by it (a stale score beside a new model's name is false)
+    shipped_score = summary.inner_text()
+    page.locator("#train-btn").click()
+    expect(status).to_contain_text("Epoch", timeout=90_000)
+    expect(page.locator("#iou-table")).to_contain_text("mean (mIoU)", timeout=120_000)
+    page.locator("#stop-btn").click()
+    expect(status).to_contain_text("Stopped", timeout=60_000)
     page.get_by_role("tab", name="Predict").click()
+    expect(page.locator("#model-choice input")).to_have_value(re.compile("^Your run from"), timeout=30_000)
+    expect(summary).not_to_have_text(shipped_score, timeout=60_000)
+    expect(summary).to_contain_text("against its mask")
 
     # another browser (its own storage, so its own session) sees none of this run
     other = page.context.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()

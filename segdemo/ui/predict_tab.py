@@ -412,6 +412,16 @@ class PredictTab:
             api_visibility="private",
             **heavy,
         ).then(**show)
+        # A model put on the page by something else (the Train tab selects a run that just ended): the picture
+        # shown was made by the one before, and its score must not stand beside the new model's name. catch_up
+        # makes it again only when the model differs from the one that made it (a choice by hand runs above).
+        self.model.change(
+            self.catch_up,
+            [*inputs, self.seen, self.made_from],
+            [*self.outputs, self.show, self.seen, self.made_from],
+            api_visibility="private",
+            **heavy,
+        ).then(**show)
 
     def catch_up(self, *args: Any) -> dict[Component, Any]:
         """Segment again when the page's inputs changed while the picture was being made: a step chained after
