@@ -435,6 +435,7 @@ def main() -> None:
             f"click to answer {median(wall):.2f} s median, {max(wall):.2f} s at most; "
             f"{student.prelabelled} photos opened pre-labelled"
         )
+        print("  each fill on the server, in order (ms): " + " ".join(f"{x:.0f}" for x in ms))
     print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in student.parts.items()))
     print(
         f"  trained model: best val mIoU {val.group(1) if val else '?'}; on the held-out photo "
