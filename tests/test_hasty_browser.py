@@ -145,3 +145,26 @@ def test_a_sloppy_student_labels_trains_and_no_number_on_the_page_is_false(app_u
         mean = re.search(r"mean \(mIoU\)\s+(\S+)\s+(\S+)", table.inner_text())
         assert mean and mean.group(2) == f"{float(m.group(2)):.3f}", (table.inner_text(), text)
         assert "Traceback" not in page.content()
+
+
+def test_a_setting_changed_before_the_plan_lands_is_kept(app_url, page):  # noqa: F811
+    """A student sets the epochs the moment the page opens, while its data check and the preset's plan still run:
+    the plan lands around the edit, not over it. A preset picked by hand afterwards plans every setting again."""
+    from playwright.sync_api import expect
+
+    with screenshot_on_failure(page, "test_a_setting_changed_before_the_plan_lands_is_kept"):
+        page.goto(app_url)
+        epochs = page.locator("#epochs input[type=number]")
+        epochs.fill("3")
+        epochs.press("Enter")
+        epochs.blur()
+        why = page.locator("#preset-why")
+        expect(why).to_contain_text("epochs", timeout=120_000)  # the plan landed
+        planned = int(re.search(r"up to (\d+) epochs", why.inner_text()).group(1))
+        assert planned != 3
+        page.wait_for_timeout(1500)  # nothing later puts the plan's epochs back
+        expect(epochs).to_have_value("3")
+        page.locator("#preset input").click()
+        page.get_by_role("option", name=re.compile("^About a minute")).click()
+        expect(why).to_contain_text("About a minute", timeout=120_000)
+        expect(epochs).not_to_have_value("3", timeout=30_000)

@@ -416,12 +416,20 @@ class PredictTab:
         # shown was made by the one before, and its score must not stand beside the new model's name. catch_up
         # makes it again only when the model differs from the one that made it (a choice by hand runs above).
         self.model.change(
-            self.catch_up,
+            self.on_model_changed,
             [*inputs, self.seen, self.made_from],
             [*self.outputs, self.show, self.seen, self.made_from],
             api_visibility="private",
             **heavy,
         ).then(**show)
+
+    def on_model_changed(self, *args: Any) -> dict[Component, Any]:
+        """catch_up for a picture already on the page; before the first one the picture's own listeners decide
+        (a page opening sets the model while a hasty student's first image may be on its way)."""
+        *values, _, made_from = args
+        if not values[3] or not made_from:  # no images, or no picture made yet
+            return {self.made_from: made_from}
+        return self.catch_up(*args)
 
     def catch_up(self, *args: Any) -> dict[Component, Any]:
         """Segment again when the page's inputs changed while the picture was being made: a step chained after

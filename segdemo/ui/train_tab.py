@@ -49,6 +49,18 @@ from segdemo.ui.words import public, sentence
 log = logging.getLogger(__name__)
 
 
+# not compared with a plan: the file of encoder weights (never planned) and the training-images cap (an input of
+# the plan, which sets only its label)
+NOT_COMPARED = ("encoder_weights", "train_images")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """A setting's value on the page and as planned: numbers arrive from the browser as floats."""
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return a == b
+
+
 class TrainTab:
     """Builds the tab's widgets (inside an open gr.Tab) and wires its events."""
 
@@ -119,6 +131,9 @@ class TrainTab:
         # and plans itself when the page's plan has not landed yet ("processing")
         self.planned = gr.State(None)
         v = preset_values()
+        # the settings' values as the last plan (or the page's opening) put them: a setting that differs now was
+        # changed by the student, and a plan landing later keeps it (see replan)
+        self.plan_shown = gr.State({k: x for k, x in v.items() if k not in NOT_COMPARED})
         widgets = {}
         for row in ROWS:
             with gr.Row():
@@ -281,8 +296,27 @@ class TrainTab:
         plan_outputs = [*self.settings.values(), self.preset_why, self.planned]
         # a page is open: from now on its settings are a plan's only once one has landed (the planned key)
         demo.load(lambda: PAGE_OPENED, None, self.planned, queue=False, api_visibility="private")
-        self.preset.input(self.apply_preset, plan_inputs, plan_outputs, api_name="plan", concurrency_id=HEAVY)
-        checked.then(self.apply_preset, plan_inputs, plan_outputs, api_visibility="private", concurrency_id=HEAVY)
+        compared = [self.settings[n] for n in self.settings if n not in NOT_COMPARED]
+        # a preset chosen by hand plans every setting; what it put there is then what later plans compare with
+        self.preset.input(self.apply_preset, plan_inputs, plan_outputs, api_name="plan", concurrency_id=HEAVY).then(
+            lambda *vals: dict(zip([n for n in self.settings if n not in NOT_COMPARED], vals, strict=True)),
+            compared,
+            self.plan_shown,
+            queue=False,
+            api_visibility="private",
+        )
+        # new data plans again, keeping what the student changed meanwhile: the plan is computed first (seconds,
+        # with a speed probe), then lands in a quick step that reads the page as it is by then
+        self.pending_plan = gr.State(None)
+        checked.then(
+            self.plan_quietly, plan_inputs, self.pending_plan, api_visibility="private", concurrency_id=HEAVY
+        ).success(
+            self.land_plan,
+            {self.pending_plan, self.plan_shown, *compared},
+            [*plan_outputs, self.plan_shown],
+            api_visibility="private",
+            queue=False,
+        )
 
     @user_errors
     def apply_preset(
@@ -292,6 +326,32 @@ class TrainTab:
         that needs a new speed probe (seconds of every core) counts against the caller's address."""
         with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
             return self._apply_preset(preset, dataset, zip_file, train_images)
+
+    @user_errors
+    def plan_quietly(
+        self, preset: str, dataset: str, zip_file: str | None, train_images: Any, request: gr.Request | None = None
+    ) -> dict[str, Any]:
+        """The preset's plan for new data, not yet on the page (land_plan puts it there)."""
+        with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
+            out = self._apply_preset(preset, dataset, zip_file, train_images)
+        return {name: out[c] for name, c in {**self.settings, "why": self.preset_why, "planned": self.planned}.items()
+                if c in out}  # fmt: skip
+
+    def land_plan(self, page: dict[Component, Any]) -> dict[Component, Any]:
+        """Put a computed plan on the page, except the settings the student changed since the last plan landed
+        (a plan that lands after an edit must not undo it); remember what this plan put there."""
+        plan = page[self.pending_plan]
+        if not plan:
+            return {}
+        names = [n for n in self.settings if n not in NOT_COMPARED]
+        shown = page[self.plan_shown] or {}
+        edited = {n for n in names if n in shown and not _same(page[self.settings[n]], shown[n])}
+        out: dict[Component, Any] = {
+            self.settings[n]: v for n, v in plan.items() if n in self.settings and n not in edited
+        }
+        out[self.preset_why], out[self.planned] = plan.get("why", ""), plan.get("planned")
+        out[self.plan_shown] = {n: shown.get(n) if n in edited else plan.get(n, shown.get(n)) for n in names}
+        return out
 
     def _apply_preset(self, preset: str, dataset: str, zip_file: str | None, train_images: Any) -> dict[Component, Any]:
         values, why, n_train = self.plans.get(preset, dataset, zip_file, train_images)
