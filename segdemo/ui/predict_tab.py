@@ -320,13 +320,16 @@ class PredictTab:
             api_visibility="private",
             **heavy,
         ).success(**ready)
+        # a model put on the page by something else (the Train tab selects a run that just ended): the picture
+        # shown was made by the one before, and its score must not stand beside the new model's name, so the
+        # picture's own listener (always_last, then catch_up) makes it again
         self.model.change(
             self.describe_quiet,
             [self.token, self.model, self.ckpt_file],
             self.model_info,
             api_visibility="private",
             **heavy,
-        )
+        ).success(**ready)
         self.ckpt_file.upload(
             self.on_checkpoint, self.ckpt_file, [self.model, self.model_info], api_visibility="private", **heavy
         ).success(**ready)
@@ -412,24 +415,6 @@ class PredictTab:
             api_visibility="private",
             **heavy,
         ).then(**show)
-        # A model put on the page by something else (the Train tab selects a run that just ended): the picture
-        # shown was made by the one before, and its score must not stand beside the new model's name. catch_up
-        # makes it again only when the model differs from the one that made it (a choice by hand runs above).
-        self.model.change(
-            self.on_model_changed,
-            [*inputs, self.seen, self.made_from],
-            [*self.outputs, self.show, self.seen, self.made_from],
-            api_visibility="private",
-            **heavy,
-        ).then(**show)
-
-    def on_model_changed(self, *args: Any) -> dict[Component, Any]:
-        """catch_up for a picture already on the page; before the first one the picture's own listeners decide
-        (a page opening sets the model while a hasty student's first image may be on its way)."""
-        *values, _, made_from = args
-        if not values[3] or not made_from:  # no images, or no picture made yet
-            return {self.made_from: made_from}
-        return self.catch_up(*args)
 
     def catch_up(self, *args: Any) -> dict[Component, Any]:
         """Segment again when the page's inputs changed while the picture was being made: a step chained after
