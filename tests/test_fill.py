@@ -189,31 +189,3 @@ def test_no_model_without_two_classes_or_the_encoder(monkeypatch):
     assert fill.LabelModel.fit([(image, truth)], 2) is None
     with pytest.raises(DataError, match="photo's size"):
         fill.fill_strokes(image, strokes_inside(truth), 2, proposal=truth[:10])
-
-
-def test_a_photos_features_are_computed_once_when_a_fill_comes_during_its_warm_up():
-    """The photo's warm-up (on open) and a quick student's first Fill ask for the same features at once: the
-    second waits for the first pass instead of running another beside it on the same cores."""
-    import threading
-    import time
-
-    import torch
-
-    class SlowLevels(torch.nn.Module):  # five feature levels, as the encoder gives, slowly
-        calls = 0
-
-        def forward(self, x):
-            SlowLevels.calls += 1
-            time.sleep(0.3)
-            n, _, h, w = x.shape
-            return [torch.zeros(n, 4, h // s, w // s) for s in (2, 4, 8, 16, 32)]
-
-    image = np.random.default_rng(7).integers(0, 255, (64, 96, 3), dtype=np.uint8)
-    enc, got = SlowLevels(), []
-    threads = [threading.Thread(target=lambda: got.append(fill._features_of(image, enc))) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert SlowLevels.calls == 1 and len(got) == 3 and all(g is got[0] for g in got)
-    assert got[0].shape == (16, 32, 48) and not fill._computing

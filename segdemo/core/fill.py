@@ -98,32 +98,15 @@ def _encoder() -> torch.nn.Module | None:
 
 _features: OrderedDict[str, torch.Tensor] = OrderedDict()
 _features_lock = threading.Lock()
-_computing: dict[str, threading.Event] = {}  # photos whose features a thread is computing now
 
 
 def _features_of(image: np.ndarray, encoder: torch.nn.Module) -> torch.Tensor:
-    """(C, H/2, W/2) features of the first four levels, up-sampled to stride 2; kept for the last few photos.
-    A photo's features being computed already (warm(), when it opened) are waited for, not computed twice: on
-    2 busy cores the second pass would slow both, and a student's first Fill often comes while the warm-up runs."""
+    """(C, H/2, W/2) features of the first four levels, up-sampled to stride 2; kept for the last few photos."""
     key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
-    while True:
-        with _features_lock:
-            if key in _features:
-                _features.move_to_end(key)
-                return _features[key]
-            busy = _computing.get(key)
-            if busy is None:
-                _computing[key] = threading.Event()
-                break
-        busy.wait(60)  # then the cache has them (or the other pass failed, and this one computes)
-    try:
-        return _compute_features(image, encoder, key)
-    finally:
-        with _features_lock:
-            _computing.pop(key).set()
-
-
-def _compute_features(image: np.ndarray, encoder: torch.nn.Module, key: str) -> torch.Tensor:
+    with _features_lock:
+        if key in _features:
+            _features.move_to_end(key)
+            return _features[key]
     h, w = image.shape[:2]
     hp, wp = -(-h // 32) * 32, -(-w // 32) * 32
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1  # Lite0's normalisation
