@@ -295,8 +295,8 @@ class Cluster:
         except Exception:
             pass
         return Failed(
-            message="the training cluster cannot be reached just now, so this run stopped (a checkpoint it saved "
-            "is kept); press Train again in a few minutes, or tell the host",
+            message="the training cluster cannot be reached, or has no free worker, just now, so this run stopped "
+            "(a checkpoint it saved is kept); press Train again in a few minutes, or tell the host",
             detail=f"{type(e).__name__}: {e}",
         )
 
