@@ -146,7 +146,7 @@ class Student:
         self.photo_waits: list[float] = []  # seconds from an action to the editor showing its new photo
         self.verbose = False
         self.fine_tune = False  # then the minute preset, as the instant run's page suggests
-        self.fine_tuned = self.first_summary = ""
+        self.fine_tuned = ""  # the 7th photo's summary after the fine-tune
         self.uploads = 0  # files the page has sent to the server (the app allows 300 a minute per address)
         page.on("request", lambda r: setattr(self, "uploads", self.uploads + 1) if "/upload" in r.url else None)
         self._t = time.time()
@@ -215,17 +215,18 @@ class Student:
         summary = page.get_by_text("against its mask")
         expect(summary).to_be_visible()
         self.lap("predict")
+        first = summary.inner_text()
         if self.fine_tune:
-            self.fine_tuned = self.then_fine_tune(page.locator("#predict-summary").inner_text(), summary.inner_text())
-        return status_text, summary.inner_text() if not self.fine_tune else self.first_summary
+            self.fine_tuned = self.then_fine_tune(page.locator("#predict-summary").inner_text())
+        return status_text, first
 
-    def then_fine_tune(self, shown: str, first: str) -> str:
+    def then_fine_tune(self, shown: str) -> str:
         """What the finished instant run's page says to do next: the `minute` preset, Train again, then the 7th
         photo once more (Predict makes it again with the new run: `shown`, the summary box's text, changes).
-        Returns that prediction's summary (the instant model's is kept in first_summary)."""
+        Returns that prediction's summary."""
         from playwright.sync_api import expect
 
-        page, self.first_summary = self.page, first
+        page = self.page
         page.get_by_role("tab", name="Train").click()
         expect(page.locator("#run-status")).to_contain_text("Next: fine-tune")
         page.locator("#preset input").click()

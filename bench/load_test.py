@@ -371,7 +371,7 @@ def main() -> None:
     if not args.cluster:
         phase(args, {})
         return
-    with local_cluster() if args.cluster == "local" else _given(args.cluster) as address:
+    with local_cluster() if args.cluster == "local" else contextlib.nullcontext(args.cluster) as address:
         here = phase(args, {}, label="in-process")
         there = phase(args, {"SEGDEMO_RAY_ADDRESS": address}, label="cluster")
     print(
@@ -381,11 +381,6 @@ def main() -> None:
         f"{there['trained_median'] - here['trained_median']:+.1f} s a run (worker start, imports, scheduling, "
         f"events polled back; the run folder is shared, so no data moves) | errors {here['errors']} / {there['errors']}"
     )
-
-
-@contextlib.contextmanager
-def _given(address: str):
-    yield address
 
 
 @contextlib.contextmanager

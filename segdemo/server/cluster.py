@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from segdemo.atomic import replace_file
 from segdemo.errors import UserError
 from segdemo.events import Done, EpochEnd, Event, Failed, Progress
+from segdemo.server.runstore import result_doc, result_from_doc
 from segdemo.training.turns import PAUSED, Turns
 
 if TYPE_CHECKING:
@@ -60,17 +61,6 @@ def _ray() -> Any:
     return ray
 
 
-def end_doc(result: Done | Failed) -> dict[str, Any]:
-    """A run's end as JSON (job.json's result and REMOTE_END share it)."""
-    return {"type": "done" if isinstance(result, Done) else "failed", **dataclasses.asdict(result)}
-
-
-def end_from_doc(doc: dict[str, Any]) -> Done | Failed:
-    doc = dict(doc)
-    kind = doc.pop("type", None)
-    return Done(**doc) if kind == "done" else Failed(**doc)
-
-
 class RemoteRun:
     """One turn of a run, on a Ray worker (the class becomes a Ray actor in Cluster.connect). Its methods run
     in the actor's threads: train() holds one while poll(), stop() and pause() answer beside it."""
@@ -85,11 +75,9 @@ class RemoteRun:
 
     def where(self) -> dict[str, Any]:
         """Which process and node train this run (the page and the tests show it is not the app's)."""
-        import socket
-
         import ray
 
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
     def train(self, config: RunConfig, run_dir: str, resume: bool) -> None:
         from segdemo.training.trainer import Trainer
@@ -109,7 +97,7 @@ class RemoteRun:
                 end = ev
         end = end or Failed(message="training ended without a result; start the run again")
         if not (isinstance(end, Done) and end.reason == PAUSED):  # a restarted app reads how the run ended
-            replace_file(Path(run_dir) / REMOTE_END, json.dumps(end_doc(end)).encode())
+            replace_file(Path(run_dir) / REMOTE_END, json.dumps(result_doc(end)).encode())
         with self.cond:
             self.end = end
             self.polled = time.monotonic()
@@ -263,7 +251,7 @@ class Cluster:
                 return end or Failed(message="training ended without a result; start the run again")
 
     def _lost(self, job: Any, e: Exception) -> Done | Failed:
-        job.losses = getattr(job, "losses", 0) + 1
+        job.losses += 1
         epochs = [ev for ev in job.events if isinstance(ev, EpochEnd)]
         done = epochs[-1].epoch if epochs else 0
         log.warning("run %s lost its worker after epoch %d (%s)", job.id[:6], done, type(e).__name__)
@@ -311,6 +299,6 @@ class Cluster:
     def remote_end(self, run_dir: Path) -> Done | Failed | None:
         """How a run ended on the cluster while the app was away (its actor wrote it), else None."""
         try:
-            return end_from_doc(json.loads((run_dir / REMOTE_END).read_text()))
+            return result_from_doc(json.loads((run_dir / REMOTE_END).read_text()))
         except (OSError, ValueError, TypeError):
             return None

@@ -69,7 +69,7 @@ class RunStore:
             "finished": run.finished,
             "slot_s": getattr(run, "slot_s", None),
             "config": run.config.to_dict(),
-            "result": _result_doc(run.result),
+            "result": result_doc(run.result),
         }
         try:
             replace_file(run.run_dir / RECORD, json.dumps(doc).encode(), fsync=False)
@@ -178,7 +178,8 @@ def _looks_like_run_folder(d: Path) -> bool:
         return False
 
 
-def _result_doc(r: Done | Failed | None) -> dict | None:
+def result_doc(r: Done | Failed | None) -> dict | None:
+    """A run's end as JSON (job.json's result; a cluster run's remote_end.json too)."""
     if isinstance(r, Done):
         return {"type": "done", **r.__dict__}
     if isinstance(r, Failed):
@@ -186,12 +187,21 @@ def _result_doc(r: Done | Failed | None) -> dict | None:
     return None
 
 
-def _result_from(res: dict, run_dir: Path, events: list[Event]) -> Done | Failed:
+def result_from_doc(doc: dict) -> Done | Failed | None:
+    """result_doc's JSON back as the run's end; None when it holds none."""
+    res = dict(doc)
     kind = res.pop("type", None)
     if kind == "done":
         return Done(**res)
     if kind == "failed":
         return Failed(**res)
+    return None
+
+
+def _result_from(res: dict, run_dir: Path, events: list[Event]) -> Done | Failed:
+    ended = result_from_doc(res)
+    if ended is not None:
+        return ended
     best = run_dir / "best.safetensors"  # it never ended: it was waiting or training at the restart
     if best.is_file():
         return Done(

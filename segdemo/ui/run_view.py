@@ -286,8 +286,7 @@ def run_record(job: Job, position: int, wait_s: float | None) -> dict[str, Any]:
         "expected_wait_s": wait_s,
         "message": job.message,
         "note": job.note,  # e.g. a cluster worker lost: it goes on from its checkpoint
-        # on a cluster: the worker process and node training it now (never the operator's host names), else None
-        "worker": {k: job.where.get(k) for k in ("pid", "node")} if job.where else None,
+        "worker": job.where,  # on a cluster: the worker process and node training it now ({"pid", "node"}), else None
         "classes": list(started.class_names) if started else [],
         "device": started.device if started else None,
         "events": [type(e).__name__ for e in job.events if not isinstance(e, Progress)],

@@ -133,7 +133,8 @@ class TrainTab:
         v = preset_values()
         # the settings' values as the last plan (or the page's opening) put them: a setting that differs now was
         # changed by the student, and a plan landing later keeps it (see replan)
-        self.plan_shown = gr.State({k: x for k, x in v.items() if k not in NOT_COMPARED})
+        self.compared = [s.name for s in SETTINGS if s.name not in NOT_COMPARED]  # settings a plan puts in place
+        self.plan_shown = gr.State({k: v[k] for k in self.compared})
         widgets = {}
         for row in ROWS:
             with gr.Row():
@@ -296,10 +297,10 @@ class TrainTab:
         plan_outputs = [*self.settings.values(), self.preset_why, self.planned]
         # a page is open: from now on its settings are a plan's only once one has landed (the planned key)
         demo.load(lambda: PAGE_OPENED, None, self.planned, queue=False, api_visibility="private")
-        compared = [self.settings[n] for n in self.settings if n not in NOT_COMPARED]
+        compared = [self.settings[n] for n in self.compared]
         # a preset chosen by hand plans every setting; what it put there is then what later plans compare with
         self.preset.input(self.apply_preset, plan_inputs, plan_outputs, api_name="plan", concurrency_id=HEAVY).then(
-            lambda *vals: dict(zip([n for n in self.settings if n not in NOT_COMPARED], vals, strict=True)),
+            lambda *vals: dict(zip(self.compared, vals, strict=True)),
             compared,
             self.plan_shown,
             queue=False,
@@ -332,8 +333,7 @@ class TrainTab:
         self, preset: str, dataset: str, zip_file: str | None, train_images: Any, request: gr.Request | None = None
     ) -> dict[str, Any]:
         """The preset's plan for new data, not yet on the page (land_plan puts it there)."""
-        with speedups.probes_charged_to(lambda: self.ctx.probes.hit(client_of(request))):
-            out = self._apply_preset(preset, dataset, zip_file, train_images)
+        out = self.apply_preset(preset, dataset, zip_file, train_images, request)
         return {name: out[c] for name, c in {**self.settings, "why": self.preset_why, "planned": self.planned}.items()
                 if c in out}  # fmt: skip
 
@@ -343,7 +343,7 @@ class TrainTab:
         plan = page[self.pending_plan]
         if not plan:
             return {}
-        names = [n for n in self.settings if n not in NOT_COMPARED]
+        names = self.compared
         shown = page[self.plan_shown] or {}
         edited = {n for n in names if n in shown and not _same(page[self.settings[n]], shown[n])}
         out: dict[Component, Any] = {
