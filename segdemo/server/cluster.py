@@ -186,6 +186,12 @@ class Cluster:
         Done("paused") when it yielded its slot or lost its worker (the job manager puts it back in line)."""
         try:
             ray = self.connect()
+        except UserError:
+            raise
+        except Exception as e:
+            return self._unreachable(e)
+        actor = None
+        try:
             actor, attached = self._actor_for(ray, job)
             if attached:
                 log.info("run %s: attached again to its actor on the cluster", job.id[:6])
@@ -193,18 +199,21 @@ class Cluster:
                 resume = resume and (job.run_dir / "last.safetensors").is_file()
                 actor.train.remote(job.config, str(job.run_dir), resume)
             job.where = ray.get(actor.where.remote(), timeout=CALL_TIMEOUT_S)
-        except UserError:
-            raise
-        except Exception as e:
-            return self._unreachable(e)
-        try:
             return self._follow(ray, actor, job, turns, should_pause)
         except ray.exceptions.RayActorError as e:
             return self._lost(job, e)
-        except Exception as e:  # a timeout, a lost connection, a cluster gone
+        except Exception as e:  # a timeout (no worker free, a cluster gone), a lost connection
+            self._kill(ray, actor)  # before _unreachable drops the connection
             return self._unreachable(e)
         finally:
             job.where = None
+            self._kill(ray, actor)
+
+    @staticmethod
+    def _kill(ray: Any, actor: Any) -> None:
+        """End a run's actor: never left behind, as a detached actor still waiting for a worker would start the
+        run later, unwatched."""
+        if actor is not None:
             try:
                 ray.kill(actor)
             except Exception:
