@@ -89,6 +89,14 @@ def test_how_a_run_ended():
                   last_checkpoint="l", seconds=70.0))  # fmt: skip
     assert view.status(_job(DONE), 1, 0).startswith("✓ **Finished**: 1 epochs in 1:10; kept epoch 1")
     assert view.status(_job(STOPPED), 1, 0).startswith("■ **Stopped** after 1 epoch in 1:10")
+    # an instant run on photos says the next step (the minute preset fine-tunes the ImageNet encoder); on the
+    # built-in shapes that preset trains the tutorial U-Net from scratch, so the sentence would be false there
+    instant = _job(DONE)
+    instant.config.train.freeze_encoder = True
+    instant.config.data.source = "builtin"
+    assert "Next: fine-tune" not in view.status(instant, 1, 0)
+    instant.config.data.source = "/srv/uploads/labelled-photos.zip"
+    assert "Next: fine-tune" in view.status(instant, 1, 0)
     failed = RunView(end=Failed(message="could not read /srv/runs/abc/data/x.png in /srv/runs/abc/data"))
     assert failed.status(_job(FAILED), 1, 0) == "✗ **Training failed:** Could not read x.png in the dataset."
 

@@ -16,6 +16,7 @@ from segdemo.core.viz import colorize, confusion_html, error_map
 from segdemo.data.base import IGNORE, ClassSet
 from segdemo.events import Done, EpochEnd, Failed, Progress, Started, kept_epoch, stands_on
 from segdemo.server.jobs import DONE, FAILED, QUEUED, RUNNING, STOPPED, Job
+from segdemo.training.recipes import LITE, choose_encoder
 from segdemo.ui.pictures import strip, upscale
 from segdemo.ui.words import fmt_duration, fmt_num, md, public, tidy_paths
 
@@ -34,8 +35,8 @@ class Curves:
 
 FINE_TUNE_NEXT = (
     "\n\n➜ **Next: fine-tune.** Instant mode trained only the decoder, the ImageNet encoder frozen. For a better "
-    "model of the same photos, choose the preset **About a minute** above and press Train again: it fine-tunes "
-    "the whole network (on 6 labelled pet photos a 7th photo's mIoU went from about 0.6 to about 0.9)."
+    "model of the same photos, choose the preset **About a minute** under *2. Settings* and press Train again: "
+    "it fine-tunes the whole network (on 6 labelled pet photos a 7th photo's mIoU went from about 0.6 to about 0.9)."
 )
 
 
@@ -186,7 +187,9 @@ class RunView:
                 f"kept epoch {end.best_epoch}: val mIoU **{end.best_miou:.3f}**{on}{also}. Its checkpoint is "
                 "below, and it is selected in the **Predict** tab: try it on new images." + self.notes()
             )
-            if job.config.train.freeze_encoder:  # instant mode: the next step is a fine-tune (bench/README.md)
+            # instant mode on photos: the next step is a fine-tune (bench/README.md); on the built-in shapes the
+            # minute preset trains the tutorial U-Net from scratch, which the sentence would misname
+            if job.config.train.freeze_encoder and choose_encoder(job.config.data)[0] == LITE:
                 tail += FINE_TUNE_NEXT
         else:
             tail = "no epoch finished, so no checkpoint was saved. Press Train to start again."
